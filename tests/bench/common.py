@@ -1,0 +1,71 @@
+"""Timing, FLOP counting and memory helpers shared by the benchmarks."""
+
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+
+def best_seconds(fn: Callable[[], object], repeats: int = 3, warmup: int = 1) -> float:
+    """Fastest of ``repeats`` timed calls after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def matmul_gflops(n: int = 2048, repeats: int = 5, dtype: torch.dtype = torch.float32) -> float:
+    """This machine's dense matmul rate (GFLOP/s) at the current thread count."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    secs = best_seconds(lambda: a @ b, repeats=repeats, warmup=2)
+    return 2 * n**3 / secs / 1e9
+
+
+class _NoModules:
+    """FlopCounterMode's module tracker trips over autograd.grad on leaves; count globally."""
+
+    parents = {"Global"}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *args):
+        return None
+
+
+def count_flops(fn: Callable[[], object]) -> int:
+    """Floating-point operations (matmuls, convolutions, attention) of one call."""
+    counter = FlopCounterMode(display=False)
+    counter.mod_tracker = _NoModules()
+    with counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory (VmHWM; unlike ru_maxrss it is not
+    inherited from the parent across fork + exec)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_child(code: str, timeout: float = 900) -> dict:
+    """Run ``code`` in a fresh Python (so peak RSS is its own); it prints one JSON line."""
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, check=True
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
