@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -90,7 +92,7 @@ def decode_image(data: bytes | None, max_pixels: int = DEFAULT_MAX_PIXELS) -> Im
             return _to_rgb(img)
     except RowError:
         raise
-    except Image.DecompressionBombError as e:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise RowError(BAD_IMAGE, f"decompression bomb refused: {e}") from None
     except Image.UnidentifiedImageError:
         raise RowError(BAD_IMAGE, "bytes are not an image PIL can identify") from None
@@ -118,8 +120,36 @@ def decode_caption(value: object, max_chars: int = DEFAULT_MAX_CAPTION_CHARS) ->
 class Decoded:
     """One row after decoding: a preprocessed image and caption, or its failure."""
 
-    row: int
     status: str
-    error: str = ""
-    pixels: object = None  # torch.Tensor [3, H, W] when ok
+    error: str | None = None
+    pixels: Any = None  # torch.Tensor [3, H, W] when ok
     caption: str = ""
+
+
+def decode_pair(
+    image_cell: object,
+    caption_cell: object,
+    preprocess: Callable[[Image.Image], Any],
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_chars: int = DEFAULT_MAX_CAPTION_CHARS,
+) -> Decoded:
+    """Decode and preprocess one row; a bad image or caption gets its status and message.
+
+    When both are bad the status is ``bad_image`` and the message names both.
+    """
+    problems: list[RowError] = []
+    pixels = None
+    caption = ""
+    try:
+        pixels = preprocess(decode_image(image_bytes(image_cell), max_pixels))
+    except RowError as e:
+        problems.append(e)
+    except Exception as e:  # a transform that chokes on an odd image
+        problems.append(RowError(BAD_IMAGE, f"cannot preprocess image: {type(e).__name__}: {e}"))
+    try:
+        caption = decode_caption(caption_cell, max_chars)
+    except RowError as e:
+        problems.append(e)
+    if problems:
+        return Decoded(problems[0].status, "; ".join(str(p) for p in problems))
+    return Decoded(OK, None, pixels, caption)

@@ -11,7 +11,7 @@ import logging
 import sys
 import warnings
 
-SECTIONS = ("engine",)
+SECTIONS = ("engine", "job")
 
 
 def main(argv: list[str]) -> int:

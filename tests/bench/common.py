@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -51,16 +50,6 @@ def count_flops(fn: Callable[[], object]) -> int:
     with counter:
         fn()
     return counter.get_total_flops()
-
-
-def peak_rss_mb() -> float:
-    """This process's peak resident memory (VmHWM; unlike ru_maxrss it is not
-    inherited from the parent across fork + exec)."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def run_child(code: str, timeout: float = 900) -> dict:

@@ -61,7 +61,7 @@ clip = load_clip("ViT-B-32", precision="{precision}")
 images = torch.randn({batch}, 3, 224, 224)
 tokens = clip.tokenize(["a red circle above a small blue square"] * {batch})
 NIBT(clip, layer=9, steps=10).attribute(images, tokens)
-from tests.bench.common import peak_rss_mb
+from pipeline.procstats import peak_rss_mb
 print(json.dumps({{"peak_rss_mb": round(peak_rss_mb())}}))
 """
 

@@ -1,0 +1,117 @@
+"""Decoded pairs -> result values: the engine's attributions plus the paper's metrics.
+
+Runs a batch through ``NIBT.attribute`` and ``metrics.confidence`` and turns
+tensors into per-row values. A batch that does not fit in memory is split in
+halves (and later batches start at the size that fitted); a row that fails on
+its own gets status ``error`` with the message, and the others go on.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from pipeline.metrics import confidence
+from pipeline.model import Clip
+from pipeline.nibt import NIBT
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PairResult:
+    """Result values of one attributed pair (see the README's output schema)."""
+
+    score: float
+    image_attr: np.ndarray
+    image_cls_attr: float
+    image_cls_share: float
+    tokens: list[str]
+    text_attr: np.ndarray
+    text_eot_share: float
+    img_conf_drop: float
+    img_conf_incr: float
+    txt_conf_drop: float
+    txt_conf_incr: float
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    if isinstance(e, (MemoryError, torch.OutOfMemoryError)):
+        return True
+    text = str(e).lower()
+    return isinstance(e, RuntimeError) and ("out of memory" in text or "can't allocate" in text)
+
+
+class Attributor:
+    """Attribute and score batches of preprocessed pairs with one engine."""
+
+    def __init__(self, clip: Clip, engine: NIBT) -> None:
+        self.clip = clip
+        self.engine = engine
+        self.max_pairs: int | None = None  # learnt from out-of-memory splits
+        self.splits = 0
+
+    def _batch(self, pixels: torch.Tensor, tokens: torch.Tensor) -> list[PairResult]:
+        attr = self.engine.attribute(pixels, tokens)
+        conf = confidence(self.clip, pixels, tokens, attr)
+        img = attr.image.flatten(1).cpu().numpy().astype(np.float32)
+        cls = attr.image_cls.cpu().numpy()
+        txt = attr.text.cpu().numpy().astype(np.float32)
+        eot = attr.eot.cpu().numpy()
+        cols = {k: getattr(conf, k).cpu().numpy() for k in
+                ("img_conf_drop", "img_conf_incr", "txt_conf_drop", "txt_conf_incr")}
+        score = attr.score.cpu().numpy()
+        out = []
+        for i in range(len(score)):
+            n = int(eot[i]) + 1
+            t = txt[i, :n]
+            mass_img = float(np.abs(img[i]).sum() + abs(cls[i]))
+            mass_txt = float(np.abs(t).sum())
+            out.append(PairResult(
+                score=float(score[i]),
+                image_attr=img[i],
+                image_cls_attr=float(cls[i]),
+                image_cls_share=abs(float(cls[i])) / mass_img if mass_img > 0 else 0.0,
+                tokens=self.clip.pieces(tokens[i, :n].tolist()),
+                text_attr=t.copy(),
+                text_eot_share=abs(float(t[-1])) / mass_txt if mass_txt > 0 else 0.0,
+                **{k: float(v[i]) for k, v in cols.items()},
+            ))
+        return out
+
+    def _fit(self, pixels: torch.Tensor, tokens: torch.Tensor) -> list[PairResult]:
+        n = pixels.shape[0]
+        if self.max_pairs is not None and n > self.max_pairs:
+            k = self.max_pairs
+            return self._fit(pixels[:k], tokens[:k]) + self._fit(pixels[k:], tokens[k:])
+        try:
+            return self._batch(pixels, tokens)
+        except Exception as e:
+            if not is_out_of_memory(e) or n == 1:
+                raise
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            self.max_pairs = max(1, n // 2)
+            self.splits += 1
+            log.warning("batch of %d pairs did not fit in memory; retrying in halves", n)
+            return self._fit(pixels, tokens)
+
+    def __call__(
+        self, pixels: torch.Tensor, tokens: torch.Tensor
+    ) -> list[PairResult | Exception]:
+        """One result per pair; a pair that fails on its own yields its exception."""
+        if pixels.shape[0] == 0:
+            return []
+        try:
+            return list(self._fit(pixels, tokens))
+        except Exception as e:
+            if pixels.shape[0] == 1:
+                return [e]
+            log.warning("batch failed (%s: %s); retrying pair by pair", type(e).__name__, e)
+        out: list[PairResult | Exception] = []
+        for i in range(pixels.shape[0]):
+            out.extend(self(pixels[i : i + 1], tokens[i : i + 1]))
+        return out

@@ -1,0 +1,120 @@
+"""Start or join Ray, and size the actor pool.
+
+Embedded (``cluster.address`` null): a private Ray on this machine, bound to
+127.0.0.1 only, with its session files and its authentication token under a
+temporary directory (nothing under the home directory). On a cluster
+(``cluster.address=auto`` or ``ray://...``, or inside ``ray job submit``, which
+sets ``RAY_ADDRESS``): join it and leave it running.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from pipeline.config import ClusterSettings
+
+
+@dataclass
+class ActorPlan:
+    """How many actors and what each one reserves."""
+
+    num_actors: int
+    num_cpus: float
+    num_gpus: float
+    threads: int
+
+
+def plan_actors(cfg: ClusterSettings, resources: dict[str, float], tasks: int) -> ActorPlan:
+    """One actor per GPU when there are GPUs, else CPU actors; never more actors than tasks."""
+    gpus = float(resources.get("GPU", 0))
+    cpus = float(resources.get("CPU", 1))
+    if gpus > 0:
+        per_gpu = cfg.gpus_per_actor or 1.0
+        n = cfg.num_actors or max(1, int(gpus // per_gpu))
+        per_cpu = cfg.cpus_per_actor or max(1.0, min(8.0, cpus // max(n, 1)))
+        plan = ActorPlan(n, per_cpu, per_gpu, int(per_cpu))
+    else:
+        if cfg.num_actors:
+            per_cpu = cfg.cpus_per_actor or max(1.0, cpus // cfg.num_actors)
+            n = cfg.num_actors
+        else:
+            per_cpu = cfg.cpus_per_actor or min(cpus, 4.0)
+            n = max(1, int(cpus // per_cpu))
+        plan = ActorPlan(n, per_cpu, 0.0, max(1, int(per_cpu)))
+    plan.num_actors = max(1, min(plan.num_actors, max(tasks, 1)))
+    return plan
+
+
+def loopback_env(temp_dir: str) -> dict[str, str]:
+    """Environment that keeps an embedded Ray on loopback, with its token under ``temp_dir``.
+
+    Ray reads the first variable when it is imported: set it before ``import ray``
+    (``pipeline`` never imports Ray at module level).
+    """
+    env = {
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # "no multi-node": bind 127.0.0.1 only
+        "RAY_USAGE_STATS_ENABLED": "0",
+    }
+    if "RAY_AUTH_TOKEN" not in os.environ and "RAY_AUTH_TOKEN_PATH" not in os.environ:
+        token = os.path.join(temp_dir, "auth_token")
+        with open(token, "w") as f:
+            f.write(secrets.token_hex(32))
+        os.chmod(token, 0o600)
+        env.update(RAY_AUTH_TOKEN_PATH=token, RAY_AUTH_MODE="token")
+    return env
+
+
+@contextlib.contextmanager
+def patched_env(env: dict[str, str]) -> Iterator[None]:
+    """Set ``env`` for the block, then restore what was there."""
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@contextlib.contextmanager
+def ray_session(cfg: ClusterSettings, num_cpus: int | None = None) -> Iterator[None]:
+    """Ray for the duration of the block: reuse, join, or start an embedded one."""
+    import sys
+
+    if "ray" in sys.modules and sys.modules["ray"].is_initialized():
+        yield  # the caller's Ray (a test, a notebook): use it, leave it running
+        return
+    address = cfg.address or os.environ.get("RAY_ADDRESS")
+    if address is not None:
+        import ray
+
+        ray.init(address=address, namespace=cfg.namespace, log_to_driver=True)
+        try:
+            yield
+        finally:
+            ray.shutdown()
+        return
+    temp_dir = cfg.temp_dir or tempfile.mkdtemp(prefix="nibt-ray-", dir="/tmp")
+    os.makedirs(temp_dir, exist_ok=True)
+    with patched_env(loopback_env(temp_dir)):
+        import ray
+
+        ray.init(
+            num_cpus=num_cpus, include_dashboard=False, _temp_dir=temp_dir,
+            _node_ip_address="127.0.0.1", namespace=cfg.namespace, log_to_driver=True,
+        )
+        try:
+            yield
+        finally:
+            ray.shutdown()
+            if cfg.temp_dir is None:
+                shutil.rmtree(temp_dir, ignore_errors=True)

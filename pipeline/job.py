@@ -1,0 +1,315 @@
+"""The audit driver: list -> plan -> skip committed -> actor pool -> retries -> commit.
+
+Exit codes: 0 every task committed; 3 finished with failed tasks; 2 bad
+configuration or an input that cannot be listed; 1 unexpected crash.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import shutil
+import sys
+import time
+from collections import Counter, deque
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from pipeline.cluster import plan_actors, ray_session
+from pipeline.commit import PartEntry, footers, part_rel, write_manifest, write_summary
+from pipeline.config import (
+    SCHEMA_VERSION,
+    ClusterSettings,
+    ConfigError,
+    DataSettings,
+    ModelSettings,
+    RunSettings,
+    StorageSettings,
+    check_no_credentials,
+    code_version,
+    fingerprint,
+    public,
+)
+from pipeline.procstats import peak_rss_mb
+from pipeline.storage import filesystem, is_local, join, list_inputs, list_names
+from pipeline.tasks import Task, plan
+from pipeline.worker import TaskResult, TaskRunner
+from pipeline.write import PARTS_DIR
+
+log = logging.getLogger("nibt-audit")
+
+EXIT_OK, EXIT_CRASH, EXIT_CONFIG, EXIT_PARTIAL = 0, 1, 2, 3
+
+
+@dataclass
+class JobSettings:
+    """Everything one audit run needs."""
+
+    input: Any
+    output: str
+    model: ModelSettings
+    data: DataSettings
+    storage: StorageSettings
+    cluster: ClusterSettings
+    run: RunSettings
+
+    def __post_init__(self) -> None:
+        if self.input in (None, "", "???") or self.output in (None, "", "???"):
+            raise ConfigError("input and output are required: nibt-audit input=... output=...")
+        items = [self.input] if isinstance(self.input, str) else list(self.input)
+        for item in items:
+            check_no_credentials("input", item)
+        check_no_credentials("output", self.output)
+        self.output = str(self.output).rstrip("/")
+
+
+def versions() -> dict[str, str]:
+    import open_clip
+    import pyarrow
+    import torch
+
+    out = {"nibt-audit": code_version(), "python": platform.python_version(),
+           "torch": torch.__version__, "open_clip": open_clip.__version__,
+           "pyarrow": pyarrow.__version__}
+    try:
+        import ray
+
+        out["ray"] = ray.__version__
+    except ImportError:  # pragma: no cover
+        pass
+    return out
+
+
+def results_fingerprint(s: JobSettings) -> tuple[str, dict[str, Any]]:
+    """Hash of everything that changes results, and what went into it."""
+    import open_clip
+
+    from pipeline.model import _register_configs, resolve_weights
+
+    _register_configs()
+    m = s.model
+    if m.name not in open_clip.list_models():
+        raise ConfigError(f"model.name: {m.name!r} is not an open_clip model")
+    try:
+        _, weights = resolve_weights(m.pretrained, s.storage.options(str(m.pretrained or "")), m.name)
+    except (FileNotFoundError, ValueError) as e:
+        raise ConfigError(f"model.pretrained: {e}") from None
+    if weights == "random":
+        weights = f"random(seed={m.seed})"
+    parts = {
+        "model": m.name,
+        "model_config": open_clip.get_model_config(m.name),
+        "weights": weights,
+        "layer": [m.layer, m.image_layer, m.text_layer],
+        "steps": m.steps,
+        "schedule": m.schedule,
+        "precision": m.precision,
+        "data": {k: v for k, v in public(s.data).items()},
+        "code_version": code_version(),
+        "schema_version": SCHEMA_VERSION,
+    }
+    return fingerprint(parts), parts
+
+
+class Dispatcher:
+    """A queue of tasks over a pool of Ray actors, with retries on failure or death.
+
+    Ray restarts a dead actor (``max_restarts``); until a readiness probe on the
+    restarted actor answers, it gets no tasks. A task that was running on it is
+    put back at the front of the queue, up to ``max_retries`` times.
+    """
+
+    PROBE_SECONDS = 300.0  # give up on an actor that does not come back within this
+
+    def __init__(self, actors: list, max_retries: int, progress) -> None:
+        self.actors = actors
+        self.max_retries = max_retries
+        self.progress = progress
+        self.retries = 0
+        self.retried_tasks: Counter = Counter()
+
+    def _failed(self, task: Task, error: str) -> TaskResult:
+        return TaskResult(task.task_id, task.uri, task.row_start, task.row_end, ok=False,
+                          error=error, retryable=True)
+
+    def run(self, tasks: list[Task]) -> list[TaskResult]:
+        import ray
+        from ray.exceptions import RayActorError
+
+        idle = deque(self.actors)
+        pending = deque(tasks)
+        inflight: dict = {}  # ref -> (task or None for a probe, actor, probe deadline)
+        results: list[TaskResult] = []
+        live = len(self.actors)
+        def running() -> bool:
+            return any(t is not None for t, _, _ in inflight.values())
+
+        while running() or (pending and (idle or inflight)):
+            while idle and pending:
+                actor, task = idle.popleft(), pending.popleft()
+                inflight[actor.run.remote(task)] = (task, actor, None)
+            done, _ = ray.wait(list(inflight), num_returns=1)
+            for ref in done:
+                task, actor, deadline = inflight.pop(ref)
+                if task is None:  # a readiness probe on a restarting actor
+                    try:
+                        ray.get(ref)
+                        idle.append(actor)
+                    except RayActorError:
+                        if time.time() < deadline:
+                            time.sleep(0.5)
+                            inflight[actor.ready.remote()] = (None, actor, deadline)
+                        else:
+                            live -= 1
+                            log.error("a worker did not come back within %ds; %d left",
+                                      self.PROBE_SECONDS, live)
+                    continue
+                try:
+                    res: TaskResult = ray.get(ref)
+                    idle.append(actor)
+                except RayActorError as e:
+                    res = self._failed(task, f"worker died: {type(e).__name__}")
+                    inflight[actor.ready.remote()] = (None, actor, time.time() + self.PROBE_SECONDS)
+                except Exception as e:
+                    res = self._failed(task, f"{type(e).__name__}: {e}")
+                    idle.append(actor)
+                self._record(task, res, pending, results)
+        for task in pending:  # only when every worker is gone
+            results.append(self._failed(task, "no worker left to run it"))
+        return results
+
+    def _record(self, task: Task, res: TaskResult, pending: deque, results: list) -> None:
+        if res.ok:
+            results.append(res)
+            self.progress.update(res.rows_out)
+            log.info("task %s ok: %s rows %d-%d, %d rows in %.1fs %s", task.task_id, task.uri,
+                     task.row_start, task.row_end, res.rows_out, res.seconds, res.status_counts)
+        elif res.retryable and self.retried_tasks[task.task_id] < self.max_retries:
+            self.retried_tasks[task.task_id] += 1
+            self.retries += 1
+            log.warning("task %s failed (%s); retry %d of %d", task.task_id, res.error,
+                        self.retried_tasks[task.task_id], self.max_retries)
+            pending.appendleft(task)
+        else:
+            results.append(res)
+            log.error("task %s FAILED: %s", task.task_id, res.error)
+
+
+def _progress(total: int, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="pair", desc="nibt-audit", disable=not enabled,
+                file=sys.stderr, dynamic_ncols=True, mininterval=1.0, smoothing=0.1)
+
+
+def run_job(s: JobSettings) -> tuple[int, dict[str, Any]]:
+    """Run the audit; returns (exit code, summary). Raises ConfigError for bad settings."""
+    t0 = time.time()
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    files = list_inputs(s.input, s.storage)
+    fp, fp_parts = results_fingerprint(s)
+    tasks = plan(files, lambda uri: filesystem(uri, s.storage), s.run.rows_per_task, fp)
+    out_fs, out_path = filesystem(s.output, s.storage)
+    if is_local(out_fs):
+        shutil.rmtree(join(out_path, "_tmp"), ignore_errors=True)  # temp files of killed runs
+    existing = set(list_names(out_fs, join(out_path, PARTS_DIR)))
+    broken = [t for t in tasks if t.error]
+    skipped = [t for t in tasks if not t.error and f"{t.task_id}.parquet" in existing
+               and not s.run.overwrite]
+    skipped_ids = {t.task_id for t in skipped}
+    todo = [t for t in tasks if not t.error and t.task_id not in skipped_ids]
+    rows_in = sum(t.rows for t in tasks)
+    log.info("%d files, %d tasks (%d rows): %d to run, %d already committed, %d unreadable",
+             len(files), len(tasks), rows_in, len(todo), len(skipped), len(broken))
+    metadata = {"model": s.model.name, "weights": fp_parts["weights"], "steps": s.model.steps,
+                "schedule": s.model.schedule, "precision": s.model.precision,
+                "code_version": fp_parts["code_version"], "fingerprint": fp,
+                "schema_version": SCHEMA_VERSION}
+
+    results: list[TaskResult] = []
+    retries = 0
+    t_run = time.time()
+    if todo:
+        with ray_session(s.cluster, num_cpus=None):
+            import ray
+
+            ap = plan_actors(s.cluster, ray.cluster_resources(), len(todo))
+            actor_cls = ray.remote(TaskRunner).options(
+                num_cpus=ap.num_cpus, num_gpus=ap.num_gpus, max_restarts=-1, max_task_retries=0,
+            )
+            log.info("starting %d actor(s): %s CPU, %s GPU each", ap.num_actors, ap.num_cpus,
+                     ap.num_gpus)
+            actors = [
+                actor_cls.remote(s.model, s.data, s.storage, s.output, metadata,
+                                 threads=ap.threads, decode_threads=s.cluster.decode_threads)
+                for _ in range(ap.num_actors)
+            ]
+            ray.get([a.ready.remote() for a in actors])
+            t_run = time.time()
+            with _progress(sum(t.rows for t in todo), s.run.progress) as bar:
+                dispatcher = Dispatcher(actors, s.run.max_task_retries, bar)
+                results = dispatcher.run(todo)
+            retries = dispatcher.retries
+            for a in actors:
+                ray.kill(a)
+    run_seconds = time.time() - t_run
+
+    by_id = {r.task_id: r for r in results}
+    skipped_meta = dict(zip(
+        [t.task_id for t in skipped],
+        footers(out_fs, [join(out_path, part_rel(t.task_id)) for t in skipped]),
+    ))
+    entries: list[PartEntry] = []
+    failures: list[dict[str, Any]] = []
+    status_counts: Counter = Counter()
+    for t in tasks:
+        r = by_id.get(t.task_id)
+        if t.task_id in skipped_meta:
+            rows, meta = skipped_meta[t.task_id]
+            counts = meta.get("status_counts", {})
+        elif r is not None and r.ok:
+            rows, counts = r.rows_out, r.status_counts
+        else:
+            err = t.error if t.error else (r.error if r else "not run")
+            failures.append({"task_id": t.task_id, "source": t.uri, "row_start": t.row_start,
+                             "row_end": t.row_end, "error": err})
+            continue
+        status_counts.update(counts)
+        entries.append(PartEntry(t.task_id, part_rel(t.task_id), rows, t.uri, t.row_start,
+                                 t.row_end, t.input_fingerprint, dict(counts)))
+
+    settings = {"input": s.input if isinstance(s.input, str) else list(s.input),
+                "output": s.output, "model": public(s.model), "data": public(s.data),
+                "storage": public(s.storage), "cluster": public(s.cluster), "run": public(s.run)}
+    write_manifest(out_fs, out_path, {"fingerprint": fp, "metadata": metadata,
+                                      "settings": settings}, entries)
+    rows_run = sum(r.rows_out for r in results if r.ok)
+    code = EXIT_PARTIAL if failures else EXIT_OK
+    summary = {
+        "exit_code": code,
+        "status": "partial" if failures else "succeeded",
+        "started_at": started,
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "rows_in": rows_in,
+        "rows_out": sum(e.rows for e in entries),
+        "rows_run": rows_run,
+        "files_total": len(files),
+        "files_empty": len({f.uri for f in files} - {t.uri for t in tasks}),
+        "tasks_total": len(tasks),
+        "tasks_run": len(todo),
+        "tasks_skipped": len(skipped),
+        "tasks_failed": len(failures),
+        "tasks_retried": retries,
+        "status_counts": dict(sorted(status_counts.items())),
+        "seconds": round(time.time() - t0, 2),
+        "pairs_per_second": round(rows_run / run_seconds, 3) if rows_run and run_seconds else 0.0,
+        "driver_peak_rss_mb": peak_rss_mb(),
+        "worker_peak_rss_mb": max((r.peak_rss_mb for r in results if r.ok), default=0.0),
+        "failures": failures,
+        "fingerprint": fp,
+        "versions": versions(),
+        "settings": settings,
+    }
+    write_summary(out_fs, out_path, summary, success=not failures)
+    return code, summary

@@ -1,0 +1,224 @@
+"""One worker: the model loaded once; per task read -> decode -> attribute -> score -> write.
+
+``TaskRunner`` is plain Python (the job wraps it in a Ray actor), so it can be
+tested and profiled without Ray. Reading and decoding run in background threads
+and stay one batch ahead of the model (a bounded queue), so the engine does not
+wait for storage or image codecs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import torch
+
+from pipeline.attribute import Attributor
+from pipeline.config import DataSettings, ModelSettings, StorageSettings
+from pipeline.decode import ERROR, OK, Decoded, decode_pair
+from pipeline.model import load_clip
+from pipeline.nibt import NIBT
+from pipeline.procstats import peak_rss_mb
+from pipeline.read import TaskError, check_unchanged, iter_batches
+from pipeline.storage import _tag, filesystem
+from pipeline.tasks import Task
+from pipeline.write import PartBuilder, commit_part, normalise_carried
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TaskResult:
+    """What a worker reports for one task (small: travels back to the driver)."""
+
+    task_id: str
+    uri: str
+    row_start: int
+    row_end: int
+    ok: bool
+    rows_out: int = 0
+    status_counts: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+    part: str | None = None
+    error: str | None = None
+    retryable: bool = False
+    pid: int = 0
+    peak_rss_mb: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class _Batch:
+    rows: list[Decoded]
+    ids: list[str]
+    first_row: int
+    carried: pa.RecordBatch | None
+
+
+def _prefetch(it: Iterator[Any], depth: int) -> Iterator[Any]:
+    """Run ``it`` in a background thread, ``depth`` items ahead; re-raise its errors."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in it:
+                while not stop.is_set():
+                    try:
+                        q.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put(done)
+        except BaseException as e:  # handed to the consumer
+            q.put(e)
+
+    t = threading.Thread(target=produce, daemon=True, name="nibt-prefetch")
+    t.start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+
+
+class TaskRunner:
+    """Holds the model and runs whole tasks, writing one part each."""
+
+    def __init__(
+        self,
+        model: ModelSettings,
+        data: DataSettings,
+        storage: StorageSettings,
+        output: str,
+        metadata: dict[str, Any],
+        threads: int | None = None,
+        decode_threads: int = 2,
+        device: str | None = None,
+    ) -> None:
+        if threads:
+            # Ray sets OMP_NUM_THREADS=1 in workers: use the CPUs this worker reserved.
+            torch.set_num_threads(int(threads))
+        dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.model, self.data, self.storage = model, data, storage
+        self.clip = load_clip(
+            model.name, model.pretrained, device=dev, precision=model.precision,
+            seed=model.seed, storage_options=storage.options(str(model.pretrained or "")),
+        )
+        self.engine = NIBT(
+            self.clip, layer=model.layer, steps=model.steps, schedule=model.schedule,
+            image_layer=model.image_layer, text_layer=model.text_layer,
+            chunk_rows=model.chunk_rows, memory_budget_mb=model.memory_budget_mb,
+        )
+        self.attributor = Attributor(self.clip, self.engine)
+        self.output = output
+        self.metadata = metadata
+        self.pool = ThreadPoolExecutor(max_workers=decode_threads, thread_name_prefix="nibt-decode")
+        self.grid = self.clip.image.grid
+
+    def ready(self) -> int:
+        """The worker's process id, once the model is loaded."""
+        return os.getpid()
+
+    # ------------------------------------------------------------------ steps
+    def _batches(self, task: Task, fs, path: str) -> Iterator[_Batch]:
+        d = self.data
+        row = task.row_start
+        for rb in iter_batches(fs, path, task, d.read_columns(), self.model.batch_size):
+            images = rb.column(d.image_column).to_pylist()
+            captions = rb.column(d.caption_column).to_pylist()
+            decoded = list(self.pool.map(
+                lambda ic: decode_pair(ic[0], ic[1], self.clip.preprocess, d.max_pixels,
+                                       d.max_caption_chars),
+                zip(images, captions),
+            ))
+            ids = [f"{task.uri}#{row + i}" for i in range(rb.num_rows)]
+            if d.id_column:
+                for i, v in enumerate(rb.column(d.id_column).to_pylist()):
+                    if v is not None:
+                        ids[i] = v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
+            carried = rb.select(d.keep_columns) if d.keep_columns else None
+            yield _Batch(decoded, ids, row, carried)
+            row += rb.num_rows
+
+    def _attribute(self, batch: _Batch, part: PartBuilder, counts: Counter) -> None:
+        ok = [i for i, r in enumerate(batch.rows) if r.status == OK]
+        results: dict[int, Any] = {}
+        truncated: dict[int, bool] = {}
+        if ok:
+            pixels = torch.stack([batch.rows[i].pixels for i in ok])
+            tokens, trunc = self.clip.encode_captions([batch.rows[i].caption for i in ok])
+            for i, r, t in zip(ok, self.attributor(pixels, tokens), trunc):
+                results[i] = r
+                truncated[i] = t
+        gh, gw = self.grid
+        for i, dec in enumerate(batch.rows):
+            row = {"id": batch.ids[i], "source": None, "row": batch.first_row + i,
+                   "status": dec.status, "error": dec.error}
+            r = results.get(i)
+            if isinstance(r, Exception):
+                row["status"], row["error"] = ERROR, f"{type(r).__name__}: {r}"
+            elif r is not None:
+                row.update(asdict(r))
+                row.update(grid_h=gh, grid_w=gw, caption_truncated=truncated[i])
+            counts[row["status"]] += 1
+            part.add(row)
+
+    # ------------------------------------------------------------------- task
+    def run(self, task: Task) -> TaskResult:
+        """Process one task end to end; errors become a failed result, never a crash."""
+        t0 = time.perf_counter()
+        base = {"task_id": task.task_id, "uri": task.uri, "row_start": task.row_start,
+                "row_end": task.row_end, "pid": os.getpid()}
+        if task.error:
+            return TaskResult(ok=False, error=task.error, retryable=False, **base)
+        try:
+            fs, path = filesystem(task.uri, self.storage)
+            check_unchanged(fs, path, task, _tag)
+            part = PartBuilder()
+            counts: Counter = Counter()
+            for batch in _prefetch(self._batches(task, fs, path), depth=2):
+                if batch.carried is not None:
+                    part.add_carried(batch.carried)
+                self._attribute(batch, part, counts)
+            part.columns["source"] = [task.uri] * part.rows
+            carried_schema = None
+            if self.data.keep_columns:
+                first = part.carried[0].schema if part.carried else None
+                carried_schema = normalise_carried(first, self.data.keep_columns) if first else None
+                part.carried = [b.cast(carried_schema) for b in part.carried]
+            meta = dict(self.metadata, task_id=task.task_id, source=task.uri,
+                        row_start=task.row_start, row_end=task.row_end,
+                        input_fingerprint=task.input_fingerprint, status_counts=dict(counts))
+            out_fs, out_path = filesystem(self.output, self.storage)
+            table = part.table(meta, carried_schema)
+            path_written = commit_part(out_fs, out_path, task.task_id, table)
+            secs = time.perf_counter() - t0
+            log.info("task %s: %d rows in %.1fs (%s)", task.task_id, part.rows, secs, dict(counts))
+            return TaskResult(ok=True, rows_out=part.rows, status_counts=dict(counts),
+                              seconds=secs, part=path_written, peak_rss_mb=peak_rss_mb(), **base)
+        except TaskError as e:
+            return TaskResult(ok=False, error=str(e), retryable=e.retryable,
+                              seconds=time.perf_counter() - t0, **base)
+        except Exception as e:
+            return TaskResult(ok=False, error=f"{type(e).__name__}: {e}", retryable=True,
+                              seconds=time.perf_counter() - t0, **base)

@@ -1,0 +1,111 @@
+"""The audit job's throughput against the engine alone, and its memory as rows grow.
+
+Data is read from a real S3 endpoint on 127.0.0.1 (moto). The engine figure is
+measured in this process on the same model, batch size and thread count, and
+includes the metrics the job computes per pair, so the ratio is what reading,
+decoding, writing and Ray cost.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import s3fs
+import torch
+from PIL import Image
+
+from pipeline.metrics import confidence
+from pipeline.model import load_clip
+from pipeline.nibt import NIBT
+from pipeline.s3local import LOCAL_S3_ENV, local_s3
+from tests.bench.common import best_seconds
+
+WORDS = ["red", "blue", "green", "circle", "square", "photo", "small", "dog", "beach", "vintage"]
+
+
+def make_pairs(n: int, seed: int, size: int) -> pa.Table:
+    rng = np.random.default_rng(seed)
+    images, captions = [], []
+    for _ in range(n):
+        base = rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)
+        img = Image.fromarray(base).resize((size, size), Image.BILINEAR)
+        buf = io.BytesIO()
+        img.save(buf, format="JPEG", quality=90)
+        images.append(buf.getvalue())
+        captions.append("a " + " ".join(rng.choice(WORDS, size=int(rng.integers(3, 9)))))
+    return pa.table({"id": [f"{seed}-{i}" for i in range(n)], "image": images, "caption": captions})
+
+
+def upload(fs: s3fs.S3FileSystem, prefix: str, n: int, shards: int, size: int) -> None:
+    per = n // shards
+    for s in range(shards):
+        with fs.open(f"{prefix}/shard-{s:03d}.parquet", "wb") as f:
+            pq.write_table(make_pairs(per, s, size), f, row_group_size=32)
+
+
+def run_job_cli(endpoint: str, inp: str, out: str, overrides: list[str]) -> dict:
+    env = dict(os.environ, **LOCAL_S3_ENV, NIBT_LOG_DIR=tempfile.mkdtemp(prefix="nibt-bench-"))
+    r = subprocess.run(
+        [sys.executable, "-m", "pipeline", f"input={inp}", f"output={out}", "storage=s3",
+         f"storage.endpoint_url={endpoint}", "run.progress=false", *overrides],
+        capture_output=True, text=True, env=env, check=False, timeout=3600,
+    )
+    if r.returncode != 0:
+        raise RuntimeError(f"job failed ({r.returncode}): {r.stderr[-2000:]}")
+    return json.loads(r.stdout)
+
+
+def engine_rate(name: str, pretrained: str | None, batch: int, layer_args: dict, steps: int,
+                size: int) -> dict:
+    torch.set_num_threads(2)
+    clip = load_clip(name, pretrained)
+    table = make_pairs(batch, 99, size)
+    pixels = torch.stack([clip.preprocess(Image.open(io.BytesIO(b)).convert("RGB"))
+                          for b in table.column("image").to_pylist()])
+    tokens = clip.tokenize(table.column("caption").to_pylist())
+    engine = NIBT(clip, steps=steps, **layer_args)
+    attr_s = best_seconds(lambda: engine.attribute(pixels, tokens))
+    full_s = best_seconds(lambda: confidence(clip, pixels, tokens, engine.attribute(pixels, tokens)))
+    return {"attribute_pairs_per_s": round(batch / attr_s, 3),
+            "attribute_and_metrics_pairs_per_s": round(batch / full_s, 3)}
+
+
+def run() -> dict:
+    os.environ.update(LOCAL_S3_ENV)
+    out: dict = {}
+    with local_s3() as endpoint:
+        fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": endpoint})
+        fs.mkdir("bench")
+        # 1. throughput: ViT-B-32 (random weights), batch 8, layer 9, 10 steps, 256 pairs
+        upload(fs, "bench/b32", 256, 4, 320)
+        eng = engine_rate("ViT-B-32", None, 8, {"layer": 9}, 10, 320)
+        job = run_job_cli(endpoint, "s3://bench/b32/", "s3://bench/out-b32", [
+            "model=vit_b_32", "model.pretrained=null", "run.rows_per_task=64"])
+        out["throughput_vit_b_32"] = {
+            "pairs": 256, "engine": eng, "job_pairs_per_s": job["pairs_per_second"],
+            "job_vs_engine_with_metrics": round(
+                job["pairs_per_second"] / eng["attribute_and_metrics_pairs_per_s"], 3),
+            "job_seconds_total": job["seconds"],
+            "worker_peak_rss_mb": job["worker_peak_rss_mb"],
+            "driver_peak_rss_mb": job["driver_peak_rss_mb"],
+        }
+        # 2. memory as rows grow: the demo model, 256 vs 2048 pairs
+        scale = {}
+        for n in (256, 2048):
+            upload(fs, f"bench/demo{n}", n, 8, 64)
+            job = run_job_cli(endpoint, f"s3://bench/demo{n}/", f"s3://bench/out-demo{n}", [
+                "model=demo", "run.rows_per_task=256"])
+            scale[str(n)] = {"job_pairs_per_s": job["pairs_per_second"],
+                             "driver_peak_rss_mb": job["driver_peak_rss_mb"],
+                             "worker_peak_rss_mb": job["worker_peak_rss_mb"],
+                             "seconds": job["seconds"]}
+        out["memory_scale_demo"] = scale
+    return out

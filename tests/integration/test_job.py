@@ -1,0 +1,185 @@
+"""The audit job end to end on real components: local Ray, moto S3 over HTTP, Parquet."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import threading
+import time
+
+import pyarrow.parquet as pq
+import pytest
+import s3fs
+import torch
+from PIL import Image
+
+from pipeline.commit import read_manifest
+from pipeline.job import EXIT_OK, EXIT_PARTIAL, run_job
+from pipeline.metrics import confidence
+from pipeline.model import load_clip
+from pipeline.nibt import NIBT
+from pipeline.results import read_results
+from tests.data import caption, pairs_table, png, write_table
+
+from .conftest import TEST_MODEL, settings
+
+
+def engine_oracle(table):
+    """The engine called directly on the rows, decoding with plain PIL."""
+    clip = load_clip(TEST_MODEL["name"], None)
+    engine = NIBT(clip, image_layer=1, text_layer=1, steps=TEST_MODEL["steps"])
+    imgs = []
+    for cell in table.column("image").to_pylist():
+        data = cell["bytes"] if isinstance(cell, dict) else cell
+        imgs.append(clip.preprocess(Image.open(io.BytesIO(data)).convert("RGB")))
+    pixels = torch.stack(imgs)
+    tokens = clip.tokenize(table.column("caption").to_pylist())
+    attr = engine.attribute(pixels, tokens)
+    return attr, confidence(clip, pixels, tokens, attr), tokens
+
+
+def assert_matches_engine(results, inputs):
+    assert results.column("id").to_pylist() == inputs.column("id").to_pylist()
+    attr, conf, tokens = engine_oracle(inputs)
+    assert results.column("status").to_pylist() == ["ok"] * inputs.num_rows
+    got_score = torch.tensor(results.column("score").to_pylist())
+    assert torch.allclose(got_score, attr.score, atol=1e-5)
+    got_img = torch.tensor(results.column("image_attr").to_pylist())
+    assert torch.allclose(got_img, attr.image.flatten(1), rtol=1e-3, atol=1e-6)
+    for i, (t, v) in enumerate(zip(results.column("tokens").to_pylist(),
+                                   results.column("text_attr").to_pylist())):
+        n = int(attr.eot[i]) + 1
+        assert len(t) == len(v) == n
+        assert torch.allclose(torch.tensor(v), attr.text[i, :n], rtol=1e-3, atol=1e-6)
+    got_drop = torch.tensor(results.column("txt_conf_drop").to_pylist())
+    assert torch.allclose(got_drop, conf.txt_conf_drop, atol=1e-2)
+    assert results.column("extra").to_pylist() == inputs.column("extra").to_pylist()
+
+
+@pytest.fixture(scope="module")
+def local_input(tmp_path_factory):
+    root = tmp_path_factory.mktemp("in")
+    tables = [pairs_table(24, seed=s) for s in range(2)]
+    for s, t in enumerate(tables):
+        write_table(t, str(root / f"shard-{s}.parquet"))
+    return root, tables
+
+
+def test_local_end_to_end(ray_local, local_input, tmp_path):
+    root, tables = local_input
+    code, summary = run_job(settings(str(root), str(tmp_path / "out")))
+    assert code == EXIT_OK
+    assert summary["rows_in"] == summary["rows_out"] == 48
+    assert summary["tasks_total"] == 4 and summary["tasks_run"] == 4
+    assert summary["status_counts"] == {"ok": 48}
+    out = tmp_path / "out"
+    assert (out / "_SUCCESS").exists()
+    assert sorted(os.listdir(out / "parts")) == sorted(
+        p["path"].split("/")[1] for p in read_manifest(str(out))["parts"]
+    )
+    results = read_results(str(out))
+    import pyarrow as pa
+
+    assert_matches_engine(results, pa.concat_tables(tables))
+    meta = pq.read_schema(out / read_manifest(str(out))["parts"][0]["path"]).metadata
+    assert meta[b"nibt.model"] == b"nibt-demo" and meta[b"nibt.steps"] == b"3"
+
+
+def test_s3_end_to_end_with_struct_images(ray_local, s3_endpoint):
+    fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_endpoint})
+    fs.mkdir("lake")
+    table = pairs_table(20, seed=7, struct=True)
+    write_table(table, "lake/in/a.parquet", fs=fs)
+    code, summary = run_job(settings("s3://lake/in/", "s3://lake/out", endpoint=s3_endpoint))
+    assert code == EXIT_OK, summary["failures"]
+    assert fs.exists("lake/out/_SUCCESS")
+    results = read_results("s3://lake/out", settings("x", "y", endpoint=s3_endpoint).storage)
+    assert results.num_rows == 20
+    assert_matches_engine(results, table)
+    assert not fs.exists("lake/out/_tmp")
+
+
+def test_resume_runs_only_the_missing_task(ray_local, local_input, tmp_path):
+    root, _ = local_input
+    out = tmp_path / "out"
+    code, first = run_job(settings(str(root), str(out)))
+    assert code == EXIT_OK
+    before = read_results(str(out))
+    parts = sorted(os.listdir(out / "parts"))
+    os.remove(out / "parts" / parts[1])
+    code, second = run_job(settings(str(root), str(out)))
+    assert code == EXIT_OK
+    assert (second["tasks_run"], second["tasks_skipped"]) == (1, 3)
+    assert second["rows_out"] == 48
+    assert read_results(str(out)).equals(before)
+    code, third = run_job(settings(str(root), str(out), run={"overwrite": True}))
+    assert (third["tasks_run"], third["tasks_skipped"]) == (4, 0)
+    # different settings -> different fingerprint -> nothing reused
+    code, fourth = run_job(settings(str(root), str(out), model={"steps": 2}))
+    assert (fourth["tasks_run"], fourth["tasks_skipped"]) == (4, 0)
+    assert fourth["fingerprint"] != first["fingerprint"]
+
+
+def test_bad_rows_get_statuses_and_a_broken_shard_fails_alone(ray_local, tmp_path):
+    root = tmp_path / "in"
+    root.mkdir()
+    images = [png(i) for i in range(12)]
+    captions = [caption(i) for i in range(12)]
+    images[1] = b"this is not an image"
+    images[4] = png(4)[:60]  # truncated PNG
+    images[6] = None
+    captions[2] = ""
+    captions[5] = "   "
+    captions[8] = None
+    write_table(pairs_table(12, seed=3, images=images, captions=captions), str(root / "bad.parquet"))
+    write_table(pairs_table(10, seed=4), str(root / "good.parquet"))
+    (root / "broken.parquet").write_bytes(b"PAR1 definitely not parquet")
+    code, summary = run_job(settings(str(root), str(tmp_path / "out")))
+    assert code == EXIT_PARTIAL
+    assert summary["status_counts"] == {"ok": 16, "bad_image": 3, "bad_caption": 3}
+    assert summary["tasks_failed"] == 1
+    assert summary["failures"][0]["source"].endswith("broken.parquet")
+    assert "Parquet footer" in summary["failures"][0]["error"]
+    assert not (tmp_path / "out" / "_SUCCESS").exists()
+    results = read_results(str(tmp_path / "out"))
+    assert results.num_rows == 22
+    status = dict(zip(results.column("id").to_pylist(), results.column("status").to_pylist()))
+    assert status["p3-1"] == status["p3-4"] == status["p3-6"] == "bad_image"
+    assert status["p3-2"] == status["p3-5"] == status["p3-8"] == "bad_caption"
+    errors = dict(zip(results.column("id").to_pylist(), results.column("error").to_pylist()))
+    assert "null" in errors["p3-6"] and "empty" in errors["p3-2"]
+
+
+def _worker_pids() -> list[int]:
+    out = subprocess.run(["pgrep", "-f", "ray::TaskRunner.run"], capture_output=True, text=True)
+    return [int(p) for p in out.stdout.split()]
+
+
+def test_killed_worker_task_is_retried_and_rows_appear_once(ray_local, local_input, tmp_path):
+    root, tables = local_input
+    result: dict = {}
+    job = threading.Thread(
+        target=lambda: result.update(zip(("code", "summary"), run_job(
+            settings(str(root), str(tmp_path / "out"), model={"steps": 6}, run={"rows_per_task": 8})
+        )))
+    )
+    job.start()
+    deadline = time.time() + 120
+    killed = None
+    while time.time() < deadline and killed is None:
+        pids = _worker_pids()
+        if pids:
+            time.sleep(0.3)  # let it get into the task
+            os.kill(pids[0], signal.SIGKILL)
+            killed = pids[0]
+        time.sleep(0.05)
+    job.join(timeout=300)
+    assert killed is not None, "never saw a worker running a task"
+    summary = result["summary"]
+    assert result["code"] == EXIT_OK
+    assert summary["tasks_retried"] >= 1
+    ids = read_results(str(tmp_path / "out")).column("id").to_pylist()
+    assert sorted(ids) == sorted(i for t in tables for i in t.column("id").to_pylist())
+    assert len(ids) == len(set(ids)) == 48

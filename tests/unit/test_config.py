@@ -1,0 +1,68 @@
+"""Every Hydra option composes and instantiates; bad settings are named."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from pipeline.__main__ import CONF_DIR, settings_from_config
+from pipeline.config import ConfigError, DataSettings, ModelSettings, StorageSettings
+
+GROUPS = ("model", "data", "storage", "cluster", "run")
+OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted(Path(CONF_DIR, g).glob("*.yaml"))]
+
+
+@pytest.mark.parametrize(("group", "option"), OPTIONS)
+def test_every_option_composes(group, option):
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("audit", overrides=[f"{group}={option}", "input=/in", "output=/out"])
+    s = settings_from_config(cfg)
+    assert s.input == "/in" and s.output == "/out"
+    assert type(getattr(s, group)).__name__.lower().startswith(group)
+
+
+def test_at_least_the_documented_options_exist():
+    names = {f"{g}/{o}" for g, o in OPTIONS}
+    assert {"model/demo", "model/vit_b_32", "storage/s3", "cluster/local",
+            "cluster/existing", "run/default", "data/default", "data/hf"} <= names
+
+
+def test_defaults_work_offline():
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("audit", overrides=["input=/in", "output=/out"])
+    s = settings_from_config(cfg)
+    assert (s.model.name, s.model.pretrained) == ("nibt-demo", "shipped")
+
+
+def test_bad_values_name_the_setting():
+    with pytest.raises(ConfigError, match="model.steps"):
+        ModelSettings(steps=0)
+    with pytest.raises(ConfigError, match="model.precision"):
+        ModelSettings(precision="int4")
+    with pytest.raises(ConfigError, match="data.keep_columns: 'score'"):
+        DataSettings(keep_columns=["score"])
+    with pytest.raises(ConfigError, match="credentials embedded"):
+        StorageSettings(endpoint_url="http://AKIA:hunter2@127.0.0.1:9000")
+
+
+def test_unknown_setting_is_a_config_error():
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("audit", overrides=["input=/in", "output=/out", "+model.colour=red"])
+    with pytest.raises(ConfigError, match="model"):
+        settings_from_config(cfg)
+
+
+def test_s3_storage_reads_endpoint_from_environment(monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("audit", overrides=["storage=s3", "input=/in", "output=/out"])
+    s = settings_from_config(cfg)
+    assert s.storage.endpoint_url == "http://127.0.0.1:9"
+    opts = s.storage.options("s3://b/k")
+    assert opts["client_kwargs"]["endpoint_url"] == "http://127.0.0.1:9"
+    assert "key" not in {k.lower() for k in opts} and "secret" not in str(opts).lower()
+    assert s.storage.options("/local/path") == {}
+    assert os.environ["AWS_ENDPOINT_URL"]

@@ -1,0 +1,90 @@
+"""Decoding awkward images and captions: converted as a user expects, or a clear status."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from pipeline.decode import (
+    BAD_CAPTION,
+    BAD_IMAGE,
+    OK,
+    RowError,
+    decode_caption,
+    decode_image,
+    decode_pair,
+    image_bytes,
+)
+from tests import images as im
+
+
+def rgb(data: bytes) -> np.ndarray:
+    return np.asarray(decode_image(data))
+
+
+def test_conversions():
+    assert rgb(im.cmyk_jpeg())[5, 5].tolist() == pytest.approx([200, 30, 30], abs=12)
+    assert rgb(im.gray16_png())[0, 0].tolist() == [128, 128, 128]
+    pal = rgb(im.palette_transparent_png())
+    assert pal[0, 0].tolist() == [255, 0, 0] and pal[5, 5].tolist() == [255, 255, 255]
+    rgba = rgb(im.rgba_png())
+    assert rgba[0, 0].tolist() == [0, 0, 255] and rgba[5, 5].tolist() == [255, 255, 255]
+    assert rgb(im.one_pixel_png()).tolist() == [[[1, 2, 3]]]
+    assert rgb(im.animated_gif())[0, 0].tolist() == [255, 0, 0]  # first frame
+
+
+def test_exif_rotation_is_applied():
+    data, (w, h) = im.exif_rotated_jpeg()
+    assert decode_image(data).size == (w, h)
+
+
+@pytest.mark.parametrize(
+    ("data", "words"),
+    [(None, "null"), (b"", "empty"), (b"hello world", "not an image"),
+     (im.truncated_jpeg(), "cannot decode")],
+)
+def test_bad_images_are_named(data, words):
+    with pytest.raises(RowError, match=words) as e:
+        decode_image(data)
+    assert e.value.status == BAD_IMAGE
+
+
+def test_decompression_bomb_is_refused_fast():
+    t = time.perf_counter()
+    with pytest.raises(RowError, match="decompression bomb.*900000000 pixels"):
+        decode_image(im.bomb_png())
+    with pytest.raises(RowError, match="decompression bomb.*100000000 pixels"):
+        decode_image(im.bomb_png(10000, 10000))
+    with pytest.raises(RowError, match="5000x5000 = 25000000 pixels, over the limit of 1000000"):
+        decode_image(im.bomb_png(5000, 5000), max_pixels=1_000_000)
+    assert time.perf_counter() - t < 1.0
+
+
+def test_image_cells():
+    assert image_bytes({"bytes": b"x", "path": "a.png"}) == b"x"
+    assert image_bytes(None) is None
+    with pytest.raises(RowError):
+        image_bytes(42)
+
+
+@pytest.mark.parametrize(("value", "words"), [
+    (None, "null"), ("", "empty"), ("   \n\t", "whitespace"), (b"\xff\xfe bad", "UTF-8"), (7, "int"),
+])
+def test_bad_captions(value, words):
+    with pytest.raises(RowError, match=words) as e:
+        decode_caption(value)
+    assert e.value.status == BAD_CAPTION
+
+
+def test_long_and_binary_captions():
+    assert decode_caption(b"caf\xc3\xa9") == "café"
+    assert len(decode_caption("x" * 1_000_000)) == 4096
+
+
+def test_decode_pair_reports_both_problems():
+    d = decode_pair(b"junk", "", lambda img: img)
+    assert d.status == BAD_IMAGE and "image" in d.error and "caption" in d.error
+    ok = decode_pair(im.one_pixel_png(), "a dot", lambda img: img.size)
+    assert (ok.status, ok.pixels, ok.caption) == (OK, (1, 1), "a dot")

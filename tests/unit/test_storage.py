@@ -1,0 +1,33 @@
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from pipeline.config import ConfigError, StorageSettings
+from pipeline.storage import filesystem, list_inputs, put_atomic
+
+
+def test_list_prefix_glob_file_and_list(tmp_path):
+    for name in ("a.parquet", "b.parquet", "sub/c.parquet", "notes.txt", ".hidden.parquet"):
+        p = tmp_path / name
+        p.parent.mkdir(exist_ok=True)
+        p.write_bytes(b"x")
+    s = StorageSettings()
+    names = lambda files: [os.path.relpath(f.uri, tmp_path) for f in files]  # noqa: E731
+    assert names(list_inputs(str(tmp_path), s)) == ["a.parquet", "b.parquet", "sub/c.parquet"]
+    assert names(list_inputs(str(tmp_path / "*.parquet"), s)) == ["a.parquet", "b.parquet"]
+    assert names(list_inputs([str(tmp_path / "a.parquet"), str(tmp_path / "sub")], s)) == [
+        "a.parquet", "sub/c.parquet"]
+    with pytest.raises(ConfigError, match="does not exist"):
+        list_inputs(str(tmp_path / "missing"), s)
+    with pytest.raises(ConfigError, match="no Parquet files"):
+        list_inputs(str(tmp_path / "*.csv"), s)
+
+
+def test_put_atomic_leaves_no_temp_in_place(tmp_path):
+    fs, path = filesystem(str(tmp_path / "out" / "parts" / "x.parquet"), StorageSettings())
+    put_atomic(fs, path, b"data")
+    assert (tmp_path / "out" / "parts").is_dir()
+    assert os.listdir(tmp_path / "out" / "parts") == ["x.parquet"]
+    assert (tmp_path / "out" / "parts" / "x.parquet").read_bytes() == b"data"

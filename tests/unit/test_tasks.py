@@ -1,0 +1,59 @@
+"""Planning tasks along row-group boundaries, and stable task ids."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.config import StorageSettings
+from pipeline.storage import InputFile, filesystem, list_inputs
+from pipeline.tasks import plan, split_row_groups, task_id
+
+
+def naive_split(sizes, target):
+    """Oracle: walk rows one group at a time, cut once a task holds >= target rows."""
+    tasks, cur, start, pos = [], [], 0, 0
+    for i, n in enumerate(sizes):
+        cur.append(i)
+        pos += n
+        if pos - start >= target:
+            tasks.append((cur, start, pos))
+            cur, start = [], pos
+    if pos > start:
+        tasks.append((cur, start, pos))
+    return tasks
+
+
+def test_split_matches_naive_walk():
+    for sizes, target in [([64] * 5, 100), ([10, 0, 0, 5], 10), ([3, 7, 1, 9, 2], 4), ([], 5),
+                          ([0, 0], 5), ([100], 1)]:
+        got = split_row_groups(sizes, target)
+        assert got == naive_split(sizes, target)
+        covered = [g for groups, _, _ in got for g in groups]
+        assert covered == sorted(covered)  # each group once, in order
+        assert sum(e - s for _, s, e in got) == sum(sizes)
+
+
+def test_task_ids_change_with_data_and_settings():
+    f = InputFile("s3://b/x.parquet", 100, "etag1")
+    base = task_id(f, 0, 10, "fp")
+    assert base == task_id(f, 0, 10, "fp")
+    assert base != task_id(InputFile(f.uri, 101, f.tag), 0, 10, "fp")
+    assert base != task_id(InputFile(f.uri, f.size, "etag2"), 0, 10, "fp")
+    assert base != task_id(f, 0, 11, "fp")
+    assert base != task_id(f, 0, 10, "fp2")
+
+
+def test_plan_local_files(tmp_path):
+    t = pa.table({"a": list(range(50))})
+    pq.write_table(t, tmp_path / "one.parquet", row_group_size=10)
+    pq.write_table(t.slice(0, 0), tmp_path / "empty.parquet")
+    (tmp_path / "bad.parquet").write_bytes(b"nope")
+    (tmp_path / "_SUCCESS").write_text("")
+    storage = StorageSettings()
+    files = list_inputs(str(tmp_path), storage)
+    assert [f.uri.rsplit("/", 1)[1] for f in files] == ["bad.parquet", "empty.parquet", "one.parquet"]
+    tasks = plan(files, lambda u: filesystem(u, storage), 20, "fp")
+    assert [(t.row_start, t.row_end) for t in tasks if not t.error] == [(0, 20), (20, 40), (40, 50)]
+    bad = [t for t in tasks if t.error]
+    assert len(bad) == 1 and "bad.parquet" in bad[0].error
