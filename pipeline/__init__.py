@@ -1,24 +1,32 @@
 """nibt-audit: NIBT attributions for open_clip CLIP models, at dataset scale.
 
 The public API: ``load_clip`` builds a model, ``NIBT(clip).attribute(images, tokens)``
-returns an ``Attribution``, ``confidence`` gives the paper's metrics.
+returns an ``Attribution``, ``confidence`` gives the paper's metrics. Names load on
+first use, so ``import pipeline.report`` (which needs no torch) stays light.
 """
 
-from pipeline.metrics import Confidence, confidence
-from pipeline.model import Clip, UnsupportedModelError, load_clip
-from pipeline.nibt import NIBT, Attribution
-from pipeline.words import merge_words
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "NIBT",
-    "Attribution",
-    "Clip",
-    "Confidence",
-    "UnsupportedModelError",
-    "__version__",
-    "confidence",
-    "load_clip",
-    "merge_words",
-]
+_LAZY = {
+    "NIBT": "pipeline.nibt",
+    "Attribution": "pipeline.nibt",
+    "Clip": "pipeline.model",
+    "UnsupportedModelError": "pipeline.model",
+    "load_clip": "pipeline.model",
+    "Confidence": "pipeline.metrics",
+    "confidence": "pipeline.metrics",
+    "merge_words": "pipeline.words",
+}
+
+__all__ = [*sorted(_LAZY), "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'pipeline' has no attribute {name!r}")

@@ -31,7 +31,9 @@ _state = {"entered": False, "code": EXIT_CRASH}
 def settings_from_config(cfg: DictConfig) -> JobSettings:
     """Typed settings from a composed config; ``ConfigError`` names a bad setting."""
     groups = {}
-    for group in ("model", "data", "storage", "cluster", "run"):
+    for group in ("model", "data", "storage", "cluster", "run", "report"):
+        if group not in cfg:
+            continue
         try:
             groups[group] = instantiate(cfg[group], _convert_="all")
         except InstantiationException as e:

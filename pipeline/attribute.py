@@ -8,6 +8,9 @@ its own gets status ``error`` with the message, and the others go on.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import gc
 import logging
 from dataclasses import dataclass
 
@@ -42,7 +45,20 @@ def is_out_of_memory(e: BaseException) -> bool:
     if isinstance(e, (MemoryError, torch.OutOfMemoryError)):
         return True
     text = str(e).lower()
-    return isinstance(e, RuntimeError) and ("out of memory" in text or "can't allocate" in text)
+    # CPU allocator, CUDA caching allocator, and oneDNN when its scratch allocation fails
+    signs = ("out of memory", "can't allocate", "could not create a primitive")
+    return isinstance(e, RuntimeError) and any(s in text for s in signs)
+
+
+def release_memory() -> None:
+    """Hand freed memory back before a retry: CUDA's cache, and glibc's free lists
+    (without ``malloc_trim`` the failed attempt's memory stays counted against a
+    data limit and the smaller retry fails too)."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    with contextlib.suppress(OSError, AttributeError):  # not glibc
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 class Attributor:
@@ -92,12 +108,13 @@ class Attributor:
         except Exception as e:
             if not is_out_of_memory(e) or n == 1:
                 raise
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            self.max_pairs = max(1, n // 2)
-            self.splits += 1
-            log.warning("batch of %d pairs did not fit in memory; retrying in halves", n)
-            return self._fit(pixels, tokens)
+        # Retry outside the except block: its traceback would keep the failed
+        # attempt's tensors alive during the retry.
+        release_memory()
+        self.max_pairs = max(1, n // 2)
+        self.splits += 1
+        log.warning("batch of %d pairs did not fit in memory; retrying in halves", n)
+        return self._fit(pixels, tokens)
 
     def __call__(
         self, pixels: torch.Tensor, tokens: torch.Tensor
@@ -111,6 +128,7 @@ class Attributor:
             if pixels.shape[0] == 1:
                 return [e]
             log.warning("batch failed (%s: %s); retrying pair by pair", type(e).__name__, e)
+        release_memory()
         out: list[PairResult | Exception] = []
         for i in range(pixels.shape[0]):
             out.extend(self(pixels[i : i + 1], tokens[i : i + 1]))

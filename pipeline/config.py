@@ -51,6 +51,7 @@ class ModelSettings:
 
     name: str = "nibt-demo"
     pretrained: str | None = "shipped"
+    pretrained_sha256: str | None = None  # checked for weight files (local or remote)
     layer: int | None = None
     image_layer: int | None = None
     text_layer: int | None = None
@@ -150,10 +151,18 @@ class ClusterSettings:
     decode_threads: int = 2
     temp_dir: str | None = None
     namespace: str = "nibt-audit"
+    # Cap on the memory a worker may allocate beyond what it holds once the model is
+    # loaded (RLIMIT_DATA). A batch that would exceed it fails to allocate and is
+    # split, instead of the kernel killing the worker. null: no cap.
+    worker_memory_headroom_mb: int | None = None
 
     def __post_init__(self) -> None:
         _require(
             self.num_actors is None or self.num_actors >= 1, "cluster.num_actors", "must be >= 1"
+        )
+        _require(
+            self.worker_memory_headroom_mb is None or self.worker_memory_headroom_mb > 0,
+            "cluster.worker_memory_headroom_mb", "must be > 0",
         )
         _require(self.decode_threads >= 1, "cluster.decode_threads", "must be >= 1")
         check_no_credentials("cluster.address", self.address)

@@ -90,8 +90,8 @@ def decode_image(data: bytes | None, max_pixels: int = DEFAULT_MAX_PIXELS) -> Im
             img.load()
             img = ImageOps.exif_transpose(img) or img
             return _to_rgb(img)
-    except RowError:
-        raise
+    except (RowError, MemoryError):
+        raise  # out of memory is the worker's problem, not the row's
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise RowError(BAD_IMAGE, f"decompression bomb refused: {e}") from None
     except Image.UnidentifiedImageError:
@@ -144,7 +144,11 @@ def decode_pair(
         pixels = preprocess(decode_image(image_bytes(image_cell), max_pixels))
     except RowError as e:
         problems.append(e)
+    except MemoryError:
+        raise
     except Exception as e:  # a transform that chokes on an odd image
+        if "allocate" in str(e):
+            raise  # the allocator ran out: the worker's problem, not the row's
         problems.append(RowError(BAD_IMAGE, f"cannot preprocess image: {type(e).__name__}: {e}"))
     try:
         caption = decode_caption(caption_cell, max_chars)

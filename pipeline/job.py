@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import platform
-import shutil
 import sys
 import time
 from collections import Counter, deque
@@ -32,7 +31,7 @@ from pipeline.config import (
     public,
 )
 from pipeline.procstats import peak_rss_mb
-from pipeline.storage import filesystem, is_local, join, list_inputs, list_names
+from pipeline.storage import filesystem, join, list_inputs, list_names, remove_stale_temps
 from pipeline.tasks import Task, plan
 from pipeline.worker import TaskResult, TaskRunner
 from pipeline.write import PARTS_DIR
@@ -53,6 +52,7 @@ class JobSettings:
     storage: StorageSettings
     cluster: ClusterSettings
     run: RunSettings
+    report: Any = None  # pipeline.report.settings.ReportSettings; not part of the fingerprint
 
     def __post_init__(self) -> None:
         if self.input in (None, "", "???") or self.output in (None, "", "???"):
@@ -92,7 +92,8 @@ def results_fingerprint(s: JobSettings) -> tuple[str, dict[str, Any]]:
     if m.name not in open_clip.list_models():
         raise ConfigError(f"model.name: {m.name!r} is not an open_clip model")
     try:
-        _, weights = resolve_weights(m.pretrained, s.storage.options(str(m.pretrained or "")), m.name)
+        _, weights = resolve_weights(m.pretrained, s.storage.options(str(m.pretrained or "")),
+                                     m.name, m.pretrained_sha256)
     except (FileNotFoundError, ValueError) as e:
         raise ConfigError(f"model.pretrained: {e}") from None
     if weights == "random":
@@ -211,8 +212,7 @@ def run_job(s: JobSettings) -> tuple[int, dict[str, Any]]:
     fp, fp_parts = results_fingerprint(s)
     tasks = plan(files, lambda uri: filesystem(uri, s.storage), s.run.rows_per_task, fp)
     out_fs, out_path = filesystem(s.output, s.storage)
-    if is_local(out_fs):
-        shutil.rmtree(join(out_path, "_tmp"), ignore_errors=True)  # temp files of killed runs
+    remove_stale_temps(out_fs, join(out_path, PARTS_DIR))  # left by writers killed mid-write
     existing = set(list_names(out_fs, join(out_path, PARTS_DIR)))
     broken = [t for t in tasks if t.error]
     skipped = [t for t in tasks if not t.error and f"{t.task_id}.parquet" in existing
@@ -242,7 +242,8 @@ def run_job(s: JobSettings) -> tuple[int, dict[str, Any]]:
                      ap.num_gpus)
             actors = [
                 actor_cls.remote(s.model, s.data, s.storage, s.output, metadata,
-                                 threads=ap.threads, decode_threads=s.cluster.decode_threads)
+                                 threads=ap.threads, decode_threads=s.cluster.decode_threads,
+                                 memory_headroom_mb=s.cluster.worker_memory_headroom_mb)
                 for _ in range(ap.num_actors)
             ]
             ray.get([a.ready.remote() for a in actors])
@@ -304,6 +305,7 @@ def run_job(s: JobSettings) -> tuple[int, dict[str, Any]]:
         "status_counts": dict(sorted(status_counts.items())),
         "seconds": round(time.time() - t0, 2),
         "pairs_per_second": round(rows_run / run_seconds, 3) if rows_run and run_seconds else 0.0,
+        "batch_splits": sum(r.batch_splits for r in results if r.ok),
         "driver_peak_rss_mb": peak_rss_mb(),
         "worker_peak_rss_mb": max((r.peak_rss_mb for r in results if r.ok), default=0.0),
         "failures": failures,
@@ -311,5 +313,20 @@ def run_job(s: JobSettings) -> tuple[int, dict[str, Any]]:
         "versions": versions(),
         "settings": settings,
     }
+    if s.report is not None and getattr(s.report, "enabled", False):
+        summary["report"] = _build_report(s)
     write_summary(out_fs, out_path, summary, success=not failures)
     return code, summary
+
+
+def _build_report(s: JobSettings) -> dict[str, Any]:
+    """The audit report under ``<output>/report``; its failure does not fail the audit."""
+    from pipeline.report.build import build_report
+
+    where = join(s.output, "report")
+    try:
+        report = build_report(s.output, where, s.report, s.storage)
+        return {"path": where, "findings": len(report.get("findings", []))}
+    except Exception as e:
+        log.error("report failed: %s: %s", type(e).__name__, e)
+        return {"path": where, "error": f"{type(e).__name__}: {e}"}

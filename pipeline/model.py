@@ -30,7 +30,10 @@ MODEL_CONFIGS = Path(__file__).parent / "model_configs"
 #: Weights the package ships, by model name: ``pretrained="shipped"`` loads them.
 SHIPPED_WEIGHTS = {"nibt-demo": Path(__file__).parent / "demo" / "weights" / "nibt-demo.safetensors"}
 
-__all__ = ["Clip", "UnsupportedModelError", "default_weights", "load_clip", "resolve_weights"]
+__all__ = [
+    "Clip", "UnsupportedModelError", "WeightsError", "default_weights", "load_clip",
+    "resolve_weights",
+]
 
 
 def _register_configs() -> None:
@@ -138,14 +141,23 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+class WeightsError(ValueError):
+    """Weights that do not match their expected sha256."""
+
+
 def resolve_weights(
-    pretrained: str | None, storage_options: dict | None = None, name: str = ""
+    pretrained: str | None,
+    storage_options: dict | None = None,
+    name: str = "",
+    sha256: str | None = None,
 ) -> tuple[str | None, str]:
     """Map ``pretrained`` to (what open_clip loads, a stable weights id).
 
-    ``"shipped"`` is the package's own weights for ``name``; a tag passes through; a local path or a remote URI becomes a local file whose
-    sha256 identifies the weights (so a renamed or re-uploaded file is the same
-    weights, and a changed file is not).
+    ``"shipped"`` is the package's own weights for ``name``; a tag passes
+    through; a local path or a remote URI becomes a local file whose sha256
+    identifies the weights (a renamed or re-uploaded file is the same weights, a
+    changed file is not). When ``sha256`` is given, a file that does not match it
+    is refused (and a cached download is dropped).
     """
     if pretrained is None or str(pretrained).lower() in ("", "none", "null", "random"):
         return None, "random"
@@ -163,8 +175,15 @@ def resolve_weights(
         if not local.is_file():
             raise FileNotFoundError(f"weights file not found: {p}")
     else:
+        if sha256:
+            raise WeightsError(f"sha256 can only be checked for weight files, not the tag {p!r}")
         return p, p
-    return str(local), f"sha256:{_sha256(local)}"
+    digest = _sha256(local)
+    if sha256 and digest != sha256.lower().removeprefix("sha256:"):
+        if "://" in p:
+            local.unlink(missing_ok=True)
+        raise WeightsError(f"weights {p} have sha256 {digest}, expected {sha256}")
+    return str(local), f"sha256:{digest}"
 
 
 def load_clip(
@@ -175,13 +194,17 @@ def load_clip(
     *,
     seed: int = 0,
     storage_options: dict | None = None,
+    sha256: str | None = None,
 ) -> Clip:
     """Build ``name`` with ``pretrained`` weights, frozen and in eval mode.
 
     ``precision`` is the autocast dtype used when the engine runs the towers
     (``fp32``, ``bf16``, ``fp16``); the stored weights stay float32 so
     attributions accumulate in float32. Raises ``UnsupportedModelError`` naming
-    the model and the reason for towers the engine cannot cut.
+    the model and the reason for towers the engine cannot cut, and
+    ``WeightsError`` for a file that does not match ``sha256``. Checkpoints load
+    with safetensors or ``torch.load(weights_only=True)``: a pickle that would
+    run code is refused.
     """
     import open_clip
 
@@ -189,7 +212,7 @@ def load_clip(
         raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
     _register_configs()
     dev = torch.device(device)
-    source, weights = resolve_weights(pretrained, storage_options, name)
+    source, weights = resolve_weights(pretrained, storage_options, name, sha256)
     if source is None:
         weights = f"random(seed={seed})"
     with _seeded(seed):

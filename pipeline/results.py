@@ -17,11 +17,18 @@ from pipeline.storage import filesystem, join
 
 
 def iter_parts(
-    output: str, storage: StorageSettings | None = None, columns: Sequence[str] | None = None
+    output: str,
+    storage: StorageSettings | None = None,
+    columns: Sequence[str] | None = None,
+    manifest: dict | None = None,
 ) -> Iterator[pa.Table]:
-    """Each committed part of ``output`` as a table, in manifest (input) order."""
+    """Each committed part of ``output`` as a table, in manifest (input) order.
+
+    Pass ``manifest`` to read the parts of one manifest read several times over
+    (the manifest is re-read otherwise, and may list more parts by then).
+    """
     storage = storage or StorageSettings()
-    manifest = read_manifest(output, storage)
+    manifest = manifest if manifest is not None else read_manifest(output, storage)
     fs, root = filesystem(output, storage)
     for entry in manifest["parts"]:
         with fs.open(join(root, entry["path"]), "rb") as f:

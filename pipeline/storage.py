@@ -7,6 +7,7 @@ S3-compatible stores), the local filesystem otherwise.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import posixpath
 import uuid
@@ -111,27 +112,44 @@ def join(base: str, *parts: str) -> str:
     return "/".join([str(base).rstrip("/"), *(p.strip("/") for p in parts)])
 
 
+TMP_PREFIX = ".tmp-"
+
+
 def put_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
     """Make ``data`` visible at ``path`` only once complete.
 
-    Locally: write a temporary file under ``<dir>/../_tmp`` and rename it into
-    place (rename is atomic on one filesystem). On object storage: a single
-    completed upload (a PUT, or a multipart upload that becomes visible only on
-    completion), so readers never see a partial object.
+    Locally: write a hidden temporary file (``.tmp-<name>-<random>``) beside the
+    target and rename it into place (atomic on one filesystem); readers skip
+    hidden names and ``remove_stale_temps`` clears those left by a killed
+    writer. On object storage: a single completed upload (a PUT, or a multipart
+    upload that becomes visible only on completion): never a partial object.
     """
     if is_local(fs):
         parent = os.path.dirname(path)
-        tmp_dir = os.path.join(os.path.dirname(parent), "_tmp")
         os.makedirs(parent, exist_ok=True)
-        os.makedirs(tmp_dir, exist_ok=True)
-        tmp = os.path.join(tmp_dir, f"{os.path.basename(path)}.{uuid.uuid4().hex}")
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        tmp = os.path.join(parent, f"{TMP_PREFIX}{os.path.basename(path)}-{uuid.uuid4().hex}")
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
     else:
         fs.pipe_file(path, data)
+
+
+def remove_stale_temps(fs: fsspec.AbstractFileSystem, directory: str) -> int:
+    """Delete temporary files a killed writer left in a local ``directory``."""
+    if not is_local(fs) or not os.path.isdir(directory):
+        return 0
+    stale = [n for n in os.listdir(directory) if n.startswith(TMP_PREFIX)]
+    for name in stale:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(directory, name))
+    return len(stale)
 
 
 def is_local(fs: fsspec.AbstractFileSystem) -> bool:

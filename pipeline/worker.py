@@ -8,6 +8,7 @@ wait for storage or image codecs.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
@@ -27,7 +28,7 @@ from pipeline.config import DataSettings, ModelSettings, StorageSettings
 from pipeline.decode import ERROR, OK, Decoded, decode_pair
 from pipeline.model import load_clip
 from pipeline.nibt import NIBT
-from pipeline.procstats import peak_rss_mb
+from pipeline.procstats import cap_data_memory, peak_rss_mb
 from pipeline.read import TaskError, check_unchanged, iter_batches
 from pipeline.storage import _tag, filesystem
 from pipeline.tasks import Task
@@ -53,6 +54,7 @@ class TaskResult:
     retryable: bool = False
     pid: int = 0
     peak_rss_mb: float = 0.0
+    batch_splits: int = 0  # batches split in halves after running out of memory
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -66,8 +68,8 @@ class _Batch:
     carried: pa.RecordBatch | None
 
 
-def _prefetch(it: Iterator[Any], depth: int) -> Iterator[Any]:
-    """Run ``it`` in a background thread, ``depth`` items ahead; re-raise its errors."""
+def _prefetch(it: Iterator[Any], depth: int, pool: ThreadPoolExecutor) -> Iterator[Any]:
+    """Run ``it`` on ``pool``'s thread, ``depth`` items ahead; re-raise its errors."""
     q: queue.Queue = queue.Queue(maxsize=depth)
     done = object()
     stop = threading.Event()
@@ -87,8 +89,7 @@ def _prefetch(it: Iterator[Any], depth: int) -> Iterator[Any]:
         except BaseException as e:  # handed to the consumer
             q.put(e)
 
-    t = threading.Thread(target=produce, daemon=True, name="nibt-prefetch")
-    t.start()
+    future = pool.submit(produce)
     try:
         while True:
             item = q.get()
@@ -99,6 +100,20 @@ def _prefetch(it: Iterator[Any], depth: int) -> Iterator[Any]:
             yield item
     finally:
         stop.set()
+        with contextlib.suppress(queue.Empty):
+            while True:  # unblock a producer waiting on a full queue
+                q.get_nowait()
+        future.result()
+
+
+def _start_threads(pool: ThreadPoolExecutor, n: int) -> None:
+    """Create all of ``pool``'s threads now (they start lazily otherwise): a worker
+    under a memory cap must not need a new thread stack mid-run."""
+    barrier = threading.Barrier(n + 1)
+    futures = [pool.submit(barrier.wait) for _ in range(n)]
+    barrier.wait()
+    for f in futures:
+        f.result()
 
 
 class TaskRunner:
@@ -114,6 +129,7 @@ class TaskRunner:
         threads: int | None = None,
         decode_threads: int = 2,
         device: str | None = None,
+        memory_headroom_mb: int | None = None,
     ) -> None:
         if threads:
             # Ray sets OMP_NUM_THREADS=1 in workers: use the CPUs this worker reserved.
@@ -123,6 +139,7 @@ class TaskRunner:
         self.clip = load_clip(
             model.name, model.pretrained, device=dev, precision=model.precision,
             seed=model.seed, storage_options=storage.options(str(model.pretrained or "")),
+            sha256=model.pretrained_sha256,
         )
         self.engine = NIBT(
             self.clip, layer=model.layer, steps=model.steps, schedule=model.schedule,
@@ -133,7 +150,12 @@ class TaskRunner:
         self.output = output
         self.metadata = metadata
         self.pool = ThreadPoolExecutor(max_workers=decode_threads, thread_name_prefix="nibt-decode")
+        self.reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nibt-read")
         self.grid = self.clip.image.grid
+        if memory_headroom_mb:
+            _start_threads(self.pool, decode_threads)
+            _start_threads(self.reader, 1)
+            cap_data_memory(memory_headroom_mb)
 
     def ready(self) -> int:
         """The worker's process id, once the model is loaded."""
@@ -187,6 +209,7 @@ class TaskRunner:
     def run(self, task: Task) -> TaskResult:
         """Process one task end to end; errors become a failed result, never a crash."""
         t0 = time.perf_counter()
+        splits_before = self.attributor.splits
         base = {"task_id": task.task_id, "uri": task.uri, "row_start": task.row_start,
                 "row_end": task.row_end, "pid": os.getpid()}
         if task.error:
@@ -196,7 +219,7 @@ class TaskRunner:
             check_unchanged(fs, path, task, _tag)
             part = PartBuilder()
             counts: Counter = Counter()
-            for batch in _prefetch(self._batches(task, fs, path), depth=2):
+            for batch in _prefetch(self._batches(task, fs, path), 2, self.reader):
                 if batch.carried is not None:
                     part.add_carried(batch.carried)
                 self._attribute(batch, part, counts)
@@ -215,7 +238,8 @@ class TaskRunner:
             secs = time.perf_counter() - t0
             log.info("task %s: %d rows in %.1fs (%s)", task.task_id, part.rows, secs, dict(counts))
             return TaskResult(ok=True, rows_out=part.rows, status_counts=dict(counts),
-                              seconds=secs, part=path_written, peak_rss_mb=peak_rss_mb(), **base)
+                              seconds=secs, part=path_written, peak_rss_mb=peak_rss_mb(),
+                              batch_splits=self.attributor.splits - splits_before, **base)
         except TaskError as e:
             return TaskResult(ok=False, error=str(e), retryable=e.retryable,
                               seconds=time.perf_counter() - t0, **base)

@@ -1,14 +1,38 @@
-"""Shared fixtures: small randomly initialised open_clip models, 2 torch threads."""
+"""Shared fixtures: small random open_clip models, a moto S3 server on 127.0.0.1,
+one embedded Ray per test module; 2 torch threads."""
 
 from __future__ import annotations
 
 import logging
+import os
 
 import pytest
 import torch
 
+from pipeline.s3local import LOCAL_S3_ENV, local_s3
+
 torch.set_num_threads(2)
 logging.getLogger("root").setLevel(logging.ERROR)
+# Dummy credentials for the loopback endpoint; never a real account or config file.
+os.environ.update(LOCAL_S3_ENV)
+os.environ["AWS_CONFIG_FILE"] = os.devnull
+os.environ["AWS_SHARED_CREDENTIALS_FILE"] = os.devnull
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    with local_s3() as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """One Ray per module (start-up costs ~5 s), 2 CPUs, bound to 127.0.0.1."""
+    from pipeline.cluster import ray_session
+    from pipeline.config import ClusterSettings
+
+    with ray_session(ClusterSettings(), num_cpus=2):
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -22,8 +22,7 @@ from pipeline.model import load_clip
 from pipeline.nibt import NIBT
 from pipeline.results import read_results
 from tests.data import caption, pairs_table, png, write_table
-
-from .conftest import TEST_MODEL, settings
+from tests.jobutil import TEST_MODEL, settings
 
 
 def engine_oracle(table):

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import pickle
 
 import open_clip
 import pytest
 import torch
 from safetensors.torch import save_file
 
-from pipeline.model import load_clip
+from pipeline.model import WeightsError, load_clip
 from pipeline.towers import ImageTower, TextTower, UnsupportedModelError
 from tests.conftest import CAPTIONS, random_images
 
@@ -94,3 +96,31 @@ def test_pieces_decode_bytes_and_keep_specials(tiny):
     pieces = tiny.pieces(tokens[0, :n].tolist())
     assert pieces[0] == "<start_of_text>" and pieces[-1] == "<end_of_text>"
     assert "".join(pieces[1:-1]).replace("</w>", " ").split() == ["a", "café", "photograph"]
+
+
+class _Payload:
+    """Unpickling this would run code: a weights file must never do that."""
+
+    def __reduce__(self):
+        return (os.system, ("touch /tmp/nibt-pwned",))
+
+
+def test_pickle_payload_checkpoint_is_refused(tmp_path):
+    path = tmp_path / "evil.pt"
+    with open(path, "wb") as f:
+        pickle.dump({"state_dict": _Payload()}, f)
+    if os.path.exists("/tmp/nibt-pwned"):
+        os.remove("/tmp/nibt-pwned")
+    with pytest.raises(pickle.UnpicklingError):
+        load_clip("nibt-demo", str(path))
+    assert not os.path.exists("/tmp/nibt-pwned")
+
+
+def test_sha256_is_checked(tmp_path):
+    src = load_clip("nibt-demo", seed=3)
+    path = tmp_path / "w.safetensors"
+    save_file({k: v.contiguous() for k, v in src.model.state_dict().items()}, str(path))
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert load_clip("nibt-demo", str(path), sha256=digest).weights == f"sha256:{digest}"
+    with pytest.raises(WeightsError, match="expected"):
+        load_clip("nibt-demo", str(path), sha256="0" * 64)
