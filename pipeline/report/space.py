@@ -1,0 +1,210 @@
+"""The report's second pass: where each frequent word's pairs put their image attribution.
+
+A pair's image map explains the whole caption, so a word's spatial profile is
+taken over the pairs whose caption contains it: the mean of their maps'
+positive mass (each map normalised to sum 1) and a count of the cell holding
+each map's top patch. A *shortcut suspect* is a word whose pairs keep their
+top patch in one cell whatever the image shows:
+
+    consistency = share of the word's pairs whose top patch is in its modal cell
+    baseline    = share of all pairs whose top patch is in that same cell
+    score       = Wilson lower 95% bound of consistency - baseline
+
+The lower bound keeps a rare word from ranking on luck; subtracting the
+baseline keeps a model-wide hot spot (a cell that is on top for every caption)
+from making every word a suspect. Memory: ``words x cells`` for the tracked
+words (the most frequent, at most ``report.shortcut_max_words``). A word that
+only inherits a suspect's cell by sharing its captions is set aside by
+``CoOccurrence`` (one more pass, over the few candidates).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipeline.report.regions import Grid, maps_of, positive_maps
+from pipeline.report.stats import kl_divergence, stable_seed, wilson_lower
+from pipeline.words import merge_words
+
+COLUMNS = ["status", "tokens", "image_attr", "grid_h", "grid_w"]
+
+
+class WordSpace:
+    """Per tracked word: summed normalised maps, top-patch cell counts, example pointers."""
+
+    def __init__(self, words: list[str], grid: Grid, seed: int = 0, examples: int = 12) -> None:
+        self.words = list(words)
+        self.index = {w: i for i, w in enumerate(self.words)}
+        self.grid = grid
+        self.seed = seed
+        self.examples = max(1, examples)
+        n, cells = len(self.words), grid.cells
+        self.pos_sum = np.zeros((n, cells))
+        self.top = np.zeros((n, cells), np.int64)
+        self.n = np.zeros(n, np.int64)
+        # example pointers: a seeded sample per word (smallest random keys)
+        self.ex = {k: np.empty(0, t) for k, t in
+                   (("word", np.int64), ("key", np.float64), ("part", np.int64),
+                    ("row", np.int64), ("top", np.int64))}
+
+    def consume(self, tables: Iterable[pa.Table]) -> WordSpace:
+        for part, table in enumerate(tables):
+            self.add(table, part)
+        return self
+
+    def add(self, table: pa.Table, part: int) -> None:
+        ok = pc.equal(table.column("status"), "ok").fill_null(False).to_numpy(zero_copy_only=False)
+        rows = np.flatnonzero(ok)
+        t = table.filter(pa.array(ok))
+        if t.num_rows == 0:
+            return
+        maps, valid = maps_of(t, self.grid)
+        norm, top, usable = positive_maps(maps)
+        t_rows = np.flatnonzero(valid)[usable]  # ok-table rows with a usable map
+        norm, top = norm[usable], top[usable]
+        tokens = t.column("tokens").take(pa.array(t_rows, pa.int64())).to_pylist()
+        inc_map: list[int] = []
+        inc_word: list[int] = []
+        for m, tk in enumerate(tokens):
+            if not tk:
+                continue
+            found = {self.index.get(w) for w, _ in merge_words(tk, [0.0] * len(tk), lower=True)}
+            found.discard(None)
+            for wid in sorted(found):
+                inc_map.append(m)
+                inc_word.append(wid)
+        if not inc_map:
+            return
+        mi = np.asarray(inc_map, np.int64)
+        wi = np.asarray(inc_word, np.int64)
+        np.add.at(self.pos_sum, wi, norm[mi])
+        np.add.at(self.top, (wi, top[mi]), 1)
+        self.n += np.bincount(wi, minlength=len(self.words))
+        rng = np.random.default_rng(stable_seed(self.seed, "examples", part))
+        self._keep_examples(wi, rng.random(wi.size), part, rows[t_rows[mi]], top[mi])
+
+    def _keep_examples(self, words: np.ndarray, keys: np.ndarray, part: int,
+                       rows: np.ndarray, top: np.ndarray) -> None:
+        new = {"word": words, "key": keys, "part": np.full(words.size, part, np.int64),
+               "row": rows.astype(np.int64), "top": top.astype(np.int64)}
+        cat = {k: np.concatenate([self.ex[k], new[k]]) for k in self.ex}
+        order = np.lexsort((cat["key"], cat["word"]))
+        w = cat["word"][order]
+        first = np.searchsorted(w, w, side="left")
+        keep = order[(np.arange(w.size) - first) < self.examples]
+        self.ex = {k: v[keep] for k, v in cat.items()}
+
+    def profiles(self, dataset_pos_mean: np.ndarray, dataset_top_share: np.ndarray,
+                 min_count: int) -> list[dict]:
+        """One row per tracked word with at least ``min_count`` pairs, best suspect first."""
+        out = []
+        ref_max = float(dataset_pos_mean.max()) if dataset_pos_mean.size else 0.0
+        for wid in np.flatnonzero(self.n >= max(min_count, 1)):
+            n = int(self.n[wid])
+            modal = int(np.argmax(self.top[wid]))
+            hits = int(self.top[wid, modal])
+            mean_map = self.pos_sum[wid] / n
+            baseline = float(dataset_top_share[modal])
+            lower = float(wilson_lower(np.array([hits]), np.array([n]))[0])
+            out.append({
+                "word": self.words[wid],
+                "pairs": n,
+                "modal_cell": modal,
+                "modal_cell_name": self.grid.name(modal),
+                "consistency": hits / n,
+                "baseline": baseline,
+                "score": lower - baseline,
+                "concentration": float(mean_map.max()) / ref_max if ref_max > 0 else float("nan"),
+                "kl": kl_divergence(mean_map, dataset_pos_mean),
+                "_wid": int(wid),
+            })
+        out.sort(key=lambda r: (-r["score"], -r["consistency"], r["word"]))
+        return out
+
+    def mean_map(self, wid: int) -> np.ndarray:
+        return self.pos_sum[wid] / max(int(self.n[wid]), 1)
+
+    def top_share(self, wid: int) -> np.ndarray:
+        return self.top[wid] / max(int(self.n[wid]), 1)
+
+    def example_pointers(self, wid: int, modal: int, k: int) -> list[tuple[int, int]]:
+        """Up to ``k`` sampled pairs of the word, those peaking in ``modal`` first."""
+        sel = np.flatnonzero(self.ex["word"] == wid)
+        first = sorted(sel, key=lambda i: (self.ex["top"][i] != modal, self.ex["key"][i]))
+        return [(int(self.ex["part"][i]), int(self.ex["row"][i])) for i in first[:k]]
+
+
+class CoOccurrence:
+    """Top-patch counts of candidate suspects, by which other candidates share the caption.
+
+    A word that mostly appears with a shortcut word inherits its corner ("a
+    vintage photo of": "photo" peaks where "vintage" does). ``resolve`` walks
+    the candidates in rank order and keeps a word only if its pairs without any
+    word already kept still peak in one cell; the others are listed as
+    explained by the kept words they appear with. Memory: one cell count per
+    (word, set of co-occurring candidates) seen.
+    """
+
+    def __init__(self, words: list[str], grid: Grid) -> None:
+        self.words = list(words)
+        self.index = {w: i for i, w in enumerate(self.words)}
+        self.grid = grid
+        self.counts: dict[tuple[int, frozenset[int]], np.ndarray] = {}
+
+    def consume(self, tables: Iterable[pa.Table]) -> CoOccurrence:
+        for table in tables:
+            self.add(table)
+        return self
+
+    def add(self, table: pa.Table) -> None:
+        ok = pc.equal(table.column("status"), "ok").fill_null(False).to_numpy(zero_copy_only=False)
+        t = table.filter(pa.array(ok))
+        if t.num_rows == 0:
+            return
+        maps, valid = maps_of(t, self.grid)
+        _, top, usable = positive_maps(maps)
+        t_rows = np.flatnonzero(valid)[usable]
+        tokens = t.column("tokens").take(pa.array(t_rows, pa.int64())).to_pylist()
+        for cell, tk in zip(top[usable], tokens):
+            if not tk:
+                continue
+            present = {self.index.get(w) for w, _ in merge_words(tk, [0.0] * len(tk), lower=True)}
+            present.discard(None)
+            for i in present:
+                key = (i, frozenset(present - {i}))
+                if key not in self.counts:
+                    self.counts[key] = np.zeros(self.grid.cells, np.int64)
+                self.counts[key][cell] += 1
+
+    def resolve(self, top_share: np.ndarray, min_count: int,
+                min_score: float) -> tuple[list[dict], list[dict]]:
+        """(kept: index and stats without earlier kept words; explained: index and by whom)."""
+        kept: list[int] = []
+        out_kept, out_explained = [], []
+        for i in range(len(self.words)):
+            alone = np.zeros(self.grid.cells, np.int64)
+            by: set[int] = set()
+            for (j, others), c in self.counts.items():
+                if j != i:
+                    continue
+                shared = others.intersection(kept)
+                if shared:
+                    by |= shared
+                else:
+                    alone += c
+            n = int(alone.sum())
+            modal = int(np.argmax(alone))
+            score = float(wilson_lower(np.array([alone[modal]]), np.array([n]))[0]
+                          - top_share[modal]) if n else float("nan")
+            if n >= max(min_count, 1) and score >= min_score:
+                kept.append(i)
+                out_kept.append({"index": i, "alone_pairs": n, "alone_score": score})
+            else:
+                out_explained.append({"index": i, "alone_pairs": n,
+                                      "alone_score": score if n else None,
+                                      "by": sorted(self.words[j] for j in by)})
+        return out_kept, out_explained

@@ -1,0 +1,155 @@
+"""Bounded-memory statistics for the report: moments, reservoirs, bootstrap, effect sizes.
+
+Everything here is streaming-friendly: ``Moments`` merges exact count / mean /
+variance part by part (Chan's parallel update), ``Reservoir`` keeps a seeded
+uniform sample of fixed size (bottom-k of random keys), and the bootstrap runs
+on that sample. When a group has more values than the reservoir holds, the
+bootstrap spread of the sample mean is rescaled by ``sqrt(k / n)`` and centred
+on the exact mean, so the interval describes all ``n`` values, not just the
+sample (the spread of a mean shrinks as ``1 / sqrt(n)``).
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+def stable_seed(seed: int, *names: object) -> list[int]:
+    """A seed sequence from ``seed`` and names (crc32), independent of processing order."""
+    return [int(seed), *(zlib.crc32(str(n).encode()) for n in names)]
+
+
+@dataclass
+class Moments:
+    """Exact count, mean and variance of a stream of values (NaNs skipped)."""
+
+    n: int = 0
+    mean: float = 0.0
+    m2: float = 0.0
+
+    def add(self, values: np.ndarray) -> None:
+        v = np.asarray(values, dtype=np.float64)
+        v = v[np.isfinite(v)]
+        if v.size == 0:
+            return
+        nb, mb = v.size, float(v.mean())
+        m2b = float(((v - mb) ** 2).sum())
+        n = self.n + nb
+        delta = mb - self.mean
+        self.mean += delta * nb / n
+        self.m2 += m2b + delta * delta * self.n * nb / n
+        self.n = n
+
+    @property
+    def var(self) -> float:
+        """Sample variance (ddof=1); NaN below two values."""
+        return self.m2 / (self.n - 1) if self.n > 1 else float("nan")
+
+    @property
+    def std(self) -> float:
+        return float(np.sqrt(self.var)) if self.n > 1 else float("nan")
+
+
+@dataclass
+class Reservoir:
+    """A seeded uniform sample of at most ``size`` values from a stream.
+
+    Each value gets a random key; the reservoir keeps the ``size`` smallest keys
+    (a bottom-k sketch), which is a uniform sample without replacement. The
+    caller passes the keys, so the sample does not depend on how many
+    reservoirs share a random stream.
+    """
+
+    size: int
+    keys: np.ndarray = field(default_factory=lambda: np.empty(0))
+    values: np.ndarray = field(default_factory=lambda: np.empty(0))
+
+    def add(self, values: np.ndarray, keys: np.ndarray) -> None:
+        v = np.asarray(values, dtype=np.float64)
+        k = np.asarray(keys, dtype=np.float64)
+        ok = np.isfinite(v)
+        v, k = v[ok], k[ok]
+        if v.size == 0:
+            return
+        keys = np.concatenate([self.keys, k])
+        vals = np.concatenate([self.values, v])
+        if keys.size > self.size:
+            keep = np.argsort(keys, kind="stable")[: self.size]
+            keep.sort()
+            keys, vals = keys[keep], vals[keep]
+        self.keys, self.values = keys, vals
+
+
+def boot_deviations(
+    values: np.ndarray, n_total: int, samples: int, rng: np.random.Generator, chunk: int = 64
+) -> np.ndarray:
+    """Bootstrap deviations of the mean, scaled to a population of ``n_total`` values.
+
+    Resamples ``values`` (a reservoir of ``k`` values) with replacement, takes
+    each resample's mean minus the sample mean and scales by ``sqrt(k / n_total)``.
+    Memory: ``chunk * k`` indices at a time.
+    """
+    v = np.asarray(values, dtype=np.float64)
+    k = v.size
+    if k == 0 or samples < 1:
+        return np.empty(0)
+    out = np.empty(samples)
+    base = v.mean()
+    for start in range(0, samples, chunk):
+        b = min(chunk, samples - start)
+        idx = rng.integers(0, k, size=(b, k))
+        out[start : start + b] = v[idx].mean(axis=1) - base
+    return out * np.sqrt(k / max(n_total, k))
+
+
+def interval(center: float, deviations: np.ndarray, confidence: float) -> tuple[float, float]:
+    """Percentile interval ``center + quantiles(deviations)`` (NaN when no deviations)."""
+    if deviations.size == 0 or not np.isfinite(center):
+        return float("nan"), float("nan")
+    alpha = (1.0 - confidence) / 2.0
+    lo, hi = np.quantile(deviations, [alpha, 1.0 - alpha])
+    return float(center + lo), float(center + hi)
+
+
+def cohens_d(a: Moments, b: Moments) -> float:
+    """Cohen's d: difference of means over the pooled standard deviation (exact moments)."""
+    if a.n < 2 or b.n < 2:
+        return float("nan")
+    pooled = ((a.n - 1) * a.var + (b.n - 1) * b.var) / (a.n + b.n - 2)
+    if pooled <= 0:
+        return 0.0 if a.mean == b.mean else float("inf") * np.sign(a.mean - b.mean)
+    return float((a.mean - b.mean) / np.sqrt(pooled))
+
+
+def cliffs_delta(a: np.ndarray, b: np.ndarray) -> float:
+    """Cliff's delta P(a > b) - P(a < b), by sorting (O((m + n) log n))."""
+    a = np.asarray(a, dtype=np.float64)
+    b = np.sort(np.asarray(b, dtype=np.float64))
+    if a.size == 0 or b.size == 0:
+        return float("nan")
+    less = np.searchsorted(b, a, side="left")  # b values below each a
+    greater = b.size - np.searchsorted(b, a, side="right")  # b values above each a
+    return float((less.sum() - greater.sum()) / (a.size * b.size))
+
+
+def wilson_lower(successes: np.ndarray, n: np.ndarray, z: float = 1.96) -> np.ndarray:
+    """Wilson score lower bound of a proportion (0 where n is 0)."""
+    s = np.asarray(successes, dtype=np.float64)
+    n = np.asarray(n, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        p = s / n
+        centre = p + z * z / (2 * n)
+        margin = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+        low = (centre - margin) / (1 + z * z / n)
+    return np.where(n > 0, low, 0.0)
+
+
+def kl_divergence(p: np.ndarray, q: np.ndarray, eps: float = 1e-6) -> float:
+    """KL(p || q) in nats of two non-negative maps, each renormalised, smoothed by ``eps``."""
+    p = np.asarray(p, dtype=np.float64).ravel() + eps
+    q = np.asarray(q, dtype=np.float64).ravel() + eps
+    p, q = p / p.sum(), q / q.sum()
+    return float((p * np.log(p / q)).sum())

@@ -1,0 +1,247 @@
+"""Aggregates -> the report's sections (plain JSON-ready dicts) and its Parquet tables.
+
+Every number the HTML shows comes from these dicts (they are ``report.json``).
+Group comparisons: exact means, standard deviations and Cohen's d from the
+streamed moments; bootstrap intervals and Cliff's delta from the seeded
+reservoirs (see ``stats``).
+"""
+
+from __future__ import annotations
+
+from itertools import combinations
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from pipeline.report.aggregate import GROUP_METRICS, METRICS, SCORE_EDGES, Aggregator
+from pipeline.report.settings import ReportSettings
+from pipeline.report.space import WordSpace
+from pipeline.report.stats import (
+    Moments,
+    boot_deviations,
+    cliffs_delta,
+    cohens_d,
+    interval,
+    stable_seed,
+)
+
+#: The paper's NIB rows (CLIP ViT-B/32, OpenAI weights, L = 9, n = 10; ../shared/spec/nibt.md).
+PAPER = {
+    "Conceptual Captions": {"img_conf_drop": 0.9439, "img_conf_incr": 42.5,
+                            "txt_conf_drop": 0.2705, "txt_conf_incr": 43.95},
+    "ImageNet (tiny val)": {"img_conf_drop": 0.9012, "img_conf_incr": 53.1,
+                            "txt_conf_drop": 0.4193, "txt_conf_incr": 56.1},
+    "Flickr8k": {"img_conf_drop": 1.4495, "img_conf_incr": 28.1,
+                 "txt_conf_drop": 0.4562, "txt_conf_incr": 55.3},
+}
+METRIC_LABELS = {
+    "img_conf_drop": ("image confidence drop", "lower is better"),
+    "img_conf_incr": ("image confidence increase (% of pairs)", "higher is better"),
+    "txt_conf_drop": ("text confidence drop", "lower is better"),
+    "txt_conf_incr": ("text confidence increase (% of pairs)", "higher is better"),
+}
+GROUP_METRIC_LABELS = {"score": "CLIP score", "term_attr": "term attribution",
+                       "term_share": "term share of caption attribution"}
+
+
+def _num(x: Any) -> float | None:
+    """A finite float, or None (JSON has no NaN)."""
+    try:
+        f = float(x)
+    except (TypeError, ValueError):
+        return None
+    return f if np.isfinite(f) else None
+
+
+def _alnum(word: str) -> bool:
+    return any(ch.isalnum() for ch in word)
+
+
+def run_info(manifest: dict[str, Any]) -> dict[str, Any]:
+    """Model, weights, layers and steps, from the manifest's metadata and settings."""
+    meta = manifest.get("metadata") or {}
+    settings = manifest.get("settings") or {}
+    model = settings.get("model") or {}
+    keys = ("model", "weights", "steps", "schedule", "precision", "code_version", "schema_version")
+    info = {k: meta.get(k) for k in keys}
+    info.update(fingerprint=manifest.get("fingerprint") or meta.get("fingerprint"),
+                layer=model.get("layer"), image_layer=model.get("image_layer"),
+                text_layer=model.get("text_layer"), input=settings.get("input"),
+                parts=len(manifest.get("parts") or []))
+    return info
+
+
+def overview(agg: Aggregator, s: ReportSettings) -> dict[str, Any]:
+    rows = agg.rows
+    status = [{"status": k, "count": int(v), "share": v / rows if rows else 0.0}
+              for k, v in sorted(agg.status.items(), key=lambda kv: (-kv[1], kv[0]))]
+    errors = sorted(agg.errors.items(), key=lambda kv: (-kv[1][0], kv[0]))[: s.errors_top]
+    hist = agg.hist
+    nz = np.flatnonzero(hist)
+    lo, hi = (int(nz[0]), int(nz[-1]) + 1) if nz.size else (0, 0)
+    return {
+        "rows": rows,
+        "rows_ok": int(agg.status.get("ok", 0)),
+        "status": status,
+        "errors": [{"kind": k, "count": c, "examples": ex} for k, (c, ex) in errors],
+        "error_kinds": len(agg.errors),
+        "errors_other": agg.errors_other,
+        "score": {"n": agg.score.n, "mean": _num(agg.score.mean if agg.score.n else None),
+                  "std": _num(agg.score.std),
+                  "hist_from": float(SCORE_EDGES[lo]), "hist_to": float(SCORE_EDGES[hi]),
+                  "hist_bin": float(SCORE_EDGES[1] - SCORE_EDGES[0]),
+                  "hist_counts": [int(c) for c in hist[lo:hi]]},
+        "metrics": [{"name": m, "label": METRIC_LABELS[m][0], "better": METRIC_LABELS[m][1],
+                     "n": agg.metrics[m].n,
+                     "mean": _num(agg.metrics[m].mean if agg.metrics[m].n else None),
+                     "paper": {d: v[m] for d, v in PAPER.items()}} for m in METRICS],
+        "paper_datasets": list(PAPER),
+        "image_cls_share": _num(agg.cls_share.mean if agg.cls_share.n else None),
+        "text_eot_share": _num(agg.eot_share.mean if agg.eot_share.n else None),
+        "captions_truncated": agg.truncated,
+        "tokens_unusable": agg.skipped_tokens,
+    }
+
+
+def word_rows(agg: Aggregator, profiles: list[dict]) -> list[dict[str, Any]]:
+    """Every word with its sums turned into means, plus its spatial profile when it has one."""
+    v, sums = agg.vocab, agg.vocab.sums
+    prof = {p["word"]: p for p in profiles}
+    out = []
+    for i, w in enumerate(v.words):
+        c = int(sums["count"][i])
+        p = prof.get(w, {})
+        out.append({"word": w, "count": c, "pairs": int(sums["pairs"][i]),
+                    "mean_attr": sums["attr_sum"][i] / c, "share_negative": sums["negative"][i] / c,
+                    "mean_share": sums["share_sum"][i] / c,
+                    "space_pairs": p.get("pairs"), "modal_cell": p.get("modal_cell"),
+                    "consistency": p.get("consistency"), "baseline": p.get("baseline"),
+                    "shortcut_score": p.get("score"), "concentration": _num(p.get("concentration")),
+                    "kl": p.get("kl")})
+    return out
+
+
+def words_section(rows: list[dict], s: ReportSettings) -> dict[str, Any]:
+    ok = [r for r in rows if r["count"] >= s.words_min_count
+          and (_alnum(r["word"]) or not s.words_skip_punctuation)]
+    keep = ("word", "count", "mean_attr", "share_negative", "mean_share")
+    helps = sorted(ok, key=lambda r: (-r["mean_attr"], r["word"]))[: s.words_top]
+    hurts = sorted(ok, key=lambda r: (r["mean_attr"], r["word"]))[: s.words_top]
+    return {"distinct": len(rows), "occurrences": int(sum(r["count"] for r in rows)),
+            "min_count": s.words_min_count, "eligible": len(ok),
+            "helps": [{k: r[k] for k in keep} for r in helps],
+            "hurts": [{k: r[k] for k in keep} for r in hurts]}
+
+
+def _stat(m: Moments, dev: np.ndarray, confidence: float) -> dict[str, Any]:
+    mean = m.mean if m.n else float("nan")
+    lo, hi = interval(mean, dev, confidence)
+    return {"n": m.n, "mean": _num(mean), "std": _num(m.std), "ci_low": _num(lo), "ci_high": _num(hi)}
+
+
+def groups_section(agg: Aggregator, s: ReportSettings) -> list[dict[str, Any]]:
+    """Per family: per-group statistics with bootstrap intervals, and pairwise effects."""
+    out = []
+    for fi, fam in enumerate(agg.families):
+        accs = agg.groups[fi]
+        devs: dict[tuple[int, str], np.ndarray] = {}
+        for gi, name in enumerate(fam.names):
+            for m in GROUP_METRICS:
+                rng = np.random.default_rng(stable_seed(s.seed, "bootstrap", fam.name, name, m))
+                devs[gi, m] = boot_deviations(accs[gi].reservoirs[m].values, accs[gi].moments[m].n,
+                                              s.bootstrap_samples, rng)
+        groups = []
+        for gi, name in enumerate(fam.names):
+            g = accs[gi]
+            terms = [" ".join(t) for t in fam.groups.get(name, ())]
+            hist = g.hist
+            groups.append({
+                "name": name, "terms": terms, "rest": name == fam.rest, "pairs": g.pairs,
+                **{m: _stat(g.moments[m], devs[gi, m], s.confidence) for m in GROUP_METRICS},
+                "border_share": _num(g.border.mean if g.border.n else None),
+                "corner_share": _num(g.corner.mean if g.corner.n else None),
+                "map_pairs": g.map_n,
+                "mean_map": None if g.map_sum is None else [float(x) for x in g.map_sum / g.map_n],
+                "score_hist": [int(c) for c in hist],
+            })
+        effects = []
+        for (ia, a), (ib, b) in combinations(enumerate(fam.names), 2):
+            for m in GROUP_METRICS:
+                ma, mb = accs[ia].moments[m], accs[ib].moments[m]
+                if ma.n < 2 or mb.n < 2:
+                    continue
+                diff = ma.mean - mb.mean
+                da, db = devs[ia, m], devs[ib, m]
+                lo, hi = interval(diff, da - db, s.confidence) if da.size and db.size else (np.nan,) * 2
+                d = cohens_d(ma, mb)
+                cliff = cliffs_delta(accs[ia].reservoirs[m].values, accs[ib].reservoirs[m].values)
+                gap = bool(min(ma.n, mb.n) >= s.groups_min_pairs and np.isfinite(d)
+                           and abs(d) >= s.groups_min_effect and (lo > 0 or hi < 0))
+                effects.append({"a": a, "b": b, "metric": m, "label": GROUP_METRIC_LABELS[m],
+                                "n_a": ma.n, "n_b": mb.n, "mean_a": _num(ma.mean),
+                                "mean_b": _num(mb.mean), "diff": _num(diff), "ci_low": _num(lo),
+                                "ci_high": _num(hi), "cohens_d": _num(d), "cliffs_delta": _num(cliff),
+                                "gap": gap})
+        out.append({"name": fam.name, "description": fam.description, "rest": fam.rest,
+                    "overlap": agg.overlap[fi], "groups": groups, "effects": effects})
+    return out
+
+
+def space_section(agg: Aggregator, profiles: list[dict], suspects: list[dict],
+                  explained: list[dict], s: ReportSettings) -> dict[str, Any]:
+    grid = agg.grid
+    if grid is None or agg.map_n == 0:
+        return {"grid": None, "map_pairs": 0, "suspects": [], "explained": [],
+                "profiled_words": 0}
+    cells = grid.cells
+    top_share = agg.top_counts / max(agg.space_n, 1)
+    hot = int(np.argmax(top_share))
+    suspects = [{k: v for k, v in p.items() if not k.startswith("_")} for p in suspects]
+    return {
+        "grid": [grid.h, grid.w], "map_pairs": agg.map_n, "space_pairs": agg.space_n,
+        "grid_mismatch": agg.grid_mismatch,
+        "mean_map": [float(x) for x in agg.map_sum / agg.map_n],
+        "positive_mean_map": [float(x) for x in agg.pos_sum / max(agg.space_n, 1)],
+        "top_share": [float(x) for x in top_share],
+        "hotspot": {"cell": hot, "name": grid.name(hot), "share": float(top_share[hot]),
+                    "uniform": 1.0 / cells},
+        "border_share": {"mean": _num(agg.border.mean if agg.border.n else None),
+                         "uniform": float(grid.border().sum() / cells)},
+        "corner_share": {"mean": _num(agg.corner.mean if agg.corner.n else None),
+                         "uniform": float(grid.corners().sum() / cells)},
+        "profiled_words": len(profiles), "min_count": s.shortcut_min_count,
+        "min_score": s.shortcut_min_excess, "suspects": suspects, "explained": explained,
+    }
+
+
+def regions_table(space: dict, groups: list[dict], ws: WordSpace | None,
+                  profiles: list[dict]) -> pa.Table:
+    """Per cell: dataset, group and word maps (long format; null where a value does not apply)."""
+    types = {"scope": pa.string(), "family": pa.string(), "name": pa.string(), "cell": pa.int32(),
+             "cell_row": pa.int32(), "cell_col": pa.int32(), "mean_attr": pa.float64(),
+             "positive_share": pa.float64(), "top_share": pa.float64()}
+    chunks: list[pa.Table] = []
+    if space.get("grid"):
+        h, w = space["grid"]
+        cell = np.arange(h * w, dtype=np.int32)
+
+        def put(scope: str, family: str | None, name: str, mean=None, pos=None, top=None) -> None:
+            n = h * w
+            cols = {"scope": pa.array([scope] * n), "family": pa.array([family] * n, pa.string()),
+                    "name": pa.array([name] * n), "cell": cell, "cell_row": cell // w,
+                    "cell_col": cell % w}
+            for k, v in (("mean_attr", mean), ("positive_share", pos), ("top_share", top)):
+                cols[k] = pa.nulls(n, pa.float64()) if v is None else np.asarray(v, np.float64)
+            chunks.append(pa.table({k: pa.array(v, type=types[k]) if not isinstance(v, pa.Array)
+                                    else v.cast(types[k]) for k, v in cols.items()}))
+
+        put("dataset", None, "all", space["mean_map"], space["positive_mean_map"], space["top_share"])
+        for fam in groups:
+            for g in fam["groups"]:
+                if g["mean_map"] is not None:
+                    put("group", fam["name"], g["name"], g["mean_map"])
+        for p in profiles if ws is not None else []:
+            put("word", None, p["word"], None, ws.mean_map(p["_wid"]), ws.top_share(p["_wid"]))
+    schema = pa.schema(list(types.items()))
+    return pa.concat_tables(chunks) if chunks else schema.empty_table()

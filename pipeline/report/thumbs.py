@@ -1,0 +1,114 @@
+"""The pairs to review: their result rows, their input images, and thumbnails with the map.
+
+Result rows are read back from the manifest's parts by (part, row) pointer;
+images from the input by each row's ``source`` and ``row``: only the row group
+that holds the row is read (found from the Parquet footer), in small batches.
+Thumbnails are a centre square crop resized to ``px`` (open_clip's default
+preprocessing is a resize plus centre crop, so the map lines up with what the
+model saw up to the crop's exact size). When the input is gone or the image
+cannot be read, the map is drawn alone on white.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+from PIL import Image
+
+from pipeline.config import StorageSettings
+from pipeline.decode import DEFAULT_MAX_PIXELS, decode_image, image_bytes
+from pipeline.heatmap import overlay, png_bytes
+from pipeline.storage import filesystem, join
+
+log = logging.getLogger("nibt-report")
+
+ROW_COLUMNS = ["id", "source", "row", "status", "score", "image_attr", "grid_h", "grid_w",
+               "tokens", "text_attr"]
+
+
+def fetch_rows(results: str, manifest: dict[str, Any], pointers: Sequence[tuple[int, int]],
+               storage: StorageSettings) -> dict[tuple[int, int], dict[str, Any]]:
+    """The result rows at ``(part index, row in part)``, reading each needed part once."""
+    fs, root = filesystem(results, storage)
+    by_part: dict[int, set[int]] = defaultdict(set)
+    for p, r in pointers:
+        by_part[p].add(r)
+    out: dict[tuple[int, int], dict[str, Any]] = {}
+    for p in sorted(by_part):
+        with fs.open(join(root, manifest["parts"][p]["path"]), "rb") as f:
+            pf = pq.ParquetFile(f)
+            for r in sorted(by_part[p]):
+                rg, offset = _row_group(pf, r)
+                table = pf.read_row_group(rg, columns=ROW_COLUMNS)
+                out[(p, r)] = table.slice(r - offset, 1).to_pylist()[0]
+    return out
+
+
+def _row_group(pf: pq.ParquetFile, row: int) -> tuple[int, int]:
+    """The row group holding ``row`` and the index of its first row."""
+    start = 0
+    for i in range(pf.metadata.num_row_groups):
+        n = pf.metadata.row_group(i).num_rows
+        if row < start + n:
+            return i, start
+        start += n
+    raise IndexError(f"row {row} is past the end of the file ({start} rows)")
+
+
+def read_images(keys: Sequence[tuple[str, int]], image_column: str, storage: StorageSettings,
+                max_pixels: int = DEFAULT_MAX_PIXELS) -> dict[tuple[str, int], Image.Image | str]:
+    """The input image at each ``(source, row)``, or why it could not be read."""
+    out: dict[tuple[str, int], Image.Image | str] = {}
+    by_source: dict[str, set[int]] = defaultdict(set)
+    for src, row in keys:
+        by_source[src].add(row)
+    for src in sorted(by_source):
+        try:
+            fs, path = filesystem(src, storage)
+            with fs.open(path, "rb") as f:
+                pf = pq.ParquetFile(f)
+                for row in sorted(by_source[src]):
+                    out[(src, row)] = _read_one(pf, row, image_column, max_pixels)
+        except Exception as e:  # the input moved, was deleted or is unreadable
+            log.warning("report: cannot read images from %s: %s: %s", src, type(e).__name__, e)
+            for row in by_source[src]:
+                out.setdefault((src, row), f"input unreadable ({type(e).__name__})")
+    return out
+
+
+def _read_one(pf: pq.ParquetFile, row: int, column: str, max_pixels: int) -> Image.Image | str:
+    try:
+        rg, offset = _row_group(pf, row)
+        seen = offset
+        for batch in pf.iter_batches(batch_size=16, row_groups=[rg], columns=[column]):
+            if row < seen + batch.num_rows:
+                cell = batch.column(0)[row - seen].as_py()
+                return decode_image(image_bytes(cell), max_pixels)
+            seen += batch.num_rows
+        return "row not found in the input"
+    except Exception as e:
+        return f"image unreadable ({type(e).__name__})"
+
+
+def square(img: Image.Image, px: int) -> Image.Image:
+    """Centre square crop resized to ``px`` x ``px``."""
+    w, h = img.size
+    s = min(w, h)
+    left, top = (w - s) // 2, (h - s) // 2
+    return img.crop((left, top, left + s, top + s)).resize((px, px), Image.BICUBIC)
+
+
+def thumbnail(img: Image.Image | None, values: Sequence[float] | None, grid: tuple[int, int],
+              px: int) -> bytes:
+    """PNG of the map over the image (or over white when there is no image)."""
+    base = square(img, px) if img is not None else Image.new("RGB", (px, px), (255, 255, 255))
+    h, w = grid
+    if values is None or h * w != len(values) or h * w == 0:
+        return png_bytes(base)
+    m = np.asarray(values, dtype=np.float64).reshape(h, w)
+    return png_bytes(overlay(base, m, alpha=0.55 if img is not None else 1.0))
