@@ -37,7 +37,8 @@ def plan_actors(cfg: ClusterSettings, resources: dict[str, float], tasks: int) -
     if gpus > 0:
         per_gpu = cfg.gpus_per_actor or 1.0
         n = cfg.num_actors or max(1, int(gpus // per_gpu))
-        per_cpu = cfg.cpus_per_actor or max(1.0, min(8.0, cpus // max(n, 1)))
+        # a GPU actor's CPUs decode images: give it its share of the machine
+        per_cpu = cfg.cpus_per_actor or max(1.0, cpus // max(n, 1))
         plan = ActorPlan(n, per_cpu, per_gpu, int(per_cpu))
     else:
         if cfg.num_actors:

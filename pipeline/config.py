@@ -57,11 +57,12 @@ class ModelSettings:
     text_layer: int | None = None
     steps: int = 10
     schedule: str = "uniform"
-    precision: str = "fp32"
+    precision: str = "auto"  # auto: bf16 when the actors have GPUs, else fp32
     batch_size: int = 8
-    memory_budget_mb: float = 512.0
+    memory_budget_mb: float | None = None  # None: 512 on CPU, half the free GPU memory
     chunk_rows: int | None = None
     seed: int = 0
+    compile: bool = False  # torch.compile the towers' suffixes (pays off on GPUs, long warm-up)
 
     def __post_init__(self) -> None:
         _require(bool(self.name), "model.name", "must name an open_clip model")
@@ -71,11 +72,12 @@ class ModelSettings:
             f"must be 'uniform' or 'log', got {self.schedule!r}",
         )
         _require(
-            self.precision in ("fp32", "bf16", "fp16"), "model.precision",
-            f"must be fp32, bf16 or fp16, got {self.precision!r}",
+            self.precision in ("auto", "fp32", "bf16", "fp16"), "model.precision",
+            f"must be auto, fp32, bf16 or fp16, got {self.precision!r}",
         )
         _require(self.batch_size >= 1, "model.batch_size", f"must be >= 1, got {self.batch_size}")
-        _require(self.memory_budget_mb > 0, "model.memory_budget_mb", "must be > 0")
+        _require(self.memory_budget_mb is None or self.memory_budget_mb > 0,
+                 "model.memory_budget_mb", "must be > 0")
         if self.pretrained is not None and str(self.pretrained).lower() in ("null", "none", ""):
             self.pretrained = None
         check_no_credentials("model.pretrained", self.pretrained)
@@ -148,7 +150,7 @@ class ClusterSettings:
     num_actors: int | None = None
     cpus_per_actor: float | None = None
     gpus_per_actor: float | None = None
-    decode_threads: int = 2
+    decode_threads: int | None = None  # None: 2 beside CPU compute, the actor's CPUs beside a GPU
     temp_dir: str | None = None
     namespace: str = "nibt-audit"
     # Cap on the memory a worker may allocate beyond what it holds once the model is
@@ -164,7 +166,8 @@ class ClusterSettings:
             self.worker_memory_headroom_mb is None or self.worker_memory_headroom_mb > 0,
             "cluster.worker_memory_headroom_mb", "must be > 0",
         )
-        _require(self.decode_threads >= 1, "cluster.decode_threads", "must be >= 1")
+        _require(self.decode_threads is None or self.decode_threads >= 1,
+                 "cluster.decode_threads", "must be >= 1")
         check_no_credentials("cluster.address", self.address)
 
 

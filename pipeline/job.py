@@ -6,7 +6,10 @@ configuration or an input that cannot be listed; 1 unexpected crash.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
+import os
 import platform
 import sys
 import time
@@ -79,6 +82,28 @@ def versions() -> dict[str, str]:
     except ImportError:  # pragma: no cover
         pass
     return out
+
+
+def resolve_precision(model: ModelSettings, gpu: bool) -> ModelSettings:
+    """``precision=auto``: bf16 when the actors get GPUs, fp32 otherwise."""
+    if model.precision != "auto":
+        return model
+    return dataclasses.replace(model, precision="bf16" if gpu else "fp32")
+
+
+def _joined(s: JobSettings) -> bool:
+    return bool(s.cluster.address or os.environ.get("RAY_ADDRESS"))
+
+
+def actors_get_gpus(s: JobSettings) -> bool:
+    """Whether actors will hold GPUs: asks the joined cluster, or CUDA on this machine."""
+    if _joined(s):
+        import ray
+
+        return float(ray.cluster_resources().get("GPU", 0)) > 0
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def results_fingerprint(s: JobSettings) -> tuple[str, dict[str, Any]]:
@@ -205,9 +230,20 @@ def _progress(total: int, enabled: bool):
 
 
 def run_job(s: JobSettings) -> tuple[int, dict[str, Any]]:
-    """Run the audit; returns (exit code, summary). Raises ConfigError for bad settings."""
+    """Run the audit; returns (exit code, summary). Raises ConfigError for bad settings.
+
+    On a joined cluster the session spans the whole run (the cluster is asked
+    whether actors get GPUs before the fingerprint is made); an embedded Ray
+    starts only when there is work to do.
+    """
+    with ray_session(s.cluster) if _joined(s) else contextlib.nullcontext():
+        return _run(s)
+
+
+def _run(s: JobSettings) -> tuple[int, dict[str, Any]]:
     t0 = time.time()
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    s = dataclasses.replace(s, model=resolve_precision(s.model, actors_get_gpus(s)))
     files = list_inputs(s.input, s.storage)
     fp, fp_parts = results_fingerprint(s)
     tasks = plan(files, lambda uri: filesystem(uri, s.storage), s.run.rows_per_task, fp)

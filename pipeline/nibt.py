@@ -100,6 +100,15 @@ def suffix_row_bytes(tokens: int, width: int, heads: int, blocks: int, elem: int
     return elem * (blocks * per_block + 2 * tokens * width)
 
 
+def default_budget_mb(device: torch.device) -> float:
+    """Chunk memory budget when none is set: small on CPU (cache-friendly chunks),
+    half of what is free on a GPU (big chunks keep it busy)."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return max(256.0, free / 2**20 / 2)
+    return 512.0
+
+
 class NIBT:
     """Narrowing Information Bottleneck attributions for an open_clip CLIP model.
 
@@ -112,7 +121,8 @@ class NIBT:
         image_layer / text_layer: per-tower override of ``layer``.
         chunk_rows: suffix rows (pairs x steps) per forward/backward pass; None
             derives it from ``memory_budget_mb``.
-        memory_budget_mb: activation memory one chunk may use.
+        memory_budget_mb: activation memory one chunk may use (None: 512 MB on
+            CPU, where 40-80 rows per chunk ran fastest; half the free memory on a GPU).
     """
 
     def __init__(
@@ -125,7 +135,7 @@ class NIBT:
         image_layer: int | None = None,
         text_layer: int | None = None,
         chunk_rows: int | None = None,
-        memory_budget_mb: float = 512.0,
+        memory_budget_mb: float | None = None,
     ) -> None:
         self.clip = clip
         self.steps = int(steps)
@@ -140,7 +150,7 @@ class NIBT:
         if chunk_rows is not None and chunk_rows < 1:
             raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
         self.chunk_rows = chunk_rows
-        self.memory_budget_mb = float(memory_budget_mb)
+        self.memory_budget_mb = float(memory_budget_mb or default_budget_mb(clip.device))
 
     # ------------------------------------------------------------------ helpers
     def _rows_per_chunk(self, tokens: int, width: int, heads: int, blocks: int) -> int:

@@ -62,10 +62,16 @@ class TaskResult:
 
 @dataclass
 class _Batch:
+    """One batch as the model needs it, prepared off the compute thread."""
+
     rows: list[Decoded]
     ids: list[str]
     first_row: int
     carried: pa.RecordBatch | None
+    ok: list[int] = field(default_factory=list)  # rows that decoded
+    pixels: torch.Tensor | None = None  # [len(ok), 3, H, W], pinned when the model is on a GPU
+    tokens: torch.Tensor | None = None
+    truncated: list[bool] = field(default_factory=list)
 
 
 def _prefetch(it: Iterator[Any], depth: int, pool: ThreadPoolExecutor) -> Iterator[Any]:
@@ -127,7 +133,7 @@ class TaskRunner:
         output: str,
         metadata: dict[str, Any],
         threads: int | None = None,
-        decode_threads: int = 2,
+        decode_threads: int | None = None,
         device: str | None = None,
         memory_headroom_mb: int | None = None,
     ) -> None:
@@ -146,7 +152,13 @@ class TaskRunner:
             image_layer=model.image_layer, text_layer=model.text_layer,
             chunk_rows=model.chunk_rows, memory_budget_mb=model.memory_budget_mb,
         )
+        if model.compile:
+            for tower in (self.clip.image, self.clip.text):
+                tower.suffix = torch.compile(tower.suffix, dynamic=True)
         self.attributor = Attributor(self.clip, self.engine)
+        if decode_threads is None:
+            gpu = self.clip.device.type == "cuda"
+            decode_threads = max(2, int(threads or 2) - 1) if gpu else 2
         self.output = output
         self.metadata = metadata
         self.pool = ThreadPoolExecutor(max_workers=decode_threads, thread_name_prefix="nibt-decode")
@@ -179,17 +191,26 @@ class TaskRunner:
                     if v is not None:
                         ids[i] = v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
             carried = rb.select(d.keep_columns) if d.keep_columns else None
-            yield _Batch(decoded, ids, row, carried)
+            batch = _Batch(decoded, ids, row, carried)
+            batch.ok = [i for i, r in enumerate(decoded) if r.status == OK]
+            if batch.ok:
+                pixels = torch.stack([decoded[i].pixels for i in batch.ok])
+                if self.clip.device.type == "cuda":
+                    pixels = pixels.pin_memory()  # lets the copy to the GPU run asynchronously
+                batch.pixels = pixels
+                batch.tokens, batch.truncated = self.clip.encode_captions(
+                    [decoded[i].caption for i in batch.ok])
+            yield batch
             row += rb.num_rows
 
     def _attribute(self, batch: _Batch, part: PartBuilder, counts: Counter) -> None:
-        ok = [i for i, r in enumerate(batch.rows) if r.status == OK]
         results: dict[int, Any] = {}
         truncated: dict[int, bool] = {}
-        if ok:
-            pixels = torch.stack([batch.rows[i].pixels for i in ok])
-            tokens, trunc = self.clip.encode_captions([batch.rows[i].caption for i in ok])
-            for i, r, t in zip(ok, self.attributor(pixels, tokens), trunc):
+        if batch.ok:
+            dev = self.clip.device
+            pixels = batch.pixels.to(dev, non_blocking=True)
+            tokens = batch.tokens.to(dev, non_blocking=True)
+            for i, r, t in zip(batch.ok, self.attributor(pixels, tokens), batch.truncated):
                 results[i] = r
                 truncated[i] = t
         gh, gw = self.grid

@@ -84,28 +84,41 @@ def run() -> dict:
     with local_s3() as endpoint:
         fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": endpoint})
         fs.mkdir("bench")
-        # 1. throughput: ViT-B-32 (random weights), batch 8, layer 9, 10 steps, 256 pairs
-        upload(fs, "bench/b32", 256, 4, 320)
+        # 1. throughput: ViT-B-32 (random weights), batch 8, layer 9, 10 steps
         eng = engine_rate("ViT-B-32", None, 8, {"layer": 9}, 10, 320)
-        job = run_job_cli(endpoint, "s3://bench/b32/", "s3://bench/out-b32", [
-            "model=vit_b_32", "model.pretrained=null", "run.rows_per_task=64"])
-        out["throughput_vit_b_32"] = {
-            "pairs": 256, "engine": eng, "job_pairs_per_s": job["pairs_per_second"],
-            "job_vs_engine_with_metrics": round(
-                job["pairs_per_second"] / eng["attribute_and_metrics_pairs_per_s"], 3),
-            "job_seconds_total": job["seconds"],
-            "worker_peak_rss_mb": job["worker_peak_rss_mb"],
-            "driver_peak_rss_mb": job["driver_peak_rss_mb"],
-        }
-        # 2. memory as rows grow: the demo model, 256 vs 2048 pairs
+        out["engine_vit_b_32"] = eng
+        for n in (256, 1024):
+            upload(fs, f"bench/b32-{n}", n, 4, 320)
+            job = run_job_cli(endpoint, f"s3://bench/b32-{n}/", f"s3://bench/out-b32-{n}", [
+                "model=vit_b_32", "model.pretrained=null", "run.rows_per_task=64"])
+            out[f"job_vit_b_32_{n}_pairs"] = {
+                "job_pairs_per_s": job["pairs_per_second"],
+                "job_vs_engine_with_metrics": round(
+                    job["pairs_per_second"] / eng["attribute_and_metrics_pairs_per_s"], 3),
+                "job_seconds_total": job["seconds"],
+                "worker_peak_rss_mb": job["worker_peak_rss_mb"],
+                "driver_peak_rss_mb": job["driver_peak_rss_mb"],
+            }
+        # 2. cost linear in rows: the demo model at growing sizes, same task size
         scale = {}
-        for n in (256, 2048):
+        for n in (256, 512, 2048, 8192):
             upload(fs, f"bench/demo{n}", n, 8, 64)
             job = run_job_cli(endpoint, f"s3://bench/demo{n}/", f"s3://bench/out-demo{n}", [
                 "model=demo", "run.rows_per_task=256"])
             scale[str(n)] = {"job_pairs_per_s": job["pairs_per_second"],
+                             "ms_per_pair": round(1000 / job["pairs_per_second"], 2),
                              "driver_peak_rss_mb": job["driver_peak_rss_mb"],
                              "worker_peak_rss_mb": job["worker_peak_rss_mb"],
                              "seconds": job["seconds"]}
-        out["memory_scale_demo"] = scale
+        out["scale_demo"] = scale
+        ms = [v["ms_per_pair"] for k, v in scale.items() if int(k) >= 512]
+        out["scale_demo_spread"] = {
+            "ms_per_pair_max_over_min": round(max(ms) / min(ms), 3),
+            "driver_rss_max_over_min": round(
+                max(v["driver_peak_rss_mb"] for v in scale.values())
+                / min(v["driver_peak_rss_mb"] for v in scale.values()), 3),
+            "worker_rss_max_over_min": round(
+                max(v["worker_peak_rss_mb"] for v in scale.values())
+                / min(v["worker_peak_rss_mb"] for v in scale.values()), 3),
+        }
     return out
