@@ -23,8 +23,9 @@ from pipeline.config import ConfigError
 from pipeline.job import EXIT_CONFIG, EXIT_CRASH, JobSettings, run_job
 
 log = logging.getLogger("nibt-audit")
-#: The project's Hydra configs (top-level conf/); NIBT_CONF_DIR points elsewhere.
-CONF_DIR = os.environ.get("NIBT_CONF_DIR", str(Path(__file__).resolve().parent.parent / "conf"))
+#: The Hydra configs: top-level conf/, reached through the pipeline/conf link (so a
+#: wheel carries them); NIBT_CONF_DIR points elsewhere.
+CONF_DIR = os.environ.get("NIBT_CONF_DIR", str(Path(__file__).resolve().parent / "conf"))
 _state = {"entered": False, "code": EXIT_CRASH}
 
 
