@@ -4,6 +4,8 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 PYTEST_ARGS ?=
+# make demo DEMO_ARGS="--pairs 200 --shards 2" for a smaller run
+DEMO_ARGS ?=
 # AIRFLOW_CHECK_RAY=1 also runs the Ray-cluster DAG against a private Ray head on 127.0.0.1.
 AIRFLOW_CHECK_RAY ?= 0
 
@@ -19,6 +21,19 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]' 2>&1 | grep -v "^WARNING: Location" || true
 	$(BIN)/python -c "import pipeline, torch, open_clip, ray, pyarrow, s3fs, hydra, moto, captum"
 	touch $(STAMP)
+
+# Offline, in minutes: demo dataset -> moto S3 on 127.0.0.1 -> nibt-audit on a local Ray
+# with the shipped demo model -> report; results and report in demo-output/.
+demo: install
+	$(BIN)/python -m pipeline.demo.run $(DEMO_ARGS)
+
+# Retrain the shipped demo model reproducibly (2 CPU cores; see pipeline/demo/weights/nibt-demo.json).
+demo-model: install
+	$(BIN)/python -m pipeline.demo.train --out pipeline/demo/weights
+
+# Attribution quality against the synthetic ground truth (pointing game, text shares, metrics).
+evaluate: install
+	$(BIN)/python -m pipeline.demo.evaluate --out bench-results/evaluate.json
 
 # The whole suite: unit, integration (real Ray, moto S3 on 127.0.0.1), reliability, report, jobs, demo.
 test: install
@@ -45,6 +60,12 @@ bench: install
 # On a machine with a GPU: engine and job pairs/s, TFLOP/s, GPU utilisation (< 5 minutes).
 bench-gpu: install
 	$(BIN)/python -m tests.bench.gpu --out bench-results/gpu.json
+
+# The report as a person sees it: a small demo-like report from hand-built results (no model),
+# screenshotted in headless Chromium (Debian: apt-get install -y chromium) to bench-results/report.png.
+report-screenshot: install
+	$(BIN)/python -m tests.report.demo bench-results/report-demo
+	$(BIN)/python -m pipeline.report.screenshot bench-results/report-demo/report/report.html bench-results/report.png
 
 clean:
 	rm -rf $(VENV) jobs/airflow/.venv-airflow .pytest_cache build *.egg-info

@@ -21,7 +21,9 @@ import pyarrow.compute as pc
 from pipeline.report.regions import Grid, first_grid, maps_of, positive_maps, region_shares
 from pipeline.report.settings import GroupFamily, ReportSettings
 from pipeline.report.stats import Moments, Reservoir, stable_seed
-from pipeline.words import merge_words
+from pipeline.report.tokens import FamilyMatcher, Matcher, part_words
+
+__all__ = ["Aggregator", "Matcher", "error_kind"]
 
 METRICS = ("img_conf_drop", "img_conf_incr", "txt_conf_drop", "txt_conf_incr")
 GROUP_METRICS = ("score", "term_attr", "term_share")
@@ -63,7 +65,9 @@ class Vocabulary:
             out.append(i)
         return out
 
-    def add(self, ids: list[int], attrs: list[float], shares: list[float], pair_ids: list[int]) -> None:
+    def add(self, ids: np.ndarray, attrs: np.ndarray, shares: np.ndarray,
+            pair_ids: np.ndarray) -> None:
+        """Add word uses (vocabulary ids, attributions, shares) and each pair's distinct ids."""
         n = len(self.words)
         a = np.asarray(attrs, dtype=np.float64)
         i = np.asarray(ids, dtype=np.int64)
@@ -75,32 +79,6 @@ class Vocabulary:
         for f, v in add.items():
             old = self.sums[f]
             self.sums[f] = np.concatenate([old, np.zeros(n - old.size)]) + v
-
-
-class Matcher:
-    """Finds a family's terms in a caption's words (longest term first at each position)."""
-
-    def __init__(self, family: GroupFamily) -> None:
-        self.by_first: dict[str, list[tuple[tuple[str, ...], int]]] = {}
-        for gi, terms in enumerate(family.groups.values()):
-            for t in terms:
-                self.by_first.setdefault(t[0], []).append((t, gi))
-        for cands in self.by_first.values():
-            cands.sort(key=lambda c: -len(c[0]))
-
-    def match(self, words: list[str], attrs: list[float]) -> dict[int, list[float]]:
-        """Group index -> the attribution of each term occurrence (a term's words summed)."""
-        hits: dict[int, list[float]] = {}
-        i = 0
-        while i < len(words):
-            step = 1
-            for terms, gi in self.by_first.get(words[i], ()):
-                if tuple(words[i : i + len(terms)]) == terms:
-                    hits.setdefault(gi, []).append(sum(attrs[i : i + len(terms)]))
-                    step = len(terms)
-                    break
-            i += step
-        return hits
 
 
 class TopN:
@@ -150,7 +128,7 @@ class Aggregator:
     def __init__(self, settings: ReportSettings, families: list[GroupFamily]) -> None:
         self.s = settings
         self.families = families
-        self.matchers = [Matcher(f) for f in families]
+        self.matchers = [FamilyMatcher(f) for f in families]
         self.rows = 0
         self.status: Counter = Counter()
         self.errors: dict[str, list] = {}  # kind -> [count, example ids]
@@ -211,59 +189,68 @@ class Aggregator:
                             map_row, maps)
 
     def _errors(self, bad: pa.Table) -> None:
-        for rid, err in zip(bad.column("id").to_pylist(), bad.column("error").to_pylist()):
-            kind = error_kind(err)
-            entry = self.errors.get(kind)
+        """Count failed rows by error kind (kinds in order of first appearance), keep examples."""
+        if bad.num_rows == 0:
+            return
+        # a null or empty message is "(no message)" either way (see error_kind)
+        enc = pc.dictionary_encode(bad.column("error").combine_chunks().fill_null("(no message)"))
+        kinds: dict[str, int] = {}
+        msg_kind = np.array([kinds.setdefault(error_kind(m), len(kinds))
+                             for m in enc.dictionary.to_pylist()], np.int64)
+        kid = msg_kind[enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)]
+        names = list(kinds)
+        order = np.argsort(kid, kind="stable")
+        firsts = np.searchsorted(kid[order], np.arange(len(names)))
+        counts = np.bincount(kid, minlength=len(names))
+        ids = bad.column("id")
+        for k in sorted(range(len(names)), key=lambda k: order[firsts[k]]):
+            entry = self.errors.get(names[k])
             if entry is None:
                 if len(self.errors) >= MAX_ERROR_KINDS:
-                    self.errors_other += 1
+                    self.errors_other += int(counts[k])
                     continue
-                entry = self.errors[kind] = [0, []]
-            entry[0] += 1
-            if len(entry[1]) < self.s.errors_examples:
-                entry[1].append(str(rid))
+                entry = self.errors[names[k]] = [0, []]
+            entry[0] += int(counts[k])
+            need = self.s.errors_examples - len(entry[1])
+            if need > 0:
+                take = order[firsts[k] : firsts[k] + min(need, int(counts[k]))]
+                entry[1] += [str(x) for x in ids.take(pa.array(take)).to_pylist()]
 
     def _words(self, t: pa.Table) -> tuple[list, np.ndarray]:
         """Per-word sums; per family and group: (rows, term attribution, term share)."""
-        n_fam = len(self.families)
-        members = [[([], [], []) for _ in f.names] for f in self.families]
-        ids_all: list[int] = []
-        attrs_all: list[float] = []
-        shares_all: list[float] = []
-        pair_ids: list[int] = []
-        min_attr = np.full(t.num_rows, np.nan)
-        tokens = t.column("tokens").to_pylist()
-        values = t.column("text_attr").to_pylist()
-        for i, (tk, ta) in enumerate(zip(tokens, values)):
-            if tk is None or ta is None or len(tk) != len(ta):
-                self.skipped_tokens += 1
-                continue
-            merged = merge_words(tk, [0.0 if v is None else v for v in ta], lower=True)
-            if not merged:
-                continue
-            words = [w for w, _ in merged]
-            attrs = [a for _, a in merged]
-            total = sum(abs(a) for a in attrs)
-            ids = self.vocab.ids(words)
-            ids_all += ids
-            attrs_all += attrs
-            shares_all += [a / total if total > 0 else 0.0 for a in attrs]
-            pair_ids += set(ids)
-            min_attr[i] = min(attrs)
-            for fi in range(n_fam):
-                hits = self.matchers[fi].match(words, attrs)
-                if len(hits) > 1:
-                    self.overlap[fi] += 1
-                rest = self.families[fi].rest
-                if not hits and rest:
-                    members[fi][-1][0].append(i)
-                for gi, occ in hits.items():
-                    rows_, ta_, ts_ = members[fi][gi]
-                    rows_.append(i)
-                    ta_.append(sum(occ) / len(occ))
-                    ts_.append(sum(occ) / total if total > 0 else 0.0)
-        if ids_all:
-            self.vocab.add(ids_all, attrs_all, shares_all, pair_ids)
+        n = t.num_rows
+        min_attr = np.full(n, np.nan)
+        pw = part_words(t.column("tokens"), t.column("text_attr"))
+        self.skipped_tokens += pw.skipped
+        members = [[(np.empty(0, np.int64), np.empty(0), np.empty(0)) for _ in f.names]
+                   for f in self.families]
+        if pw.word.size == 0:
+            return members, min_attr
+        ids = np.asarray(self.vocab.ids(pw.words), np.int64)[pw.word]
+        total = np.bincount(pw.row, weights=np.abs(pw.attr), minlength=n)
+        safe = np.where(total > 0, total, 1.0)
+        share = np.where(total[pw.row] > 0, pw.attr / safe[pw.row], 0.0)
+        pairs = np.unique(pw.row * (len(self.vocab.words) + 1) + ids) % (len(self.vocab.words) + 1)
+        self.vocab.add(ids, pw.attr, share, pairs)
+        starts = pw.starts()
+        with_words = pw.row[starts]
+        min_attr[with_words] = np.minimum.reduceat(pw.attr, starts)
+        for fi, fam in enumerate(self.families):
+            rows, groups, attrs, _ = self.matchers[fi].hits(pw)
+            g_count = len(fam.groups)
+            key, inv = np.unique(rows * g_count + groups, return_inverse=True)
+            occ_sum = np.bincount(inv, weights=attrs, minlength=key.size)
+            occ_n = np.bincount(inv, minlength=key.size)
+            k_row, k_group = key // g_count, key % g_count
+            per_row = np.bincount(k_row, minlength=n)
+            self.overlap[fi] += int((per_row > 1).sum())
+            for gi in range(g_count):
+                sel = k_group == gi
+                r = k_row[sel]
+                members[fi][gi] = (r, occ_sum[sel] / occ_n[sel],
+                                   np.where(total[r] > 0, occ_sum[sel] / safe[r], 0.0))
+            if fam.rest:
+                members[fi][-1] = (with_words[per_row[with_words] == 0], np.empty(0), np.empty(0))
         return members, min_attr
 
     def _maps(self, t: pa.Table) -> tuple[np.ndarray, np.ndarray]:
@@ -295,16 +282,16 @@ class Aggregator:
         self.corner.add(corner[has])
         return map_row, maps
 
-    def _group(self, g: GroupAcc, idx: list[int], term_attr: list[float],
-               term_share: list[float], score: np.ndarray, keys: np.ndarray,
+    def _group(self, g: GroupAcc, idx: np.ndarray, term_attr: np.ndarray,
+               term_share: np.ndarray, score: np.ndarray, keys: np.ndarray,
                map_row: np.ndarray, part_maps: np.ndarray) -> None:
-        if not idx:
+        if len(idx) == 0:
             return
         rows = np.asarray(idx, dtype=np.int64)
         g.pairs += rows.size
         g.add("score", score[rows], keys[rows])
         g.hist += score_hist(score[rows])
-        if term_attr:
+        if len(term_attr):
             g.add("term_attr", np.asarray(term_attr), keys[rows])
             g.add("term_share", np.asarray(term_share), keys[rows])
         mr = map_row[rows]

@@ -238,7 +238,7 @@ def build_report(results: str, output: str, settings: ReportSettings | None = No
         "report_version": REPORT_VERSION,
         "results": results,
         "run": summary.run_info(manifest),
-        "overview": summary.overview(agg, s),
+        "overview": summary.overview(agg, s, len(manifest["parts"])),
         "words": summary.words_section(word_rows, s),
         "groups": summary.groups_section(agg, s),
         "space": summary.space_section(agg, profiles, suspects, explained, s),
@@ -259,5 +259,7 @@ def build_report(results: str, output: str, settings: ReportSettings | None = No
     body = json.dumps(report, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
     put_atomic(fs, join(root, "report.json"), body.encode())
     put_atomic(fs, join(root, "report.html"), html.encode())
+    if report["overview"]["notice"]:
+        log.warning("report: %s", report["overview"]["notice"])
     log.info("report: %d rows, %d findings -> %s", agg.rows, len(report["findings"]), output)
     return report

@@ -21,9 +21,13 @@ def _g(x: float | None, spec: str = ".3g") -> str:
 
 
 def findings(report: dict[str, Any]) -> list[dict[str, Any]]:
-    """Findings in order of urgency: shortcuts, group gaps, hot spots, failed rows, words."""
+    """Findings in order of urgency: nothing to report (empty results, no row attributed),
+    shortcuts, group gaps, hot spots, failed rows, words."""
     out: list[dict[str, Any]] = []
     space, ov, words = report["space"], report["overview"], report["words"]
+    if ov.get("notice"):
+        out.append({"kind": ov["content"], "anchor": "overview" if ov["content"] == "empty"
+                    else "errors", "text": ov["notice"]})
     for i, p in enumerate(space.get("suspects", [])):
         out.append({"kind": "shortcut", "anchor": f"suspect-{i}", "word": p["word"],
                     "text": f"Shortcut suspect \u201c{p['word']}\u201d: the top patch of "

@@ -16,12 +16,17 @@ from typing import Any
 
 import jinja2
 import numpy as np
+from matplotlib.colors import Normalize, TwoSlopeNorm
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 _ENV = jinja2.Environment(
     loader=jinja2.PackageLoader("pipeline.report", "templates"),
     autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
 )
+SCORE_LABEL = "CLIP score (cosine similarity, -1 to 1)"
+DPI = 96
+SHARE_LABELS = ("share of positive attribution", "share of pairs")
 RED = np.array([178, 24, 43])
 BLUE = np.array([33, 102, 172])
 
@@ -30,13 +35,16 @@ def data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
-def _png(fig: Figure) -> str:
+def _png(fig: Figure | None) -> str | None:
+    """A figure as a PNG data URI (no metadata: same figure, same bytes); None for None."""
+    if fig is None:
+        return None
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=80, metadata={"Software": None})
+    fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None})
     return data_uri(buf.getvalue())
 
 
-def score_plot(counts: Sequence[int], start: float, width: float) -> str | None:
+def score_figure(counts: Sequence[int], start: float, width: float) -> Figure | None:
     """Histogram of CLIP scores from the report's fixed bins."""
     if not counts:
         return None
@@ -44,13 +52,13 @@ def score_plot(counts: Sequence[int], start: float, width: float) -> str | None:
     ax = fig.add_subplot()
     x = start + width * np.arange(len(counts))
     ax.bar(x, counts, width=width, align="edge", color="#4a6fa5")
-    ax.set_xlabel("CLIP score (cosine)")
+    ax.set_xlabel(SCORE_LABEL)
     ax.set_ylabel("pairs")
     fig.tight_layout()
-    return _png(fig)
+    return fig
 
 
-def group_score_plot(groups: list[dict[str, Any]], start: float, width: float) -> str | None:
+def group_score_figure(groups: list[dict[str, Any]], start: float, width: float) -> Figure | None:
     """Each group's score distribution (share of its pairs per bin, 4 report bins wide)."""
     shown = [g for g in groups if g["pairs"] > 0]
     if not shown:
@@ -64,36 +72,69 @@ def group_score_plot(groups: list[dict[str, Any]], start: float, width: float) -
         if nz.size == 0:
             continue
         lo, hi = max(nz[0] - 1, 0), min(nz[-1] + 2, h.size)
-        x = -1.0 + 4 * width * np.arange(lo, hi + 1)
+        x = start + 4 * width * np.arange(lo, hi + 1)
         y = h[lo:hi] / h.sum()
         ax.stairs(y, x, label=f"{g['name']} (n={g['pairs']})")
-    ax.set_xlabel("CLIP score (cosine)")
-    ax.set_ylabel("share of group")
+    ax.set_xlabel(SCORE_LABEL)
+    ax.set_ylabel("share of the group's pairs")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    return _png(fig)
+    return fig
 
 
-def map_plot(maps: list[tuple[str, Sequence[float] | None]], grid: Sequence[int],
-             signed: bool = True) -> str | None:
-    """Small multiples of grid maps: signed (blue-white-red, symmetric) or shares (white-red)."""
+def map_figure(maps: list[tuple[str, Sequence[float] | None]], grid: Sequence[int],
+               signed: bool = True, label: str | Sequence[str] = "mean attribution",
+               shared: bool = False) -> Figure | None:
+    """Small multiples of grid maps, each with a labelled colour bar.
+
+    Signed maps use a diverging colormap whose norm is centred at zero with
+    symmetric limits (white = 0); shares (non-negative) go white to red from 0.
+    ``shared`` puts every panel on one scale (for comparing groups); ``label``
+    names the colour bars' quantity (one for all panels, or one per panel).
+    """
     maps = [(t, m) for t, m in maps if m is not None]
     if not maps or not grid:
         return None
     h, w = grid
-    fig = Figure(figsize=(2.3 * len(maps) + 0.4, 2.5))
-    for i, (title, m) in enumerate(maps):
+    labels = [label] * len(maps) if isinstance(label, str) else list(label)
+    arrays = [np.nan_to_num(np.asarray(m, dtype=np.float64)).reshape(h, w) for _, m in maps]
+    common = max(float(np.abs(a).max()) for a in arrays) or 1.0
+    fig = Figure(figsize=(3.0 * len(maps) + 0.3, 3.0))
+    for i, ((title, _), a, cb_label) in enumerate(zip(maps, arrays, labels)):
         ax = fig.add_subplot(1, len(maps), i + 1)
-        a = np.asarray(m, dtype=np.float64).reshape(h, w)
-        top = float(np.abs(a).max()) or 1.0
-        im = ax.imshow(a, cmap="RdBu_r" if signed else "Reds", vmin=-top if signed else 0,
-                       vmax=top, interpolation="nearest")
-        ax.set_title(title, fontsize=8)
-        ax.set_xticks([])
-        ax.set_yticks([])
-        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04).ax.tick_params(labelsize=6)
+        top = common if shared else (float(np.abs(a).max()) or 1.0)
+        norm = TwoSlopeNorm(vcenter=0.0, vmin=-top, vmax=top) if signed \
+            else Normalize(vmin=0.0, vmax=top)
+        im = ax.imshow(a, cmap="RdBu_r" if signed else "Reds", norm=norm, interpolation="nearest")
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("patch column", fontsize=8)
+        ax.set_ylabel("patch row", fontsize=8)
+        for axis in (ax.xaxis, ax.yaxis):
+            axis.set_major_locator(MaxNLocator(nbins=4, integer=True))
+        ax.tick_params(labelsize=7)
+        cb = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04,
+                          format=FuncFormatter(lambda v, _: f"{v:.2g}"))
+        cb.ax.tick_params(labelsize=7)
+        cb.set_label(cb_label, fontsize=8)
     fig.tight_layout()
-    return _png(fig)
+    return fig
+
+
+def score_plot(counts: Sequence[int], start: float, width: float) -> str | None:
+    """``score_figure`` as a data URI."""
+    return _png(score_figure(counts, start, width))
+
+
+def group_score_plot(groups: list[dict[str, Any]], start: float, width: float) -> str | None:
+    """``group_score_figure`` as a data URI."""
+    return _png(group_score_figure(groups, start, width))
+
+
+def map_plot(maps: list[tuple[str, Sequence[float] | None]], grid: Sequence[int],
+             signed: bool = True, label: str | Sequence[str] = "mean attribution",
+             shared: bool = False) -> str | None:
+    """``map_figure`` as a data URI."""
+    return _png(map_figure(maps, grid, signed, label, shared))
 
 
 def word_colour(value: float, scale: float) -> str:
@@ -135,13 +176,16 @@ def plots(report: dict[str, Any]) -> dict[str, Any]:
     for fam in report["groups"]:
         out["groups"].append(group_score_plot(fam["groups"], -1.0, ov["score"]["hist_bin"]))
         out["group_maps"].append(map_plot([(g["name"], g["mean_map"]) for g in fam["groups"]],
-                                          grid) if grid else None)
+                                          grid, shared=True) if grid else None)
     if grid:
         out["dataset_maps"] = map_plot([("mean signed map", sp["mean_map"])], grid)
         out["dataset_shares"] = map_plot([("mean positive share", sp["positive_mean_map"]),
-                                          ("top-patch share", sp["top_share"])], grid, signed=False)
+                                          ("top-patch share", sp["top_share"])], grid,
+                                         signed=False, label=SHARE_LABELS)
         out["suspects"] = [map_plot([(f"{m['word']}: positive share", m["positive_mean_map"]),
-                                     ("top-patch share", m["top_share"])], grid, signed=False)
+                                     ("top-patch share", m["top_share"])], grid, signed=False,
+                                    label=("share of positive attribution",
+                                           "share of the word's pairs"))
                            for m in sp.get("suspect_maps", [])]
     return out
 

@@ -28,9 +28,26 @@ import pyarrow.compute as pc
 
 from pipeline.report.regions import Grid, maps_of, positive_maps
 from pipeline.report.stats import kl_divergence, stable_seed, wilson_lower
-from pipeline.words import merge_words
+from pipeline.report.tokens import part_words
 
 COLUMNS = ["status", "tokens", "image_attr", "grid_h", "grid_w"]
+
+
+def incidence(tokens: pa.Array | pa.ChunkedArray,
+              index: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
+    """``(row, word)`` for each distinct tracked word (``index``) of each row's caption.
+
+    Sorted by row, then word id.
+    """
+    pw = part_words(tokens)
+    ids = np.array([index.get(w, -1) for w in pw.words] or [-1], np.int64)
+    wid = ids[pw.word] if pw.word.size else np.empty(0, np.int64)
+    keep = wid >= 0
+    if not keep.any():
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    n = max(len(index), 1)
+    key = np.unique(pw.row[keep] * n + wid[keep])
+    return key // n, key % n
 
 
 class WordSpace:
@@ -66,24 +83,17 @@ class WordSpace:
         norm, top, usable = positive_maps(maps)
         t_rows = np.flatnonzero(valid)[usable]  # ok-table rows with a usable map
         norm, top = norm[usable], top[usable]
-        tokens = t.column("tokens").take(pa.array(t_rows, pa.int64())).to_pylist()
-        inc_map: list[int] = []
-        inc_word: list[int] = []
-        for m, tk in enumerate(tokens):
-            if not tk:
-                continue
-            found = {self.index.get(w) for w, _ in merge_words(tk, [0.0] * len(tk), lower=True)}
-            found.discard(None)
-            for wid in sorted(found):
-                inc_map.append(m)
-                inc_word.append(wid)
-        if not inc_map:
+        mi, wi = incidence(t.column("tokens").take(pa.array(t_rows, pa.int64())), self.index)
+        if mi.size == 0:
             return
-        mi = np.asarray(inc_map, np.int64)
-        wi = np.asarray(inc_word, np.int64)
-        np.add.at(self.pos_sum, wi, norm[mi])
-        np.add.at(self.top, (wi, top[mi]), 1)
-        self.n += np.bincount(wi, minlength=len(self.words))
+        n_words, cells = len(self.words), self.grid.cells
+        order = np.argsort(wi, kind="stable")  # (map, word) pairs grouped by word
+        sw = wi[order]
+        starts = np.flatnonzero(np.r_[True, sw[1:] != sw[:-1]])
+        self.pos_sum[sw[starts]] += np.add.reduceat(norm[mi[order]], starts, axis=0)
+        self.top += np.bincount(wi * cells + top[mi], minlength=n_words * cells).reshape(
+            n_words, cells)
+        self.n += np.bincount(wi, minlength=n_words)
         rng = np.random.default_rng(stable_seed(self.seed, "examples", part))
         self._keep_examples(wi, rng.random(wi.size), part, rows[t_rows[mi]], top[mi])
 
@@ -168,17 +178,25 @@ class CoOccurrence:
         maps, valid = maps_of(t, self.grid)
         _, top, usable = positive_maps(maps)
         t_rows = np.flatnonzero(valid)[usable]
-        tokens = t.column("tokens").take(pa.array(t_rows, pa.int64())).to_pylist()
-        for cell, tk in zip(top[usable], tokens):
-            if not tk:
-                continue
-            present = {self.index.get(w) for w, _ in merge_words(tk, [0.0] * len(tk), lower=True)}
-            present.discard(None)
-            for i in present:
-                key = (i, frozenset(present - {i}))
-                if key not in self.counts:
-                    self.counts[key] = np.zeros(self.grid.cells, np.int64)
-                self.counts[key][cell] += 1
+        mi, wi = incidence(t.column("tokens").take(pa.array(t_rows, pa.int64())), self.index)
+        if mi.size == 0:
+            return
+        # each (map, candidate) pair keyed by the set of the other candidates in its caption,
+        # as bit masks (62 candidates a limb)
+        rows, inv = np.unique(mi, return_inverse=True)
+        limbs = -(-len(self.words) // 62)
+        masks = np.zeros((rows.size, limbs), np.int64)
+        np.bitwise_or.at(masks, (inv, wi // 62), np.left_shift(1, wi % 62).astype(np.int64))
+        others = masks[inv].copy()
+        others[np.arange(wi.size), wi // 62] &= ~np.left_shift(1, wi % 62).astype(np.int64)
+        cell = top[usable][mi]
+        keys, counts = np.unique(np.column_stack([wi, others, cell]), axis=0, return_counts=True)
+        for key, c in zip(keys.tolist(), counts.tolist()):
+            i, bits, cl = key[0], key[1:-1], key[-1]
+            present = frozenset(62 * li + b for li, v in enumerate(bits) for b in range(62)
+                                if v >> b & 1)
+            arr = self.counts.setdefault((i, present), np.zeros(self.grid.cells, np.int64))
+            arr[cl] += c
 
     def resolve(self, top_share: np.ndarray, min_count: int,
                 min_score: float) -> tuple[list[dict], list[dict]]:

@@ -72,8 +72,25 @@ def run_info(manifest: dict[str, Any]) -> dict[str, Any]:
     return info
 
 
-def overview(agg: Aggregator, s: ReportSettings) -> dict[str, Any]:
+def notice(rows: int, rows_ok: int, parts: int, status: dict[str, int]) -> tuple[str, str | None]:
+    """What the results hold ('empty', 'no_attributions' or 'ok') and a plain sentence
+    saying so when there is nothing (or nothing attributed) to report."""
+    if rows == 0:
+        where = "the manifest lists no parts" if parts == 0 else \
+            f"the manifest's {parts} part{'s' if parts != 1 else ''} hold no rows"
+        return "empty", f"These results are empty: {where}, so there is nothing to report."
+    if rows_ok == 0:
+        order = sorted(status.items(), key=lambda kv: (-kv[1], kv[0]))
+        counts = ", ".join(f"{v} {k}" for k, v in order)
+        return "no_attributions", (f"No row was attributed: all {rows} rows failed ({counts}), "
+                                   "so there are no attributions to aggregate; see Errors.")
+    return "ok", None
+
+
+def overview(agg: Aggregator, s: ReportSettings, parts: int | None = None) -> dict[str, Any]:
+    """Row counts, statuses, errors, the score histogram and the paper's metrics."""
     rows = agg.rows
+    content, note = notice(rows, int(agg.status.get("ok", 0)), parts or 0, dict(agg.status))
     status = [{"status": k, "count": int(v), "share": v / rows if rows else 0.0}
               for k, v in sorted(agg.status.items(), key=lambda kv: (-kv[1], kv[0]))]
     errors = sorted(agg.errors.items(), key=lambda kv: (-kv[1][0], kv[0]))[: s.errors_top]
@@ -83,6 +100,7 @@ def overview(agg: Aggregator, s: ReportSettings) -> dict[str, Any]:
     return {
         "rows": rows,
         "rows_ok": int(agg.status.get("ok", 0)),
+        "content": content, "notice": note,
         "status": status,
         "errors": [{"kind": k, "count": c, "examples": ex} for k, (c, ex) in errors],
         "error_kinds": len(agg.errors),
@@ -126,8 +144,11 @@ def words_section(rows: list[dict], s: ReportSettings) -> dict[str, Any]:
     ok = [r for r in rows if r["count"] >= s.words_min_count
           and (_alnum(r["word"]) or not s.words_skip_punctuation)]
     keep = ("word", "count", "mean_attr", "share_negative", "mean_share")
-    helps = sorted(ok, key=lambda r: (-r["mean_attr"], r["word"]))[: s.words_top]
-    hurts = sorted(ok, key=lambda r: (r["mean_attr"], r["word"]))[: s.words_top]
+    # a word lowering the alignment on average is never listed as raising it, and vice versa
+    helps = sorted((r for r in ok if r["mean_attr"] > 0),
+                   key=lambda r: (-r["mean_attr"], r["word"]))[: s.words_top]
+    hurts = sorted((r for r in ok if r["mean_attr"] < 0),
+                   key=lambda r: (r["mean_attr"], r["word"]))[: s.words_top]
     return {"distinct": len(rows), "occurrences": int(sum(r["count"] for r in rows)),
             "min_count": s.words_min_count, "eligible": len(ok),
             "helps": [{k: r[k] for k in keep} for r in helps],

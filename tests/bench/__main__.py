@@ -11,7 +11,7 @@ import logging
 import sys
 import warnings
 
-SECTIONS = ("engine", "job")
+SECTIONS = ("engine", "models", "job", "report")
 
 
 def main(argv: list[str]) -> int:

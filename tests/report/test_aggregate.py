@@ -55,8 +55,11 @@ def test_word_aggregates_match_a_naive_loop(built):
         assert t["mean_attr"] == pytest.approx(e["sum"] / e["count"], rel=1e-5, abs=1e-9)
         assert t["share_negative"] == pytest.approx(e["neg"] / e["count"])
         assert t["mean_share"] == pytest.approx(e["share"] / e["count"], rel=1e-4, abs=1e-7)
+    mean = {w: e["sum"] / e["count"] for w, e in acc.items()}
     helps = [w["word"] for w in report["words"]["helps"]]
-    assert helps == sorted(acc, key=lambda w: (-acc[w]["sum"] / acc[w]["count"], w))[:15]
+    assert helps == sorted((w for w in acc if mean[w] > 0), key=lambda w: (-mean[w], w))[:15]
+    hurts = [w["word"] for w in report["words"]["hurts"]]
+    assert hurts == sorted((w for w in acc if mean[w] < 0), key=lambda w: (mean[w], w))[:15]
     assert report["words"]["distinct"] == len(acc)
 
 

@@ -56,7 +56,6 @@ def test_bad_override_is_exit_2(results, tmp_path, monkeypatch):
     """Hydra refuses the override before the app runs (in-process: no logging set up)."""
     from pipeline.report import cli
 
-    monkeypatch.setitem(cli._state, "entered", False)
     monkeypatch.setattr(sys, "argv", ["nibt-report", f"results={results / 'res'}",
                                       f"output={tmp_path}/o", "report.colour=red"])
     with pytest.raises(SystemExit) as e:

@@ -1,0 +1,200 @@
+"""Caption words of a whole results part at once: BPE pieces merged, group terms found.
+
+``part_words`` does what ``pipeline.words.merge_words(..., lower=True)`` does
+for every row of a part, with pyarrow / numpy over the flattened pieces: the
+Python work is per *distinct* piece and per distinct word of the part, not per
+row. ``FamilyMatcher`` finds a group family's terms the way ``Matcher`` does
+(longest term first at each position, matches do not overlap): single-word
+terms by array lookups, and only the rare captions where a multi-word term
+actually matches go through ``Matcher`` one by one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipeline.report.settings import GroupFamily
+from pipeline.words import END_OF_WORD, SPECIAL
+
+
+@dataclass
+class PartWords:
+    """The words of a part's captions, in row and caption order."""
+
+    row: np.ndarray  # int64: the row (index into the part's table) of each word
+    word: np.ndarray  # int64: index into ``words``
+    attr: np.ndarray  # float64: summed attribution of the word's pieces (0 without values)
+    words: list[str]  # the part's distinct case-folded words, in order of first use
+    skipped: int = 0  # rows left out: no tokens, or values missing / of another length
+
+    def starts(self) -> np.ndarray:
+        """Index of each row's first word (rows in ascending order, only rows with words)."""
+        return np.flatnonzero(np.r_[True, self.row[1:] != self.row[:-1]]) if self.row.size \
+            else np.empty(0, np.int64)
+
+
+def _np(arr: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    return arr.to_numpy(zero_copy_only=False)
+
+
+def _list(col: pa.Array | pa.ChunkedArray) -> pa.Array:
+    return col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+
+
+def part_words(tokens: pa.Array | pa.ChunkedArray,
+               values: pa.Array | pa.ChunkedArray | None = None) -> PartWords:
+    """Every row's ``merge_words(tokens, values, lower=True)``, flattened.
+
+    With ``values``, rows whose tokens or values are null or whose lengths
+    differ are skipped (counted in ``skipped``) and null values count as 0.
+    """
+    tokens = _list(tokens)
+    n = len(tokens)
+    valid = _np(tokens.is_valid())
+    lengths = _np(pc.list_value_length(tokens).fill_null(0))
+    if values is not None:
+        values = _list(values)
+        valid = valid & _np(values.is_valid()) & \
+            (lengths == _np(pc.list_value_length(values).fill_null(-1)))
+    skipped = int(n - valid.sum()) if values is not None else 0
+    empty = PartWords(np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0), [], skipped)
+    rows = np.flatnonzero(valid & (lengths > 0))
+    if rows.size == 0:
+        return empty
+    mask = pa.array(valid & (lengths > 0))
+    kept = tokens.filter(mask)
+    flat = pc.list_flatten(kept).fill_null("")
+    row = rows[_np(pc.list_parent_indices(kept))]
+    if values is not None:
+        val = _np(pc.list_flatten(values.filter(mask)).fill_null(0.0)).astype(np.float64)
+    else:
+        val = np.zeros(len(flat))
+    enc = pc.dictionary_encode(flat).combine_chunks() if isinstance(flat, pa.ChunkedArray) \
+        else pc.dictionary_encode(flat)
+    piece = _np(enc.indices).astype(np.int64)
+    uniq = enc.dictionary.to_pylist()
+    special = np.array([p in SPECIAL for p in uniq], bool)
+    end = np.array([p.endswith(END_OF_WORD) for p in uniq], bool)
+    stripped = pa.array([p[: -len(END_OF_WORD)] if e else p for p, e in zip(uniq, end)], pa.string())
+    keep = ~special[piece]
+    piece, row, val = piece[keep], row[keep], val[keep]
+    if piece.size == 0:
+        return empty
+    ends = end[piece].copy()
+    ends[:-1] |= row[1:] != row[:-1]  # a caption's trailing pieces form a word too
+    ends[-1] = True
+    first = np.r_[True, ends[:-1]]
+    word_of_piece = np.cumsum(first) - 1
+    starts = np.flatnonzero(first)
+    attr = np.bincount(word_of_piece, weights=val, minlength=starts.size)
+    offsets = np.r_[starts, piece.size].astype(np.int32)
+    if starts.size == piece.size:  # every word is one piece
+        text = stripped.take(pa.array(piece))
+    else:
+        text = pc.binary_join(pa.ListArray.from_arrays(pa.array(offsets),
+                                                       stripped.take(pa.array(piece))), "")
+    row = row[starts]
+    unended = ~end[piece[np.r_[starts[1:], piece.size] - 1]]
+    if unended.any():  # an empty trailing buffer (pieces "" only) is no word
+        drop = unended & (_np(pc.binary_length(text)) == 0)
+        if drop.any():
+            text, row, attr = text.filter(pa.array(~drop)), row[~drop], attr[~drop]
+    wenc = pc.dictionary_encode(text)
+    folded: dict[str, int] = {}
+    remap = np.array([folded.setdefault(w.casefold(), len(folded))
+                      for w in wenc.dictionary.to_pylist()], np.int64)
+    word = remap[_np(wenc.indices).astype(np.int64)]
+    return PartWords(row, word, attr, list(folded), skipped)
+
+
+class Matcher:
+    """Finds a family's terms in one caption's words (longest term first at each position)."""
+
+    def __init__(self, family: GroupFamily) -> None:
+        self.by_first: dict[str, list[tuple[tuple[str, ...], int]]] = {}
+        for gi, terms in enumerate(family.groups.values()):
+            for t in terms:
+                self.by_first.setdefault(t[0], []).append((t, gi))
+        for cands in self.by_first.values():
+            cands.sort(key=lambda c: -len(c[0]))
+
+    def match(self, words: list[str], attrs: list[float]) -> dict[int, list[float]]:
+        """Group index -> the attribution of each term occurrence (a term's words summed)."""
+        hits: dict[int, list[float]] = {}
+        i = 0
+        while i < len(words):
+            step = 1
+            for terms, gi in self.by_first.get(words[i], ()):
+                if tuple(words[i : i + len(terms)]) == terms:
+                    hits.setdefault(gi, []).append(sum(attrs[i : i + len(terms)]))
+                    step = len(terms)
+                    break
+            i += step
+        return hits
+
+
+class FamilyMatcher:
+    """A family's terms found in a part's words; ``Matcher`` semantics, vectorised."""
+
+    def __init__(self, family: GroupFamily) -> None:
+        self.matcher = Matcher(family)
+        self.n_groups = len(family.groups)
+        self.single: dict[str, int] = {}
+        self.multi: list[tuple[str, ...]] = []
+        for gi, terms in enumerate(family.groups.values()):
+            for t in terms:
+                if len(t) == 1:
+                    self.single.setdefault(t[0], gi)
+                else:
+                    self.multi.append(t)
+
+    def hits(self, pw: PartWords) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Each term occurrence as (row, group, summed attribution), and rows with a long match.
+
+        Returns ``row, group, attr`` (occurrences, by row then position) and the
+        sorted rows where a multi-word term matched (matched one by one).
+        """
+        single = np.array([self.single.get(w, -1) for w in pw.words] or [-1], np.int64)
+        group = single[pw.word] if pw.word.size else np.empty(0, np.int64)
+        slow_rows = self._multi_rows(pw)
+        fast = (group >= 0) & ~np.isin(pw.row, slow_rows)
+        rows, groups, attrs = [pw.row[fast]], [group[fast]], [pw.attr[fast]]
+        if slow_rows.size:
+            starts = pw.starts()
+            first = starts[np.searchsorted(pw.row[starts], slow_rows)]
+            last = np.r_[starts[1:], pw.row.size][np.searchsorted(pw.row[starts], slow_rows)]
+            sr, sg, sa = [], [], []
+            for r, a, b in zip(slow_rows, first, last):
+                words = [pw.words[i] for i in pw.word[a:b]]
+                for gi, occ in self.matcher.match(words, pw.attr[a:b].tolist()).items():
+                    sr += [r] * len(occ)
+                    sg += [gi] * len(occ)
+                    sa += occ
+            rows.append(np.asarray(sr, np.int64))
+            groups.append(np.asarray(sg, np.int64))
+            attrs.append(np.asarray(sa, np.float64))
+        r, g, a = np.concatenate(rows), np.concatenate(groups), np.concatenate(attrs)
+        order = np.argsort(r, kind="stable")
+        return r[order], g[order], a[order], slow_rows
+
+    def _multi_rows(self, pw: PartWords) -> np.ndarray:
+        """Rows where some multi-word term occurs (words in a row, same caption)."""
+        if not self.multi or pw.word.size == 0:
+            return np.empty(0, np.int64)
+        index = {w: i for i, w in enumerate(pw.words)}
+        found = np.zeros(pw.word.size, bool)
+        for term in self.multi:
+            ids = [index.get(w) for w in term]
+            if None in ids or len(term) > pw.word.size:
+                continue
+            span = pw.word.size - len(term) + 1
+            m = np.ones(span, bool)
+            for j, wid in enumerate(ids):
+                m &= pw.word[j : j + span] == wid
+                m &= pw.row[j : j + span] == pw.row[:span]
+            found[:span] |= m
+        return np.unique(pw.row[found])

@@ -1,0 +1,54 @@
+"""``python -m pipeline.report.screenshot``: the demo report in headless Chromium.
+
+The rendering test runs only where Chromium is installed (``apt-get install
+chromium``; ``make install`` does not install it); the missing-browser path
+always runs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.report import screenshot
+from tests.report.demo import build_demo
+
+needs_chromium = pytest.mark.skipif(screenshot.find_chromium() is None,
+                                    reason="Chromium not installed (apt-get install chromium)")
+
+
+@needs_chromium
+def test_the_demo_report_renders(tmp_path):
+    report = build_demo(tmp_path / "demo")
+    out = tmp_path / "shot" / "report.png"
+    assert screenshot.main([str(report / "report.html"), str(out), "--height", "2400"]) == 0
+    img = Image.open(out).convert("RGB")
+    assert img.size == (1280, 2400)
+    px = np.asarray(img, dtype=np.int32)
+    assert (px.sum(axis=2) < 300).mean() > 0.005  # dark text and plots, not a blank page
+    r, g, b = px[:600, :, 0], px[:600, :, 1], px[:600, :, 2]
+    assert ((b > 150) & (r < 80) & (g < 80)).sum() > 200  # the findings: blue links
+
+
+def test_a_missing_browser_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    page = tmp_path / "p.html"
+    page.write_text("<p>hi</p>")
+    monkeypatch.setenv("NIBT_CHROMIUM", str(tmp_path / "no-such-chromium"))
+    assert screenshot.find_chromium() is None
+    with pytest.raises(screenshot.ScreenshotError, match="apt-get install -y chromium"):
+        screenshot.screenshot(page, tmp_path / "x.png")
+    assert screenshot.main([str(page), str(tmp_path / "x.png")]) == 2
+    assert "Chromium not found" in capsys.readouterr().err
+    assert screenshot.main([str(tmp_path / "missing.html"), str(tmp_path / "x.png")]) == 2
+
+
+def test_the_blank_band_below_the_page_is_cut(tmp_path):
+    img = Image.new("RGB", (50, 400), (255, 255, 255))
+    img.paste((10, 10, 10), (5, 20, 45, 100))  # content ends at row 99
+    path = tmp_path / "tall.png"
+    img.save(path)
+    screenshot.trim_bottom(path, margin=10)
+    assert Image.open(path).size == (50, 110)
+    screenshot.trim_bottom(path, margin=10)  # nothing more to cut
+    assert Image.open(path).size == (50, 110)

@@ -1,0 +1,195 @@
+"""The vectorised per-part passes against plain per-row loops (the oracles written here).
+
+Word merging is checked against ``pipeline.words.merge_words`` (the per-caption
+reference, tested on its own), term matching against a greedy scan written
+below, error counting, the spatial sums and the co-occurrence counts against
+naive loops over the same rows.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from pipeline.report import ReportSettings
+from pipeline.report import aggregate as agg_mod
+from pipeline.report.aggregate import Aggregator, error_kind
+from pipeline.report.regions import Grid
+from pipeline.report.settings import GroupFamily
+from pipeline.report.space import CoOccurrence, WordSpace
+from pipeline.report.tokens import FamilyMatcher, part_words
+from pipeline.words import merge_words
+
+PIECES = ["a</w>", "old</w>", "man</w>", "wo", "man</w>", "Man</w>", "ß</w>", "SS</w>",
+          "pho", "to</w>", "dog", "<start_of_text>", "<end_of_text>", "of</w>", "vin", "tage</w>",
+          "lady</w>", "!</w>", ""]
+
+
+def random_captions(n: int, seed: int) -> tuple[list, list]:
+    """Token lists with specials mid-word, trailing pieces without ``</w>``, nulls, empties,
+    values with nulls and of the wrong length."""
+    rng = np.random.default_rng(seed)
+    tokens, values = [], []
+    for _ in range(n):
+        u = rng.random()
+        k = int(rng.integers(0, 12))
+        tk = [str(p) for p in rng.choice(PIECES, size=k)]
+        va = [float(x) for x in rng.normal(0, 1, k)]
+        if u < 0.05:
+            tk = None
+        elif u < 0.1:
+            va = None
+        elif u < 0.15:
+            va = va[:-1] if va else [1.0]
+        elif u < 0.25 and va:
+            va[int(rng.integers(len(va)))] = None
+        tokens.append(tk)
+        values.append(va)
+    return tokens, values
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_part_words_matches_merge_words(seed):
+    tokens, values = random_captions(400, seed)
+    tk = pa.chunked_array([pa.array(tokens[:150], pa.list_(pa.string())),
+                           pa.array(tokens[150:], pa.list_(pa.string()))])
+    va = pa.array(values, pa.list_(pa.float32()))
+    pw = part_words(tk, va)
+    got = defaultdict(list)
+    for r, w, a in zip(pw.row, pw.word, pw.attr):
+        got[int(r)].append((pw.words[w], a))
+    skipped = 0
+    for i, (t, v) in enumerate(zip(tokens, values)):
+        if t is None or v is None or len(t) != len(v):
+            skipped += 1
+            assert i not in got
+            continue
+        v32 = [0.0 if x is None else float(np.float32(x)) for x in v]
+        want = merge_words(t, v32, lower=True)
+        assert [w for w, _ in got[i]] == [w for w, _ in want], (t, got[i])
+        np.testing.assert_allclose([a for _, a in got[i]], [a for _, a in want], rtol=1e-12)
+    assert pw.skipped == skipped
+    assert pw.words == list(dict.fromkeys(pw.words[w] for w in pw.word))  # first use order
+    # tokens alone (the spatial passes): no row is skipped for its values
+    alone = part_words(tk)
+    assert alone.skipped == 0
+    rows_with_words = {i for i, t in enumerate(tokens) if t and merge_words(t, [0] * len(t))}
+    assert set(alone.row.tolist()) == rows_with_words
+
+
+def greedy(words: list[str], terms: dict[tuple[str, ...], int]) -> list[tuple[int, float, int]]:
+    """Oracle: at each position the longest term (then the first group) wins; skip its words.
+    Returns (group, position, length) of each occurrence."""
+    out, i = [], 0
+    longest = max(len(t) for t in terms)
+    while i < len(words):
+        for n in range(min(longest, len(words) - i), 0, -1):
+            t = tuple(words[i : i + n])
+            if t in terms:
+                out.append((terms[t], i, n))
+                i += n
+                break
+        else:
+            i += 1
+    return out
+
+
+def test_family_matcher_matches_a_greedy_scan():
+    fam = GroupFamily.from_config("age", {"groups": {
+        "adult": ["man", "woman", "lady"], "older": ["old man", "old", "old lady of"],
+        "again": ["man", "photo of a"]}, "rest": "none"})
+    terms: dict[tuple[str, ...], int] = {}
+    for gi, ts in enumerate(fam.groups.values()):
+        for t in ts:
+            terms.setdefault(t, gi)  # a term in two groups: the first group wins
+    vocab = ["a", "old", "man", "woman", "lady", "of", "photo", "dog"]
+    rng = np.random.default_rng(4)
+    caps = [[str(w) for w in rng.choice(vocab, size=int(rng.integers(0, 9)))] for _ in range(500)]
+    tokens = pa.array([[w + "</w>" for w in c] for c in caps], pa.list_(pa.string()))
+    values = pa.array([[float(x) for x in rng.normal(0, 1, len(c))] for c in caps],
+                      pa.list_(pa.float64()))
+    pw = part_words(tokens, values)
+    rows, groups, attrs, slow = FamilyMatcher(fam).hits(pw)
+    got = sorted(zip(rows.tolist(), groups.tolist(), np.round(attrs, 9).tolist()))
+    want = []
+    for r, c in enumerate(caps):
+        v = values[r].as_py()
+        for g, i, n in greedy(c, terms):
+            want.append((r, g, round(sum(v[i : i + n]), 9)))
+    assert got == sorted(want)
+    assert slow.size < len(caps) / 2  # most captions took the vectorised path
+
+
+def test_errors_are_counted_by_kind_in_order_of_first_appearance(monkeypatch):
+    monkeypatch.setattr(agg_mod, "MAX_ERROR_KINDS", 3)
+    msgs = [None, "", "disk 1 full", "disk 22 full", "x", "y", "x", None, "z", "x 3"]
+    s = ReportSettings(errors_examples=2)
+    agg = Aggregator(s, [])
+    for p, chunk in enumerate((msgs[:4], msgs[4:])):
+        agg.add(pa.table({"id": [f"{p}-{i}" for i in range(len(chunk))],
+                          "status": ["error"] * len(chunk), "error": pa.array(chunk, pa.string())}),
+                p)
+    want: dict[str, list] = {}
+    other = 0
+    for p, chunk in enumerate((msgs[:4], msgs[4:])):
+        for i, m in enumerate(chunk):
+            k = error_kind(m)
+            if k not in want and len(want) >= 3:
+                other += 1
+                continue
+            e = want.setdefault(k, [0, []])
+            e[0] += 1
+            if len(e[1]) < 2:
+                e[1].append(f"{p}-{i}")
+    assert agg.errors == want and agg.errors_other == other
+    assert list(agg.errors) == list(want)
+
+
+def _space_rows(n: int, seed: int) -> tuple[pa.Table, np.ndarray, list[list[str]]]:
+    rng = np.random.default_rng(seed)
+    vocab = ["a", "vintage", "photo", "of", "dog", "Dog", "cat"]
+    caps = [[str(w) for w in rng.choice(vocab, size=int(rng.integers(0, 6)))] for _ in range(n)]
+    maps = rng.normal(0, 1, (n, 9))
+    maps[::7] = 0.0  # constant maps: no top patch
+    maps[1::11] = -1.0 - np.abs(maps[1::11])  # no positive mass
+    status = ["ok" if i % 13 else "error" for i in range(n)]
+    table = pa.table({
+        "status": status,
+        "tokens": pa.array([[w + "</w>" for w in c] for c in caps], pa.list_(pa.string())),
+        "image_attr": pa.array([list(m) for m in maps], pa.list_(pa.float32())),
+        "grid_h": pa.array([3] * n, pa.int16()), "grid_w": pa.array([3] * n, pa.int16())})
+    return table, maps.astype(np.float32).astype(np.float64), caps
+
+
+def test_spatial_sums_and_cooccurrence_match_naive_loops():
+    tracked = ["dog", "a", "vintage", "photo"]
+    table, maps, caps = _space_rows(300, 5)
+    ws = WordSpace(tracked, Grid(3, 3), examples=2).consume([table.slice(0, 120),
+                                                             table.slice(120)])
+    co = CoOccurrence(tracked, Grid(3, 3)).consume([table.slice(0, 120), table.slice(120)])
+    pos = np.zeros((4, 9))
+    top = np.zeros((4, 9), np.int64)
+    counts: dict = defaultdict(lambda: np.zeros(9, np.int64))
+    for i, (m, c) in enumerate(zip(maps, caps)):
+        p = np.maximum(m, 0)
+        if i % 13 == 0 or p.sum() <= 0 or m.max() == m.min():
+            continue
+        present = {tracked.index(w.lower()) for w in c if w.lower() in tracked}
+        for w in present:
+            pos[w] += p / p.sum()
+            top[w, int(np.argmax(m))] += 1
+            counts[w, frozenset(present - {w})][int(np.argmax(m))] += 1
+    np.testing.assert_allclose(ws.pos_sum, pos, rtol=1e-9, atol=1e-12)
+    assert (ws.top == top).all() and (ws.n == top.sum(axis=1)).all()
+    assert set(co.counts) == set(counts)
+    for k, v in counts.items():
+        assert (co.counts[k] == v).all(), k
+    # example pointers: at most 2 per word, each a row whose caption has the word
+    for wid, w in enumerate(tracked):
+        ptrs = ws.example_pointers(wid, 0, 5)
+        assert 0 < len(ptrs) <= 2
+        for part, row in ptrs:
+            assert w in [x.lower() for x in caps[row + 120 * part]]
