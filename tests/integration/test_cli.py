@@ -41,10 +41,12 @@ def test_unlistable_input_is_exit_2(tmp_path):
 
 
 def test_a_run_logs_summarises_and_leaks_no_secret(tmp_path):
+    """Credentials in the environment reach no log, summary, manifest, part or report."""
     write_table(pairs_table(12, seed=9), str(tmp_path / "in.parquet"))
     logs = tmp_path / "logs"
     r = audit(f"input={tmp_path}/in.parquet", f"output={tmp_path}/out", "model.pretrained=null",
               "model.steps=2", "model.image_layer=1", "model.text_layer=1", "run.progress=false",
+              "report.enabled=true",
               env={"NIBT_LOG_DIR": str(logs), "AWS_SECRET_ACCESS_KEY": SECRET,
                    "AWS_ACCESS_KEY_ID": "AKIA" + SECRET},
               cwd=tmp_path)
@@ -53,6 +55,8 @@ def test_a_run_logs_summarises_and_leaks_no_secret(tmp_path):
     assert summary["rows_out"] == 12 and summary["status"] == "succeeded"
     on_disk = json.loads((tmp_path / "out" / "_SUCCESS").read_text())
     assert on_disk["rows_out"] == 12
+    assert (tmp_path / "out" / "report" / "report.html").exists()
+    assert summary["report"]["path"].endswith("report")
     log_files = list(logs.rglob("*.log"))
     assert log_files and "task " in log_files[0].read_text()
     for path in [*tmp_path.rglob("*")]:
