@@ -18,7 +18,7 @@ import torch
 from pipeline.decode import RowError, decode_caption, decode_image
 from pipeline.heatmap import overlay, unnormalize
 from pipeline.metrics import confidence
-from pipeline.model import default_weights, load_clip
+from pipeline.model import default_weights, load_clip, shipped_layers
 from pipeline.nibt import NIBT
 from pipeline.words import merge_words
 
@@ -34,7 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="open_clip tag (e.g. openai), weights file or s3:// URI; default: the model's "
         "shipped weights for nibt-demo, random weights otherwise",
     )
-    p.add_argument("--layer", type=int, default=None, help="bottleneck block (default 0.75 depth)")
+    p.add_argument("--layer", type=int, default=None,
+                   help="bottleneck block for both towers (default: the layers chosen for shipped "
+                        "weights, else 0.75 of each tower's depth)")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--schedule", choices=("uniform", "log"), default="uniform")
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
@@ -56,7 +58,9 @@ def explain(args: argparse.Namespace) -> dict:
     caption = decode_caption(args.caption)
     pixels = clip.preprocess(img).unsqueeze(0)
     tokens, truncated = clip.encode_captions([caption])
-    engine = NIBT(clip, layer=args.layer, steps=args.steps, schedule=args.schedule)
+    shipped = args.layer is None and not clip.weights.startswith("random")
+    layers = shipped_layers(args.model) if shipped else {}
+    engine = NIBT(clip, layer=args.layer, steps=args.steps, schedule=args.schedule, **layers)
     attr = engine.attribute(pixels, tokens)
     conf = confidence(clip, pixels, tokens, attr)
     n = int(attr.eot[0]) + 1

@@ -48,6 +48,17 @@ def default_weights(name: str) -> str | None:
     return "shipped" if name in SHIPPED_WEIGHTS else None
 
 
+def shipped_layers(name: str) -> dict[str, int]:
+    """The bottleneck layers chosen for shipped weights (``image_layer``, ``text_layer``)."""
+    facts = SHIPPED_WEIGHTS.get(name, Path("/nonexistent")).with_suffix(".json")
+    if not facts.is_file():
+        return {}
+    import json
+
+    data = json.loads(facts.read_text())
+    return {k: int(data[k]) for k in ("image_layer", "text_layer") if k in data}
+
+
 @dataclass
 class Clip:
     """A frozen open_clip model, its preprocessing and tokenizer, cut into towers."""

@@ -1,0 +1,31 @@
+"""`nibt-explain` on one demo pair: heatmap written, tokens and metrics printed."""
+
+from __future__ import annotations
+
+import json
+
+from PIL import Image
+
+from pipeline.demo.scenes import make_pair, png_bytes
+from pipeline.explain import main
+
+
+def test_explain_one_pair(tmp_path, capsys):
+    pair = make_pair(7, 0, n_objects=1, n_named=1, word=False, mark=False)
+    img = tmp_path / "scene.png"
+    img.write_bytes(png_bytes(pair.image))
+    out = tmp_path / "heat.png"
+    assert main([str(img), pair.caption, "--out", str(out), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert Image.open(out).size == (64, 64)
+    assert (result["model"], result["image_layer"], result["text_layer"]) == ("nibt-demo", 2, 0)
+    pieces = [t["piece"] for t in result["tokens"]]
+    assert pieces[0] == "<start_of_text>" and pieces[-1] == "<end_of_text>"
+    assert " ".join(w["word"] for w in result["words"]) == pair.caption.lower().replace(".", " .")
+    assert -1 <= result["score"] <= 1
+    assert 0 <= result["img_conf_drop"] <= 200
+
+
+def test_explain_names_a_missing_file(tmp_path, capsys):
+    assert main([str(tmp_path / "nope.png"), "a caption"]) == 2
+    assert "nope.png" in capsys.readouterr().err
