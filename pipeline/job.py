@@ -265,6 +265,7 @@ def _run(s: JobSettings) -> tuple[int, dict[str, Any]]:
 
     results: list[TaskResult] = []
     retries = 0
+    n_actors = 0
     t_run = time.time()
     if todo:
         with ray_session(s.cluster, num_cpus=None):
@@ -288,6 +289,7 @@ def _run(s: JobSettings) -> tuple[int, dict[str, Any]]:
                 dispatcher = Dispatcher(actors, s.run.max_task_retries, bar)
                 results = dispatcher.run(todo)
             retries = dispatcher.retries
+            n_actors = len(actors)
             for a in actors:
                 ray.kill(a)
     run_seconds = time.time() - t_run
@@ -322,6 +324,7 @@ def _run(s: JobSettings) -> tuple[int, dict[str, Any]]:
     write_manifest(out_fs, out_path, {"fingerprint": fp, "metadata": metadata,
                                       "settings": settings}, entries)
     rows_run = sum(r.rows_out for r in results if r.ok)
+    compute = sum(r.compute_seconds for r in results if r.ok)
     code = EXIT_PARTIAL if failures else EXIT_OK
     summary = {
         "exit_code": code,
@@ -342,6 +345,12 @@ def _run(s: JobSettings) -> tuple[int, dict[str, Any]]:
         "seconds": round(time.time() - t0, 2),
         "pairs_per_second": round(rows_run / run_seconds, 3) if rows_run and run_seconds else 0.0,
         "batch_splits": sum(r.batch_splits for r in results if r.ok),
+        # the engine's own rate inside this run, and the share of actor time it took:
+        # the rest is reading, decoding, writing and Ray
+        "compute_seconds": round(compute, 2),
+        "engine_pairs_per_second": round(rows_run / compute, 3) if compute else 0.0,
+        "engine_share_of_actor_time": (round(compute / (run_seconds * n_actors), 3)
+                                       if compute and n_actors else 0.0),
         "driver_peak_rss_mb": peak_rss_mb(),
         "worker_peak_rss_mb": max((r.peak_rss_mb for r in results if r.ok), default=0.0),
         "failures": failures,

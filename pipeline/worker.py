@@ -55,6 +55,7 @@ class TaskResult:
     pid: int = 0
     peak_rss_mb: float = 0.0
     batch_splits: int = 0  # batches split in halves after running out of memory
+    compute_seconds: float = 0.0  # time spent attributing and scoring (the engine's share)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -142,8 +143,11 @@ class TaskRunner:
             torch.set_num_threads(int(threads))
         dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.model, self.data, self.storage = model, data, storage
+        precision = model.precision
+        if precision == "auto":  # the job resolves it; a bare runner decides by its device
+            precision = "bf16" if dev.startswith("cuda") else "fp32"
         self.clip = load_clip(
-            model.name, model.pretrained, device=dev, precision=model.precision,
+            model.name, model.pretrained, device=dev, precision=precision,
             seed=model.seed, storage_options=storage.options(str(model.pretrained or "")),
             sha256=model.pretrained_sha256,
         )
@@ -164,10 +168,24 @@ class TaskRunner:
         self.pool = ThreadPoolExecutor(max_workers=decode_threads, thread_name_prefix="nibt-decode")
         self.reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nibt-read")
         self.grid = self.clip.image.grid
+        self._warm_up()
+        with contextlib.suppress(Exception):  # storage client set up now, not in the first task
+            out_fs, out_path = filesystem(output, storage)
+            out_fs.exists(out_path)
+        self.compute_seconds = 0.0
         if memory_headroom_mb:
             _start_threads(self.pool, decode_threads)
             _start_threads(self.reader, 1)
             cap_data_memory(memory_headroom_mb)
+
+    def _warm_up(self) -> None:
+        """One small batch through the engine, so that one-time costs (kernel
+        selection, allocator growth) fall before the first task, not in it."""
+        h, w = self.clip.image.image_size
+        n = min(self.model.batch_size, 2)
+        pixels = torch.zeros(n, 3, h, w, device=self.clip.device)
+        tokens, _ = self.clip.encode_captions(["a photo of a warm-up"] * n)
+        self.attributor(pixels, tokens.to(self.clip.device))
 
     def ready(self) -> int:
         """The worker's process id, once the model is loaded."""
@@ -210,7 +228,10 @@ class TaskRunner:
             dev = self.clip.device
             pixels = batch.pixels.to(dev, non_blocking=True)
             tokens = batch.tokens.to(dev, non_blocking=True)
-            for i, r, t in zip(batch.ok, self.attributor(pixels, tokens), batch.truncated):
+            t0 = time.perf_counter()
+            scored = self.attributor(pixels, tokens)
+            self.compute_seconds += time.perf_counter() - t0
+            for i, r, t in zip(batch.ok, scored, batch.truncated):
                 results[i] = r
                 truncated[i] = t
         gh, gw = self.grid
@@ -231,6 +252,7 @@ class TaskRunner:
         """Process one task end to end; errors become a failed result, never a crash."""
         t0 = time.perf_counter()
         splits_before = self.attributor.splits
+        compute_before = self.compute_seconds
         base = {"task_id": task.task_id, "uri": task.uri, "row_start": task.row_start,
                 "row_end": task.row_end, "pid": os.getpid()}
         if task.error:
@@ -260,7 +282,8 @@ class TaskRunner:
             log.info("task %s: %d rows in %.1fs (%s)", task.task_id, part.rows, secs, dict(counts))
             return TaskResult(ok=True, rows_out=part.rows, status_counts=dict(counts),
                               seconds=secs, part=path_written, peak_rss_mb=peak_rss_mb(),
-                              batch_splits=self.attributor.splits - splits_before, **base)
+                              batch_splits=self.attributor.splits - splits_before,
+                              compute_seconds=self.compute_seconds - compute_before, **base)
         except TaskError as e:
             return TaskResult(ok=False, error=str(e), retryable=e.retryable,
                               seconds=time.perf_counter() - t0, **base)

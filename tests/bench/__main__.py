@@ -5,11 +5,12 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import sys
 import warnings
+
+from tests.bench.common import run_child
 
 SECTIONS = ("engine", "models", "job", "report")
 
@@ -25,7 +26,12 @@ def main(argv: list[str]) -> int:
     results = {}
     for name in names:
         print(f"[bench] {name} ...", file=sys.stderr, flush=True)
-        results[name] = importlib.import_module(f"tests.bench.{name}").run()
+        # each section in a fresh process: no model, allocator or thread-pool state
+        # left by one section can tilt the next one's figures
+        results[name] = run_child(
+            f"import json; from tests.bench.{name} import run; print(json.dumps(run()))",
+            timeout=3600,
+        )
         print(json.dumps({name: results[name]}, indent=2), file=sys.stderr, flush=True)
     print(json.dumps(results, indent=2))
     return 0

@@ -63,17 +63,19 @@ def run_job_cli(endpoint: str, inp: str, out: str, overrides: list[str]) -> dict
     return json.loads(r.stdout)
 
 
-def engine_rate(name: str, pretrained: str | None, batch: int, layer_args: dict, steps: int,
-                size: int) -> dict:
+def engine_rate(name: str, batch: int, layer_args: dict, steps: int, table: pa.Table) -> dict:
+    """The engine alone on the first ``batch`` pairs of ``table`` (decoded as the job
+    decodes them), with and without the metrics the job computes per pair."""
     torch.set_num_threads(2)
-    clip = load_clip(name, pretrained)
-    table = make_pairs(batch, 99, size)
+    clip = load_clip(name, None)
+    rows = table.slice(0, batch)
     pixels = torch.stack([clip.preprocess(Image.open(io.BytesIO(b)).convert("RGB"))
-                          for b in table.column("image").to_pylist()])
-    tokens = clip.tokenize(table.column("caption").to_pylist())
+                          for b in rows.column("image").to_pylist()])
+    tokens = clip.tokenize(rows.column("caption").to_pylist())
     engine = NIBT(clip, steps=steps, **layer_args)
-    attr_s = best_seconds(lambda: engine.attribute(pixels, tokens))
-    full_s = best_seconds(lambda: confidence(clip, pixels, tokens, engine.attribute(pixels, tokens)))
+    attr_s = best_seconds(lambda: engine.attribute(pixels, tokens), repeats=5)
+    full_s = best_seconds(
+        lambda: confidence(clip, pixels, tokens, engine.attribute(pixels, tokens)), repeats=5)
     return {"attribute_pairs_per_s": round(batch / attr_s, 3),
             "attribute_and_metrics_pairs_per_s": round(batch / full_s, 3)}
 
@@ -84,15 +86,19 @@ def run() -> dict:
     with local_s3() as endpoint:
         fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": endpoint})
         fs.mkdir("bench")
-        # 1. throughput: ViT-B-32 (random weights), batch 8, layer 9, 10 steps
-        eng = engine_rate("ViT-B-32", None, 8, {"layer": 9}, 10, 320)
-        out["engine_vit_b_32"] = eng
+        # 1. throughput: ViT-B-32 (random weights), batch 8, layer 9, 10 steps; the engine
+        #    is timed on the same pairs just before each job (this machine's speed drifts)
         for n in (256, 1024):
             upload(fs, f"bench/b32-{n}", n, 4, 320)
+            eng = engine_rate("ViT-B-32", 8, {"layer": 9}, 10, make_pairs(n // 4, 0, 320))
             job = run_job_cli(endpoint, f"s3://bench/b32-{n}/", f"s3://bench/out-b32-{n}", [
                 "model=vit_b_32", "model.pretrained=null", "run.rows_per_task=64"])
             out[f"job_vit_b_32_{n}_pairs"] = {
+                "engine": eng,
                 "job_pairs_per_s": job["pairs_per_second"],
+                "engine_inside_job_pairs_per_s": job["engine_pairs_per_second"],
+                "job_vs_engine_inside_job": round(
+                    job["pairs_per_second"] / job["engine_pairs_per_second"], 3),
                 "job_vs_engine_with_metrics": round(
                     job["pairs_per_second"] / eng["attribute_and_metrics_pairs_per_s"], 3),
                 "job_seconds_total": job["seconds"],
@@ -102,10 +108,15 @@ def run() -> dict:
         # 2. cost linear in rows: the demo model at growing sizes, same task size
         scale = {}
         for n in (256, 512, 2048, 8192):
-            upload(fs, f"bench/demo{n}", n, 8, 64)
+            upload(fs, f"bench/demo{n}", n, n // 256, 64)  # the same 256-row task everywhere
             job = run_job_cli(endpoint, f"s3://bench/demo{n}/", f"s3://bench/out-demo{n}", [
                 "model=demo", "run.rows_per_task=256"])
             scale[str(n)] = {"job_pairs_per_s": job["pairs_per_second"],
+                             "engine_inside_job_pairs_per_s": job["engine_pairs_per_second"],
+                             # what the job adds per pair beyond its engine, drift-proof
+                             "overhead_ms_per_pair": round(
+                                 1000 / job["pairs_per_second"]
+                                 - 1000 / job["engine_pairs_per_second"], 2),
                              "ms_per_pair": round(1000 / job["pairs_per_second"], 2),
                              "driver_peak_rss_mb": job["driver_peak_rss_mb"],
                              "worker_peak_rss_mb": job["worker_peak_rss_mb"],
