@@ -9,6 +9,7 @@ sets ``RAY_ADDRESS``): join it and leave it running.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import secrets
@@ -52,8 +53,28 @@ def plan_actors(cfg: ClusterSettings, resources: dict[str, float], tasks: int) -
     return plan
 
 
-def loopback_env(temp_dir: str) -> dict[str, str]:
-    """Environment that keeps an embedded Ray on loopback, with its token under ``temp_dir``.
+_TOKEN: dict[str, str] = {}
+
+
+def _process_token() -> str:
+    """This process's token file for embedded Ray clusters, made once.
+
+    Ray's driver caches the token it first loads for the life of the process, so
+    every embedded cluster this process starts must use that same token.
+    """
+    if "path" not in _TOKEN:
+        folder = tempfile.mkdtemp(prefix="nibt-ray-token-", dir="/tmp")
+        path = os.path.join(folder, "auth_token")
+        with open(path, "w") as f:
+            f.write(secrets.token_hex(32))
+        os.chmod(path, 0o600)
+        atexit.register(shutil.rmtree, folder, True)
+        _TOKEN["path"] = path
+    return _TOKEN["path"]
+
+
+def loopback_env() -> dict[str, str]:
+    """Environment that keeps an embedded Ray on loopback, with a token under /tmp.
 
     Ray reads the first variable when it is imported: set it before ``import ray``
     (``pipeline`` never imports Ray at module level).
@@ -63,11 +84,7 @@ def loopback_env(temp_dir: str) -> dict[str, str]:
         "RAY_USAGE_STATS_ENABLED": "0",
     }
     if "RAY_AUTH_TOKEN" not in os.environ and "RAY_AUTH_TOKEN_PATH" not in os.environ:
-        token = os.path.join(temp_dir, "auth_token")
-        with open(token, "w") as f:
-            f.write(secrets.token_hex(32))
-        os.chmod(token, 0o600)
-        env.update(RAY_AUTH_TOKEN_PATH=token, RAY_AUTH_MODE="token")
+        env.update(RAY_AUTH_TOKEN_PATH=_process_token(), RAY_AUTH_MODE="token")
     return env
 
 
@@ -106,7 +123,7 @@ def ray_session(cfg: ClusterSettings, num_cpus: int | None = None) -> Iterator[N
         return
     temp_dir = cfg.temp_dir or tempfile.mkdtemp(prefix="nibt-ray-", dir="/tmp")
     os.makedirs(temp_dir, exist_ok=True)
-    with patched_env(loopback_env(temp_dir)):
+    with patched_env(loopback_env()):
         import ray
 
         ray.init(

@@ -164,14 +164,17 @@ def test_flaky_storage(ray_local, s3_endpoint, tmp_path, figure):
 
 def test_flaky_storage_counts(s3_endpoint):
     """The proxy really injects: a burst of reads sees both kinds of fault and still succeeds."""
-    with FaultProxy(s3_endpoint, fail_rate=0.2, drop_rate=0.2, seed=2) as url:
+    s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_endpoint}).mkdir("probe")
+    proxy = FaultProxy(s3_endpoint, fail_rate=0.2, drop_rate=0.2, seed=2)
+    with proxy as url:
         fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": url},
                                config_kwargs={"retries": {"max_attempts": 10, "mode": "standard"}},
                                skip_instance_cache=True)
-        fs.pipe("flaky/probe.bin", b"x" * 1000)
+        fs.pipe("probe/probe.bin", b"x" * 1000)
         for _ in range(20):
-            assert fs.cat("flaky/probe.bin") == b"x" * 1000
+            assert fs.cat("probe/probe.bin") == b"x" * 1000
             fs.invalidate_cache()
+    assert proxy.counts["503"] > 0 and proxy.counts["dropped"] > 0
 
 
 # 4 -------------------------------------------------------------------------------------
