@@ -115,16 +115,22 @@ class Clip:
         dec = getattr(self.tokenizer, "decoder", None)
         if dec is None:
             return [str(i) for i in ids]
-        byte_decoder = getattr(self.tokenizer, "byte_decoder", {})
-        special = set(getattr(self.tokenizer, "all_special_ids", ()))
+        cache = self.__dict__.setdefault("_pieces", {})  # per-token decoding, done once
         out = []
         for i in ids:
-            s = dec.get(int(i), f"<{int(i)}>")
-            if byte_decoder and int(i) not in special:
-                raw = bytes(byte_decoder.get(c, ord("?")) for c in s.replace("</w>", ""))
-                s = raw.decode("utf-8", errors="replace") + ("</w>" if s.endswith("</w>") else "")
+            s = cache.get(i)
+            if s is None:
+                s = cache[int(i)] = self._piece(dec, int(i))
             out.append(s)
         return out
+
+    def _piece(self, dec: dict, i: int) -> str:
+        s = dec.get(i, f"<{i}>")
+        byte_decoder = getattr(self.tokenizer, "byte_decoder", {})
+        if byte_decoder and i not in set(getattr(self.tokenizer, "all_special_ids", ())):
+            raw = bytes(byte_decoder.get(c, ord("?")) for c in s.replace("</w>", ""))
+            s = raw.decode("utf-8", errors="replace") + ("</w>" if s.endswith("</w>") else "")
+        return s
 
 
 def _fetch_remote(uri: str, storage_options: dict | None) -> Path:

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pipeline.decode import split_preprocess
 from pipeline.demo.scenes import Pair, Settings, make_pair, make_twins
 from pipeline.model import Clip, load_clip
 
@@ -54,10 +55,9 @@ def pixels(images: Sequence[np.ndarray] | np.ndarray, clip: Clip) -> torch.Tenso
 
     Exact for 64x64 inputs (the resize and crop are the identity there).
     """
-    x = torch.from_numpy(np.ascontiguousarray(np.stack(list(images)))).permute(0, 3, 1, 2)
-    mean = torch.tensor(clip.preprocess_cfg["mean"]).view(1, 3, 1, 1)
-    std = torch.tensor(clip.preprocess_cfg["std"]).view(1, 3, 1, 1)
-    return (x.float() / 255.0 - mean) / std
+    split = split_preprocess(clip.preprocess)
+    assert split is not None, "the demo model's transform is PIL steps, ToTensor, Normalize"
+    return split.normalise(torch.from_numpy(np.ascontiguousarray(np.stack(list(images)))))
 
 
 def batch_pairs(seed: int, step: int, n_plain: int, n_twins: int, st: Settings) -> list[Pair]:

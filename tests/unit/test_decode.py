@@ -88,3 +88,44 @@ def test_decode_pair_reports_both_problems():
     assert d.status == BAD_IMAGE and "image" in d.error and "caption" in d.error
     ok = decode_pair(im.one_pixel_png(), "a dot", lambda img: img.size)
     assert (ok.status, ok.pixels, ok.caption) == (OK, (1, 1), "a dot")
+
+
+@pytest.mark.parametrize("model", ["ViT-B-32", "nibt-demo"])
+def test_split_preprocess_equals_the_whole_transform(model):
+    """Oracle: open_clip's own transform on each image; the split path (PIL steps in
+    the decode thread, ToTensor + Normalize on the stacked batch) must give the same
+    floats, bit for bit, for every shape the resize and crop handle differently."""
+    import open_clip
+    import torch
+
+    from pipeline.decode import split_preprocess
+    from pipeline.model import load_clip
+
+    transform = (open_clip.create_model_and_transforms("ViT-B-32")[2] if model == "ViT-B-32"
+                 else load_clip(model, None).preprocess)
+    split = split_preprocess(transform)
+    assert split is not None
+    rng = np.random.default_rng(0)
+    sizes = [(300, 200), (150, 400), (5, 7), (224, 224), (641, 479), (64, 64)]
+    imgs = [decode_image(im.encode(im.Image.fromarray(
+        rng.integers(0, 256, (h, w, 3), dtype=np.uint8)), "PNG")) for w, h in sizes]
+    imgs.append(decode_image(im.rgba_png()))
+    for img in imgs:
+        expected = transform(img)
+        got = split.normalise(split.image(img).unsqueeze(0))[0]
+        assert got.dtype == expected.dtype and got.shape == expected.shape
+        assert torch.equal(got, expected), (img.size, (got - expected).abs().max())
+
+
+def test_split_preprocess_refuses_other_transforms():
+    from torchvision import transforms as T
+
+    from pipeline.decode import split_preprocess
+
+    norm = T.Normalize((0.5,) * 3, (0.5,) * 3)
+    assert split_preprocess(T.Compose([T.Resize(8), T.ToTensor()])) is None  # no Normalize
+    assert split_preprocess(T.Compose([T.ToTensor(), T.Resize(8), norm])) is None  # tensor resize
+    assert split_preprocess(T.Compose([T.ToTensor(), T.Normalize((0.5,) * 3, (0.5,) * 3,
+                                                                 inplace=True)])) is None
+    assert split_preprocess(lambda img: img) is None
+    assert split_preprocess(T.Compose([T.Resize(8), T.ToTensor(), norm])) is not None
