@@ -151,6 +151,10 @@ class ClusterSettings:
     cpus_per_actor: float | None = None
     gpus_per_actor: float | None = None
     decode_threads: int | None = None  # None: 2 beside CPU compute, the actor's CPUs beside a GPU
+    # Tasks in flight per actor: with 2, the next task reads and decodes while the
+    # current one's batch is on the GPU (one batch computes at a time). None: 2
+    # beside a GPU, 1 on CPU (where decoding would take cores from the compute).
+    tasks_per_actor: int | None = None
     temp_dir: str | None = None
     namespace: str = "nibt-audit"
     # Cap on the memory a worker may allocate beyond what it holds once the model is
@@ -168,6 +172,8 @@ class ClusterSettings:
         )
         _require(self.decode_threads is None or self.decode_threads >= 1,
                  "cluster.decode_threads", "must be >= 1")
+        _require(self.tasks_per_actor is None or self.tasks_per_actor >= 1,
+                 "cluster.tasks_per_actor", "must be >= 1")
         check_no_credentials("cluster.address", self.address)
 
 

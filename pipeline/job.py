@@ -141,17 +141,21 @@ def results_fingerprint(s: JobSettings) -> tuple[str, dict[str, Any]]:
 class Dispatcher:
     """A queue of tasks over a pool of Ray actors, with retries on failure or death.
 
-    Ray restarts a dead actor (``max_restarts``); until a readiness probe on the
-    restarted actor answers, it gets no tasks. A task that was running on it is
-    put back at the front of the queue, up to ``max_retries`` times.
+    Each actor runs up to ``slots`` tasks at once (a threaded actor): while one
+    task's batch is on the device, the next task reads and decodes, so the device
+    does not wait between tasks. Ray restarts a dead actor (``max_restarts``);
+    until a readiness probe on the restarted actor answers, it gets no tasks. The
+    tasks that were running on it go back to the front of the queue, up to
+    ``max_retries`` times each.
     """
 
     PROBE_SECONDS = 300.0  # give up on an actor that does not come back within this
 
-    def __init__(self, actors: list, max_retries: int, progress) -> None:
+    def __init__(self, actors: list, max_retries: int, progress, slots: int = 1) -> None:
         self.actors = actors
         self.max_retries = max_retries
         self.progress = progress
+        self.slots = max(1, slots)
         self.retries = 0
         self.retried_tasks: Counter = Counter()
 
@@ -163,17 +167,19 @@ class Dispatcher:
         import ray
         from ray.exceptions import RayActorError
 
-        idle = deque(self.actors)
+        free = deque(a for _ in range(self.slots) for a in self.actors)  # one entry per slot
         pending = deque(tasks)
         inflight: dict = {}  # ref -> (task or None for a probe, actor, probe deadline)
+        down: dict[int, int] = {}  # id(actor) -> its slots lost while a probe is out
         results: list[TaskResult] = []
         live = len(self.actors)
+
         def running() -> bool:
             return any(t is not None for t, _, _ in inflight.values())
 
-        while running() or (pending and (idle or inflight)):
-            while idle and pending:
-                actor, task = idle.popleft(), pending.popleft()
+        while running() or (pending and (free or inflight)):
+            while free and pending:
+                actor, task = free.popleft(), pending.popleft()
                 inflight[actor.run.remote(task)] = (task, actor, None)
             done, _ = ray.wait(list(inflight), num_returns=1)
             for ref in done:
@@ -181,25 +187,31 @@ class Dispatcher:
                 if task is None:  # a readiness probe on a restarting actor
                     try:
                         ray.get(ref)
-                        idle.append(actor)
+                        free.extend([actor] * down.pop(id(actor), 1))
                     except RayActorError:
                         if time.time() < deadline:
                             time.sleep(0.5)
                             inflight[actor.ready.remote()] = (None, actor, deadline)
                         else:
+                            down.pop(id(actor), None)
                             live -= 1
                             log.error("a worker did not come back within %ds; %d left",
                                       self.PROBE_SECONDS, live)
                     continue
                 try:
                     res: TaskResult = ray.get(ref)
-                    idle.append(actor)
+                    free.append(actor)
                 except RayActorError as e:
                     res = self._failed(task, f"worker died: {type(e).__name__}")
-                    inflight[actor.ready.remote()] = (None, actor, time.time() + self.PROBE_SECONDS)
+                    if id(actor) in down:  # its probe is already out
+                        down[id(actor)] += 1
+                    else:
+                        down[id(actor)] = 1
+                        inflight[actor.ready.remote()] = (None, actor,
+                                                          time.time() + self.PROBE_SECONDS)
                 except Exception as e:
                     res = self._failed(task, f"{type(e).__name__}: {e}")
-                    idle.append(actor)
+                    free.append(actor)
                 self._record(task, res, pending, results)
         for task in pending:  # only when every worker is gone
             results.append(self._failed(task, "no worker left to run it"))
@@ -274,19 +286,22 @@ def _run(s: JobSettings) -> tuple[int, dict[str, Any]]:
             ap = plan_actors(s.cluster, ray.cluster_resources(), len(todo))
             actor_cls = ray.remote(TaskRunner).options(
                 num_cpus=ap.num_cpus, num_gpus=ap.num_gpus, max_restarts=-1, max_task_retries=0,
+                max_concurrency=ap.slots,
             )
-            log.info("starting %d actor(s): %s CPU, %s GPU each", ap.num_actors, ap.num_cpus,
-                     ap.num_gpus)
+            log.info("starting %d actor(s): %s CPU, %s GPU, %d task(s) in flight each",
+                     ap.num_actors, ap.num_cpus, ap.num_gpus, ap.slots)
             actors = [
                 actor_cls.remote(s.model, s.data, s.storage, s.output, metadata,
                                  threads=ap.threads, decode_threads=s.cluster.decode_threads,
-                                 memory_headroom_mb=s.cluster.worker_memory_headroom_mb)
+                                 memory_headroom_mb=s.cluster.worker_memory_headroom_mb,
+                                 gpu_share=ap.num_gpus or 1.0)
                 for _ in range(ap.num_actors)
             ]
             ray.get([a.ready.remote() for a in actors])
             t_run = time.time()
             with _progress(sum(t.rows for t in todo), s.run.progress) as bar:
-                dispatcher = Dispatcher(actors, s.run.max_task_retries, bar)
+                dispatcher = Dispatcher(actors, s.run.max_task_retries, bar,
+                                        slots=ap.slots)
                 results = dispatcher.run(todo)
             retries = dispatcher.retries
             n_actors = len(actors)
@@ -351,6 +366,7 @@ def _run(s: JobSettings) -> tuple[int, dict[str, Any]]:
         "engine_pairs_per_second": round(rows_run / compute, 3) if compute else 0.0,
         "engine_share_of_actor_time": (round(compute / (run_seconds * n_actors), 3)
                                        if compute and n_actors else 0.0),
+        "actors": n_actors,
         "driver_peak_rss_mb": peak_rss_mb(),
         "worker_peak_rss_mb": max((r.peak_rss_mb for r in results if r.ok), default=0.0),
         "failures": failures,

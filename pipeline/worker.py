@@ -25,9 +25,9 @@ import torch
 
 from pipeline.attribute import Attributor
 from pipeline.config import DataSettings, ModelSettings, StorageSettings
-from pipeline.decode import ERROR, OK, Decoded, decode_pair
+from pipeline.decode import ERROR, OK, Decoded, decode_pair, split_preprocess
 from pipeline.model import load_clip
-from pipeline.nibt import NIBT
+from pipeline.nibt import NIBT, default_budget_mb
 from pipeline.procstats import cap_data_memory, peak_rss_mb
 from pipeline.read import TaskError, check_unchanged, iter_batches
 from pipeline.storage import _tag, filesystem
@@ -137,11 +137,17 @@ class TaskRunner:
         decode_threads: int | None = None,
         device: str | None = None,
         memory_headroom_mb: int | None = None,
+        gpu_share: float = 1.0,
     ) -> None:
-        if threads:
+        dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        gpu = dev.startswith("cuda")
+        if gpu:
+            # Beside a GPU the CPU work is decoding, spread over decode threads: one
+            # torch thread each, not an OpenMP team per decode thread.
+            torch.set_num_threads(1)
+        elif threads:
             # Ray sets OMP_NUM_THREADS=1 in workers: use the CPUs this worker reserved.
             torch.set_num_threads(int(threads))
-        dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.model, self.data, self.storage = model, data, storage
         precision = model.precision
         if precision == "auto":  # the job resolves it; a bare runner decides by its device
@@ -151,28 +157,36 @@ class TaskRunner:
             seed=model.seed, storage_options=storage.options(str(model.pretrained or "")),
             sha256=model.pretrained_sha256,
         )
+        budget = model.memory_budget_mb
+        if budget is None and gpu and 0 < gpu_share < 1:  # actors sharing a GPU share its memory
+            budget = default_budget_mb(self.clip.device) * gpu_share
         self.engine = NIBT(
             self.clip, layer=model.layer, steps=model.steps, schedule=model.schedule,
             image_layer=model.image_layer, text_layer=model.text_layer,
-            chunk_rows=model.chunk_rows, memory_budget_mb=model.memory_budget_mb,
+            chunk_rows=model.chunk_rows, memory_budget_mb=budget,
         )
         if model.compile:
             for tower in (self.clip.image, self.clip.text):
                 tower.suffix = torch.compile(tower.suffix, dynamic=True)
         self.attributor = Attributor(self.clip, self.engine)
+        # Decode threads stop at uint8 pixels; the batch is normalised on the device.
+        self.split = split_preprocess(self.clip.preprocess)
+        self.preprocess = self.split.image if self.split else self.clip.preprocess
         if decode_threads is None:
-            gpu = self.clip.device.type == "cuda"
             decode_threads = max(2, int(threads or 2) - 1) if gpu else 2
         self.output = output
         self.metadata = metadata
-        self.pool = ThreadPoolExecutor(max_workers=decode_threads, thread_name_prefix="nibt-decode")
+        self.pool = ThreadPoolExecutor(
+            max_workers=decode_threads, thread_name_prefix="nibt-decode",
+            initializer=torch.set_num_threads if gpu else None, initargs=(1,) if gpu else (),
+        )
         self.reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nibt-read")
         self.grid = self.clip.image.grid
         self._warm_up()
         with contextlib.suppress(Exception):  # storage client set up now, not in the first task
             out_fs, out_path = filesystem(output, storage)
             out_fs.exists(out_path)
-        self.compute_seconds = 0.0
+        self._compute = threading.Lock()
         if memory_headroom_mb:
             _start_threads(self.pool, decode_threads)
             _start_threads(self.reader, 1)
@@ -199,7 +213,7 @@ class TaskRunner:
             images = rb.column(d.image_column).to_pylist()
             captions = rb.column(d.caption_column).to_pylist()
             decoded = list(self.pool.map(
-                lambda ic: decode_pair(ic[0], ic[1], self.clip.preprocess, d.max_pixels,
+                lambda ic: decode_pair(ic[0], ic[1], self.preprocess, d.max_pixels,
                                        d.max_caption_chars),
                 zip(images, captions),
             ))
@@ -212,25 +226,37 @@ class TaskRunner:
             batch = _Batch(decoded, ids, row, carried)
             batch.ok = [i for i, r in enumerate(decoded) if r.status == OK]
             if batch.ok:
-                pixels = torch.stack([decoded[i].pixels for i in batch.ok])
+                rows = [decoded[i].pixels for i in batch.ok]
+                pixels = None
                 if self.clip.device.type == "cuda":
-                    pixels = pixels.pin_memory()  # lets the copy to the GPU run asynchronously
-                batch.pixels = pixels
+                    # stacked straight into pinned memory: the copy to the GPU runs
+                    # asynchronously, and the batch is copied once, not twice
+                    pixels = torch.empty((len(rows), *rows[0].shape), dtype=rows[0].dtype,
+                                         pin_memory=True)
+                batch.pixels = torch.stack(rows, out=pixels)
                 batch.tokens, batch.truncated = self.clip.encode_captions(
                     [decoded[i].caption for i in batch.ok])
             yield batch
             row += rb.num_rows
 
-    def _attribute(self, batch: _Batch, part: PartBuilder, counts: Counter) -> None:
+    def _attribute(self, batch: _Batch, part: PartBuilder, counts: Counter) -> tuple[float, int]:
+        """Attribute one batch into ``part``; returns (compute seconds, batch splits)."""
         results: dict[int, Any] = {}
         truncated: dict[int, bool] = {}
+        spent, splits = 0.0, 0
         if batch.ok:
             dev = self.clip.device
-            pixels = batch.pixels.to(dev, non_blocking=True)
-            tokens = batch.tokens.to(dev, non_blocking=True)
-            t0 = time.perf_counter()
-            scored = self.attributor(pixels, tokens)
-            self.compute_seconds += time.perf_counter() - t0
+            # one batch on the device at a time: a second task running on this actor
+            # reads and decodes meanwhile (see ``run``)
+            with self._compute:
+                pixels = batch.pixels.to(dev, non_blocking=True)
+                if self.split is not None:
+                    pixels = self.split.normalise(pixels)
+                tokens = batch.tokens.to(dev, non_blocking=True)
+                t0 = time.perf_counter()
+                before = self.attributor.splits
+                scored = self.attributor(pixels, tokens)
+                spent, splits = time.perf_counter() - t0, self.attributor.splits - before
             for i, r, t in zip(batch.ok, scored, batch.truncated):
                 results[i] = r
                 truncated[i] = t
@@ -242,17 +268,17 @@ class TaskRunner:
             if isinstance(r, Exception):
                 row["status"], row["error"] = ERROR, f"{type(r).__name__}: {r}"
             elif r is not None:
-                row.update(asdict(r))
+                row.update(vars(r))  # shallow: asdict would deep-copy the arrays
                 row.update(grid_h=gh, grid_w=gw, caption_truncated=truncated[i])
             counts[row["status"]] += 1
             part.add(row)
+        return spent, splits
 
     # ------------------------------------------------------------------- task
     def run(self, task: Task) -> TaskResult:
         """Process one task end to end; errors become a failed result, never a crash."""
         t0 = time.perf_counter()
-        splits_before = self.attributor.splits
-        compute_before = self.compute_seconds
+        compute, splits = 0.0, 0
         base = {"task_id": task.task_id, "uri": task.uri, "row_start": task.row_start,
                 "row_end": task.row_end, "pid": os.getpid()}
         if task.error:
@@ -265,7 +291,8 @@ class TaskRunner:
             for batch in _prefetch(self._batches(task, fs, path), 2, self.reader):
                 if batch.carried is not None:
                     part.add_carried(batch.carried)
-                self._attribute(batch, part, counts)
+                spent, split = self._attribute(batch, part, counts)
+                compute, splits = compute + spent, splits + split
             part.columns["source"] = [task.uri] * part.rows
             carried_schema = None
             if self.data.keep_columns:
@@ -282,8 +309,7 @@ class TaskRunner:
             log.info("task %s: %d rows in %.1fs (%s)", task.task_id, part.rows, secs, dict(counts))
             return TaskResult(ok=True, rows_out=part.rows, status_counts=dict(counts),
                               seconds=secs, part=path_written, peak_rss_mb=peak_rss_mb(),
-                              batch_splits=self.attributor.splits - splits_before,
-                              compute_seconds=self.compute_seconds - compute_before, **base)
+                              batch_splits=splits, compute_seconds=compute, **base)
         except TaskError as e:
             return TaskResult(ok=False, error=str(e), retryable=e.retryable,
                               seconds=time.perf_counter() - t0, **base)

@@ -12,7 +12,7 @@ import warnings
 
 from tests.bench.common import run_child
 
-SECTIONS = ("engine", "models", "job", "report")
+SECTIONS = ("engine", "models", "job", "overlap", "report")
 
 
 def main(argv: list[str]) -> int:

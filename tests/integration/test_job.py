@@ -66,9 +66,13 @@ def local_input(tmp_path_factory):
     return root, tables
 
 
-def test_local_end_to_end(ray_local, local_input, tmp_path):
+@pytest.mark.parametrize("in_flight", [1, 2])
+def test_local_end_to_end(ray_local, local_input, tmp_path, in_flight):
+    """With 2 tasks in flight, one actor runs two tasks at once (the GPU default):
+    rows must still land in their own task's part, matching the engine."""
     root, tables = local_input
-    code, summary = run_job(settings(str(root), str(tmp_path / "out")))
+    code, summary = run_job(settings(str(root), str(tmp_path / "out"),
+                                     cluster={"tasks_per_actor": in_flight}))
     assert code == EXIT_OK
     assert summary["rows_in"] == summary["rows_out"] == 48
     assert summary["tasks_total"] == 4 and summary["tasks_run"] == 4
@@ -156,12 +160,17 @@ def _worker_pids() -> list[int]:
     return [int(p) for p in out.stdout.split()]
 
 
-def test_killed_worker_task_is_retried_and_rows_appear_once(ray_local, local_input, tmp_path):
+@pytest.mark.parametrize("in_flight", [1, 2])
+def test_killed_worker_task_is_retried_and_rows_appear_once(
+        ray_local, local_input, tmp_path, in_flight):
+    """With 2 tasks in flight both die with the worker; both are retried on the
+    restarted worker, which gets both of its slots back."""
     root, tables = local_input
     result: dict = {}
     job = threading.Thread(
         target=lambda: result.update(zip(("code", "summary"), run_job(
-            settings(str(root), str(tmp_path / "out"), model={"steps": 6}, run={"rows_per_task": 8})
+            settings(str(root), str(tmp_path / "out"), model={"steps": 6},
+                     run={"rows_per_task": 8}, cluster={"tasks_per_actor": in_flight})
         )))
     )
     job.start()
