@@ -5,12 +5,17 @@ achieved TFLOP/s against the device's bf16 matmul rate measured in the same
 run, and GPU utilisation sampled while the job runs. Target on one H200,
 ViT-B-32, image + text, 10 steps: >= 2,000 pairs/s end to end.
 
-    python -m tests.bench.gpu [--pairs 8192] [--out bench-results/gpu.json]
+    python -m tests.bench.gpu [--pairs 16384] [--out bench-results/gpu.json]
+    python -m tests.bench.gpu --smoke   # the same steps at toy sizes on CPU
+
+The results file is rewritten after every section, so a run stopped at its
+time limit still leaves what it measured.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import json
 import os
@@ -32,47 +37,97 @@ from tests.bench.common import count_flops
 WORDS = ["red", "blue", "green", "circle", "square", "photo", "small", "dog", "beach", "street"]
 
 
-def bf16_matmul_tflops(n: int = 8192, repeats: int = 20) -> float:
-    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
-    b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def bf16_matmul_tflops(device: str, n: int = 8192, repeats: int = 20) -> float:
+    """The device's dense bf16 matmul rate, measured now (the ceiling for achieved TFLOP/s)."""
+    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
     for _ in range(3):
         a @ b
-    torch.cuda.synchronize()
+    sync(device)
     t = time.perf_counter()
     for _ in range(repeats):
         a @ b
-    torch.cuda.synchronize()
+    sync(device)
     return 2 * n**3 * repeats / (time.perf_counter() - t) / 1e12
 
 
-def timed(fn, repeats: int = 3) -> float:
+def timed(fn, device: str, repeats: int = 3) -> float:
     fn()
-    torch.cuda.synchronize()
+    sync(device)
     best = float("inf")
     for _ in range(repeats):
         t = time.perf_counter()
         fn()
-        torch.cuda.synchronize()
+        sync(device)
         best = min(best, time.perf_counter() - t)
     return best
 
 
-def engine(name: str, batch: int, peak: float) -> dict:
+def engine(name: str, batch: int, peak: float, device: str, compile_: bool = False) -> dict:
+    """Engine alone: one preprocessed batch already on the device, image + text, 10 steps."""
+    from pipeline.attribute import Attributor
     from pipeline.model import load_clip
     from pipeline.nibt import NIBT
 
-    clip = load_clip(name, None, device="cuda", precision="bf16")
+    precision = "bf16" if device == "cuda" else "fp32"
+    clip = load_clip(name, None, device=device, precision=precision)
     h, w = clip.image.image_size
-    images = torch.randn(batch, 3, h, w, device="cuda")
+    images = torch.randn(batch, 3, h, w, device=device)
     caps = [" ".join(np.random.default_rng(i).choice(WORDS, 8)) for i in range(batch)]
-    tokens = clip.tokenize(caps).cuda()
+    tokens = clip.tokenize(caps).to(device)
     eng = NIBT(clip, steps=10)
-    secs = timed(lambda: eng.attribute(images, tokens))
-    flops = count_flops(lambda: eng.attribute(images, tokens))
-    out = {"model": name, "batch": batch, "pairs_per_s": round(batch / secs, 1),
-           "achieved_tflops": round(flops / secs / 1e12, 1),
-           "fraction_of_bf16_matmul": round(flops / secs / 1e12 / peak, 3),
-           "peak_gpu_mem_gb": round(torch.cuda.max_memory_allocated() / 2**30, 1)}
+    flops = count_flops(lambda: eng.attribute(images, tokens))  # before compiling: eager ops
+    t_compile = 0.0
+    if compile_:
+        for tower in (clip.image, clip.text):
+            tower.suffix = torch.compile(tower.suffix, dynamic=True)
+        t = time.perf_counter()
+        eng.attribute(images, tokens)
+        sync(device)
+        t_compile = time.perf_counter() - t
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    secs = timed(lambda: eng.attribute(images, tokens), device)
+    # what an actor computes per batch: engine, metrics, results back on the host
+    full = timed(lambda: Attributor(clip, eng)(images, tokens), device)
+    out = {"model": name, "batch": batch, "precision": precision, "compiled": compile_,
+           "pairs_per_s": round(batch / secs, 1),
+           "with_metrics_pairs_per_s": round(batch / full, 1),
+           "achieved_tflops": round(flops / secs / 1e12, 3),
+           "fraction_of_bf16_matmul": round(flops / secs / 1e12 / peak, 3)}
+    if compile_:
+        out["first_call_s"] = round(t_compile, 1)
+    if device == "cuda":
+        out["peak_gpu_mem_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 1)
+    return out
+
+
+def decode_rates(images: list[bytes], threads: tuple[int, ...]) -> dict:
+    """Images decoded per second by one process with n threads, as an actor decodes
+    (PIL steps to uint8, see SplitPreprocess) and with the whole transform per image:
+    how far one actor's decoding scales before the GIL stops it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import open_clip
+
+    from pipeline.decode import decode_pair, split_preprocess
+
+    _, _, whole = open_clip.create_model_and_transforms("ViT-B-32")
+    torch.set_num_threads(1)
+    out: dict = {}
+    for label, prep in (("split", split_preprocess(whole).image), ("whole", whole)):
+        for n in threads:
+            with ThreadPoolExecutor(n, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+                one = functools.partial(decode_pair, caption_cell="a photo", preprocess=prep)
+                list(pool.map(one, images[:64]))
+                t = time.perf_counter()
+                list(pool.map(one, images))
+                out[f"{label}_threads_{n}"] = round(len(images) / (time.perf_counter() - t), 1)
     return out
 
 
@@ -91,6 +146,16 @@ def _shard(args: tuple[str, int, int]) -> str:
         caps.append("a " + " ".join(rng.choice(WORDS, int(rng.integers(3, 10)))))
     pq.write_table(pa.table({"image": imgs, "caption": caps}), path, row_group_size=256)
     return path
+
+
+def write_inputs(folder: Path, pairs: int, per: int = 1024) -> Path:
+    """``pairs`` JPEG 224x224 image-caption rows in Parquet shards of ``per`` rows."""
+    folder.mkdir(parents=True, exist_ok=True)
+    per = min(per, pairs)
+    with ProcessPoolExecutor(max_workers=min(16, os.cpu_count() or 4)) as pool:
+        list(pool.map(_shard, [(str(folder / f"{i:04d}.parquet"), i, per)
+                               for i in range(max(1, pairs // per))]))
+    return folder
 
 
 class GpuSampler(threading.Thread):
@@ -113,56 +178,100 @@ class GpuSampler(threading.Thread):
             self.stop.wait(0.2)
 
 
-def job(model: str, pairs: int, batch: int, workdir: Path) -> dict:
-    data = workdir / f"in-{model}"
-    data.mkdir(parents=True, exist_ok=True)
-    per = 1024
-    with ProcessPoolExecutor(max_workers=min(16, os.cpu_count() or 4)) as pool:
-        list(pool.map(_shard, [(str(data / f"{i:04d}.parquet"), i, per)
-                               for i in range(pairs // per)]))
+def job(model: str, data: Path, batch: int, workdir: Path, tag: str,
+        overrides: tuple[str, ...] = ()) -> dict:
+    """The whole job (``python -m pipeline``: Ray, actors, Parquet in and out) on ``data``."""
     sampler = GpuSampler()
     sampler.start()
     r = subprocess.run(
-        [sys.executable, "-m", "pipeline", f"input={data}", f"output={workdir}/out-{model}",
+        [sys.executable, "-m", "pipeline", f"input={data}", f"output={workdir}/out-{tag}",
          f"model={model}", "model.pretrained=null", f"model.batch_size={batch}",
-         "run.rows_per_task=2048", "run.progress=false"],
+         "run.rows_per_task=2048", "run.progress=false", *overrides],
         capture_output=True, text=True, timeout=600,
         env=dict(os.environ, NIBT_LOG_DIR=str(workdir / "logs")),
     )
     sampler.stop.set()
     if r.returncode != 0:
-        return {"error": r.stderr[-1500:]}
-    summary = json.loads(r.stdout)
+        return {"error": r.stderr[-3000:]}
+    s = json.loads(r.stdout)
+    # GPU samples include Ray's start and the model load: report the busy share of samples
+    # taken once the GPU had started working, and the plain mean.
     busy = sampler.samples
-    return {"pairs": pairs, "batch": batch, "job_pairs_per_s": summary["pairs_per_second"],
-            "seconds_total": summary["seconds"],
-            "gpu_util_mean_pct": round(float(np.mean(busy)), 1) if busy else None,
+    first = next((i for i, v in enumerate(busy) if v > 0), len(busy))
+    active = busy[first:]
+    return {"model": model, "overrides": list(overrides), "pairs": s.get("rows_out"),
+            "batch": batch, "job_pairs_per_s": s.get("pairs_per_second"),
+            "engine_pairs_per_s_inside_job": s.get("engine_pairs_per_second"),
+            "engine_share_of_actor_time": s.get("engine_share_of_actor_time"),
+            "actors": s.get("actors"), "batch_splits": s.get("batch_splits"),
+            "seconds_total": s.get("seconds"),
+            "gpu_util_mean_pct_from_first_busy": round(float(np.mean(active)), 1) if active else None,
             "gpu_util_samples": len(busy)}
 
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--pairs", type=int, default=8192)
+    ap.add_argument("--pairs", type=int, default=16384)
     ap.add_argument("--out", default="bench-results/gpu.json")
+    ap.add_argument("--smoke", action="store_true", help="toy sizes on CPU: checks the script")
+    ap.add_argument("--sections", default="engine,decode,job,jobs-shared,l14,compile",
+                    help="comma-separated subset of the default list")
+    ap.add_argument("--budget-s", type=float, default=420.0,
+                    help="skip the optional sections (torch.compile) past this many seconds")
     args = ap.parse_args()
-    if not torch.cuda.is_available():
-        print(json.dumps({"error": "no CUDA device: run this on a GPU machine"}))
+    device = "cpu" if args.smoke else "cuda"
+    if device == "cuda" and not torch.cuda.is_available():
+        print(json.dumps({"error": "no CUDA device: run this on a GPU machine (or --smoke)"}))
         return 2
     t0 = time.time()
-    peak = bf16_matmul_tflops()
-    res: dict = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__,
-                 "bf16_matmul_tflops": round(peak, 1), "engine": [], "job": {}}
-    for name, batch in (("ViT-B-32", 256), ("ViT-B-32", 1024), ("ViT-L-14", 128)):
-        res["engine"].append(engine(name, batch, peak))
-        torch.cuda.empty_cache()
-        print(json.dumps(res["engine"][-1]), file=sys.stderr, flush=True)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    res: dict = {"device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu (smoke)",
+                 "torch": torch.__version__, "cpus": os.cpu_count(), "engine": [], "job": []}
+
+    def save(section: dict | None = None) -> None:
+        if section is not None:
+            print(json.dumps(section), file=sys.stderr, flush=True)
+        res["seconds"] = round(time.time() - t0, 1)
+        out.write_text(json.dumps(res, indent=2) + "\n")
+
+    want = set(args.sections.split(","))
+    res["bf16_matmul_tflops"] = round(bf16_matmul_tflops(device, 512 if args.smoke else 8192), 3)
+    save()
+    sizes = ((("ViT-B-32", 2), ("ViT-L-14", 1)) if args.smoke else
+             (("ViT-B-32", 256), ("ViT-B-32", 1024), ("ViT-L-14", 128)))
+    for name, batch in sizes if "engine" in want else ():
+        res["engine"].append(engine(name, batch, res["bf16_matmul_tflops"], device))
+        if device == "cuda":
+            torch.cuda.empty_cache()
+        save(res["engine"][-1])
+    pairs = 16 if args.smoke else args.pairs
+    b32, l14 = (4, 2) if args.smoke else (1024, 128)
     with tempfile.TemporaryDirectory(prefix="nibt-gpu-") as tmp:
-        res["job"]["vit_b_32"] = job("vit_b_32", args.pairs, 1024, Path(tmp))
-        print(json.dumps(res["job"]["vit_b_32"]), file=sys.stderr, flush=True)
-        res["job"]["vit_l_14"] = job("vit_l_14", args.pairs // 4, 128, Path(tmp))
-    res["seconds"] = round(time.time() - t0, 1)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
+        work = Path(tmp)
+        data = write_inputs(work / "in", pairs)
+        if "decode" in want:
+            imgs = pq.read_table(sorted(data.glob("*.parquet"))[0]).column("image").to_pylist()
+            res["decode_images_per_s"] = decode_rates(
+                imgs, (1, 2) if args.smoke else (1, 4, 8, 15))
+            save(res["decode_images_per_s"])
+        if "job" in want:
+            res["job"].append(job("vit_b_32", data, b32, work, "b32"))
+            save(res["job"][-1])
+        if "jobs-shared" in want and not args.smoke:  # peers: fewer actors on the GPU
+            for share in (1.0, 0.5):
+                res["job"].append(job("vit_b_32", data, b32, work, f"b32-{share}",
+                                      (f"cluster.gpus_per_actor={share}",)))
+                save(res["job"][-1])
+        if "l14" in want:
+            small = write_inputs(work / "in-small", max(pairs // 8, 2), per=min(1024, pairs))
+            res["job"].append(job("vit_l_14", small, l14, work, "l14"))
+            save(res["job"][-1])
+    if "compile" in want and time.time() - t0 < args.budget_s:
+        res["engine"].append(engine("ViT-B-32", 2 if args.smoke else 1024,
+                                    res["bf16_matmul_tflops"], device, compile_=True))
+        save(res["engine"][-1])
+    save()
     print(json.dumps(res, indent=2))
     return 0
 
