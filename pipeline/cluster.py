@@ -67,7 +67,11 @@ def plan_actors(cfg: ClusterSettings, resources: dict[str, float], tasks: int) -
             n = max(1, int(cpus // per_cpu))
         plan = ActorPlan(n, per_cpu, 0.0, max(1, int(per_cpu)))
     plan.num_actors = max(1, min(plan.num_actors, max(tasks, 1)))
-    plan.slots = cfg.tasks_per_actor or (2 if gpus > 0 else 1)
+    # Two tasks in flight beside a GPU; one on CPU, and one under a memory cap (the
+    # second task's buffers and malloc arena would come out of the compute's headroom:
+    # with both, a capped batch that split and fitted alone no longer fit at one pair).
+    plan.slots = cfg.tasks_per_actor or (
+        2 if gpus > 0 and not cfg.worker_memory_headroom_mb else 1)
     return plan
 
 

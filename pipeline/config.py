@@ -153,7 +153,8 @@ class ClusterSettings:
     decode_threads: int | None = None  # None: 2 beside CPU compute, the actor's CPUs beside a GPU
     # Tasks in flight per actor: with 2, the next task reads and decodes while the
     # current one's batch is on the GPU (one batch computes at a time). None: 2
-    # beside a GPU, 1 on CPU (where decoding would take cores from the compute).
+    # beside a GPU, 1 on CPU (where decoding would take cores from the compute) or
+    # under worker_memory_headroom_mb (the second task would eat the headroom).
     tasks_per_actor: int | None = None
     temp_dir: str | None = None
     namespace: str = "nibt-audit"

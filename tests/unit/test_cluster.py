@@ -48,3 +48,5 @@ def test_tasks_in_flight_per_actor():
     assert plan_actors(ClusterSettings(), {"CPU": 16, "GPU": 1}, tasks=9).slots == 2
     assert plan_actors(ClusterSettings(), {"CPU": 16}, tasks=9).slots == 1
     assert plan_actors(ClusterSettings(tasks_per_actor=3), {"CPU": 2}, tasks=9).slots == 3
+    capped = ClusterSettings(worker_memory_headroom_mb=1200)
+    assert plan_actors(capped, {"CPU": 16, "GPU": 1}, tasks=9).slots == 1
