@@ -12,7 +12,7 @@ import warnings
 
 from tests.bench.common import run_child
 
-SECTIONS = ("engine", "models", "job", "overlap", "report")
+SECTIONS = ("engine", "models", "job", "scale", "overlap", "report")
 
 
 def main(argv: list[str]) -> int:

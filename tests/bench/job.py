@@ -105,31 +105,4 @@ def run() -> dict:
                 "worker_peak_rss_mb": job["worker_peak_rss_mb"],
                 "driver_peak_rss_mb": job["driver_peak_rss_mb"],
             }
-        # 2. cost linear in rows: the demo model at growing sizes, same task size
-        scale = {}
-        for n in (256, 512, 2048, 8192):
-            upload(fs, f"bench/demo{n}", n, n // 256, 64)  # the same 256-row task everywhere
-            job = run_job_cli(endpoint, f"s3://bench/demo{n}/", f"s3://bench/out-demo{n}", [
-                "model=demo", "run.rows_per_task=256"])
-            scale[str(n)] = {"job_pairs_per_s": job["pairs_per_second"],
-                             "engine_inside_job_pairs_per_s": job["engine_pairs_per_second"],
-                             # what the job adds per pair beyond its engine, drift-proof
-                             "overhead_ms_per_pair": round(
-                                 1000 / job["pairs_per_second"]
-                                 - 1000 / job["engine_pairs_per_second"], 2),
-                             "ms_per_pair": round(1000 / job["pairs_per_second"], 2),
-                             "driver_peak_rss_mb": job["driver_peak_rss_mb"],
-                             "worker_peak_rss_mb": job["worker_peak_rss_mb"],
-                             "seconds": job["seconds"]}
-        out["scale_demo"] = scale
-        ms = [v["ms_per_pair"] for k, v in scale.items() if int(k) >= 512]
-        out["scale_demo_spread"] = {
-            "ms_per_pair_max_over_min": round(max(ms) / min(ms), 3),
-            "driver_rss_max_over_min": round(
-                max(v["driver_peak_rss_mb"] for v in scale.values())
-                / min(v["driver_peak_rss_mb"] for v in scale.values()), 3),
-            "worker_rss_max_over_min": round(
-                max(v["worker_peak_rss_mb"] for v in scale.values())
-                / min(v["worker_peak_rss_mb"] for v in scale.values()), 3),
-        }
     return out
