@@ -61,6 +61,17 @@ def release_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
+#: Bounds of the automatic batch size (pairs).
+MIN_AUTO_BATCH, MAX_AUTO_BATCH = 8, 1024
+
+
+def auto_batch_size(engine: NIBT) -> int:
+    """Pairs per batch when none is set: one chunk's worth of the engine's memory
+    budget, within 8 (small batches waste little on CPU) and 1,024 (beyond it the
+    H200 gained nothing worth the host memory and latency)."""
+    return int(min(MAX_AUTO_BATCH, max(MIN_AUTO_BATCH, engine.pairs_per_chunk())))
+
+
 class Attributor:
     """Attribute and score batches of preprocessed pairs with one engine."""
 

@@ -58,7 +58,9 @@ class ModelSettings:
     steps: int = 10
     schedule: str = "uniform"
     precision: str = "auto"  # auto: bf16 when the actors have GPUs, else fp32
-    batch_size: int = 8
+    # Pairs per batch. None: as many as fit one chunk of the memory budget (NIBT.
+    # pairs_per_chunk), 8 to 1,024: 8 for ViT-B-32 on CPU, ~1,000 on a big GPU.
+    batch_size: int | None = None
     memory_budget_mb: float | None = None  # None: 512 on CPU, half the free GPU memory
     chunk_rows: int | None = None
     seed: int = 0
@@ -75,7 +77,8 @@ class ModelSettings:
             self.precision in ("auto", "fp32", "bf16", "fp16"), "model.precision",
             f"must be auto, fp32, bf16 or fp16, got {self.precision!r}",
         )
-        _require(self.batch_size >= 1, "model.batch_size", f"must be >= 1, got {self.batch_size}")
+        _require(self.batch_size is None or self.batch_size >= 1, "model.batch_size",
+                 f"must be >= 1 or null, got {self.batch_size}")
         _require(self.memory_budget_mb is None or self.memory_budget_mb > 0,
                  "model.memory_budget_mb", "must be > 0")
         if self.pretrained is not None and str(self.pretrained).lower() in ("null", "none", ""):

@@ -360,6 +360,7 @@ def _run(s: JobSettings) -> tuple[int, dict[str, Any]]:
         "seconds": round(time.time() - t0, 2),
         "pairs_per_second": round(rows_run / run_seconds, 3) if rows_run and run_seconds else 0.0,
         "batch_splits": sum(r.batch_splits for r in results if r.ok),
+        "batch_size": max((r.batch_size for r in results if r.ok), default=0),
         # the engine's own rate inside this run, and the share of actor time it took:
         # the rest is reading, decoding, writing and Ray
         "compute_seconds": round(compute, 2),

@@ -156,8 +156,31 @@ class NIBT:
     def _rows_per_chunk(self, tokens: int, width: int, heads: int, blocks: int) -> int:
         if self.chunk_rows is not None:
             return self.chunk_rows
-        per_row = suffix_row_bytes(tokens, width, heads, blocks)
+        elem = 2 if self.clip.precision in ("bf16", "fp16") else 4  # autocast activations
+        per_row = suffix_row_bytes(tokens, width, heads, blocks, elem)
         return max(1, int(self.memory_budget_mb * 2**20 // per_row))
+
+    def _image_rows(self, tokens: int | None = None) -> int:
+        v = self.clip.image
+        gh, gw = v.grid
+        return self._rows_per_chunk(
+            tokens or gh * gw + 1, v.width, v.v.transformer.resblocks[0].attn.num_heads,
+            v.depth - self.image_layer,
+        )
+
+    def _text_rows(self, tokens: int) -> int:
+        tt = self.clip.text
+        return self._rows_per_chunk(
+            tokens, tt.width, tt.m.transformer.resblocks[0].attn.num_heads,
+            tt.depth - self.text_layer,
+        )
+
+    def pairs_per_chunk(self) -> int:
+        """Pairs whose ``steps`` copies fit one chunk of the memory budget in both
+        towers (text at full context): the batch size that keeps the device busy
+        without a second chunk."""
+        rows = min(self._image_rows(), self._text_rows(self.clip.text.context_length))
+        return max(1, rows // self.steps)
 
     def _integrate(
         self,
@@ -224,21 +247,14 @@ class NIBT:
         score = (e_img * e_txt).sum(-1)
 
         v = clip.image
-        rows = self._rows_per_chunk(
-            h_img.shape[1], v.width, v.v.transformer.resblocks[0].attn.num_heads,
-            v.depth - self.image_layer,
-        )
         a_img = self._integrate(
-            h_img, e_txt, lambda x, p: v.suffix(x, self.image_layer), rows
+            h_img, e_txt, lambda x, p: v.suffix(x, self.image_layer), self._image_rows(h_img.shape[1])
         )
 
         tt = clip.text
-        rows = self._rows_per_chunk(
-            h_txt.shape[1], tt.width, tt.m.transformer.resblocks[0].attn.num_heads,
-            tt.depth - self.text_layer,
-        )
         a_txt = self._integrate(
-            h_txt, e_img, lambda x, p: tt.suffix(x, eot[p], self.text_layer), rows
+            h_txt, e_img, lambda x, p: tt.suffix(x, eot[p], self.text_layer),
+            self._text_rows(h_txt.shape[1]),
         )
         text = torch.zeros(b, ctx, dtype=torch.float32, device=a_txt.device)
         text[:, : a_txt.shape[1]] = a_txt

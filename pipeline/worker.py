@@ -23,7 +23,7 @@ from typing import Any
 import pyarrow as pa
 import torch
 
-from pipeline.attribute import Attributor
+from pipeline.attribute import Attributor, auto_batch_size
 from pipeline.config import DataSettings, ModelSettings, StorageSettings
 from pipeline.decode import ERROR, OK, Decoded, decode_pair, split_preprocess
 from pipeline.model import load_clip
@@ -56,6 +56,7 @@ class TaskResult:
     peak_rss_mb: float = 0.0
     batch_splits: int = 0  # batches split in halves after running out of memory
     compute_seconds: float = 0.0  # time spent attributing and scoring (the engine's share)
+    batch_size: int = 0  # pairs per batch the actor used (set, or chosen for its memory)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -169,6 +170,8 @@ class TaskRunner:
             for tower in (self.clip.image, self.clip.text):
                 tower.suffix = torch.compile(tower.suffix, dynamic=True)
         self.attributor = Attributor(self.clip, self.engine)
+        self.batch_size = model.batch_size or auto_batch_size(self.engine)
+        log.info("batch size %d pairs%s", self.batch_size, "" if model.batch_size else " (auto)")
         # Decode threads stop at uint8 pixels; the batch is normalised on the device.
         self.split = split_preprocess(self.clip.preprocess)
         self.preprocess = self.split.image if self.split else self.clip.preprocess
@@ -196,7 +199,7 @@ class TaskRunner:
         """One small batch through the engine, so that one-time costs (kernel
         selection, allocator growth) fall before the first task, not in it."""
         h, w = self.clip.image.image_size
-        n = min(self.model.batch_size, 2)
+        n = min(self.batch_size, 2)
         pixels = torch.zeros(n, 3, h, w, device=self.clip.device)
         tokens, _ = self.clip.encode_captions(["a photo of a warm-up"] * n)
         self.attributor(pixels, tokens.to(self.clip.device))
@@ -209,7 +212,7 @@ class TaskRunner:
     def _batches(self, task: Task, fs, path: str) -> Iterator[_Batch]:
         d = self.data
         row = task.row_start
-        for rb in iter_batches(fs, path, task, d.read_columns(), self.model.batch_size):
+        for rb in iter_batches(fs, path, task, d.read_columns(), self.batch_size):
             images = rb.column(d.image_column).to_pylist()
             captions = rb.column(d.caption_column).to_pylist()
             decoded = list(self.pool.map(
@@ -309,7 +312,8 @@ class TaskRunner:
             log.info("task %s: %d rows in %.1fs (%s)", task.task_id, part.rows, secs, dict(counts))
             return TaskResult(ok=True, rows_out=part.rows, status_counts=dict(counts),
                               seconds=secs, part=path_written, peak_rss_mb=peak_rss_mb(),
-                              batch_splits=splits, compute_seconds=compute, **base)
+                              batch_splits=splits, compute_seconds=compute,
+                              batch_size=self.batch_size, **base)
         except TaskError as e:
             return TaskResult(ok=False, error=str(e), retryable=e.retryable,
                               seconds=time.perf_counter() - t0, **base)

@@ -178,15 +178,15 @@ class GpuSampler(threading.Thread):
             self.stop.wait(0.2)
 
 
-def job(model: str, data: Path, batch: int, workdir: Path, tag: str,
-        overrides: tuple[str, ...] = ()) -> dict:
-    """The whole job (``python -m pipeline``: Ray, actors, Parquet in and out) on ``data``."""
+def job(model: str, data: Path, workdir: Path, tag: str, overrides: tuple[str, ...] = ()) -> dict:
+    """The whole job (``python -m pipeline``: Ray, actors, Parquet in and out) on ``data``,
+    with the defaults (batch size, actors per GPU, tasks in flight) unless overridden."""
     sampler = GpuSampler()
     sampler.start()
     r = subprocess.run(
         [sys.executable, "-m", "pipeline", f"input={data}", f"output={workdir}/out-{tag}",
-         f"model={model}", "model.pretrained=null", f"model.batch_size={batch}",
-         "run.rows_per_task=2048", "run.progress=false", *overrides],
+         f"model={model}", "model.pretrained=null", "run.rows_per_task=2048",
+         "run.progress=false", *overrides],
         capture_output=True, text=True, timeout=600,
         env=dict(os.environ, NIBT_LOG_DIR=str(workdir / "logs")),
     )
@@ -200,7 +200,7 @@ def job(model: str, data: Path, batch: int, workdir: Path, tag: str,
     first = next((i for i, v in enumerate(busy) if v > 0), len(busy))
     active = busy[first:]
     return {"model": model, "overrides": list(overrides), "pairs": s.get("rows_out"),
-            "batch": batch, "job_pairs_per_s": s.get("pairs_per_second"),
+            "batch_size": s.get("batch_size"), "job_pairs_per_s": s.get("pairs_per_second"),
             "engine_pairs_per_s_inside_job": s.get("engine_pairs_per_second"),
             "engine_share_of_actor_time": s.get("engine_share_of_actor_time"),
             "actors": s.get("actors"), "batch_splits": s.get("batch_splits"),
@@ -246,7 +246,7 @@ def main() -> int:
             torch.cuda.empty_cache()
         save(res["engine"][-1])
     pairs = 16 if args.smoke else args.pairs
-    b32, l14 = (4, 2) if args.smoke else (1024, 128)
+    toy = ("model.batch_size=4",) if args.smoke else ()
     with tempfile.TemporaryDirectory(prefix="nibt-gpu-") as tmp:
         work = Path(tmp)
         data = write_inputs(work / "in", pairs)
@@ -256,16 +256,17 @@ def main() -> int:
                 imgs, (1, 2) if args.smoke else (1, 4, 8, 15))
             save(res["decode_images_per_s"])
         if "job" in want:
-            res["job"].append(job("vit_b_32", data, b32, work, "b32"))
+            res["job"].append(job("vit_b_32", data, work, "b32", toy))
             save(res["job"][-1])
-        if "jobs-shared" in want and not args.smoke:  # peers: fewer actors on the GPU
-            for share in (1.0, 0.5):
-                res["job"].append(job("vit_b_32", data, b32, work, f"b32-{share}",
-                                      (f"cluster.gpus_per_actor={share}",)))
+        if "jobs-shared" in want and not args.smoke:  # peers of the defaults
+            for tag, over in (("one-task", ("cluster.tasks_per_actor=1",)),
+                              ("one-actor-b1024", ("cluster.gpus_per_actor=1.0",
+                                                   "model.batch_size=1024"))):
+                res["job"].append(job("vit_b_32", data, work, tag, over))
                 save(res["job"][-1])
         if "l14" in want:
             small = write_inputs(work / "in-small", max(pairs // 8, 2), per=min(1024, pairs))
-            res["job"].append(job("vit_l_14", small, l14, work, "l14"))
+            res["job"].append(job("vit_l_14", small, work, "l14", toy))
             save(res["job"][-1])
     if "compile" in want and time.time() - t0 < args.budget_s:
         res["engine"].append(engine("ViT-B-32", 2 if args.smoke else 1024,

@@ -131,3 +131,23 @@ def test_log_schedule_is_complete(vitb32):
 def test_mismatched_batch_is_refused(tiny):
     with pytest.raises(ValueError, match="2 images but 1 captions"):
         NIBT(tiny).attribute(random_images(tiny, 2), tiny.tokenize(["a"]))
+
+
+def test_pairs_per_chunk_and_auto_batch_follow_the_memory_model(vitb32):
+    """Hand arithmetic of the documented per-row memory (18*T*W + 2*H*T*T per block,
+    plus 2*T*W, times element bytes) for ViT-B-32 at layer 9 (3 blocks above):
+    image rows 4 * (3 * (18*50*768 + 2*12*50*50) + 2*50*768) = 9,321,600 B,
+    text rows (full context) 4 * (3 * (18*77*512 + 2*8*77*77) + 2*77*512) = 9,969,344 B:
+    the text tower binds."""
+    from pipeline.attribute import auto_batch_size
+    from pipeline.model import load_clip
+
+    small = NIBT(vitb32, layer=9, steps=10, memory_budget_mb=512)
+    assert small.pairs_per_chunk() == (512 * 2**20 // 9_969_344) // 10 == 5
+    assert auto_batch_size(small) == 8  # never below 8
+    big = NIBT(vitb32, layer=9, steps=10, memory_budget_mb=70_000)
+    assert big.pairs_per_chunk() == auto_batch_size(big) == 736
+    assert auto_batch_size(NIBT(vitb32, layer=9, steps=10, memory_budget_mb=10**6)) == 1024
+    bf16 = NIBT(load_clip("ViT-B-32", None, precision="bf16"), layer=9, steps=10,
+                memory_budget_mb=70_000)
+    assert bf16.pairs_per_chunk() == (70_000 * 2**20 // (9_969_344 // 2)) // 10 == 1472
