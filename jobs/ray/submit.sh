@@ -8,7 +8,7 @@
 #
 # The run writes <NIBT_OUTPUT_ROOT>/dt=<date>, so a rerun or a backfill of a date
 # resumes that date's output (committed tasks are skipped). The job joins the
-# cluster (cluster=existing: one actor per GPU, cluster.gpus_per_actor=1).
+# cluster (cluster=existing: 1-4 actors per GPU, one per 4 of its CPUs).
 #
 # Exit codes: 0 succeeded, 3 partial (some tasks failed), 2 bad configuration,
 # 1 crash / stopped / not submitted, 75 a job for the same step and date is

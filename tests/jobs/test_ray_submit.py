@@ -133,10 +133,17 @@ def test_the_cluster_recipes_hold_no_secrets_and_ask_for_gpus():
     assert job["kind"] == "RayJob" and job["apiVersion"] == "ray.io/v1"
     spec = job["spec"]
     assert "cluster=existing" in spec["entrypoint"]
-    assert "cluster.gpus_per_actor=1" in spec["entrypoint"]
+    # actors per GPU left to the default: the GPU pods' CPUs give two decoding actors each
+    assert "gpus_per_actor" not in spec["entrypoint"]
     runtime = yaml.safe_load(spec["runtimeEnvYAML"])
     assert not [k for k in runtime.get("env_vars", {}) if secretish(k)]
     assert secretish("AWS_SECRET_ACCESS_KEY") and not secretish("TOKENIZERS_PARALLELISM")
     worker = spec["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]
     assert worker["resources"]["limits"]["nvidia.com/gpu"] == 1
+    from pipeline.cluster import plan_actors
+    from pipeline.config import ClusterSettings
+
+    pod = {"CPU": float(worker["resources"]["limits"]["cpu"]), "GPU": 1.0}
+    plan = plan_actors(ClusterSettings(), pod, tasks=100)
+    assert (plan.num_actors, plan.num_gpus, plan.slots) == (2, 0.5, 2)  # 8 CPUs: 2 actors
     assert worker["envFrom"][0]["secretRef"]["name"]  # credentials from a Secret, by name
