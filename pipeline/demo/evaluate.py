@@ -328,6 +328,13 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f}"
 
 
+def _method_layer(key: str, default_layer: int) -> tuple[str, str]:
+    """``"nibt@3"`` -> ("NIBT", "3*"): the method's name and its layer, starred when default."""
+    method, layer = key.split("@")
+    name = {"nibt": "NIBT", "gxi": "gradient x input"}[method]
+    return name, layer + ("*" if int(layer) == default_layer else "")
+
+
 def tables(res: dict) -> str:
     """The results as markdown tables."""
     li, lt = res["image_layer"], res["text_layer"]
@@ -340,12 +347,10 @@ def tables(res: dict) -> str:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for key, row in res["image"].items():
-        method, layer = key.split("@")
-        name = {"nibt": "NIBT", "gxi": "gradient x input"}[method]
+        name, layer = _method_layer(key, li)
         s, d = row["single"], row["distractors"]
-        star = "*" if int(layer) == li else ""
         out.append(
-            f"| {name} | {layer}{star} | {_pct(s['pointing'])} | {_pct(s['mass_in_box'])} | "
+            f"| {name} | {layer} | {_pct(s['pointing'])} | {_pct(s['mass_in_box'])} | "
             f"{_pct(d['pointing'])} | {_pct(d['mass_in_box'])} | {_pct(s['cls_share'])} | "
             f"{s['img_conf_drop']:.3f} | {s['img_conf_incr']:.1f} |"
         )
@@ -365,12 +370,10 @@ def tables(res: dict) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for key, row in res["text"].items():
-        method, layer = key.split("@")
-        name = {"nibt": "NIBT", "gxi": "gradient x input"}[method]
+        name, layer = _method_layer(key, lt)
         s = row["single"]
-        star = "*" if int(layer) == lt else ""
         out.append(
-            f"| {name} | {layer}{star} | {_pct(s['object_word_share'])} | "
+            f"| {name} | {layer} | {_pct(s['object_word_share'])} | "
             f"{_pct(s['top_word_is_object'])} | {_pct(s['start_of_text_share'])} | "
             f"{_pct(s['end_of_text_share'])} | {s['txt_conf_drop']:.3f} | {s['txt_conf_incr']:.1f} |"
         )
