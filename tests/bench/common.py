@@ -1,15 +1,35 @@
-"""Timing, FLOP counting and memory helpers shared by the benchmarks."""
+"""Timing, FLOP counting, memory and input helpers shared by the benchmarks."""
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 
+import numpy as np
+import pyarrow as pa
 import torch
+from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
+
+WORDS = ["red", "blue", "green", "circle", "square", "photo", "small", "dog", "beach", "vintage"]
+
+
+def make_pairs(n: int, seed: int, size: int) -> pa.Table:
+    """``n`` rows of id, a ``size`` x ``size`` JPEG (smooth noise) and a 4-9 word caption."""
+    rng = np.random.default_rng(seed)
+    images, captions = [], []
+    for _ in range(n):
+        base = rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)
+        img = Image.fromarray(base).resize((size, size), Image.BILINEAR)
+        buf = io.BytesIO()
+        img.save(buf, format="JPEG", quality=90)
+        images.append(buf.getvalue())
+        captions.append("a " + " ".join(rng.choice(WORDS, size=int(rng.integers(3, 9)))))
+    return pa.table({"id": [f"{seed}-{i}" for i in range(n)], "image": images, "caption": captions})
 
 
 def best_seconds(fn: Callable[[], object], repeats: int = 3, warmup: int = 1) -> float:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import io
 import json
 import os
 import subprocess
@@ -28,13 +27,10 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from tests.bench.common import count_flops
-
-WORDS = ["red", "blue", "green", "circle", "square", "photo", "small", "dog", "beach", "street"]
+from tests.bench.common import WORDS, count_flops, make_pairs
 
 
 def sync(device: str) -> None:
@@ -132,19 +128,8 @@ def decode_rates(images: list[bytes], threads: tuple[int, ...]) -> dict:
 
 
 def _shard(args: tuple[str, int, int]) -> str:
-    from PIL import Image
-
     path, seed, n = args
-    rng = np.random.default_rng(seed)
-    imgs, caps = [], []
-    for _ in range(n):
-        img = Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).resize(
-            (224, 224), Image.BILINEAR)
-        buf = io.BytesIO()
-        img.save(buf, format="JPEG", quality=90)
-        imgs.append(buf.getvalue())
-        caps.append("a " + " ".join(rng.choice(WORDS, int(rng.integers(3, 10)))))
-    pq.write_table(pa.table({"image": imgs, "caption": caps}), path, row_group_size=256)
+    pq.write_table(make_pairs(n, seed, 224), path, row_group_size=256)
     return path
 
 

@@ -16,7 +16,6 @@ import sys
 import tempfile
 import time
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import s3fs
@@ -27,22 +26,7 @@ from pipeline.metrics import confidence
 from pipeline.model import load_clip
 from pipeline.nibt import NIBT
 from pipeline.s3local import LOCAL_S3_ENV, local_s3
-from tests.bench.common import best_seconds
-
-WORDS = ["red", "blue", "green", "circle", "square", "photo", "small", "dog", "beach", "vintage"]
-
-
-def make_pairs(n: int, seed: int, size: int) -> pa.Table:
-    rng = np.random.default_rng(seed)
-    images, captions = [], []
-    for _ in range(n):
-        base = rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)
-        img = Image.fromarray(base).resize((size, size), Image.BILINEAR)
-        buf = io.BytesIO()
-        img.save(buf, format="JPEG", quality=90)
-        images.append(buf.getvalue())
-        captions.append("a " + " ".join(rng.choice(WORDS, size=int(rng.integers(3, 9)))))
-    return pa.table({"id": [f"{seed}-{i}" for i in range(n)], "image": images, "caption": captions})
+from tests.bench.common import best_seconds, make_pairs
 
 
 def upload(fs: s3fs.S3FileSystem, prefix: str, n: int, shards: int, size: int) -> None:
@@ -64,15 +48,19 @@ def run_job_cli(endpoint: str, inp: str, out: str, overrides: list[str]) -> dict
     return json.loads(r.stdout)
 
 
+def _decoded(clip, rows: pa.Table) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pixels and tokens of ``rows``, decoded with plain PIL and the model's transform."""
+    pixels = torch.stack([clip.preprocess(Image.open(io.BytesIO(b)).convert("RGB"))
+                          for b in rows.column("image").to_pylist()])
+    return pixels, clip.tokenize(rows.column("caption").to_pylist())
+
+
 def engine_rate(name: str, batch: int, layer_args: dict, steps: int, table: pa.Table) -> dict:
     """The engine alone on the first ``batch`` pairs of ``table`` (decoded as the job
     decodes them), with and without the metrics the job computes per pair."""
     torch.set_num_threads(2)
     clip = load_clip(name, None)
-    rows = table.slice(0, batch)
-    pixels = torch.stack([clip.preprocess(Image.open(io.BytesIO(b)).convert("RGB"))
-                          for b in rows.column("image").to_pylist()])
-    tokens = clip.tokenize(rows.column("caption").to_pylist())
+    pixels, tokens = _decoded(clip, table.slice(0, batch))
     engine = NIBT(clip, steps=steps, **layer_args)
     attr_s = best_seconds(lambda: engine.attribute(pixels, tokens), repeats=5)
     full_s = best_seconds(
@@ -82,10 +70,7 @@ def engine_rate(name: str, batch: int, layer_args: dict, steps: int, table: pa.T
     through = min(table.num_rows, 128)
     t0 = time.perf_counter()
     for i in range(0, through, batch):
-        part = table.slice(i, batch)
-        px = torch.stack([clip.preprocess(Image.open(io.BytesIO(b)).convert("RGB"))
-                          for b in part.column("image").to_pylist()])
-        tk = clip.tokenize(part.column("caption").to_pylist())
+        px, tk = _decoded(clip, table.slice(i, batch))
         confidence(clip, px, tk, engine.attribute(px, tk))
     pass_s = time.perf_counter() - t0
     return {"attribute_pairs_per_s": round(batch / attr_s, 3),

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from tests.bench.job import make_pairs
+from tests.bench.common import make_pairs
 
 
 def job(inp: Path, out: Path, tasks_per_actor: int) -> dict:
