@@ -140,6 +140,9 @@ class StorageSettings:
             client["region_name"] = self.region
         return {
             "anon": self.anon,
+            # other processes (the actors) write under the output while the driver holds
+            # this filesystem: a cached listing would hide their parts from the report
+            "use_listings_cache": False,
             "client_kwargs": client,
             "config_kwargs": {"retries": {"max_attempts": self.max_attempts, "mode": "standard"}},
         }

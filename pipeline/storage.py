@@ -164,7 +164,6 @@ def read_bytes(fs: fsspec.AbstractFileSystem, path: str) -> bytes:
 
 def list_names(fs: fsspec.AbstractFileSystem, path: str) -> list[str]:
     """Base names of the files directly under ``path`` (empty when it does not exist)."""
-    fs.invalidate_cache(path)
     try:
         return sorted(posixpath.basename(p.rstrip("/")) for p in fs.ls(path, detail=False))
     except FileNotFoundError:

@@ -31,3 +31,24 @@ def test_put_atomic_leaves_no_temp_in_place(tmp_path):
     assert (tmp_path / "out" / "parts").is_dir()
     assert os.listdir(tmp_path / "out" / "parts") == ["x.parquet"]
     assert (tmp_path / "out" / "parts" / "x.parquet").read_bytes() == b"data"
+
+
+def test_objects_written_by_another_process_are_seen_after_a_listing(s3_endpoint):
+    """The driver lists `parts/` before the run, actors (other processes, here another
+    client) write new parts, then the driver's report opens them: a cached listing
+    must not hide them (s3fs raised FileNotFoundError in the demo's rerun)."""
+    import s3fs
+
+    from pipeline.storage import list_names
+
+    s = StorageSettings(endpoint_url=s3_endpoint)
+    other = s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_endpoint},
+                              skip_instance_cache=True)
+    other.mkdir("listing")
+    other.pipe("listing/out/parts/old.parquet", b"old")
+    fs, path = filesystem("s3://listing/out", s)
+    assert list_names(fs, path + "/parts") == ["old.parquet"]
+    other.pipe("listing/out/parts/new.parquet", b"new")
+    fs, path = filesystem("s3://listing/out/parts/new.parquet", s)
+    assert fs.cat_file(path) == b"new"
+    assert fs.exists(path)
