@@ -30,6 +30,7 @@ class ActorPlan:
     num_gpus: float
     threads: int
     slots: int = 1  # tasks in flight per actor
+    decode_processes: int = 0  # per actor; 0: decode in threads
 
 
 #: Most actors sharing one GPU by default, and the fewest CPUs each gets.
@@ -38,11 +39,13 @@ MAX_ACTORS_PER_GPU, MIN_CPUS_PER_GPU_ACTOR = 4, 4
 
 def default_gpu_share(cpus: float, gpus: float) -> float:
     """GPU fraction per actor when ``gpus_per_actor`` is unset: one actor per 4 CPUs
-    the GPU has, 1 to 4 of them. One process decodes at most ~1,900 images/s
-    (ViT-B-32's transform) whatever its thread count (the GIL), so a fast GPU
-    needs several decoding processes: on an H200 with 16 CPUs, the ViT-B-32 job
-    ran 855 pairs/s with one actor, 1,401 with two and 1,462 with four
-    (``make bench-gpu``, README "Performance")."""
+    the GPU has, 1 to 4 of them. Measured when actors decoded in threads: one
+    process decoded at most ~1,900 images/s (the GIL), and the ViT-B-32 job on an
+    H200 with 16 CPUs ran 855 pairs/s with one actor, 1,401 with two and 1,462 with
+    four (README "Performance"). Actors now decode in processes of their own, so one
+    actor may do as well; until a GPU measures it (``make bench-gpu`` runs one
+    actor beside this default) several actors also keep several host threads
+    feeding the GPU."""
     per_gpu = int(min(MAX_ACTORS_PER_GPU, max(1, (cpus / gpus) // MIN_CPUS_PER_GPU_ACTOR)))
     return round(1.0 / per_gpu, 4)
 
@@ -67,6 +70,10 @@ def plan_actors(cfg: ClusterSettings, resources: dict[str, float], tasks: int) -
             n = max(1, int(cpus // per_cpu))
         plan = ActorPlan(n, per_cpu, 0.0, max(1, int(per_cpu)))
     plan.num_actors = max(1, min(plan.num_actors, max(tasks, 1)))
+    # Beside a GPU, decode in processes: decode threads would hold the GIL the
+    # compute thread needs for every kernel launch (decoders.py). On CPU, threads.
+    plan.decode_processes = (cfg.decode_processes if cfg.decode_processes is not None
+                             else max(1, plan.threads - 1) if gpus > 0 else 0)
     # Two tasks in flight beside a GPU; one on CPU, and one under a memory cap (the
     # second task's buffers and malloc arena would come out of the compute's headroom:
     # with both, a capped batch that split and fitted alone no longer fit at one pair).

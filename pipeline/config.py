@@ -156,7 +156,10 @@ class ClusterSettings:
     num_actors: int | None = None
     cpus_per_actor: float | None = None
     gpus_per_actor: float | None = None
-    decode_threads: int | None = None  # None: 2 beside CPU compute, the actor's CPUs beside a GPU
+    decode_threads: int | None = None  # None: 2 beside CPU compute (threads decode there)
+    # Decode processes per actor. None: beside a GPU, the actor's CPUs less one (none
+    # share the compute thread's GIL); on CPU, 0 (threads, see decode_threads).
+    decode_processes: int | None = None
     # Tasks in flight per actor: with 2, the next task reads and decodes while the
     # current one's batch is on the GPU (one batch computes at a time). None: 2
     # beside a GPU, 1 on CPU (where decoding would take cores from the compute) or
@@ -179,6 +182,8 @@ class ClusterSettings:
         )
         _require(self.decode_threads is None or self.decode_threads >= 1,
                  "cluster.decode_threads", "must be >= 1")
+        _require(self.decode_processes is None or self.decode_processes >= 0,
+                 "cluster.decode_processes", "must be >= 0 (0: decode in threads)")
         _require(self.tasks_per_actor is None or self.tasks_per_actor >= 1,
                  "cluster.tasks_per_actor", "must be >= 1")
         check_no_credentials("cluster.address", self.address)

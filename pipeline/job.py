@@ -277,7 +277,7 @@ def _run(s: JobSettings) -> tuple[int, dict[str, Any]]:
 
     results: list[TaskResult] = []
     retries = 0
-    n_actors = 0
+    n_actors = decoders = 0
     run_seconds = 0.0  # from the actors being ready to the last result: the processing rate
     if todo:
         with ray_session(s.cluster, num_cpus=None):
@@ -288,11 +288,13 @@ def _run(s: JobSettings) -> tuple[int, dict[str, Any]]:
                 num_cpus=ap.num_cpus, num_gpus=ap.num_gpus, max_restarts=-1, max_task_retries=0,
                 max_concurrency=ap.slots,
             )
-            log.info("starting %d actor(s): %s CPU, %s GPU, %d task(s) in flight each",
-                     ap.num_actors, ap.num_cpus, ap.num_gpus, ap.slots)
+            log.info("starting %d actor(s): %s CPU, %s GPU, %d task(s) in flight each, "
+                     "decoding in %s", ap.num_actors, ap.num_cpus, ap.num_gpus, ap.slots,
+                     f"{ap.decode_processes} process(es)" if ap.decode_processes else "threads")
             actors = [
                 actor_cls.remote(s.model, s.data, s.storage, s.output, metadata,
                                  threads=ap.threads, decode_threads=s.cluster.decode_threads,
+                                 decode_processes=ap.decode_processes,
                                  memory_headroom_mb=s.cluster.worker_memory_headroom_mb,
                                  gpu_share=ap.num_gpus or 1.0)
                 for _ in range(ap.num_actors)
@@ -305,7 +307,10 @@ def _run(s: JobSettings) -> tuple[int, dict[str, Any]]:
                 results = dispatcher.run(todo)
             run_seconds = time.time() - t_run  # not Ray's shutdown, which takes ~1.5 s here
             retries = dispatcher.retries
-            n_actors = len(actors)
+            n_actors, decoders = len(actors), ap.decode_processes
+            # a clean stop first: decode processes and their semaphores go with it
+            with contextlib.suppress(Exception):
+                ray.get([a.close.remote() for a in actors], timeout=60)
             for a in actors:
                 ray.kill(a)
 
@@ -368,6 +373,7 @@ def _run(s: JobSettings) -> tuple[int, dict[str, Any]]:
         "engine_share_of_actor_time": (round(compute / (run_seconds * n_actors), 3)
                                        if compute and n_actors else 0.0),
         "actors": n_actors,
+        "decode_processes": decoders,  # per actor; 0: decoded in threads
         "driver_peak_rss_mb": peak_rss_mb(),
         "worker_peak_rss_mb": max((r.peak_rss_mb for r in results if r.ok), default=0.0),
         "failures": failures,

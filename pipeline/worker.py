@@ -9,6 +9,7 @@ wait for storage or image codecs.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import queue
@@ -25,7 +26,8 @@ import torch
 
 from pipeline.attribute import Attributor, auto_batch_size
 from pipeline.config import DataSettings, ModelSettings, StorageSettings
-from pipeline.decode import ERROR, OK, Decoded, decode_pair, split_preprocess
+from pipeline.decode import ERROR, Decoded, split_preprocess
+from pipeline.decoders import ProcessDecoder, ThreadDecoder
 from pipeline.model import load_clip
 from pipeline.nibt import NIBT, default_budget_mb
 from pipeline.procstats import cap_data_memory, peak_rss_mb
@@ -71,7 +73,7 @@ class _Batch:
     first_row: int
     carried: pa.RecordBatch | None
     ok: list[int] = field(default_factory=list)  # rows that decoded
-    pixels: torch.Tensor | None = None  # [len(ok), 3, H, W], pinned when the model is on a GPU
+    pixels: torch.Tensor | None = None  # [len(ok), ...], pinned when the model is on a GPU
     tokens: torch.Tensor | None = None
     truncated: list[bool] = field(default_factory=list)
 
@@ -136,6 +138,7 @@ class TaskRunner:
         metadata: dict[str, Any],
         threads: int | None = None,
         decode_threads: int | None = None,
+        decode_processes: int = 0,
         device: str | None = None,
         memory_headroom_mb: int | None = None,
         gpu_share: float = 1.0,
@@ -175,14 +178,17 @@ class TaskRunner:
         # Decode threads stop at uint8 pixels; the batch is normalised on the device.
         self.split = split_preprocess(self.clip.preprocess)
         self.preprocess = self.split.image if self.split else self.clip.preprocess
-        if decode_threads is None:
-            decode_threads = max(2, int(threads or 2) - 1) if gpu else 2
         self.output = output
         self.metadata = metadata
-        self.pool = ThreadPoolExecutor(
-            max_workers=decode_threads, thread_name_prefix="nibt-decode",
-            initializer=torch.set_num_threads if gpu else None, initargs=(1,) if gpu else (),
-        )
+        d = data
+        if decode_processes > 0:  # beside a GPU: no decoding under the compute thread's GIL
+            self.decoder: ThreadDecoder | ProcessDecoder = ProcessDecoder(
+                self.preprocess, d.max_pixels, d.max_caption_chars, decode_processes, pin=gpu)
+        else:
+            if decode_threads is None:
+                decode_threads = max(2, int(threads or 2) - 1) if gpu else 2
+            self.decoder = ThreadDecoder(self.preprocess, d.max_pixels, d.max_caption_chars,
+                                         decode_threads, pin=gpu, one_torch_thread=gpu)
         self.reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nibt-read")
         self.grid = self.clip.image.grid
         self._warm_up()
@@ -191,7 +197,8 @@ class TaskRunner:
             out_fs.exists(out_path)
         self._compute = threading.Lock()
         if memory_headroom_mb:
-            _start_threads(self.pool, decode_threads)
+            if isinstance(self.decoder, ThreadDecoder):
+                _start_threads(self.decoder.pool, self.decoder.threads)
             _start_threads(self.reader, 1)
             cap_data_memory(memory_headroom_mb)
 
@@ -204,6 +211,13 @@ class TaskRunner:
         tokens, _ = self.clip.encode_captions(["a photo of a warm-up"] * n)
         self.attributor(pixels, tokens.to(self.clip.device))
 
+    def close(self) -> None:
+        """Stop the decode workers and the reader (a killed actor's decode processes
+        exit by themselves, see ``decoders``)."""
+        self.decoder.close()
+        self.reader.shutdown(wait=True)
+        gc.collect()  # runs multiprocessing's finalizers: its named semaphores are unlinked
+
     def ready(self) -> int:
         """The worker's process id, once the model is loaded."""
         return os.getpid()
@@ -213,32 +227,18 @@ class TaskRunner:
         d = self.data
         row = task.row_start
         for rb in iter_batches(fs, path, task, d.read_columns(), self.batch_size):
-            images = rb.column(d.image_column).to_pylist()
-            captions = rb.column(d.caption_column).to_pylist()
-            decoded = list(self.pool.map(
-                lambda ic: decode_pair(ic[0], ic[1], self.preprocess, d.max_pixels,
-                                       d.max_caption_chars),
-                zip(images, captions),
-            ))
+            decoded = self.decoder.decode(rb.column(d.image_column).to_pylist(),
+                                          rb.column(d.caption_column).to_pylist())
             ids = [f"{task.uri}#{row + i}" for i in range(rb.num_rows)]
             if d.id_column:
                 for i, v in enumerate(rb.column(d.id_column).to_pylist()):
                     if v is not None:
                         ids[i] = v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
             carried = rb.select(d.keep_columns) if d.keep_columns else None
-            batch = _Batch(decoded, ids, row, carried)
-            batch.ok = [i for i, r in enumerate(decoded) if r.status == OK]
+            batch = _Batch(decoded.rows, ids, row, carried, decoded.ok, decoded.pixels)
             if batch.ok:
-                rows = [decoded[i].pixels for i in batch.ok]
-                pixels = None
-                if self.clip.device.type == "cuda":
-                    # stacked straight into pinned memory: the copy to the GPU runs
-                    # asynchronously, and the batch is copied once, not twice
-                    pixels = torch.empty((len(rows), *rows[0].shape), dtype=rows[0].dtype,
-                                         pin_memory=True)
-                batch.pixels = torch.stack(rows, out=pixels)
                 batch.tokens, batch.truncated = self.clip.encode_captions(
-                    [decoded[i].caption for i in batch.ok])
+                    [decoded.rows[i].caption for i in batch.ok])
             yield batch
             row += rb.num_rows
 

@@ -12,7 +12,7 @@ import warnings
 
 from tests.bench.common import run_child
 
-SECTIONS = ("engine", "models", "job", "scale", "overlap", "report")
+SECTIONS = ("engine", "models", "job", "scale", "overlap", "decoders", "report")
 
 
 def main(argv: list[str]) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import signal
@@ -66,13 +67,14 @@ def local_input(tmp_path_factory):
     return root, tables
 
 
-@pytest.mark.parametrize("in_flight", [1, 2])
-def test_local_end_to_end(ray_local, local_input, tmp_path, in_flight):
+@pytest.mark.parametrize(("in_flight", "decoders"), [(1, 0), (2, 0), (2, 1)])
+def test_local_end_to_end(ray_local, local_input, tmp_path, in_flight, decoders):
     """With 2 tasks in flight, one actor runs two tasks at once (the GPU default):
-    rows must still land in their own task's part, matching the engine."""
+    rows must still land in their own task's part, matching the engine; decoding
+    in a process (the GPU default) must give the same results as threads."""
     root, tables = local_input
-    code, summary = run_job(settings(str(root), str(tmp_path / "out"),
-                                     cluster={"tasks_per_actor": in_flight}))
+    code, summary = run_job(settings(str(root), str(tmp_path / "out"), cluster={
+        "tasks_per_actor": in_flight, "decode_processes": decoders}))
     assert code == EXIT_OK
     assert summary["rows_in"] == summary["rows_out"] == 48
     assert summary["tasks_total"] == 4 and summary["tasks_run"] == 4
@@ -160,26 +162,50 @@ def _worker_pids() -> list[int]:
     return [int(p) for p in out.stdout.split()]
 
 
-@pytest.mark.parametrize("in_flight", [1, 2])
+def _children(pid: int) -> list[int]:
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:
+        return []
+    out = []
+    for t in tasks:
+        with contextlib.suppress(FileNotFoundError), open(f"/proc/{pid}/task/{t}/children") as f:
+            out += [int(c) for c in f.read().split()]
+    return out
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.parametrize(("in_flight", "decoders"), [(1, 0), (2, 0), (2, 1)])
 def test_killed_worker_task_is_retried_and_rows_appear_once(
-        ray_local, local_input, tmp_path, in_flight):
+        ray_local, local_input, tmp_path, in_flight, decoders):
     """With 2 tasks in flight both die with the worker; both are retried on the
-    restarted worker, which gets both of its slots back."""
+    restarted worker, which gets both of its slots back. A killed worker's decode
+    processes exit with it."""
     root, tables = local_input
     result: dict = {}
     job = threading.Thread(
         target=lambda: result.update(zip(("code", "summary"), run_job(
             settings(str(root), str(tmp_path / "out"), model={"steps": 6},
-                     run={"rows_per_task": 8}, cluster={"tasks_per_actor": in_flight})
+                     run={"rows_per_task": 8},
+                     cluster={"tasks_per_actor": in_flight, "decode_processes": decoders})
         )))
     )
     job.start()
     deadline = time.time() + 120
     killed = None
+    orphans: list[int] = []
     while time.time() < deadline and killed is None:
         pids = _worker_pids()
         if pids:
             time.sleep(0.3)  # let it get into the task
+            orphans = _children(pids[0])
             os.kill(pids[0], signal.SIGKILL)
             killed = pids[0]
         time.sleep(0.05)
@@ -191,3 +217,8 @@ def test_killed_worker_task_is_retried_and_rows_appear_once(
     ids = read_results(str(tmp_path / "out")).column("id").to_pylist()
     assert sorted(ids) == sorted(i for t in tables for i in t.column("id").to_pylist())
     assert len(ids) == len(set(ids)) == 48
+    assert len(orphans) >= decoders
+    deadline = time.time() + 10
+    while time.time() < deadline and any(_running(c) for c in orphans):
+        time.sleep(0.2)
+    assert not [c for c in orphans if _running(c)]

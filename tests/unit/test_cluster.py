@@ -50,3 +50,16 @@ def test_tasks_in_flight_per_actor():
     assert plan_actors(ClusterSettings(tasks_per_actor=3), {"CPU": 2}, tasks=9).slots == 3
     capped = ClusterSettings(worker_memory_headroom_mb=1200)
     assert plan_actors(capped, {"CPU": 16, "GPU": 1}, tasks=9).slots == 1
+
+
+def test_decode_processes_beside_a_gpu_threads_on_cpu():
+    """Beside a GPU the actor's CPUs less one decode in processes (decode threads
+    would share the GIL with the kernel launches); CPU actors decode in threads."""
+    assert plan_actors(ClusterSettings(), {"CPU": 16, "GPU": 1}, tasks=9).decode_processes == 3
+    one = ClusterSettings(gpus_per_actor=1.0)
+    assert plan_actors(one, {"CPU": 16, "GPU": 1}, tasks=9).decode_processes == 15
+    assert plan_actors(ClusterSettings(), {"CPU": 2, "GPU": 1}, tasks=9).decode_processes == 1
+    assert plan_actors(ClusterSettings(), {"CPU": 16}, tasks=9).decode_processes == 0
+    threads = ClusterSettings(decode_processes=0)
+    assert plan_actors(threads, {"CPU": 16, "GPU": 1}, tasks=9).decode_processes == 0
+    assert plan_actors(ClusterSettings(decode_processes=2), {"CPU": 2}, tasks=9).decode_processes == 2
