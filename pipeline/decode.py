@@ -13,11 +13,13 @@ import io
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps
+
+if TYPE_CHECKING:  # torch is imported where a batch is normalised, not here: the
+    import torch  # report reads images through this module and needs no torch
 
 #: Largest image accepted, in pixels (a 30000x30000 PNG claims 9e8).
 DEFAULT_MAX_PIXELS = 64_000_000
@@ -147,16 +149,17 @@ class SplitPreprocess:
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(v) for v in std)
 
-    def image(self, img: Image.Image) -> torch.Tensor:
+    def image(self, img: Image.Image) -> np.ndarray:
         """PIL image -> uint8 [H, W, 3] after the transform's PIL steps."""
         for step in self.pil_steps:
             img = step(img)
         if img.mode != "RGB":
             img = img.convert("RGB")
-        return torch.from_numpy(np.array(img, dtype=np.uint8))
+        return np.array(img, dtype=np.uint8)
 
     def normalise(self, batch: torch.Tensor) -> torch.Tensor:
         """uint8 [B, H, W, 3] -> float32 [B, 3, H, W], as ToTensor then Normalize."""
+        import torch
         x = batch.permute(0, 3, 1, 2).to(torch.float32).div(255)
         mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
         std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)

@@ -100,3 +100,15 @@ def test_results_and_report_on_s3(results, tmp_path, s3_endpoint):
     report = json.loads(fs.cat_file("nibt-report-test/report/report.json"))
     assert report["overview"]["rows"] == 40
     assert all(p["image"] == "ok" for p in report["review"]["lowest_score"])
+
+
+def test_the_report_imports_neither_torch_nor_ray():
+    """The report is aggregation over Parquet: importing torch alone costs ~450 MB of
+    RSS (it did, through the image decoding module, and doubled the report's peak)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, pipeline.report.cli, pipeline.report.build; "
+            "print(sorted(m for m in ('torch', 'ray', 'open_clip') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

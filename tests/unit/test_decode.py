@@ -112,7 +112,7 @@ def test_split_preprocess_equals_the_whole_transform(model):
     imgs.append(decode_image(im.rgba_png()))
     for img in imgs:
         expected = transform(img)
-        got = split.normalise(split.image(img).unsqueeze(0))[0]
+        got = split.normalise(torch.from_numpy(split.image(img))[None])[0]
         assert got.dtype == expected.dtype and got.shape == expected.shape
         assert torch.equal(got, expected), (img.size, (got - expected).abs().max())
 
