@@ -24,6 +24,7 @@ from pipeline.nibt import NIBT
 from pipeline.results import read_results
 from tests.data import caption, pairs_table, png, write_table
 from tests.jobutil import TEST_MODEL, settings
+from tests.procs import wait_gone
 
 
 def engine_oracle(table):
@@ -174,14 +175,6 @@ def _children(pid: int) -> list[int]:
     return out
 
 
-def _running(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
 @pytest.mark.parametrize(("in_flight", "decoders"), [(1, 0), (2, 0), (2, 1)])
 def test_killed_worker_task_is_retried_and_rows_appear_once(
         ray_local, local_input, tmp_path, in_flight, decoders):
@@ -218,7 +211,4 @@ def test_killed_worker_task_is_retried_and_rows_appear_once(
     assert sorted(ids) == sorted(i for t in tables for i in t.column("id").to_pylist())
     assert len(ids) == len(set(ids)) == 48
     assert len(orphans) >= decoders
-    deadline = time.time() + 10
-    while time.time() < deadline and any(_running(c) for c in orphans):
-        time.sleep(0.2)
-    assert not [c for c in orphans if _running(c)]
+    assert not wait_gone(orphans)

@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import numpy as np
 import pytest
@@ -21,6 +20,7 @@ from PIL import Image
 from pipeline.decode import BAD_CAPTION, BAD_IMAGE, OK, decode_pair
 from pipeline.decoders import CRASHED, ProcessDecoder, ThreadDecoder
 from tests import images as im
+from tests.procs import running, wait_gone
 
 POISON_WIDTH = 37  # an image this wide kills the decode process (a stand-in codec crash)
 
@@ -119,15 +119,6 @@ def test_a_row_that_crashes_its_process_is_reported_and_the_rest_go_on(procs):
     check(procs.decode(images2, captions2), oracle(images2, captions2))
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    with open(f"/proc/{pid}/stat") as f:  # a zombie awaiting its reaper is gone too
-        return f.read().split(")")[-1].split()[0] != "Z"
-
-
 def test_a_killed_parent_leaves_no_decode_process_or_buffer():
     """Buffers are unlinked once the processes hold them (nothing to leak in
     /dev/shm); the processes exit when their parent is SIGKILLed."""
@@ -146,11 +137,8 @@ def test_a_killed_parent_leaves_no_decode_process_or_buffer():
                          cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
     children = [int(x) for x in p.stdout.readline().split()]
     buffers = p.stdout.readline().split()
-    assert len(children) == 2 and all(_alive(c) for c in children)
+    assert len(children) == 2 and all(running(c) for c in children)
     assert buffers and not [b for b in buffers if os.path.exists(f"/dev/shm/{b}")]
     p.send_signal(signal.SIGKILL)
     p.wait()
-    deadline = time.time() + 10
-    while time.time() < deadline and any(_alive(c) for c in children):
-        time.sleep(0.2)
-    assert not [c for c in children if _alive(c)]
+    assert not wait_gone(children)
