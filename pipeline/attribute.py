@@ -72,8 +72,27 @@ def auto_batch_size(engine: NIBT) -> int:
     return int(min(MAX_AUTO_BATCH, max(MIN_AUTO_BATCH, engine.pairs_per_chunk())))
 
 
+@dataclass
+class HostBatch:
+    """A batch's results copied to the host, before they become ``PairResult``s
+    (that per-pair Python runs outside the worker's compute lock)."""
+
+    score: np.ndarray
+    image: np.ndarray  # [k, grid_h * grid_w]
+    cls: np.ndarray
+    text: np.ndarray  # [k, context]
+    eot: np.ndarray
+    conf: dict[str, np.ndarray]
+    tokens: np.ndarray  # [k, context] token ids
+
+
 class Attributor:
-    """Attribute and score batches of preprocessed pairs with one engine."""
+    """Attribute and score batches of preprocessed pairs with one engine.
+
+    ``compute`` is the device's part (the engine, the metrics, the copies to the
+    host); ``results`` turns its output into ``PairResult``s; calling the
+    attributor does both.
+    """
 
     def __init__(self, clip: Clip, engine: NIBT) -> None:
         self.clip = clip
@@ -81,35 +100,21 @@ class Attributor:
         self.max_pairs: int | None = None  # learnt from out-of-memory splits
         self.splits = 0
 
-    def _batch(self, pixels: torch.Tensor, tokens: torch.Tensor) -> list[PairResult]:
+    def _batch(self, pixels: torch.Tensor, tokens: torch.Tensor) -> list[HostBatch]:
         attr = self.engine.attribute(pixels, tokens)
         conf = confidence(self.clip, pixels, tokens, attr)
-        img = attr.image.flatten(1).cpu().numpy().astype(np.float32)
-        cls = attr.image_cls.cpu().numpy()
-        txt = attr.text.cpu().numpy().astype(np.float32)
-        eot = attr.eot.cpu().numpy()
-        cols = {k: getattr(conf, k).cpu().numpy() for k in
-                ("img_conf_drop", "img_conf_incr", "txt_conf_drop", "txt_conf_incr")}
-        score = attr.score.cpu().numpy()
-        out = []
-        for i in range(len(score)):
-            n = int(eot[i]) + 1
-            t = txt[i, :n]
-            mass_img = float(np.abs(img[i]).sum() + abs(cls[i]))
-            mass_txt = float(np.abs(t).sum())
-            out.append(PairResult(
-                score=float(score[i]),
-                image_attr=img[i],
-                image_cls_attr=float(cls[i]),
-                image_cls_share=abs(float(cls[i])) / mass_img if mass_img > 0 else 0.0,
-                tokens=self.clip.pieces(tokens[i, :n].tolist()),
-                text_attr=t.copy(),
-                text_eot_share=abs(float(t[-1])) / mass_txt if mass_txt > 0 else 0.0,
-                **{k: float(v[i]) for k, v in cols.items()},
-            ))
-        return out
+        return [HostBatch(
+            score=attr.score.cpu().numpy(),
+            image=attr.image.flatten(1).cpu().numpy().astype(np.float32),
+            cls=attr.image_cls.cpu().numpy(),
+            text=attr.text.cpu().numpy().astype(np.float32),
+            eot=attr.eot.cpu().numpy(),
+            conf={k: getattr(conf, k).cpu().numpy() for k in
+                  ("img_conf_drop", "img_conf_incr", "txt_conf_drop", "txt_conf_incr")},
+            tokens=tokens.cpu().numpy(),
+        )]
 
-    def _fit(self, pixels: torch.Tensor, tokens: torch.Tensor) -> list[PairResult]:
+    def _fit(self, pixels: torch.Tensor, tokens: torch.Tensor) -> list[HostBatch]:
         n = pixels.shape[0]
         if self.max_pairs is not None and n > self.max_pairs:
             k = self.max_pairs
@@ -127,10 +132,9 @@ class Attributor:
         log.warning("batch of %d pairs did not fit in memory; retrying in halves", n)
         return self._fit(pixels, tokens)
 
-    def __call__(
-        self, pixels: torch.Tensor, tokens: torch.Tensor
-    ) -> list[PairResult | Exception]:
-        """One result per pair; a pair that fails on its own yields its exception."""
+    def compute(self, pixels: torch.Tensor, tokens: torch.Tensor) -> list[HostBatch | Exception]:
+        """The device's part, in pair order; a pair that fails on its own yields its
+        exception (a batch that fails is retried pair by pair)."""
         if pixels.shape[0] == 0:
             return []
         try:
@@ -140,7 +144,38 @@ class Attributor:
                 return [e]
             log.warning("batch failed (%s: %s); retrying pair by pair", type(e).__name__, e)
         release_memory()
-        out: list[PairResult | Exception] = []
+        out: list[HostBatch | Exception] = []
         for i in range(pixels.shape[0]):
-            out.extend(self(pixels[i : i + 1], tokens[i : i + 1]))
+            out.extend(self.compute(pixels[i : i + 1], tokens[i : i + 1]))
         return out
+
+    def results(self, computed: list[HostBatch | Exception]) -> list[PairResult | Exception]:
+        """One result per pair, from ``compute``'s output (host only, no device work)."""
+        out: list[PairResult | Exception] = []
+        for h in computed:
+            if isinstance(h, Exception):
+                out.append(h)
+                continue
+            for i in range(len(h.score)):
+                n = int(h.eot[i]) + 1
+                t = h.text[i, :n]
+                img, cls = h.image[i], float(h.cls[i])
+                mass_img = float(np.abs(img).sum() + abs(cls))
+                mass_txt = float(np.abs(t).sum())
+                out.append(PairResult(
+                    score=float(h.score[i]),
+                    image_attr=img,
+                    image_cls_attr=cls,
+                    image_cls_share=abs(cls) / mass_img if mass_img > 0 else 0.0,
+                    tokens=self.clip.pieces(h.tokens[i, :n].tolist()),
+                    text_attr=t.copy(),
+                    text_eot_share=abs(float(t[-1])) / mass_txt if mass_txt > 0 else 0.0,
+                    **{k: float(v[i]) for k, v in h.conf.items()},
+                ))
+        return out
+
+    def __call__(
+        self, pixels: torch.Tensor, tokens: torch.Tensor
+    ) -> list[PairResult | Exception]:
+        """One result per pair; a pair that fails on its own yields its exception."""
+        return self.results(self.compute(pixels, tokens))

@@ -258,8 +258,10 @@ class TaskRunner:
                 tokens = batch.tokens.to(dev, non_blocking=True)
                 t0 = time.perf_counter()
                 before = self.attributor.splits
-                scored = self.attributor(pixels, tokens)
+                computed = self.attributor.compute(pixels, tokens)
                 spent, splits = time.perf_counter() - t0, self.attributor.splits - before
+            # per-pair results outside the lock: the other task's batch computes meanwhile
+            scored = self.attributor.results(computed)
             for i, r, t in zip(batch.ok, scored, batch.truncated):
                 results[i] = r
                 truncated[i] = t
