@@ -52,6 +52,10 @@ class DecodedRows:
     rows: list[Decoded]  # per input row; ``pixels`` is None (they are in ``pixels``)
     ok: list[int] = field(default_factory=list)  # indices of the rows that decoded
     pixels: torch.Tensor | None = None  # [len(ok), ...] in ok order
+    # the ok rows' token ids [len(ok), context] and truncation flags, when the
+    # decoder tokenises (processes do); else the caller tokenises the captions
+    tokens: np.ndarray | None = None
+    truncated: list[bool] = field(default_factory=list)
 
 
 class Gather:
@@ -122,38 +126,42 @@ def _exit_with_parent(parent: int) -> None:
 
 
 def _init_worker(parent: int, started: Any, buffers: list[str], preprocess: Callable,
-                 max_pixels: int, max_chars: int) -> None:
+                 max_pixels: int, max_chars: int, tokenize: Callable | None) -> None:
     # ``parent`` is passed, not read here: the parent may already be gone
     threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
     torch.set_num_threads(1)
     # attached before the parent unlinks their names (it waits on ``started``)
     shm = [shared_memory.SharedMemory(name=n) for n in buffers]
-    _WORKER.update(preprocess=preprocess, max_pixels=max_pixels, max_chars=max_chars, shm=shm)
+    _WORKER.update(preprocess=preprocess, max_pixels=max_pixels, max_chars=max_chars, shm=shm,
+                   tokenize=tokenize)
     started.wait(timeout=START_TIMEOUT_S)
 
 
 def _decode_chunk(
     images: list[Any], captions: list[Any], slot: int | None = None,
     shape: tuple[int, ...] = (), dtype: str = "uint8",
-) -> tuple[list[tuple[str, str | None, str]], np.ndarray | int | None]:
-    """In a decode process: (status, error, caption) per row, and the ok rows'
-    pixels: written into shared buffer ``slot`` when given and they fit it
-    (returns their count), else stacked into one array (pickled back)."""
-    rows, arrays = [], []
+) -> tuple[list[tuple[str, str | None, str]], np.ndarray | int | None, tuple | None]:
+    """In a decode process: (status, error, caption) per row; the ok rows' pixels,
+    written into shared buffer ``slot`` when given and they fit it (returns their
+    count), else stacked into one array (pickled back); and their token ids and
+    truncation flags when the process tokenises."""
+    rows, arrays, texts = [], [], []
     for image, caption in zip(images, captions):
         d = decode_pair(image, caption, _WORKER["preprocess"], _WORKER["max_pixels"],
                         _WORKER["max_chars"])
         if d.status == OK:
             arrays.append(np.asarray(d.pixels))
+            texts.append(d.caption)
         rows.append((d.status, d.error, d.caption))
     if not arrays:
-        return rows, None
+        return rows, None, None
+    tokens = _WORKER["tokenize"](texts) if _WORKER["tokenize"] is not None else None
     if slot is not None and all(a.shape == shape and a.dtype == np.dtype(dtype) for a in arrays):
         view = np.ndarray((len(arrays), *shape), dtype=dtype, buffer=_WORKER["shm"][slot].buf)
         for j, a in enumerate(arrays):
             view[j] = a
-        return rows, len(arrays)
-    return rows, np.stack(arrays)
+        return rows, len(arrays), tokens
+    return rows, np.stack(arrays), tokens
 
 
 def _probe(preprocess: Callable) -> np.ndarray | None:
@@ -217,8 +225,12 @@ class ProcessDecoder:
     (which releases the GIL); a batch keeps at most two chunks per process in flight."""
 
     def __init__(self, preprocess: Callable, max_pixels: int, max_chars: int, processes: int,
-                 pin: bool = False, chunk_rows: int = 32, shared: bool = True) -> None:
-        self.init_args = (preprocess, max_pixels, max_chars)
+                 pin: bool = False, chunk_rows: int = 32, shared: bool = True,
+                 tokenize: Callable | None = None) -> None:
+        # ``tokenize``: captions -> (int64 ids [B, context], truncated flags), picklable
+        # (model.CaptionEncoder); the processes then tokenise too
+        self.init_args = (preprocess, max_pixels, max_chars, tokenize)
+        self.tokenizes = tokenize is not None
         self.processes = max(1, int(processes))
         self.pin = pin
         self.chunk_rows = chunk_rows
@@ -306,10 +318,10 @@ class ProcessDecoder:
                 if slot is not None:
                     buffers.give(slot)
                 self._restart(pool)
-                out.append((([(BAD_IMAGE, CRASHED, "")], None), None, None))
+                out.append((([(BAD_IMAGE, CRASHED, "")], None, None), None, None))
         return out
 
-    def _collect(self, job: tuple, out: list[Decoded], pixels: Gather) -> None:
+    def _collect(self, job: tuple, out: list[Decoded], pixels: Gather, tokens: list) -> None:
         images, captions, pool, buffers, slot, fut = job
         try:
             results = [(fut.result(), buffers, slot)]
@@ -322,9 +334,11 @@ class ProcessDecoder:
             if slot is not None:
                 buffers.give(slot)
             raise
-        for (chunk_rows, arr), bufs, sl in results:
+        for (chunk_rows, arr, toks), bufs, sl in results:
             try:
                 out.extend(Decoded(st, err, None, cap) for st, err, cap in chunk_rows)
+                if toks is not None:
+                    tokens.append(toks)
                 if isinstance(arr, int):  # that many rows in the shared buffer
                     pixels.add(np.ndarray((arr, *self.shape), self.dtype, buffer=bufs.shm[sl].buf))
                 elif arr is not None:
@@ -340,23 +354,28 @@ class ProcessDecoder:
         size = max(1, min(self.chunk_rows, math.ceil(n / self.processes)))
         rows: list[Decoded] = []
         pixels = Gather(n, self.pin)
+        tokens: list[tuple[np.ndarray, list[bool]]] = []
         jobs: deque = deque()
         try:
             for s in range(0, n, size):
                 if len(jobs) >= self.in_flight:
-                    self._collect(jobs.popleft(), rows, pixels)
+                    self._collect(jobs.popleft(), rows, pixels, tokens)
                 chunk = (images[s : s + size], captions[s : s + size])
                 jobs.append((*chunk, *self._submit(*chunk)))
             while jobs:
-                self._collect(jobs.popleft(), rows, pixels)
+                self._collect(jobs.popleft(), rows, pixels, tokens)
         finally:
             for job in jobs:  # an error left these: wait for them, then free their slots
                 with contextlib.suppress(Exception):
                     job[-1].result()
                 if job[4] is not None:
                     job[3].give(job[4])
-        return DecodedRows(rows, [i for i, r in enumerate(rows) if r.status == OK],
-                           pixels.result())
+        out = DecodedRows(rows, [i for i, r in enumerate(rows) if r.status == OK],
+                          pixels.result())
+        if self.tokenizes and out.ok:
+            out.tokens = np.concatenate([ids for ids, _ in tokens])
+            out.truncated = [t for _, flags in tokens for t in flags]
+        return out
 
     def close(self) -> None:
         """Stop the processes; once this object's pool is collected, multiprocessing

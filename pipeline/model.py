@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -60,6 +61,34 @@ def shipped_layers(name: str) -> dict[str, int]:
 
 
 @dataclass
+class CaptionEncoder:
+    """Captions -> token ids, as open_clip's tokenizer: start-of-text, the word
+    pieces, end-of-text, zero padding; a caption longer than the context keeps its
+    first ``context - 2`` pieces, still ends in end-of-text, and is flagged."""
+
+    tokenizer: Any
+    context_length: int
+    sot_id: int
+    eot_id: int
+
+    def __call__(self, captions: list[str]) -> tuple[np.ndarray, list[bool]]:
+        """Token ids int64 [B, context_length] and, per caption, whether it was truncated."""
+        ctx = self.context_length
+        encode = getattr(self.tokenizer, "encode", None)
+        if encode is None or not hasattr(self.tokenizer, "sot_token_id"):
+            ids = np.asarray(self.tokenizer(captions, context_length=ctx), dtype=np.int64)
+            return ids, [False] * len(captions)
+        out = np.zeros((len(captions), ctx), dtype=np.int64)
+        truncated = []
+        for i, caption in enumerate(captions):
+            ids = encode(caption)
+            truncated.append(len(ids) > ctx - 2)
+            row = [self.sot_id, *ids[: ctx - 2], self.eot_id]
+            out[i, : len(row)] = row
+        return out, truncated
+
+
+@dataclass
 class Clip:
     """A frozen open_clip model, its preprocessing and tokenizer, cut into towers."""
 
@@ -84,25 +113,15 @@ class Clip:
         """Token ids [B, context_length] (truncated captions end in end-of-text)."""
         return self.encode_captions(captions)[0]
 
-    def encode_captions(self, captions: list[str]) -> tuple[torch.Tensor, list[bool]]:
-        """Token ids [B, context_length] and, per caption, whether it was truncated.
+    def caption_encoder(self) -> CaptionEncoder:
+        """Captions -> token ids without the model: picklable, for decode processes."""
+        return CaptionEncoder(self.tokenizer, self.context_length, self.sot_id, self.eot_id)
 
-        As open_clip's tokenizer: start-of-text, the word pieces, end-of-text,
-        zero padding; a caption longer than the context keeps its first
-        ``context - 2`` pieces and still ends in end-of-text.
-        """
-        ctx = self.context_length
-        encode = getattr(self.tokenizer, "encode", None)
-        if encode is None or not hasattr(self.tokenizer, "sot_token_id"):
-            return self.tokenizer(captions, context_length=ctx), [False] * len(captions)
-        out = torch.zeros(len(captions), ctx, dtype=torch.long)
-        truncated = []
-        for i, caption in enumerate(captions):
-            ids = encode(caption)
-            truncated.append(len(ids) > ctx - 2)
-            row = [self.sot_id, *ids[: ctx - 2], self.eot_id]
-            out[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-        return out, truncated
+    def encode_captions(self, captions: list[str]) -> tuple[torch.Tensor, list[bool]]:
+        """Token ids [B, context_length] and, per caption, whether it was truncated
+        (see ``CaptionEncoder``)."""
+        ids, truncated = self.caption_encoder()(captions)
+        return torch.from_numpy(ids), truncated
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """Autocast context for the configured precision (no-op for fp32)."""

@@ -12,6 +12,7 @@ import contextlib
 import gc
 import logging
 import os
+import pickle
 import queue
 import threading
 import time
@@ -116,6 +117,16 @@ def _prefetch(it: Iterator[Any], depth: int, pool: ThreadPoolExecutor) -> Iterat
         future.result()
 
 
+def _picklable(obj: Any) -> Any:
+    """``obj`` if it pickles (to go to the decode processes), else None (an unusual
+    tokenizer: captions are then tokenised in the worker itself)."""
+    try:
+        pickle.dumps(obj)
+        return obj
+    except Exception:
+        return None
+
+
 def _start_threads(pool: ThreadPoolExecutor, n: int) -> None:
     """Create all of ``pool``'s threads now (they start lazily otherwise): a worker
     under a memory cap must not need a new thread stack mid-run."""
@@ -183,7 +194,8 @@ class TaskRunner:
         d = data
         if decode_processes > 0:  # beside a GPU: no decoding under the compute thread's GIL
             self.decoder: ThreadDecoder | ProcessDecoder = ProcessDecoder(
-                self.preprocess, d.max_pixels, d.max_caption_chars, decode_processes, pin=gpu)
+                self.preprocess, d.max_pixels, d.max_caption_chars, decode_processes, pin=gpu,
+                tokenize=_picklable(self.clip.caption_encoder()))
         else:
             if decode_threads is None:
                 decode_threads = max(2, int(threads or 2) - 1) if gpu else 2
@@ -236,7 +248,9 @@ class TaskRunner:
                         ids[i] = v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
             carried = rb.select(d.keep_columns) if d.keep_columns else None
             batch = _Batch(decoded.rows, ids, row, carried, decoded.ok, decoded.pixels)
-            if batch.ok:
+            if decoded.tokens is not None:  # tokenised by the decode processes
+                batch.tokens, batch.truncated = torch.from_numpy(decoded.tokens), decoded.truncated
+            elif batch.ok:
                 batch.tokens, batch.truncated = self.clip.encode_captions(
                     [decoded.rows[i].caption for i in batch.ok])
             yield batch

@@ -142,3 +142,25 @@ def test_a_killed_parent_leaves_no_decode_process_or_buffer():
     p.send_signal(signal.SIGKILL)
     p.wait()
     assert not wait_gone(children)
+
+
+def test_processes_tokenise_as_open_clip():
+    """Oracle: open_clip's own tokenizer on the ok rows' captions, in row order
+    (across chunks); a caption over the context is cut to end-of-text and flagged."""
+    import open_clip
+
+    from pipeline.model import CaptionEncoder
+
+    tok = open_clip.get_tokenizer("ViT-B-32")
+    images, captions = rows()
+    captions[2] = " ".join(["word"] * 120)  # over 77 tokens
+    d = ProcessDecoder(Prep(), 10_000_000, 4096, processes=2, chunk_rows=4,
+                       tokenize=CaptionEncoder(tok, 77, tok.sot_token_id, tok.eot_token_id))
+    try:
+        out = d.decode(images, captions)
+    finally:
+        d.close()
+    ok_captions = [captions[i] for i in out.ok]
+    assert out.ok == [i for i, e in enumerate(oracle(images, captions)) if e.status == OK]
+    assert np.array_equal(out.tokens, tok(ok_captions).numpy())
+    assert out.truncated == [i == 2 for i in out.ok]
