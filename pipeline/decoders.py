@@ -9,9 +9,10 @@ when the batch goes to a GPU). They differ in where the image work runs:
 * ``ProcessDecoder``: processes of its own. Beside a GPU the compute thread
   launches thousands of short kernels per batch and every launch releases and
   retakes the GIL; decode threads in the same process hold it for their Python
-  work (PIL's header parsing, array conversion), so the launcher queues behind
-  them and the GPU idles (README "Performance"). Worker processes share no GIL
-  with it. They also isolate the codecs: a row that crashes its decoding process
+  work (PIL's header parsing, array conversion), so the launcher can queue
+  behind them: the suspected cause of the mostly idle GPU in README
+  "Performance", not yet measured on a GPU. Worker processes share no GIL with
+  it. They also isolate the codecs: a row that crashes its decoding process
   costs that row only (status ``bad_image``), not the worker.
 """
 
