@@ -18,18 +18,41 @@ from torch.utils.flop_counter import FlopCounterMode
 WORDS = ["red", "blue", "green", "circle", "square", "photo", "small", "dog", "beach", "vintage"]
 
 
-def make_pairs(n: int, seed: int, size: int) -> pa.Table:
-    """``n`` rows of id, a ``size`` x ``size`` JPEG (smooth noise) and a 4-9 word caption."""
+def jpeg_pairs(
+    n: int, seed: int, size: tuple[int, int], base: tuple[int, int] = (8, 8),
+    resample: int = Image.BILINEAR, prefix: str = "a ", words: tuple[int, int] = (3, 9),
+) -> tuple[list[bytes], list[str]]:
+    """``n`` JPEGs of ``size`` (w, h) upsampled from a random ``base`` (h, w) grid of
+    colours (smooth noise), and captions of ``prefix`` plus ``words`` (low, high
+    exclusive) random words."""
     rng = np.random.default_rng(seed)
     images, captions = [], []
     for _ in range(n):
-        base = rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)
-        img = Image.fromarray(base).resize((size, size), Image.BILINEAR)
+        grid = rng.integers(0, 255, (*base, 3), dtype=np.uint8)
         buf = io.BytesIO()
-        img.save(buf, format="JPEG", quality=90)
+        Image.fromarray(grid).resize(size, resample).save(buf, format="JPEG", quality=90)
         images.append(buf.getvalue())
-        captions.append("a " + " ".join(rng.choice(WORDS, size=int(rng.integers(3, 9)))))
+        captions.append(prefix + " ".join(rng.choice(WORDS, size=int(rng.integers(*words)))))
+    return images, captions
+
+
+def make_pairs(n: int, seed: int, size: int) -> pa.Table:
+    """``n`` rows of id, a ``size`` x ``size`` JPEG (smooth noise) and a 4-9 word caption."""
+    images, captions = jpeg_pairs(n, seed, (size, size))
     return pa.table({"id": [f"{seed}-{i}" for i in range(n)], "image": images, "caption": captions})
+
+
+def decode_rate(decoder, images: list, captions: list, batch: int) -> float:
+    """Images/s of ``decoder`` over ``images`` in batches of ``batch``, after one
+    untimed batch of 64; closes the decoder."""
+    try:
+        decoder.decode(images[:64], captions[:64])
+        t = time.perf_counter()
+        for s in range(0, len(images), batch):
+            decoder.decode(images[s : s + batch], captions[s : s + batch])
+        return len(images) / (time.perf_counter() - t)
+    finally:
+        decoder.close()
 
 
 def best_seconds(fn: Callable[[], object], repeats: int = 3, warmup: int = 1) -> float:

@@ -21,21 +21,19 @@ does when nothing competes for the GIL).
 
 from __future__ import annotations
 
-import io
 import json
 import tempfile
 import time
 from pathlib import Path
 
 import fsspec
-import numpy as np
 import open_clip
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from PIL import Image
 
-from tests.bench.common import WORDS
+from tests.bench.common import decode_rate, jpeg_pairs
 
 TINY = {"embed_dim": 64,
         "vision_cfg": {"image_size": 224, "layers": 2, "width": 64, "head_width": 32,
@@ -45,15 +43,10 @@ TINY = {"embed_dim": 64,
 
 
 def photos(n: int, seed: int = 0, size: tuple[int, int] = (500, 375)) -> pa.Table:
-    """``n`` rows of a web-sized JPEG (smooth colour field) and a 6-15 word caption."""
-    rng = np.random.default_rng(seed)
-    images, captions = [], []
-    for _ in range(n):
-        base = rng.integers(0, 255, (12, 16, 3), dtype=np.uint8)
-        buf = io.BytesIO()
-        Image.fromarray(base).resize(size, Image.BICUBIC).save(buf, format="JPEG", quality=90)
-        images.append(buf.getvalue())
-        captions.append("a photo of " + " ".join(rng.choice(WORDS, size=int(rng.integers(4, 14)))))
+    """``n`` rows of a web-sized JPEG (smooth colour field) and a caption of "a photo
+    of" and 4-13 words."""
+    images, captions = jpeg_pairs(n, seed, size, base=(12, 16), resample=Image.BICUBIC,
+                                  prefix="a photo of ", words=(4, 14))
     return pa.table({"image": images, "caption": captions})
 
 
@@ -79,15 +72,7 @@ def decode_rates(images_per_size: int = 512) -> dict:
         for _ in range(2):
             for kind, make in kinds.items():
                 for n in (1, 2):
-                    dec = make(n)
-                    try:
-                        dec.decode(images[:64], captions[:64])
-                        t = time.perf_counter()
-                        for s in range(0, len(images), 128):
-                            dec.decode(images[s : s + 128], captions[s : s + 128])
-                        rate = len(images) / (time.perf_counter() - t)
-                    finally:
-                        dec.close()
+                    rate = decode_rate(make(n), images, captions, 128)
                     rates.setdefault(f"{kind}_{n}", []).append(round(rate, 1))
         out[f"{size[0]}x{size[1]}"] = rates
     return out

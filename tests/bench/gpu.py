@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
-from tests.bench.common import WORDS, count_flops, make_pairs
+from tests.bench.common import WORDS, count_flops, decode_rate, make_pairs
 
 
 def sync(device: str) -> None:
@@ -123,14 +123,7 @@ def decode_rates(images: list[bytes], workers: tuple[int, ...]) -> dict:
             limits = (DEFAULT_MAX_PIXELS, DEFAULT_MAX_CAPTION_CHARS)
             dec = (ThreadDecoder(prep, *limits, threads=n, one_torch_thread=True)
                    if kind == "threads" else ProcessDecoder(prep, *limits, processes=n))
-            try:
-                dec.decode(images[:64], captions[:64])
-                t = time.perf_counter()
-                for s in range(0, len(images), 256):
-                    dec.decode(images[s : s + 256], captions[s : s + 256])
-                out[f"{label}_{kind}_{n}"] = round(len(images) / (time.perf_counter() - t), 1)
-            finally:
-                dec.close()
+            out[f"{label}_{kind}_{n}"] = round(decode_rate(dec, images, captions, 256), 1)
     return out
 
 
