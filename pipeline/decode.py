@@ -136,8 +136,8 @@ class SplitPreprocess:
     """An open_clip transform cut where the image becomes a tensor.
 
     ``image`` runs the PIL steps (resize, crop, mode) and returns uint8
-    [H, W, 3]: the per-image work, done in decode threads, mostly with the GIL
-    released. ``normalise`` then does ToTensor + Normalize on a whole batch,
+    [H, W, 3]: the per-image work, done in decode threads (mostly with the GIL
+    released) or decode processes. ``normalise`` then does ToTensor + Normalize on a whole batch,
     wherever the batch is (the GPU), with the transform's own operations in its
     order, so the values equal the whole transform's. A quarter of the bytes
     cross to the device, and no Python-level tensor work is left per image.

@@ -27,11 +27,11 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from multiprocessing import shared_memory
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -219,6 +219,24 @@ class _Buffers:
                 m.close()
 
 
+class _Chunk(NamedTuple):
+    """One submitted chunk: its rows, the pool and buffers it went to, its buffer
+    slot (None: pixels pickled back) and its future."""
+
+    images: list
+    captions: list
+    pool: ProcessPoolExecutor
+    buffers: _Buffers | None
+    slot: int | None
+    future: Future
+
+
+def _release(buffers: _Buffers | None, slot: int | None) -> None:
+    """Give a chunk's buffer slot back (a chunk that had none needs nothing)."""
+    if slot is not None and buffers is not None:
+        buffers.give(slot)
+
+
 class ProcessDecoder:
     """Decodes rows in worker processes (spawned: the caller has threads, Ray's among
     them, and forking a threaded process can deadlock). Pixels come back through
@@ -293,17 +311,16 @@ class ProcessDecoder:
                 self.pool, self.buffers = self._start()
             return self.pool
 
-    def _submit(self, images: list, captions: list) -> tuple:
-        """Submit one chunk: (pool, its buffers, slot or None, future)."""
+    def _submit(self, images: list, captions: list) -> _Chunk:
+        """Submit one chunk to the current pool, with a buffer slot when one is free."""
         with self._lock:
             pool, buffers = self.pool, self.buffers
         slot = buffers.take() if buffers is not None else None
         args = (images, captions) + ((slot, self.shape, self.dtype) if slot is not None else ())
         try:
-            return pool, buffers, slot, pool.submit(_decode_chunk, *args)
+            return _Chunk(images, captions, pool, buffers, slot, pool.submit(_decode_chunk, *args))
         except BrokenProcessPool:
-            if slot is not None:
-                buffers.give(slot)
+            _release(buffers, slot)
             self._restart(pool)
             return self._submit(images, captions)
 
@@ -312,28 +329,24 @@ class ProcessDecoder:
         again is reported instead of retried."""
         out = []
         for image, caption in zip(images, captions):
-            pool, buffers, slot, fut = self._submit([image], [caption])
+            c = self._submit([image], [caption])
             try:
-                out.append((fut.result(), buffers, slot))
+                out.append((c.future.result(), c.buffers, c.slot))
             except BrokenProcessPool:
-                if slot is not None:
-                    buffers.give(slot)
-                self._restart(pool)
+                _release(c.buffers, c.slot)
+                self._restart(c.pool)
                 out.append((([(BAD_IMAGE, CRASHED, "")], None, None), None, None))
         return out
 
-    def _collect(self, job: tuple, out: list[Decoded], pixels: Gather, tokens: list) -> None:
-        images, captions, pool, buffers, slot, fut = job
+    def _collect(self, c: _Chunk, out: list[Decoded], pixels: Gather, tokens: list) -> None:
         try:
-            results = [(fut.result(), buffers, slot)]
+            results = [(c.future.result(), c.buffers, c.slot)]
         except BrokenProcessPool:
-            if slot is not None:
-                buffers.give(slot)
-            self._restart(pool)
-            results = self._one_by_one(images, captions)
+            _release(c.buffers, c.slot)
+            self._restart(c.pool)
+            results = self._one_by_one(c.images, c.captions)
         except BaseException:
-            if slot is not None:
-                buffers.give(slot)
+            _release(c.buffers, c.slot)
             raise
         for (chunk_rows, arr, toks), bufs, sl in results:
             try:
@@ -345,8 +358,7 @@ class ProcessDecoder:
                 elif arr is not None:
                     pixels.add(arr)
             finally:
-                if sl is not None:
-                    bufs.give(sl)
+                _release(bufs, sl)
 
     def decode(self, images: Sequence[Any], captions: Sequence[Any]) -> DecodedRows:
         """Decode one batch in chunks spread over the processes; every row gets a status."""
@@ -356,21 +368,19 @@ class ProcessDecoder:
         rows: list[Decoded] = []
         pixels = Gather(n, self.pin)
         tokens: list[tuple[np.ndarray, list[bool]]] = []
-        jobs: deque = deque()
+        jobs: deque[_Chunk] = deque()
         try:
             for s in range(0, n, size):
                 if len(jobs) >= self.in_flight:
                     self._collect(jobs.popleft(), rows, pixels, tokens)
-                chunk = (images[s : s + size], captions[s : s + size])
-                jobs.append((*chunk, *self._submit(*chunk)))
+                jobs.append(self._submit(images[s : s + size], captions[s : s + size]))
             while jobs:
                 self._collect(jobs.popleft(), rows, pixels, tokens)
         finally:
-            for job in jobs:  # an error left these: wait for them, then free their slots
+            for c in jobs:  # an error left these: wait for them, then free their slots
                 with contextlib.suppress(Exception):
-                    job[-1].result()
-                if job[4] is not None:
-                    job[3].give(job[4])
+                    c.future.result()
+                _release(c.buffers, c.slot)
         out = DecodedRows(rows, [i for i, r in enumerate(rows) if r.status == OK],
                           pixels.result())
         if self.tokenizes and out.ok:

@@ -157,8 +157,8 @@ class TaskRunner:
         dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
         gpu = dev.startswith("cuda")
         if gpu:
-            # Beside a GPU the CPU work is decoding, spread over decode threads: one
-            # torch thread each, not an OpenMP team per decode thread.
+            # Beside a GPU the host's work is launching kernels and decoding (in threads
+            # or processes): one torch thread, not an OpenMP team per thread.
             torch.set_num_threads(1)
         elif threads:
             # Ray sets OMP_NUM_THREADS=1 in workers: use the CPUs this worker reserved.
@@ -186,7 +186,7 @@ class TaskRunner:
         self.attributor = Attributor(self.clip, self.engine)
         self.batch_size = model.batch_size or auto_batch_size(self.engine)
         log.info("batch size %d pairs%s", self.batch_size, "" if model.batch_size else " (auto)")
-        # Decode threads stop at uint8 pixels; the batch is normalised on the device.
+        # Decoding stops at uint8 pixels; the batch is normalised on the device.
         self.split = split_preprocess(self.clip.preprocess)
         self.preprocess = self.split.image if self.split else self.clip.preprocess
         self.output = output
