@@ -27,9 +27,9 @@ $(STAMP): pyproject.toml constraints.txt
 demo: install
 	$(BIN)/python -m pipeline.demo.run $(DEMO_ARGS)
 
-# Retrain the shipped demo model reproducibly (2 CPU cores; see pipeline/demo/weights/nibt-demo.json).
+# Retrain the shipped demo model reproducibly (2 CPU cores; see pipeline/engine/weights/nibt-demo.json).
 demo-model: install
-	$(BIN)/python -m pipeline.demo.train --out pipeline/demo/weights
+	$(BIN)/python -m pipeline.demo.train --out pipeline/engine/weights
 
 # Attribution quality against the synthetic ground truth (pointing game, text shares, metrics).
 evaluate: install
@@ -48,24 +48,24 @@ airflow-check: install
 	NIBT_AIRFLOW_CHECK_RAY=$(AIRFLOW_CHECK_RAY) PY=$(PY) bash jobs/airflow/check.sh
 
 lint: install
-	$(BIN)/ruff check pipeline tests jobs
+	$(BIN)/ruff check pipeline tests benchmarks jobs
 
 format: install
-	$(BIN)/ruff check --fix pipeline tests jobs
+	$(BIN)/ruff check --fix pipeline tests benchmarks jobs
 
 # Speed and memory, each figure beside its peer from the same run (JSON on stdout).
 bench: install
-	$(BIN)/python -m tests.bench
+	$(BIN)/python -m benchmarks
 
 # On a machine with a GPU: engine and job pairs/s, TFLOP/s, GPU utilisation (< 5 minutes).
 bench-gpu: install
-	$(BIN)/python -m tests.bench.gpu --out bench-results/gpu.json
+	$(BIN)/python -m benchmarks.gpu --out bench-results/gpu.json
 
 # The report as a person sees it: a small demo-like report from hand-built results (no model),
 # screenshotted in headless Chromium (Debian: apt-get install -y chromium) to bench-results/report.png.
 report-screenshot: install
 	$(BIN)/python -m tests.report.demo bench-results/report-demo
-	$(BIN)/python -m pipeline.report.screenshot bench-results/report-demo/report/report.html bench-results/report.png
+	$(BIN)/python -m pipeline.devtools.screenshot bench-results/report-demo/report/report.html bench-results/report.png
 
 clean:
 	rm -rf $(VENV) jobs/airflow/.venv-airflow .pytest_cache build *.egg-info

@@ -13,14 +13,14 @@ from typing import Any
 __version__ = "0.1.0"
 
 _LAZY = {
-    "NIBT": "pipeline.nibt",
-    "Attribution": "pipeline.nibt",
-    "Clip": "pipeline.model",
-    "UnsupportedModelError": "pipeline.model",
-    "load_clip": "pipeline.model",
-    "Confidence": "pipeline.metrics",
-    "confidence": "pipeline.metrics",
-    "merge_words": "pipeline.words",
+    "NIBT": "pipeline.engine.nibt",
+    "Attribution": "pipeline.engine.nibt",
+    "Clip": "pipeline.engine.model",
+    "UnsupportedModelError": "pipeline.engine.model",
+    "load_clip": "pipeline.engine.model",
+    "Confidence": "pipeline.engine.metrics",
+    "confidence": "pipeline.engine.metrics",
+    "merge_words": "pipeline.engine.words",
 }
 
 __all__ = [*sorted(_LAZY), "__version__"]

@@ -98,14 +98,7 @@ class DataSettings:
     max_caption_chars: int = 4096
 
     def __post_init__(self) -> None:
-        from pipeline.schema import RESULT_COLUMNS
-
         self.keep_columns = list(self.keep_columns or [])
-        for c in self.keep_columns:
-            _require(
-                c not in RESULT_COLUMNS, "data.keep_columns",
-                f"{c!r} clashes with an output column; rename it",
-            )
         _require(self.max_pixels > 0, "data.max_pixels", "must be > 0")
         _require(self.max_caption_chars > 0, "data.max_caption_chars", "must be > 0")
 

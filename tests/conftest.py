@@ -9,7 +9,7 @@ import os
 import pytest
 import torch
 
-from pipeline.s3local import LOCAL_S3_ENV, local_s3
+from pipeline.devtools.s3local import LOCAL_S3_ENV, local_s3
 
 torch.set_num_threads(2)
 logging.getLogger("root").setLevel(logging.ERROR)
@@ -28,8 +28,8 @@ def s3_endpoint():
 @pytest.fixture(scope="module")
 def ray_local():
     """One Ray per module (start-up costs ~5 s), 2 CPUs, bound to 127.0.0.1."""
-    from pipeline.cluster import ray_session
     from pipeline.config import ClusterSettings
+    from pipeline.job.cluster import ray_session
 
     with ray_session(ClusterSettings(), num_cpus=2):
         yield
@@ -37,14 +37,14 @@ def ray_local():
 
 @pytest.fixture(scope="session")
 def vitb32():
-    from pipeline.model import load_clip
+    from pipeline.engine.model import load_clip
 
     return load_clip("ViT-B-32")
 
 
 @pytest.fixture(scope="session")
 def vitb16():
-    from pipeline.model import load_clip
+    from pipeline.engine.model import load_clip
 
     return load_clip("ViT-B-16")
 
@@ -52,7 +52,7 @@ def vitb16():
 @pytest.fixture(scope="session")
 def tiny():
     """The demo architecture with random weights: 64 px, 8x8 grid, width 128."""
-    from pipeline.model import load_clip
+    from pipeline.engine.model import load_clip
 
     return load_clip("nibt-demo")
 

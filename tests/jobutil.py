@@ -9,7 +9,7 @@ from pipeline.config import (
     RunSettings,
     StorageSettings,
 )
-from pipeline.job import JobSettings
+from pipeline.job.driver import JobSettings
 
 TEST_MODEL = dict(name="nibt-demo", pretrained=None, image_layer=1, text_layer=1, steps=3,
                   batch_size=8)

@@ -1,8 +1,8 @@
-"""Independent oracles for the engine, written from ../shared/spec/nibt.md.
+"""Independent oracles for the engine, written from the method as docs/engine.md states it.
 
 They use open_clip's own modules and forward passes (full context length, full
 last block, ``nn.MultiheadAttention``), one suffix pass per step and pair: none
-of ``pipeline.towers``' shortcuts. Tests compare the engine against these.
+of ``pipeline.engine.towers``' shortcuts. Tests compare the engine against these.
 """
 
 from __future__ import annotations

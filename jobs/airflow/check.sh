@@ -69,9 +69,9 @@ for name in ("in-good", "in-partial"):
 EOF
 
 report=run
-if ! "$project_bin/python" -c "import pipeline.report.cli" 2>/dev/null; then
+if ! "$project_bin/python" -c "import pipeline.cli.report" 2>/dev/null; then
     report=skip
-    echo "airflow-check: pipeline.report.cli does not import yet: the report task is marked" \
+    echo "airflow-check: pipeline.cli.report does not import yet: the report task is marked" \
         "successful without running" >&2
 fi
 

@@ -27,7 +27,7 @@
 #   NIBT_RAY_RUNTIME_ENV runtime env YAML (default: runtime_env.yaml beside this script)
 #   NIBT_RAY_WORKING_DIR overrides the runtime env's working_dir (default: the repository)
 #   NIBT_RAY_ENTRYPOINT  the audit command on the cluster (default: python -m pipeline)
-#   NIBT_RAY_REPORT_ENTRYPOINT  the report command (default: python -m pipeline.report.cli)
+#   NIBT_RAY_REPORT_ENTRYPOINT  the report command (default: python -m pipeline.cli.report)
 #   NIBT_RAY_BIN         the ray CLI (default: ray on PATH)
 #   NIBT_RAY_PYTHON      a Python that imports ray (default: the python beside the ray CLI)
 #   NIBT_RAY_IF_RUNNING  attach (default: follow the running job) or skip (exit 75)
@@ -96,7 +96,7 @@ else
     if [[ -n ${NIBT_RAY_REPORT_ENTRYPOINT:-} ]]; then
         read -r -a entry <<<"$NIBT_RAY_REPORT_ENTRYPOINT"
     else
-        entry=(python -m pipeline.report.cli)
+        entry=(python -m pipeline.cli.report)
     fi
     read -r -a extra <<<"${NIBT_REPORT_ARGS:-}"
     entry+=("results=$(hq "$output")" "output=$(hq "$report")" "${extra[@]}" "$@")

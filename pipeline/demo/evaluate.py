@@ -21,10 +21,10 @@ Definitions (image maps are [gh, gw] patch grids; patch ``(i, j)`` covers pixels
 * gradient x input: ``h * grad`` at lambda = 1 at the same layer
   (``NIBT(steps=1, schedule="uniform")``).
 * text: over the caption's words (BPE pieces merged with
-  ``pipeline.words.merge_words``; start/end-of-text left out), the share of the
+  ``pipeline.engine.words.merge_words``; start/end-of-text left out), the share of the
   positive word attribution on the words that name the object, and how often the
   top word names it; the start/end-of-text shares are of all positive mass.
-* confidence drop / increase: ``pipeline.metrics.confidence`` on the same pairs.
+* confidence drop / increase: ``pipeline.engine.metrics.confidence`` on the same pairs.
 
 The bar (single named object): NIBT pointing >= 80% and >= 40 points above the
 centre prior; with distractors (2-3 objects, one named) >= 15 points above the
@@ -46,10 +46,10 @@ import torch
 
 from pipeline.demo.scenes import Pair, Settings, make_pair, make_twins
 from pipeline.demo.train import IMAGE_LAYER, TEXT_LAYER, pixels, twin_accuracy
-from pipeline.metrics import confidence
-from pipeline.model import SHIPPED_WEIGHTS, Clip, load_clip
-from pipeline.nibt import NIBT, Attribution
-from pipeline.words import merge_words
+from pipeline.engine.metrics import confidence
+from pipeline.engine.model import SHIPPED_WEIGHTS, Clip, load_clip
+from pipeline.engine.nibt import NIBT, Attribution
+from pipeline.engine.words import merge_words
 
 FACTS = SHIPPED_WEIGHTS["nibt-demo"].with_suffix(".json")
 

@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from pipeline.s3local import LOCAL_S3_ENV, local_s3
+from pipeline.devtools.s3local import LOCAL_S3_ENV, local_s3
 
 BUCKET = "demo"
 

@@ -1,6 +1,6 @@
 """Train the demo CLIP (``nibt-demo``) on synthetic scenes, reproducibly, on 2 CPU cores.
 
-``python -m pipeline.demo.train --out pipeline/demo/weights`` writes
+``python -m pipeline.demo.train --out pipeline/engine/weights`` writes
 ``nibt-demo.safetensors`` (fp16) and ``nibt-demo.json`` (training facts, the
 held-out retrieval and twin accuracy, and the default NIBT layers).
 
@@ -30,9 +30,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.decode import split_preprocess
 from pipeline.demo.scenes import Pair, Settings, make_pair, make_twins
-from pipeline.model import Clip, load_clip
+from pipeline.engine.model import Clip, load_clip
+from pipeline.job.preprocess import split_preprocess
 
 MODEL = "nibt-demo"
 THREADS = 2
@@ -275,7 +275,7 @@ def _train(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Command line: ``python -m pipeline.demo.train --out pipeline/demo/weights``."""
+    """Command line: ``python -m pipeline.demo.train --out pipeline/engine/weights``."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default=str(Path(__file__).parent / "weights"))
     p.add_argument("--seed", type=int, default=0)

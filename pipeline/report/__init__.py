@@ -3,7 +3,7 @@
 ``build_report(results, output, settings, storage)`` reads an ``nibt-audit``
 output through its manifest (streaming, part by part) and writes
 ``report.html``, ``report.json`` and ``aggregates/*.parquet``; ``nibt-report``
-(``pipeline.report.cli``) is the same as a Hydra app. No Ray, no model code.
+(``pipeline.cli.report``) is the same as a Hydra app. No Ray, no model code.
 """
 
 from pipeline.report.build import build_report

@@ -21,18 +21,18 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.commit import read_manifest
 from pipeline.config import ConfigError, StorageSettings, check_no_credentials, public
-from pipeline.decode import DEFAULT_MAX_PIXELS
+from pipeline.engine.words import merge_words
+from pipeline.io.images import DEFAULT_MAX_PIXELS
+from pipeline.io.manifest import read_manifest
+from pipeline.io.results import iter_parts
+from pipeline.io.storage import filesystem, join, put_atomic
 from pipeline.report import aggregate, space, summary
 from pipeline.report.aggregate import Aggregator
 from pipeline.report.findings import findings
 from pipeline.report.settings import ReportSettings
 from pipeline.report.space import WordSpace
 from pipeline.report.thumbs import fetch_rows, read_images, thumbnail
-from pipeline.results import iter_parts
-from pipeline.storage import filesystem, join, put_atomic
-from pipeline.words import merge_words
 
 log = logging.getLogger("nibt-report")
 REPORT_VERSION = 1
@@ -76,7 +76,7 @@ def _clean(obj: Any) -> Any:
     if isinstance(obj, (int, np.integer)):
         return int(obj)
     if isinstance(obj, (float, np.floating)):
-        return summary._num(obj)
+        return summary.finite_or_none(obj)
     return obj
 
 
@@ -85,7 +85,7 @@ def tracked_words(agg: Aggregator, s: ReportSettings) -> list[str]:
     pairs = agg.vocab.sums["pairs"]
     cands = [(int(pairs[i]), w) for i, w in enumerate(agg.vocab.words)
              if pairs[i] >= max(s.shortcut_min_count, 1)
-             and (not s.words_skip_punctuation or summary._alnum(w))]
+             and (not s.words_skip_punctuation or summary.has_alnum(w))]
     cands.sort(key=lambda c: (-c[0], c[1]))
     return [w for _, w in cands[: s.shortcut_max_words]]
 

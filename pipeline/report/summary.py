@@ -26,7 +26,7 @@ from pipeline.report.stats import (
     stable_seed,
 )
 
-#: The paper's NIB rows (CLIP ViT-B/32, OpenAI weights, L = 9, n = 10; ../shared/spec/nibt.md).
+#: The paper's NIB rows (CLIP ViT-B/32, OpenAI weights, L = 9, n = 10; docs/engine.md).
 PAPER = {
     "Conceptual Captions": {"img_conf_drop": 0.9439, "img_conf_incr": 42.5,
                             "txt_conf_drop": 0.2705, "txt_conf_incr": 43.95},
@@ -45,7 +45,7 @@ GROUP_METRIC_LABELS = {"score": "CLIP score", "term_attr": "term attribution",
                        "term_share": "term share of caption attribution"}
 
 
-def _num(x: Any) -> float | None:
+def finite_or_none(x: Any) -> float | None:
     """A finite float, or None (JSON has no NaN)."""
     try:
         f = float(x)
@@ -54,7 +54,8 @@ def _num(x: Any) -> float | None:
     return f if np.isfinite(f) else None
 
 
-def _alnum(word: str) -> bool:
+def has_alnum(word: str) -> bool:
+    """Whether ``word`` has a letter or digit (punctuation-only words are left out)."""
     return any(ch.isalnum() for ch in word)
 
 
@@ -105,18 +106,18 @@ def overview(agg: Aggregator, s: ReportSettings, parts: int | None = None) -> di
         "errors": [{"kind": k, "count": c, "examples": ex} for k, (c, ex) in errors],
         "error_kinds": len(agg.errors),
         "errors_other": agg.errors_other,
-        "score": {"n": agg.score.n, "mean": _num(agg.score.mean if agg.score.n else None),
-                  "std": _num(agg.score.std),
+        "score": {"n": agg.score.n, "mean": finite_or_none(agg.score.mean if agg.score.n else None),
+                  "std": finite_or_none(agg.score.std),
                   "hist_from": float(SCORE_EDGES[lo]), "hist_to": float(SCORE_EDGES[hi]),
                   "hist_bin": float(SCORE_EDGES[1] - SCORE_EDGES[0]),
                   "hist_counts": [int(c) for c in hist[lo:hi]]},
         "metrics": [{"name": m, "label": METRIC_LABELS[m][0], "better": METRIC_LABELS[m][1],
                      "n": agg.metrics[m].n,
-                     "mean": _num(agg.metrics[m].mean if agg.metrics[m].n else None),
+                     "mean": finite_or_none(agg.metrics[m].mean if agg.metrics[m].n else None),
                      "paper": {d: v[m] for d, v in PAPER.items()}} for m in METRICS],
         "paper_datasets": list(PAPER),
-        "image_cls_share": _num(agg.cls_share.mean if agg.cls_share.n else None),
-        "text_eot_share": _num(agg.eot_share.mean if agg.eot_share.n else None),
+        "image_cls_share": finite_or_none(agg.cls_share.mean if agg.cls_share.n else None),
+        "text_eot_share": finite_or_none(agg.eot_share.mean if agg.eot_share.n else None),
         "captions_truncated": agg.truncated,
         "tokens_unusable": agg.skipped_tokens,
     }
@@ -135,14 +136,14 @@ def word_rows(agg: Aggregator, profiles: list[dict]) -> list[dict[str, Any]]:
                     "mean_share": sums["share_sum"][i] / c,
                     "space_pairs": p.get("pairs"), "modal_cell": p.get("modal_cell"),
                     "consistency": p.get("consistency"), "baseline": p.get("baseline"),
-                    "shortcut_score": p.get("score"), "concentration": _num(p.get("concentration")),
+                    "shortcut_score": p.get("score"), "concentration": finite_or_none(p.get("concentration")),
                     "kl": p.get("kl")})
     return out
 
 
 def words_section(rows: list[dict], s: ReportSettings) -> dict[str, Any]:
     ok = [r for r in rows if r["count"] >= s.words_min_count
-          and (_alnum(r["word"]) or not s.words_skip_punctuation)]
+          and (has_alnum(r["word"]) or not s.words_skip_punctuation)]
     keep = ("word", "count", "mean_attr", "share_negative", "mean_share")
     # a word lowering the alignment on average is never listed as raising it, and vice versa
     helps = sorted((r for r in ok if r["mean_attr"] > 0),
@@ -158,7 +159,7 @@ def words_section(rows: list[dict], s: ReportSettings) -> dict[str, Any]:
 def _stat(m: Moments, dev: np.ndarray, confidence: float) -> dict[str, Any]:
     mean = m.mean if m.n else float("nan")
     lo, hi = interval(mean, dev, confidence)
-    return {"n": m.n, "mean": _num(mean), "std": _num(m.std), "ci_low": _num(lo), "ci_high": _num(hi)}
+    return {"n": m.n, "mean": finite_or_none(mean), "std": finite_or_none(m.std), "ci_low": finite_or_none(lo), "ci_high": finite_or_none(hi)}
 
 
 def groups_section(agg: Aggregator, s: ReportSettings) -> list[dict[str, Any]]:
@@ -180,8 +181,8 @@ def groups_section(agg: Aggregator, s: ReportSettings) -> list[dict[str, Any]]:
             groups.append({
                 "name": name, "terms": terms, "rest": name == fam.rest, "pairs": g.pairs,
                 **{m: _stat(g.moments[m], devs[gi, m], s.confidence) for m in GROUP_METRICS},
-                "border_share": _num(g.border.mean if g.border.n else None),
-                "corner_share": _num(g.corner.mean if g.corner.n else None),
+                "border_share": finite_or_none(g.border.mean if g.border.n else None),
+                "corner_share": finite_or_none(g.corner.mean if g.corner.n else None),
                 "map_pairs": g.map_n,
                 "mean_map": None if g.map_sum is None else [float(x) for x in g.map_sum / g.map_n],
                 "score_hist": [int(c) for c in hist],
@@ -200,9 +201,9 @@ def groups_section(agg: Aggregator, s: ReportSettings) -> list[dict[str, Any]]:
                 gap = bool(min(ma.n, mb.n) >= s.groups_min_pairs and np.isfinite(d)
                            and abs(d) >= s.groups_min_effect and (lo > 0 or hi < 0))
                 effects.append({"a": a, "b": b, "metric": m, "label": GROUP_METRIC_LABELS[m],
-                                "n_a": ma.n, "n_b": mb.n, "mean_a": _num(ma.mean),
-                                "mean_b": _num(mb.mean), "diff": _num(diff), "ci_low": _num(lo),
-                                "ci_high": _num(hi), "cohens_d": _num(d), "cliffs_delta": _num(cliff),
+                                "n_a": ma.n, "n_b": mb.n, "mean_a": finite_or_none(ma.mean),
+                                "mean_b": finite_or_none(mb.mean), "diff": finite_or_none(diff), "ci_low": finite_or_none(lo),
+                                "ci_high": finite_or_none(hi), "cohens_d": finite_or_none(d), "cliffs_delta": finite_or_none(cliff),
                                 "gap": gap})
         out.append({"name": fam.name, "description": fam.description, "rest": fam.rest,
                     "overlap": agg.overlap[fi], "groups": groups, "effects": effects})
@@ -227,9 +228,9 @@ def space_section(agg: Aggregator, profiles: list[dict], suspects: list[dict],
         "top_share": [float(x) for x in top_share],
         "hotspot": {"cell": hot, "name": grid.name(hot), "share": float(top_share[hot]),
                     "uniform": 1.0 / cells},
-        "border_share": {"mean": _num(agg.border.mean if agg.border.n else None),
+        "border_share": {"mean": finite_or_none(agg.border.mean if agg.border.n else None),
                          "uniform": float(grid.border().sum() / cells)},
-        "corner_share": {"mean": _num(agg.corner.mean if agg.corner.n else None),
+        "corner_share": {"mean": finite_or_none(agg.corner.mean if agg.corner.n else None),
                          "uniform": float(grid.corners().sum() / cells)},
         "profiled_words": len(profiles), "min_count": s.shortcut_min_count,
         "min_score": s.shortcut_min_excess, "suspects": suspects, "explained": explained,

@@ -21,9 +21,9 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from pipeline.config import StorageSettings
-from pipeline.decode import DEFAULT_MAX_PIXELS, decode_image, image_bytes
-from pipeline.heatmap import overlay, png_bytes
-from pipeline.storage import filesystem, join
+from pipeline.io.images import DEFAULT_MAX_PIXELS, decode_image, image_bytes
+from pipeline.io.storage import filesystem, join
+from pipeline.report.heatmap import overlay, png_bytes
 
 log = logging.getLogger("nibt-report")
 

@@ -1,6 +1,6 @@
 """Caption words of a whole results part at once: BPE pieces merged, group terms found.
 
-``part_words`` does what ``pipeline.words.merge_words(..., lower=True)`` does
+``part_words`` does what ``pipeline.engine.words.merge_words(..., lower=True)`` does
 for every row of a part, with pyarrow / numpy over the flattened pieces: the
 Python work is per *distinct* piece and per distinct word of the part, not per
 row. ``FamilyMatcher`` finds a group family's terms the way ``Matcher`` does
@@ -17,8 +17,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipeline.engine.words import END_OF_WORD, SPECIAL
 from pipeline.report.settings import GroupFamily
-from pipeline.words import END_OF_WORD, SPECIAL
 
 
 @dataclass

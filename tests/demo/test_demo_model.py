@@ -16,7 +16,7 @@ from PIL import Image
 from safetensors import safe_open
 
 from pipeline.demo.scenes import make_pair, make_twins, png_bytes
-from pipeline.model import SHIPPED_WEIGHTS, load_clip
+from pipeline.engine.model import SHIPPED_WEIGHTS, load_clip
 
 WEIGHTS = SHIPPED_WEIGHTS["nibt-demo"]
 SEED = 4242  # training used seeds 0 (batches), 1000 and 1007 (its own checks)

@@ -16,12 +16,12 @@ import s3fs
 import torch
 from PIL import Image
 
-from pipeline.commit import read_manifest
-from pipeline.job import EXIT_OK, EXIT_PARTIAL, run_job
-from pipeline.metrics import confidence
-from pipeline.model import load_clip
-from pipeline.nibt import NIBT
-from pipeline.results import read_results
+from pipeline.engine.metrics import confidence
+from pipeline.engine.model import load_clip
+from pipeline.engine.nibt import NIBT
+from pipeline.io.manifest import read_manifest
+from pipeline.io.results import read_results
+from pipeline.job.driver import EXIT_OK, EXIT_PARTIAL, run_job
 from tests.data import caption, pairs_table, png, write_table
 from tests.jobutil import TEST_MODEL, settings
 from tests.procs import wait_gone

@@ -22,7 +22,7 @@ ROWS = 6
 def report_available() -> bool:
     """``nibt-report``'s module exists yet (it is written separately)."""
     try:
-        return importlib.util.find_spec("pipeline.report.cli") is not None
+        return importlib.util.find_spec("pipeline.cli.report") is not None
     except ModuleNotFoundError:
         return False
 

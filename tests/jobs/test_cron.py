@@ -26,7 +26,7 @@ def wrapper_env(tmp_path: Path, inp: Path, **extra: str) -> dict[str, str]:
         NIBT_INPUT=str(inp), NIBT_OUTPUT_ROOT=str(tmp_path / "out"), NIBT_AUDIT_ARGS=TINY,
         NIBT_ENV_FILE=str(env_file), NIBT_CRON_LOG_DIR=str(tmp_path / "logs"),
         NIBT_AUDIT_BIN=str(BIN / "nibt-audit"), NIBT_REPORT_BIN=str(BIN / "nibt-report"),
-        # nibt-report is written separately: until pipeline.report.cli exists, skip its step
+        # nibt-report is written separately: until pipeline.cli.report exists, skip its step
         **({} if report_available() else {"NIBT_REPORT": "0"}),
         **extra,
     )

@@ -140,8 +140,8 @@ def test_the_cluster_recipes_hold_no_secrets_and_ask_for_gpus():
     assert secretish("AWS_SECRET_ACCESS_KEY") and not secretish("TOKENIZERS_PARALLELISM")
     worker = spec["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]
     assert worker["resources"]["limits"]["nvidia.com/gpu"] == 1
-    from pipeline.cluster import plan_actors
     from pipeline.config import ClusterSettings
+    from pipeline.job.cluster import plan_actors
 
     pod = {"CPU": float(worker["resources"]["limits"]["cpu"]), "GPU": 1.0}
     plan = plan_actors(ClusterSettings(), pod, tasks=100)

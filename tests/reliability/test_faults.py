@@ -19,9 +19,9 @@ import pytest
 import s3fs
 from PIL import Image
 
-from pipeline.commit import read_manifest
-from pipeline.job import EXIT_OK, EXIT_PARTIAL, run_job
-from pipeline.results import read_results
+from pipeline.io.manifest import read_manifest
+from pipeline.io.results import read_results
+from pipeline.job.driver import EXIT_OK, EXIT_PARTIAL, run_job
 from tests import images as im
 from tests.data import caption, pairs_table, png, write_table
 from tests.jobutil import settings

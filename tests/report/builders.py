@@ -19,9 +19,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from pipeline.commit import PartEntry, write_manifest
-from pipeline.schema import RESULT_FIELDS, result_schema
-from pipeline.storage import filesystem, join
+from pipeline.io.manifest import PartEntry, write_manifest
+from pipeline.io.schema import RESULT_FIELDS, result_schema
+from pipeline.io.storage import filesystem, join
 
 VOCAB = ["red", "blue", "green", "circle", "square", "triangle", "small", "large", "photo",
          "a", "of", "woman", "man", "girl", "boy", "dog", "beach"]

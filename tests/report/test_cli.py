@@ -10,8 +10,8 @@ import sys
 import pytest
 from hydra import compose, initialize_config_dir
 
+from pipeline.cli.report import CONF_DIR, run_from_config
 from pipeline.config import StorageSettings
-from pipeline.report.cli import CONF_DIR, run_from_config
 from tests.report.builders import random_rows, write_input, write_results
 
 
@@ -31,7 +31,7 @@ def _compose(*overrides: str):
 
 
 def _report(*args: str, tmp) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pipeline.report.cli", *args],
+    return subprocess.run([sys.executable, "-m", "pipeline.cli.report", *args],
                           capture_output=True, text=True, timeout=300,
                           env={**os.environ, "NIBT_LOG_DIR": str(tmp / "logs")})
 
@@ -54,7 +54,7 @@ def test_the_command_writes_the_report_locally(results, tmp_path):
 
 def test_bad_override_is_exit_2(results, tmp_path, monkeypatch):
     """Hydra refuses the override before the app runs (in-process: no logging set up)."""
-    from pipeline.report import cli
+    from pipeline.cli import report as cli
 
     monkeypatch.setattr(sys, "argv", ["nibt-report", f"results={results / 'res'}",
                                       f"output={tmp_path}/o", "report.colour=red"])
@@ -108,7 +108,7 @@ def test_the_report_imports_neither_torch_nor_ray():
     import subprocess
     import sys
 
-    code = ("import sys, pipeline.report.cli, pipeline.report.build; "
+    code = ("import sys, pipeline.cli.report, pipeline.report.build; "
             "print(sorted(m for m in ('torch', 'ray', 'open_clip') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

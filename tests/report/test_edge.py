@@ -13,8 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 from hydra import compose, initialize_config_dir
 
+from pipeline.cli.report import CONF_DIR, run_from_config
 from pipeline.report import ReportSettings, build_report
-from pipeline.report.cli import CONF_DIR, run_from_config
 from tests.report.builders import Row, write_input, write_results
 
 STATUSES = ["bad_image", "bad_caption", "error"]

@@ -1,4 +1,4 @@
-"""The synthetic results of the scale benchmark (tests/bench/report.py), small: they are what
+"""The synthetic results of the scale benchmark (benchmarks/report.py), small: they are what
 the benchmark claims, the report reads them right, and the benchmark section runs."""
 
 from __future__ import annotations
@@ -10,11 +10,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from benchmarks import report as bench
+from pipeline.engine.words import SPECIAL, merge_words
+from pipeline.io.results import read_results
+from pipeline.io.schema import RESULT_FIELDS
 from pipeline.report import ReportSettings, build_report
-from pipeline.results import read_results
-from pipeline.schema import RESULT_FIELDS
-from pipeline.words import SPECIAL, merge_words
-from tests.bench import report as bench
 
 
 @pytest.fixture(scope="module")

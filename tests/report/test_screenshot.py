@@ -1,4 +1,4 @@
-"""``python -m pipeline.report.screenshot``: the demo report in headless Chromium.
+"""``python -m pipeline.devtools.screenshot``: the demo report in headless Chromium.
 
 The rendering test runs only where Chromium is installed (``apt-get install
 chromium``; ``make install`` does not install it); the missing-browser path
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.report import screenshot
+from pipeline.devtools import screenshot
 from tests.report.demo import build_demo
 
 needs_chromium = pytest.mark.skipif(screenshot.find_chromium() is None,

@@ -1,6 +1,6 @@
 """The vectorised per-part passes against plain per-row loops (the oracles written here).
 
-Word merging is checked against ``pipeline.words.merge_words`` (the per-caption
+Word merging is checked against ``pipeline.engine.words.merge_words`` (the per-caption
 reference, tested on its own), term matching against a greedy scan written
 below, error counting, the spatial sums and the co-occurrence counts against
 naive loops over the same rows.
@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from pipeline.engine.words import merge_words
 from pipeline.report import ReportSettings
 from pipeline.report import aggregate as agg_mod
 from pipeline.report.aggregate import Aggregator, error_kind
@@ -21,7 +22,6 @@ from pipeline.report.regions import Grid
 from pipeline.report.settings import GroupFamily
 from pipeline.report.space import CoOccurrence, WordSpace
 from pipeline.report.tokens import FamilyMatcher, part_words
-from pipeline.words import merge_words
 
 PIECES = ["a</w>", "old</w>", "man</w>", "wo", "man</w>", "Man</w>", "ß</w>", "SS</w>",
           "pho", "to</w>", "dog", "<start_of_text>", "<end_of_text>", "of</w>", "vin", "tage</w>",

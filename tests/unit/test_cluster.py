@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.cluster import plan_actors
 from pipeline.config import ClusterSettings
+from pipeline.job.cluster import plan_actors
 
 
 @pytest.mark.parametrize(
@@ -44,7 +44,7 @@ def test_cpu_actors_and_task_cap():
 
 def test_tasks_in_flight_per_actor():
     """Two beside a GPU (decoding overlaps the device), one on CPU (it would take
-    cores from the compute: measured 8% slower by `python -m tests.bench overlap`)."""
+    cores from the compute: measured 8% slower by `python -m benchmarks overlap`)."""
     assert plan_actors(ClusterSettings(), {"CPU": 16, "GPU": 1}, tasks=9).slots == 2
     assert plan_actors(ClusterSettings(), {"CPU": 16}, tasks=9).slots == 1
     assert plan_actors(ClusterSettings(tasks_per_actor=3), {"CPU": 2}, tasks=9).slots == 3

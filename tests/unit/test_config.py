@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from pipeline.__main__ import CONF_DIR, settings_from_config
-from pipeline.config import ConfigError, DataSettings, ModelSettings, StorageSettings
+from pipeline.cli.audit import CONF_DIR, settings_from_config
+from pipeline.config import ConfigError, ModelSettings, StorageSettings
 
 GROUPS = ("model", "data", "storage", "cluster", "run")
 OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted(Path(CONF_DIR, g).glob("*.yaml"))]
@@ -43,7 +43,10 @@ def test_bad_values_name_the_setting():
     with pytest.raises(ConfigError, match="model.precision"):
         ModelSettings(precision="int4")
     with pytest.raises(ConfigError, match="data.keep_columns: 'score'"):
-        DataSettings(keep_columns=["score"])
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            cfg = compose("audit", overrides=["input=/in", "output=/out",
+                                              "data.keep_columns=[score]"])
+        settings_from_config(cfg)
     with pytest.raises(ConfigError, match="credentials embedded"):
         StorageSettings(endpoint_url="http://AKIA:hunter2@127.0.0.1:9000")
 

@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from pipeline.decode import (
+from pipeline.io.images import (
     BAD_CAPTION,
     BAD_IMAGE,
     OK,
@@ -98,8 +98,8 @@ def test_split_preprocess_equals_the_whole_transform(model):
     import open_clip
     import torch
 
-    from pipeline.decode import split_preprocess
-    from pipeline.model import load_clip
+    from pipeline.engine.model import load_clip
+    from pipeline.job.preprocess import split_preprocess
 
     transform = (open_clip.create_model_and_transforms("ViT-B-32")[2] if model == "ViT-B-32"
                  else load_clip(model, None).preprocess)
@@ -120,7 +120,7 @@ def test_split_preprocess_equals_the_whole_transform(model):
 def test_split_preprocess_refuses_other_transforms():
     from torchvision import transforms as T
 
-    from pipeline.decode import split_preprocess
+    from pipeline.job.preprocess import split_preprocess
 
     norm = T.Normalize((0.5,) * 3, (0.5,) * 3)
     assert split_preprocess(T.Compose([T.Resize(8), T.ToTensor()])) is None  # no Normalize

@@ -17,8 +17,8 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.decode import BAD_CAPTION, BAD_IMAGE, OK, decode_pair
-from pipeline.decoders import CRASHED, ProcessDecoder, ThreadDecoder
+from pipeline.io.images import BAD_CAPTION, BAD_IMAGE, OK, decode_pair
+from pipeline.job.decode_pool import CRASHED, ProcessDecoder, ThreadDecoder
 from tests import images as im
 from tests.procs import running, wait_gone
 
@@ -125,7 +125,7 @@ def test_a_killed_parent_leaves_no_decode_process_or_buffer():
     code = textwrap.dedent("""
         import os, sys, time
         from tests.unit.test_decoders import Prep
-        from pipeline.decoders import ProcessDecoder
+        from pipeline.job.decode_pool import ProcessDecoder
         from tests.unit.test_decoders import rows
         d = ProcessDecoder(Prep(), 10_000_000, 4096, processes=2, chunk_rows=4)
         d.decode(*rows())
@@ -149,7 +149,7 @@ def test_processes_tokenise_as_open_clip():
     (across chunks); a caption over the context is cut to end-of-text and flagged."""
     import open_clip
 
-    from pipeline.model import CaptionEncoder
+    from pipeline.engine.model import CaptionEncoder
 
     tok = open_clip.get_tokenizer("ViT-B-32")
     images, captions = rows()

@@ -6,8 +6,8 @@ import json
 
 from PIL import Image
 
+from pipeline.cli.explain import main
 from pipeline.demo.scenes import make_pair, png_bytes
-from pipeline.explain import main
 
 
 def test_explain_one_pair(tmp_path, capsys):

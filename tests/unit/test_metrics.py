@@ -7,8 +7,8 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 
-from pipeline.metrics import confidence, minmax
-from pipeline.nibt import NIBT
+from pipeline.engine.metrics import confidence, minmax
+from pipeline.engine.nibt import NIBT
 from tests.conftest import CAPTIONS, random_images
 
 

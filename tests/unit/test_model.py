@@ -11,8 +11,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from pipeline.model import WeightsError, load_clip
-from pipeline.towers import ImageTower, TextTower, UnsupportedModelError
+from pipeline.engine.model import WeightsError, load_clip
+from pipeline.engine.towers import ImageTower, TextTower, UnsupportedModelError
 from tests.conftest import CAPTIONS, random_images
 
 

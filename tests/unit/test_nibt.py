@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.nibt import NIBT, schedule_nodes
+from pipeline.engine.nibt import NIBT, schedule_nodes
 from tests.conftest import CAPTIONS, random_images
 from tests.oracles import (
     captum_nibt,
@@ -139,8 +139,8 @@ def test_pairs_per_chunk_and_auto_batch_follow_the_memory_model(vitb32):
     image rows 4 * (3 * (18*50*768 + 2*12*50*50) + 2*50*768) = 9,321,600 B,
     text rows (full context) 4 * (3 * (18*77*512 + 2*8*77*77) + 2*77*512) = 9,969,344 B:
     the text tower binds."""
-    from pipeline.attribute import auto_batch_size
-    from pipeline.model import load_clip
+    from pipeline.engine.model import load_clip
+    from pipeline.job.attribute import auto_batch_size
 
     small = NIBT(vitb32, layer=9, steps=10, memory_budget_mb=512)
     assert small.pairs_per_chunk() == (512 * 2**20 // 9_969_344) // 10 == 5

@@ -5,7 +5,7 @@ import os
 import pytest
 
 from pipeline.config import ConfigError, StorageSettings
-from pipeline.storage import filesystem, list_inputs, put_atomic
+from pipeline.io.storage import filesystem, list_inputs, put_atomic
 
 
 def test_list_prefix_glob_file_and_list(tmp_path):
@@ -39,7 +39,7 @@ def test_objects_written_by_another_process_are_seen_after_a_listing(s3_endpoint
     must not hide them (s3fs raised FileNotFoundError in the demo's rerun)."""
     import s3fs
 
-    from pipeline.storage import list_names
+    from pipeline.io.storage import list_names
 
     s = StorageSettings(endpoint_url=s3_endpoint)
     other = s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_endpoint},

@@ -6,8 +6,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.config import StorageSettings
-from pipeline.storage import InputFile, filesystem, list_inputs
-from pipeline.tasks import plan, split_row_groups, task_id
+from pipeline.io.storage import InputFile, filesystem, list_inputs
+from pipeline.job.plan import plan, split_row_groups, task_id
 
 
 def naive_split(sizes, target):

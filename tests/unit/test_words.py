@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.words import merge_words, piece_text
+from pipeline.engine.words import merge_words, piece_text
 
 
 def test_merge_words_sums_pieces_and_skips_specials():

@@ -1,0 +1,1 @@
+"""Entry points: ``nibt-audit``, ``nibt-report``, ``nibt-explain``."""

@@ -1,0 +1,171 @@
+"""Filesystems from settings, input listing, and atomic writes (local paths and S3).
+
+Everything goes through fsspec: s3fs for ``s3://`` (credentials from the
+environment, AWS config or instance role; ``storage.endpoint_url`` for
+S3-compatible stores), the local filesystem otherwise.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import posixpath
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import fsspec
+
+from pipeline.config import ConfigError, StorageSettings
+
+_GLOB_CHARS = set("*?[")
+
+
+@dataclass(frozen=True)
+class InputFile:
+    """One input Parquet file, and the tag that changes when its content does."""
+
+    uri: str
+    size: int
+    tag: str  # ETag on S3, mtime (ns) locally
+
+
+def is_remote(uri: str) -> bool:
+    return "://" in str(uri) and not str(uri).startswith("file://")
+
+
+def filesystem(uri: str, storage: StorageSettings) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The filesystem holding ``uri`` and the path within it."""
+    uri = str(uri)
+    if is_remote(uri):
+        fs, path = fsspec.core.url_to_fs(uri, **storage.options(uri))
+        return fs, path
+    path = uri[len("file://") :] if uri.startswith("file://") else uri
+    return fsspec.filesystem("file"), os.path.abspath(os.path.expanduser(path))
+
+
+def to_uri(fs: fsspec.AbstractFileSystem, path: str) -> str:
+    """A full URI for ``path`` on ``fs`` (local paths stay plain paths)."""
+    protocol = fs.protocol[0] if isinstance(fs.protocol, (tuple, list)) else fs.protocol
+    if protocol in ("file", "local"):
+        return path
+    return f"{protocol}://{path}"
+
+
+def file_tag(info: dict[str, Any]) -> str:
+    """What changes when a file's content does: its ETag on S3, its mtime locally."""
+    for key in ("ETag", "etag", "mtime", "LastModified", "created"):
+        if info.get(key) is not None:
+            return str(info[key]).strip('"')
+    return ""
+
+
+def _hidden(path: str) -> bool:
+    return posixpath.basename(path).startswith(("_", "."))
+
+
+def _is_data_file(path: str) -> bool:
+    return path.endswith(".parquet") and not _hidden(path)
+
+
+def list_inputs(inputs: str | Sequence[str], storage: StorageSettings) -> list[InputFile]:
+    """Expand a prefix, a glob, a file, or a list of them into Parquet files.
+
+    A prefix means every ``*.parquet`` below it; a glob, what it matches. Names
+    starting with ``_`` or ``.`` (markers, temporary files) are skipped in both.
+
+    Raises ``ConfigError`` when a location cannot be listed or matches nothing.
+    """
+    items = [inputs] if isinstance(inputs, str) else list(inputs)
+    if not items:
+        raise ConfigError("input: no input location given")
+    found: dict[str, InputFile] = {}
+    for item in items:
+        item = str(item)
+        try:
+            fs, path = filesystem(item, storage)
+            if _GLOB_CHARS & set(path):
+                infos = fs.glob(path, detail=True)
+                infos = {p: i for p, i in infos.items()
+                         if i.get("type") != "directory" and not _hidden(p)}
+            elif fs.isdir(path):
+                infos = fs.find(path, detail=True)
+                infos = {p: i for p, i in infos.items() if _is_data_file(p)}
+            elif fs.exists(path):
+                infos = {path: fs.info(path)}
+            else:
+                raise ConfigError(f"input: {item} does not exist")
+        except ConfigError:
+            raise
+        except Exception as e:
+            raise ConfigError(f"input: cannot list {item}: {type(e).__name__}: {e}") from None
+        if not infos:
+            raise ConfigError(f"input: no Parquet files under {item}")
+        for p, info in infos.items():
+            uri = to_uri(fs, p)
+            found[uri] = InputFile(uri=uri, size=int(info.get("size") or 0), tag=file_tag(info))
+    return [found[k] for k in sorted(found)]
+
+
+def join(base: str, *parts: str) -> str:
+    """Join URI or path segments with '/'."""
+    return "/".join([str(base).rstrip("/"), *(p.strip("/") for p in parts)])
+
+
+TMP_PREFIX = ".tmp-"
+
+
+def put_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
+    """Make ``data`` visible at ``path`` only once complete.
+
+    Locally: write a hidden temporary file (``.tmp-<name>-<random>``) beside the
+    target and rename it into place (atomic on one filesystem); readers skip
+    hidden names and ``remove_stale_temps`` clears those left by a killed
+    writer. On object storage: a single completed upload (a PUT, or a multipart
+    upload that becomes visible only on completion): never a partial object.
+    """
+    if is_local(fs):
+        parent = os.path.dirname(path)
+        os.makedirs(parent, exist_ok=True)
+        tmp = os.path.join(parent, f"{TMP_PREFIX}{os.path.basename(path)}-{uuid.uuid4().hex}")
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+    else:
+        fs.pipe_file(path, data)
+
+
+def remove_stale_temps(fs: fsspec.AbstractFileSystem, directory: str) -> int:
+    """Delete temporary files a killed writer left in a local ``directory``."""
+    if not is_local(fs) or not os.path.isdir(directory):
+        return 0
+    stale = [n for n in os.listdir(directory) if n.startswith(TMP_PREFIX)]
+    for name in stale:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(directory, name))
+    return len(stale)
+
+
+def is_local(fs: fsspec.AbstractFileSystem) -> bool:
+    protocol = fs.protocol[0] if isinstance(fs.protocol, (tuple, list)) else fs.protocol
+    return protocol in ("file", "local")
+
+
+def read_bytes(fs: fsspec.AbstractFileSystem, path: str) -> bytes:
+    with fs.open(path, "rb") as f:
+        return f.read()
+
+
+def list_names(fs: fsspec.AbstractFileSystem, path: str) -> list[str]:
+    """Base names of the files directly under ``path`` (empty when it does not exist)."""
+    try:
+        return sorted(posixpath.basename(p.rstrip("/")) for p in fs.ls(path, detail=False))
+    except FileNotFoundError:
+        return []

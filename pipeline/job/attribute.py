@@ -1,0 +1,181 @@
+"""Decoded pairs -> result values: the engine's attributions plus the paper's metrics.
+
+Runs a batch through ``NIBT.attribute`` and ``metrics.confidence`` and turns
+tensors into per-row values. A batch that does not fit in memory is split in
+halves (and later batches start at the size that fitted); a row that fails on
+its own gets status ``error`` with the message, and the others go on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import gc
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from pipeline.engine.metrics import confidence
+from pipeline.engine.model import Clip
+from pipeline.engine.nibt import NIBT
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PairResult:
+    """Result values of one attributed pair (see the README's output schema)."""
+
+    score: float
+    image_attr: np.ndarray
+    image_cls_attr: float
+    image_cls_share: float
+    tokens: list[str]
+    text_attr: np.ndarray
+    text_eot_share: float
+    img_conf_drop: float
+    img_conf_incr: float
+    txt_conf_drop: float
+    txt_conf_incr: float
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    if isinstance(e, (MemoryError, torch.OutOfMemoryError)):
+        return True
+    text = str(e).lower()
+    # CPU allocator, CUDA caching allocator, and oneDNN when its scratch allocation fails
+    signs = ("out of memory", "can't allocate", "could not create a primitive")
+    return isinstance(e, RuntimeError) and any(s in text for s in signs)
+
+
+def release_memory() -> None:
+    """Hand freed memory back before a retry: CUDA's cache, and glibc's free lists
+    (without ``malloc_trim`` the failed attempt's memory stays counted against a
+    data limit and the smaller retry fails too)."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    with contextlib.suppress(OSError, AttributeError):  # not glibc
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+#: Bounds of the automatic batch size (pairs).
+MIN_AUTO_BATCH, MAX_AUTO_BATCH = 8, 1024
+
+
+def auto_batch_size(engine: NIBT) -> int:
+    """Pairs per batch when none is set: one chunk's worth of the engine's memory
+    budget, within 8 (small batches waste little on CPU) and 1,024 (beyond it the
+    H200 gained nothing worth the host memory and latency)."""
+    return int(min(MAX_AUTO_BATCH, max(MIN_AUTO_BATCH, engine.pairs_per_chunk())))
+
+
+@dataclass
+class HostBatch:
+    """A batch's results copied to the host, before they become ``PairResult``s
+    (that per-pair Python runs outside the worker's compute lock)."""
+
+    score: np.ndarray
+    image: np.ndarray  # [k, grid_h * grid_w]
+    cls: np.ndarray
+    text: np.ndarray  # [k, context]
+    eot: np.ndarray
+    conf: dict[str, np.ndarray]
+    tokens: np.ndarray  # [k, context] token ids
+
+
+class Attributor:
+    """Attribute and score batches of preprocessed pairs with one engine.
+
+    ``compute`` is the device's part (the engine, the metrics, the copies to the
+    host); ``results`` turns its output into ``PairResult``s; calling the
+    attributor does both.
+    """
+
+    def __init__(self, clip: Clip, engine: NIBT) -> None:
+        self.clip = clip
+        self.engine = engine
+        self.max_pairs: int | None = None  # learnt from out-of-memory splits
+        self.splits = 0
+
+    def _batch(self, pixels: torch.Tensor, tokens: torch.Tensor) -> list[HostBatch]:
+        attr = self.engine.attribute(pixels, tokens)
+        conf = confidence(self.clip, pixels, tokens, attr)
+        return [HostBatch(
+            score=attr.score.cpu().numpy(),
+            image=attr.image.flatten(1).cpu().numpy().astype(np.float32),
+            cls=attr.image_cls.cpu().numpy(),
+            text=attr.text.cpu().numpy().astype(np.float32),
+            eot=attr.eot.cpu().numpy(),
+            conf={k: getattr(conf, k).cpu().numpy() for k in
+                  ("img_conf_drop", "img_conf_incr", "txt_conf_drop", "txt_conf_incr")},
+            tokens=tokens.cpu().numpy(),
+        )]
+
+    def _fit(self, pixels: torch.Tensor, tokens: torch.Tensor) -> list[HostBatch]:
+        n = pixels.shape[0]
+        if self.max_pairs is not None and n > self.max_pairs:
+            k = self.max_pairs
+            return self._fit(pixels[:k], tokens[:k]) + self._fit(pixels[k:], tokens[k:])
+        try:
+            return self._batch(pixels, tokens)
+        except Exception as e:
+            if not is_out_of_memory(e) or n == 1:
+                raise
+        # Retry outside the except block: its traceback would keep the failed
+        # attempt's tensors alive during the retry.
+        release_memory()
+        self.max_pairs = max(1, n // 2)
+        self.splits += 1
+        log.warning("batch of %d pairs did not fit in memory; retrying in halves", n)
+        return self._fit(pixels, tokens)
+
+    def compute(self, pixels: torch.Tensor, tokens: torch.Tensor) -> list[HostBatch | Exception]:
+        """The device's part, in pair order; a pair that fails on its own yields its
+        exception (a batch that fails is retried pair by pair)."""
+        if pixels.shape[0] == 0:
+            return []
+        try:
+            return list(self._fit(pixels, tokens))
+        except Exception as e:
+            if pixels.shape[0] == 1:
+                return [e]
+            log.warning("batch failed (%s: %s); retrying pair by pair", type(e).__name__, e)
+        release_memory()
+        out: list[HostBatch | Exception] = []
+        for i in range(pixels.shape[0]):
+            out.extend(self.compute(pixels[i : i + 1], tokens[i : i + 1]))
+        return out
+
+    def results(self, computed: list[HostBatch | Exception]) -> list[PairResult | Exception]:
+        """One result per pair, from ``compute``'s output (host only, no device work)."""
+        out: list[PairResult | Exception] = []
+        for h in computed:
+            if isinstance(h, Exception):
+                out.append(h)
+                continue
+            for i in range(len(h.score)):
+                n = int(h.eot[i]) + 1
+                t = h.text[i, :n]
+                img, cls = h.image[i], float(h.cls[i])
+                mass_img = float(np.abs(img).sum() + abs(cls))
+                mass_txt = float(np.abs(t).sum())
+                out.append(PairResult(
+                    score=float(h.score[i]),
+                    image_attr=img,
+                    image_cls_attr=cls,
+                    image_cls_share=abs(cls) / mass_img if mass_img > 0 else 0.0,
+                    tokens=self.clip.pieces(h.tokens[i, :n].tolist()),
+                    text_attr=t.copy(),
+                    text_eot_share=abs(float(t[-1])) / mass_txt if mass_txt > 0 else 0.0,
+                    **{k: float(v[i]) for k, v in h.conf.items()},
+                ))
+        return out
+
+    def __call__(
+        self, pixels: torch.Tensor, tokens: torch.Tensor
+    ) -> list[PairResult | Exception]:
+        """One result per pair; a pair that fails on its own yields its exception."""
+        return self.results(self.compute(pixels, tokens))

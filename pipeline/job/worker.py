@@ -1,0 +1,340 @@
+"""One worker: the model loaded once; per task read -> decode -> attribute -> score -> write.
+
+``TaskRunner`` is plain Python (the job wraps it in a Ray actor), so it can be
+tested and profiled without Ray. Reading and decoding run in background threads
+and stay one batch ahead of the model (a bounded queue), so the engine does not
+wait for storage or image codecs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import logging
+import os
+import pickle
+import queue
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import torch
+
+from pipeline.config import DataSettings, ModelSettings, StorageSettings
+from pipeline.engine.model import load_clip
+from pipeline.engine.nibt import NIBT, default_budget_mb
+from pipeline.io.images import ERROR, Decoded
+from pipeline.io.parts import PartBuilder, commit_part, normalise_carried
+from pipeline.io.shards import TaskError, check_unchanged, iter_batches
+from pipeline.io.storage import file_tag, filesystem
+from pipeline.io.weights import weights_fetcher
+from pipeline.job.attribute import Attributor, auto_batch_size
+from pipeline.job.decode_pool import ProcessDecoder, ThreadDecoder
+from pipeline.job.plan import Task
+from pipeline.job.preprocess import split_preprocess
+from pipeline.job.procstats import cap_data_memory, peak_rss_mb
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TaskResult:
+    """What a worker reports for one task (small: travels back to the driver)."""
+
+    task_id: str
+    uri: str
+    row_start: int
+    row_end: int
+    ok: bool
+    rows_out: int = 0
+    status_counts: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+    part: str | None = None
+    error: str | None = None
+    retryable: bool = False
+    pid: int = 0
+    peak_rss_mb: float = 0.0
+    batch_splits: int = 0  # batches split in halves after running out of memory
+    compute_seconds: float = 0.0  # time spent attributing and scoring (the engine's share)
+    batch_size: int = 0  # pairs per batch the actor used (set, or chosen for its memory)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class _Batch:
+    """One batch as the model needs it, prepared off the compute thread."""
+
+    rows: list[Decoded]
+    ids: list[str]
+    first_row: int
+    carried: pa.RecordBatch | None
+    ok: list[int] = field(default_factory=list)  # rows that decoded
+    pixels: torch.Tensor | None = None  # [len(ok), ...], pinned when the model is on a GPU
+    tokens: torch.Tensor | None = None
+    truncated: list[bool] = field(default_factory=list)
+
+
+def _prefetch(it: Iterator[Any], depth: int, pool: ThreadPoolExecutor) -> Iterator[Any]:
+    """Run ``it`` on ``pool``'s thread, ``depth`` items ahead; re-raise its errors."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in it:
+                while not stop.is_set():
+                    try:
+                        q.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put(done)
+        except BaseException as e:  # handed to the consumer
+            q.put(e)
+
+    future = pool.submit(produce)
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        with contextlib.suppress(queue.Empty):
+            while True:  # unblock a producer waiting on a full queue
+                q.get_nowait()
+        future.result()
+
+
+def _picklable(obj: Any) -> Any:
+    """``obj`` if it pickles (to go to the decode processes), else None (an unusual
+    tokenizer: captions are then tokenised in the worker itself)."""
+    try:
+        pickle.dumps(obj)
+        return obj
+    except Exception:
+        return None
+
+
+def _start_threads(pool: ThreadPoolExecutor, n: int) -> None:
+    """Create all of ``pool``'s threads now (they start lazily otherwise): a worker
+    under a memory cap must not need a new thread stack mid-run."""
+    barrier = threading.Barrier(n + 1)
+    futures = [pool.submit(barrier.wait) for _ in range(n)]
+    barrier.wait()
+    for f in futures:
+        f.result()
+
+
+class TaskRunner:
+    """Holds the model and runs whole tasks, writing one part each."""
+
+    def __init__(
+        self,
+        model: ModelSettings,
+        data: DataSettings,
+        storage: StorageSettings,
+        output: str,
+        metadata: dict[str, Any],
+        threads: int | None = None,
+        decode_threads: int | None = None,
+        decode_processes: int = 0,
+        device: str | None = None,
+        memory_headroom_mb: int | None = None,
+        gpu_share: float = 1.0,
+    ) -> None:
+        dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        gpu = dev.startswith("cuda")
+        if gpu:
+            # Beside a GPU the host's work is launching kernels and decoding (in threads
+            # or processes): one torch thread, not an OpenMP team per thread.
+            torch.set_num_threads(1)
+        elif threads:
+            # Ray sets OMP_NUM_THREADS=1 in workers: use the CPUs this worker reserved.
+            torch.set_num_threads(int(threads))
+        self.model, self.data, self.storage = model, data, storage
+        precision = model.precision
+        if precision == "auto":  # the job resolves it; a bare runner decides by its device
+            precision = "bf16" if dev.startswith("cuda") else "fp32"
+        self.clip = load_clip(
+            model.name, model.pretrained, device=dev, precision=precision,
+            seed=model.seed, fetch=weights_fetcher(storage),
+            sha256=model.pretrained_sha256,
+        )
+        budget = model.memory_budget_mb
+        if budget is None and gpu and 0 < gpu_share < 1:  # actors sharing a GPU share its memory
+            budget = default_budget_mb(self.clip.device) * gpu_share
+        self.engine = NIBT(
+            self.clip, layer=model.layer, steps=model.steps, schedule=model.schedule,
+            image_layer=model.image_layer, text_layer=model.text_layer,
+            chunk_rows=model.chunk_rows, memory_budget_mb=budget,
+        )
+        if model.compile:
+            for tower in (self.clip.image, self.clip.text):
+                tower.suffix = torch.compile(tower.suffix, dynamic=True)
+        self.attributor = Attributor(self.clip, self.engine)
+        self.batch_size = model.batch_size or auto_batch_size(self.engine)
+        log.info("batch size %d pairs%s", self.batch_size, "" if model.batch_size else " (auto)")
+        # Decoding stops at uint8 pixels; the batch is normalised on the device.
+        self.split = split_preprocess(self.clip.preprocess)
+        self.preprocess = self.split.image if self.split else self.clip.preprocess
+        self.output = output
+        self.metadata = metadata
+        d = data
+        if decode_processes > 0:  # beside a GPU: no decoding under the compute thread's GIL
+            self.decoder: ThreadDecoder | ProcessDecoder = ProcessDecoder(
+                self.preprocess, d.max_pixels, d.max_caption_chars, decode_processes, pin=gpu,
+                tokenize=_picklable(self.clip.caption_encoder()))
+        else:
+            if decode_threads is None:
+                decode_threads = max(2, int(threads or 2) - 1) if gpu else 2
+            self.decoder = ThreadDecoder(self.preprocess, d.max_pixels, d.max_caption_chars,
+                                         decode_threads, pin=gpu, one_torch_thread=gpu)
+        self.reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nibt-read")
+        self.grid = self.clip.image.grid
+        self._warm_up()
+        with contextlib.suppress(Exception):  # storage client set up now, not in the first task
+            out_fs, out_path = filesystem(output, storage)
+            out_fs.exists(out_path)
+        self._compute = threading.Lock()
+        if memory_headroom_mb:
+            if isinstance(self.decoder, ThreadDecoder):
+                _start_threads(self.decoder.pool, self.decoder.threads)
+            _start_threads(self.reader, 1)
+            cap_data_memory(memory_headroom_mb)
+
+    def _warm_up(self) -> None:
+        """One small batch through the engine, so that one-time costs (kernel
+        selection, allocator growth) fall before the first task, not in it."""
+        h, w = self.clip.image.image_size
+        n = min(self.batch_size, 2)
+        pixels = torch.zeros(n, 3, h, w, device=self.clip.device)
+        tokens, _ = self.clip.encode_captions(["a photo of a warm-up"] * n)
+        self.attributor(pixels, tokens.to(self.clip.device))
+
+    def close(self) -> None:
+        """Stop the decode workers and the reader (a killed actor's decode processes
+        exit by themselves, see ``decoders``)."""
+        self.decoder.close()
+        self.reader.shutdown(wait=True)
+        gc.collect()  # runs multiprocessing's finalizers: its named semaphores are unlinked
+
+    def ready(self) -> int:
+        """The worker's process id, once the model is loaded."""
+        return os.getpid()
+
+    # ------------------------------------------------------------------ steps
+    def _batches(self, task: Task, fs, path: str) -> Iterator[_Batch]:
+        d = self.data
+        row = task.row_start
+        for rb in iter_batches(fs, path, task, d.read_columns(), self.batch_size):
+            decoded = self.decoder.decode(rb.column(d.image_column).to_pylist(),
+                                          rb.column(d.caption_column).to_pylist())
+            ids = [f"{task.uri}#{row + i}" for i in range(rb.num_rows)]
+            if d.id_column:
+                for i, v in enumerate(rb.column(d.id_column).to_pylist()):
+                    if v is not None:
+                        ids[i] = v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
+            carried = rb.select(d.keep_columns) if d.keep_columns else None
+            batch = _Batch(decoded.rows, ids, row, carried, decoded.ok, decoded.pixels)
+            if decoded.tokens is not None:  # tokenised by the decode processes
+                batch.tokens, batch.truncated = torch.from_numpy(decoded.tokens), decoded.truncated
+            elif batch.ok:
+                batch.tokens, batch.truncated = self.clip.encode_captions(
+                    [decoded.rows[i].caption for i in batch.ok])
+            yield batch
+            row += rb.num_rows
+
+    def _attribute(self, batch: _Batch, part: PartBuilder, counts: Counter) -> tuple[float, int]:
+        """Attribute one batch into ``part``; returns (compute seconds, batch splits)."""
+        results: dict[int, Any] = {}
+        truncated: dict[int, bool] = {}
+        spent, splits = 0.0, 0
+        if batch.ok:
+            dev = self.clip.device
+            # one batch on the device at a time: a second task running on this actor
+            # reads and decodes meanwhile (see ``run``)
+            with self._compute:
+                pixels = batch.pixels.to(dev, non_blocking=True)
+                if self.split is not None:
+                    pixels = self.split.normalise(pixels)
+                tokens = batch.tokens.to(dev, non_blocking=True)
+                t0 = time.perf_counter()
+                before = self.attributor.splits
+                computed = self.attributor.compute(pixels, tokens)
+                spent, splits = time.perf_counter() - t0, self.attributor.splits - before
+            # per-pair results outside the lock: the other task's batch computes meanwhile
+            scored = self.attributor.results(computed)
+            for i, r, t in zip(batch.ok, scored, batch.truncated):
+                results[i] = r
+                truncated[i] = t
+        gh, gw = self.grid
+        for i, dec in enumerate(batch.rows):
+            row = {"id": batch.ids[i], "source": None, "row": batch.first_row + i,
+                   "status": dec.status, "error": dec.error}
+            r = results.get(i)
+            if isinstance(r, Exception):
+                row["status"], row["error"] = ERROR, f"{type(r).__name__}: {r}"
+            elif r is not None:
+                row.update(vars(r))  # shallow: asdict would deep-copy the arrays
+                row.update(grid_h=gh, grid_w=gw, caption_truncated=truncated[i])
+            counts[row["status"]] += 1
+            part.add(row)
+        return spent, splits
+
+    # ------------------------------------------------------------------- task
+    def run(self, task: Task) -> TaskResult:
+        """Process one task end to end; errors become a failed result, never a crash."""
+        t0 = time.perf_counter()
+        compute, splits = 0.0, 0
+        base = {"task_id": task.task_id, "uri": task.uri, "row_start": task.row_start,
+                "row_end": task.row_end, "pid": os.getpid()}
+        if task.error:
+            return TaskResult(ok=False, error=task.error, retryable=False, **base)
+        try:
+            fs, path = filesystem(task.uri, self.storage)
+            check_unchanged(fs, path, task, file_tag)
+            part = PartBuilder()
+            counts: Counter = Counter()
+            for batch in _prefetch(self._batches(task, fs, path), 2, self.reader):
+                if batch.carried is not None:
+                    part.add_carried(batch.carried)
+                spent, split = self._attribute(batch, part, counts)
+                compute, splits = compute + spent, splits + split
+            part.columns["source"] = [task.uri] * part.rows
+            carried_schema = None
+            if self.data.keep_columns:
+                first = part.carried[0].schema if part.carried else None
+                carried_schema = normalise_carried(first, self.data.keep_columns) if first else None
+                part.carried = [b.cast(carried_schema) for b in part.carried]
+            meta = dict(self.metadata, task_id=task.task_id, source=task.uri,
+                        row_start=task.row_start, row_end=task.row_end,
+                        input_fingerprint=task.input_fingerprint, status_counts=dict(counts))
+            out_fs, out_path = filesystem(self.output, self.storage)
+            table = part.table(meta, carried_schema)
+            path_written = commit_part(out_fs, out_path, task.task_id, table)
+            secs = time.perf_counter() - t0
+            log.info("task %s: %d rows in %.1fs (%s)", task.task_id, part.rows, secs, dict(counts))
+            return TaskResult(ok=True, rows_out=part.rows, status_counts=dict(counts),
+                              seconds=secs, part=path_written, peak_rss_mb=peak_rss_mb(),
+                              batch_splits=splits, compute_seconds=compute,
+                              batch_size=self.batch_size, **base)
+        except TaskError as e:
+            return TaskResult(ok=False, error=str(e), retryable=e.retryable,
+                              seconds=time.perf_counter() - t0, **base)
+        except Exception as e:
+            return TaskResult(ok=False, error=f"{type(e).__name__}: {e}", retryable=True,
+                              seconds=time.perf_counter() - t0, **base)
