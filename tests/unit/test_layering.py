@@ -105,3 +105,42 @@ def test_no_private_name_crosses_a_module(tmp_path):
     probe.write_text("from pipeline.io.storage import _x\nfrom pipeline.report import summary\n"
                      "summary._num(1)\n")
     assert private_uses(probe) == ["pipeline.io.storage._x", "pipeline.report.summary._num"]
+
+
+def subpackage_edges() -> set[tuple[str, str]]:
+    """(a, b) for every import from subpackage (or top module) ``a`` into another ``b``."""
+    import grimp
+
+    graph = grimp.build_graph("pipeline")
+    parts = {m.split(".")[1] for m in graph.modules if m.count(".") >= 1}
+    parts = {p for p in parts if (PACKAGE / p).is_dir() or p == "config"}
+
+    def part(module: str) -> str | None:
+        bits = module.split(".")
+        return bits[1] if len(bits) > 1 and bits[1] in parts else None
+
+    edges = set()
+    for m in graph.modules:
+        a = part(m)
+        for imported in graph.find_modules_directly_imported_by(m) if a else ():
+            b = part(imported)
+            if b and b != a:
+                edges.add((a, b))
+    return edges
+
+
+def diagram_edges(text: str) -> set[tuple[str, str]]:
+    """``a --> b`` lines of the mermaid block in docs/architecture.md."""
+    block = text.split("```mermaid", 1)[1].split("```", 1)[0]
+    edges = set()
+    for line in block.splitlines():
+        if "-->" in line:
+            a, b = (s.strip() for s in line.split("-->"))
+            edges.add((a, b))
+    return edges
+
+
+def test_the_architecture_diagram_matches_the_imports():
+    drawn = diagram_edges((ROOT / "docs" / "architecture.md").read_text())
+    assert drawn, "no edges found in the diagram"
+    assert drawn == subpackage_edges()
