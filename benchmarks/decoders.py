@@ -96,7 +96,7 @@ def beside_engine(pairs: int, batch: int) -> dict:
         path = root / "in.parquet"
         pq.write_table(photos(pairs, size=(224, 224)), path, row_group_size=batch)
         f = list_inputs(str(path), StorageSettings())[0]
-        task = plan_file(f, fsspec.filesystem("file"), str(path), pairs, "bench")[0]
+        task = plan_file(f, fsspec.filesystem("file"), str(path), pairs, "bench")[0][0]
         model = ModelSettings(name="tiny224", pretrained=None, layer=1, batch_size=batch,
                               precision="fp32")
         runners = {

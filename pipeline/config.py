@@ -14,14 +14,10 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
-
-import pipeline
 
 #: Output schema version: bump when the columns' meaning changes.
 SCHEMA_VERSION = 1
-_ENGINE_SOURCES = ("towers.py", "nibt.py", "metrics.py", "decode.py", "attribute.py", "model.py")
 
 
 class ConfigError(ValueError):
@@ -47,9 +43,13 @@ def check_no_credentials(setting: str, value: str | None) -> None:
 
 @dataclass
 class ModelSettings:
-    """Which CLIP, which weights, and how the engine runs (``model/`` group)."""
+    """Which CLIP, which weights, and how the engine runs (``model/`` group).
 
-    name: str = "nibt-demo"
+    ``name`` has no default: no run falls back to a model nobody chose. Layers
+    left null follow the named model (see ``pipeline.engine.layers``).
+    """
+
+    name: str
     pretrained: str | None = "shipped"
     pretrained_sha256: str | None = None  # checked for weight files (local or remote)
     layer: int | None = None
@@ -194,17 +194,6 @@ class RunSettings:
     def __post_init__(self) -> None:
         _require(self.rows_per_task >= 1, "run.rows_per_task", "must be >= 1")
         _require(self.max_task_retries >= 0, "run.max_task_retries", "must be >= 0")
-
-
-def code_version() -> str:
-    """Package version plus a hash of the modules that compute results."""
-    h = hashlib.sha256()
-    root = Path(pipeline.__file__).parent
-    for name in _ENGINE_SOURCES:
-        p = root / name
-        if p.exists():
-            h.update(p.read_bytes())
-    return f"{pipeline.__version__}+{h.hexdigest()[:10]}"
 
 
 def fingerprint(parts: dict[str, Any]) -> str:

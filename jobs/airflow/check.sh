@@ -117,4 +117,10 @@ if ! grep -q '"status": "partial"' "$log" || ! grep -q "PARTIAL (exit 3)" "$log"
     echo "airflow-check: FAILED: the partial run's summary is not in the audit task's log" >&2
     exit 1
 fi
+# a run without a model fails its audit task at once, naming the options
+if ! grep -q "no model: set the model param or NIBT_MODEL to one of: demo" "$log"; then
+    tail -80 "$log" >&2
+    echo "airflow-check: FAILED: the run without a model did not say why" >&2
+    exit 1
+fi
 echo "airflow-check: ok: $(tail -1 "$log") db_migrate_s=$migrate_s total_s=$SECONDS"

@@ -6,7 +6,9 @@
    succeed and the dated output is committed.
 3. With an input that has a broken shard, the audit exits 3: the audit task fails,
    the report does not run, the run fails, and the task's log holds the run summary.
-4. With ``--ray-address`` (a Ray head on 127.0.0.1), ``nibt_audit_ray`` submits both
+4. Without a model (no ``model`` param, no ``NIBT_MODEL``) the audit task fails at
+   once (exit 2, the options listed), nothing is written, the report does not run.
+5. With ``--ray-address`` (a Ray head on 127.0.0.1), ``nibt_audit_ray`` submits both
    steps as Ray jobs for a pinned ``run_date`` and succeeds.
 
 ``dag.test()`` returns normally whatever its tasks did, so every task's state is
@@ -116,9 +118,23 @@ def main() -> int:
     check(not (output / "_SUCCESS").exists(), "a partial run wrote _SUCCESS")
     result["partial_run"]["output"] = str(output)
 
-    if args.ray_address:
-        from airflow.dag_processing.dagbag import DagBag
+    # no model: the param's default is null unless NIBT_MODEL gives one (unset here). A
+    # fresh DAG: dag.test() leaves the previous run_conf's params on the tasks it ran.
+    from airflow.dag_processing.dagbag import DagBag
 
+    dag = DagBag(dag_folder=args.dags).get_dag("nibt_audit_local")
+    check(dag.params["model"] is None, f"model param default {dag.params['model']!r}")
+    t0 = time.time()
+    conf = {k: v for k, v in conf.items() if k != "model"} | {"run_date": "2026-11-22"}
+    dr = dag.test(logical_date=datetime(2026, 12, 2, tzinfo=timezone.utc), run_conf=conf)
+    got = states(dr)
+    result["no_model_run"] = {"states": got, "seconds": round(time.time() - t0, 1)}
+    check(got == {"audit": "failed", "report": "upstream_failed"},
+          f"run without a model: task states {got}")
+    check(not (Path(args.output_root) / "dt=2026-11-22").exists(),
+          "a run without a model wrote output")
+
+    if args.ray_address:
         ray_dag = DagBag(dag_folder=args.dags).get_dag("nibt_audit_ray")
         conf = {"input": args.input, "output_root": args.output_root, "model": "demo",
                 "overrides": args.overrides, "run_date": "2026-11-21",

@@ -9,16 +9,19 @@
 # Exit codes:
 #   0  every task committed (and the report written)
 #   3  partial: some tasks failed (listed under "failures" in <output>/_summary.json)
-#   2  bad configuration (including this script's settings) or unlistable input
+#   2  refused before any work: bad configuration (this script's settings too: no
+#      NIBT_MODEL), a model or layer the engine cannot use, an unlistable input or one
+#      whose columns do not fit, an output that cannot be written
 #   1  crash
-#   4  the audit succeeded but the report failed (rerun: the audit skips everything)
+#   4  the audit succeeded but the report failed (rerun: the audit skips everything);
+#      also the audit's own exit with report.enabled=true in NIBT_AUDIT_ARGS
 #   75 skipped: another run holds the lock; nothing was done (EX_TEMPFAIL)
 #   other: the audit was killed by a signal (128 + n)
 #
 # Settings (environment, or the environment file):
 #   NIBT_INPUT        input prefix / glob / file / list; "{date}" becomes the run date
 #   NIBT_OUTPUT_ROOT  root of the dated outputs (local path or s3://)
-#   NIBT_MODEL        model option (default: demo)
+#   NIBT_MODEL        model option, required (conf/model/: demo, vit_b_32, ...); no default
 #   NIBT_AUDIT_ARGS   extra Hydra overrides for the audit, separated by spaces
 #   NIBT_REPORT       1 (default) runs nibt-report after a complete audit; 0 does not
 #   NIBT_REPORT_ROOT  reports go to <root>/dt=<date> (default: <output>/_report)
@@ -56,8 +59,17 @@ if [[ -n ${NIBT_ENV_FILE:-} ]]; then
     set +x
 fi
 
+# The model options (conf/model/ of this checkout, or $NIBT_CONF_DIR/model), for a message.
+model_options() {
+    local dir f names=()
+    dir=${NIBT_CONF_DIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)/conf}/model
+    for f in "$dir"/*.yaml; do [[ -e $f ]] && names+=("$(basename "$f" .yaml)"); done
+    if [[ ${#names[@]} -gt 0 ]]; then echo "${names[*]}"; else echo "the files of conf/model/"; fi
+}
+
 [[ -n ${NIBT_INPUT:-} ]] || die "set NIBT_INPUT"
 [[ -n ${NIBT_OUTPUT_ROOT:-} ]] || die "set NIBT_OUTPUT_ROOT"
+[[ -n ${NIBT_MODEL:-} ]] || die "set NIBT_MODEL to a model option (there is no default): $(model_options)"
 log_dir=${NIBT_CRON_LOG_DIR:-${XDG_STATE_HOME:-$HOME/.local/state}/nibt-audit}
 lock_file=${NIBT_LOCK_FILE:-$log_dir/nibt-audit-daily.lock}
 audit_bin=${NIBT_AUDIT_BIN:-nibt-audit}
@@ -111,7 +123,7 @@ forward() {
 trap forward TERM INT HUP
 
 read -r -a extra <<<"${NIBT_AUDIT_ARGS:-}"
-audit=("$audit_bin" "input=$(hq_input "$input")" "output=$(hq "$output")" "model=${NIBT_MODEL:-demo}"
+audit=("$audit_bin" "input=$(hq_input "$input")" "output=$(hq "$output")" "model=$NIBT_MODEL"
     run.progress=false "${extra[@]}" "$@")
 say "dt=$run_date: audit $(redact "${audit[*]:1}")"
 "${audit[@]}" 9>&- 3>&- </dev/null &
@@ -123,6 +135,7 @@ case $code in
     0) say "dt=$run_date: audit succeeded: $output/_SUCCESS" ;;
     3) say "dt=$run_date: audit PARTIAL: some tasks failed, see 'failures' in $output/_summary.json; rerun the date to retry them" ;;
     2) say "dt=$run_date: audit refused its configuration (exit 2)" ;;
+    4) say "dt=$run_date: audit succeeded but its own report (report.enabled=true) FAILED (exit 4)" ;;
     *) say "dt=$run_date: audit failed with exit code $code" ;;
 esac
 

@@ -4,18 +4,19 @@ Runs with the Python that has Ray (the one beside the ``ray`` binary), called by
 ``submit.sh``:
 
     python jobstate.py active ADDRESS STEP DATE   # submission ids still pending or running
-    python jobstate.py result ADDRESS SUBMISSION_ID  # exits 0 / 3 / 2 / 1 like nibt-audit
+    python jobstate.py result ADDRESS SUBMISSION_ID  # exits 0 / 3 / 4 / 2 / 1 like nibt-audit
 
 ``ray job submit`` exits 1 for any failed job and 0 for a stopped one; the job's
-``driver_exit_code`` carries the entrypoint's own code, so a partial run (3) and a
-bad configuration (2) stay distinct from a crash (1).
+``driver_exit_code`` carries the entrypoint's own code, so a partial run (3), a
+failed report after a complete audit (4) and a bad configuration (2) stay
+distinct from a crash (1).
 """
 
 from __future__ import annotations
 
 import sys
 
-EXIT_OK, EXIT_CRASH, EXIT_CONFIG, EXIT_PARTIAL = 0, 1, 2, 3
+EXIT_OK, EXIT_CRASH, EXIT_CONFIG, EXIT_PARTIAL, EXIT_REPORT = 0, 1, 2, 3, 4
 ACTIVE = {"PENDING", "RUNNING"}
 
 
@@ -23,7 +24,8 @@ def exit_code(status: str, driver_exit_code: int | None) -> int:
     """Map a finished job to nibt-audit's exit codes (a stopped job counts as a crash)."""
     if status == "SUCCEEDED":
         return EXIT_OK if driver_exit_code in (None, 0) else EXIT_CRASH
-    if status == "FAILED" and driver_exit_code in (EXIT_CRASH, EXIT_CONFIG, EXIT_PARTIAL):
+    if status == "FAILED" and driver_exit_code in (EXIT_CRASH, EXIT_CONFIG, EXIT_PARTIAL,
+                                                      EXIT_REPORT):
         return int(driver_exit_code)
     return EXIT_CRASH
 

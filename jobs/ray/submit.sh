@@ -10,7 +10,9 @@
 # resumes that date's output (committed tasks are skipped). The job joins the
 # cluster (cluster=existing: 1-4 actors per GPU, one per 4 of its CPUs).
 #
-# Exit codes: 0 succeeded, 3 partial (some tasks failed), 2 bad configuration,
+# Exit codes: 0 succeeded, 3 partial (some tasks failed), 4 the audit succeeded but
+# its report (report.enabled=true) failed, 2 refused before any work (bad configuration,
+# e.g. no NIBT_MODEL; a model, layer, input schema or output the audit cannot use),
 # 1 crash / stopped / not submitted, 75 a job for the same step and date is
 # already running and NIBT_RAY_IF_RUNNING=skip (nothing submitted).
 # `ray job submit` alone exits 1 for every failure and 0 for a stopped job: the
@@ -20,7 +22,7 @@
 #   NIBT_RAY_ADDRESS     the cluster's job API (falls back to RAY_ADDRESS), e.g. http://head:8265
 #   NIBT_INPUT           input prefix / glob / file; "{date}" is replaced by the run date (audit)
 #   NIBT_OUTPUT_ROOT     where dated outputs go (required)
-#   NIBT_MODEL           model option (default: demo)
+#   NIBT_MODEL           model option, required for the audit (conf/model/: demo, vit_b_32, ...)
 #   NIBT_AUDIT_ARGS      extra Hydra overrides for the audit, separated by spaces
 #   NIBT_REPORT_ROOT     reports go to <root>/dt=<date> (default: <output>/_report)
 #   NIBT_REPORT_ARGS     extra arguments for nibt-report
@@ -82,10 +84,15 @@ hq_input() { if [[ $1 == \[* ]]; then printf '%s' "$1"; else hq "$1"; fi; }
 
 if [[ $step == audit ]]; then
     [[ -n ${NIBT_INPUT:-} ]] || die "set NIBT_INPUT"
+    if [[ -z ${NIBT_MODEL:-} ]]; then
+        options=()
+        for f in "$repo"/conf/model/*.yaml; do [[ -e $f ]] && options+=("$(basename "$f" .yaml)"); done
+        die "set NIBT_MODEL to a model option (there is no default): ${options[*]:-the files of conf/model/}"
+    fi
     input=${NIBT_INPUT//\{date\}/$run_date}
     read -r -a entry <<<"${NIBT_RAY_ENTRYPOINT:-python -m pipeline}"
     read -r -a extra <<<"${NIBT_AUDIT_ARGS:-}"
-    entry+=("input=$(hq_input "$input")" "output=$(hq "$output")" "model=${NIBT_MODEL:-demo}" cluster=existing
+    entry+=("input=$(hq_input "$input")" "output=$(hq "$output")" "model=$NIBT_MODEL" cluster=existing
         run.progress=false "${extra[@]}" "$@")
 else
     if [[ -n ${NIBT_REPORT_ROOT:-} ]]; then

@@ -2,14 +2,23 @@
 
     nibt-audit input=s3://lake/cc3m/ output=s3://lake/audits/cc3m model=vit_b_32
 
-Exit codes: 0 all tasks committed, 3 finished with failed tasks, 2 bad
-configuration or unlistable input, 1 unexpected crash.
+``model=`` is required: no run falls back to the demo model. Exit codes:
+
+    0  every task committed (and, with report.enabled=true, the report written)
+    3  finished, but some tasks failed (``failures`` in ``_summary.json``)
+    4  every task committed, but the report (report.enabled=true) failed
+    2  refused before any work started: a bad or missing setting (model= among
+       them), a model the engine cannot cut or a layer out of its range, an input
+       that cannot be listed or whose columns do not fit ``data.*``, an output
+       that cannot be written
+    1  unexpected crash
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -17,12 +26,20 @@ from pipeline.cli.app import CONF_DIR, guarded, instantiate_group, run_app
 from pipeline.config import ConfigError
 from pipeline.job.driver import JobSettings, run_job
 
-__all__ = ["CONF_DIR", "main", "run_from_config", "settings_from_config"]
+__all__ = ["CONF_DIR", "main", "model_options", "run_from_config", "settings_from_config"]
 log = logging.getLogger("nibt-audit")
+
+
+def model_options() -> list[str]:
+    """The ``model=`` options: the files of ``conf/model/``."""
+    return sorted(p.stem for p in Path(CONF_DIR, "model").glob("*.yaml"))
 
 
 def settings_from_config(cfg: DictConfig) -> JobSettings:
     """Typed settings from a composed config; ``ConfigError`` names a bad setting."""
+    if cfg.get("model") is None:
+        raise ConfigError("model: no model chosen; pass model=<option>, one of: "
+                          + ", ".join(model_options()) + f" ({Path(CONF_DIR, 'model')})")
     groups = {g: instantiate_group(cfg, g)
               for g in ("model", "data", "storage", "cluster", "run", "report") if g in cfg}
     inp = OmegaConf.to_container(cfg.input) if OmegaConf.is_list(cfg.input) else cfg.input

@@ -16,8 +16,9 @@ from pathlib import Path
 import torch
 
 from pipeline.config import StorageSettings
+from pipeline.engine.layers import bottleneck_layers
 from pipeline.engine.metrics import confidence
-from pipeline.engine.model import default_weights, load_clip, shipped_layers
+from pipeline.engine.model import default_weights, load_clip
 from pipeline.engine.nibt import NIBT
 from pipeline.engine.words import merge_words
 from pipeline.io.images import RowError, decode_caption, decode_image
@@ -61,9 +62,10 @@ def explain(args: argparse.Namespace) -> dict:
     caption = decode_caption(args.caption)
     pixels = clip.preprocess(img).unsqueeze(0)
     tokens, truncated = clip.encode_captions([caption])
-    shipped = args.layer is None and not clip.weights.startswith("random")
-    layers = shipped_layers(args.model) if shipped else {}
-    engine = NIBT(clip, layer=args.layer, steps=args.steps, schedule=args.schedule, **layers)
+    image_layer, text_layer = bottleneck_layers(
+        clip.name, clip.weights, (clip.image.depth, clip.text.depth), layer=args.layer)
+    engine = NIBT(clip, steps=args.steps, schedule=args.schedule, image_layer=image_layer,
+                  text_layer=text_layer)
     attr = engine.attribute(pixels, tokens)
     conf = confidence(clip, pixels, tokens, attr)
     n = int(attr.eot[0]) + 1
@@ -97,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         result = explain(args)
-    except (RowError, FileNotFoundError) as e:
+    except (RowError, FileNotFoundError, ValueError) as e:  # ValueError: a bad model or layer
         print(f"nibt-explain: {e}", file=sys.stderr)
         return 2
     if args.json:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -31,8 +32,8 @@ MODEL_CONFIGS = Path(__file__).parent / "model_configs"
 SHIPPED_WEIGHTS = {"nibt-demo": Path(__file__).parent / "weights" / "nibt-demo.safetensors"}
 
 __all__ = [
-    "Clip", "UnsupportedModelError", "WeightsError", "default_weights", "load_clip",
-    "resolve_weights",
+    "Clip", "TowerDepths", "UnsupportedModelError", "WeightsError", "default_weights",
+    "inspect_model", "load_clip", "resolve_weights",
 ]
 
 
@@ -48,15 +49,52 @@ def default_weights(name: str) -> str | None:
     return "shipped" if name in SHIPPED_WEIGHTS else None
 
 
-def shipped_layers(name: str) -> dict[str, int]:
-    """The bottleneck layers chosen for shipped weights (``image_layer``, ``text_layer``)."""
-    facts = SHIPPED_WEIGHTS.get(name, Path("/nonexistent")).with_suffix(".json")
-    if not facts.is_file():
-        return {}
-    import json
+@dataclass(frozen=True)
+class TowerDepths:
+    """Blocks in each tower of a model the engine can cut."""
 
-    data = json.loads(facts.read_text())
-    return {k: int(data[k]) for k in ("image_layer", "text_layer") if k in data}
+    image: int
+    text: int
+
+
+def inspect_model(name: str) -> TowerDepths:
+    """Check that the engine can cut ``name``'s towers and return their depths,
+    without allocating weights: unsupported kinds are read from open_clip's model
+    config (timm or Hugging Face towers, ResNets, which would also need their own
+    downloads), the rest is built on torch's ``meta`` device and checked as
+    ``load_clip`` would. Raises ``UnsupportedModelError`` naming the model and the
+    reason, ``ValueError`` for a name open_clip does not know.
+    """
+    import open_clip
+
+    register_configs()
+    if name not in open_clip.list_models():
+        raise ValueError(f"{name!r} is not an open_clip model (see open_clip.list_models())")
+    cfg = open_clip.get_model_config(name) or {}
+    vision, text = cfg.get("vision_cfg") or {}, cfg.get("text_cfg") or {}
+    if vision.get("timm_model_name"):
+        raise UnsupportedModelError(
+            f"{name}: the image tower is the timm model {vision['timm_model_name']!r}; only "
+            "open_clip VisionTransformer (class-token ViT) towers are supported"
+        )
+    if isinstance(vision.get("layers"), (list, tuple)):
+        raise UnsupportedModelError(
+            f"{name}: the image tower is a ResNet; only open_clip VisionTransformer "
+            "(class-token ViT) towers are supported"
+        )
+    if text.get("hf_model_name"):
+        raise UnsupportedModelError(
+            f"{name}: the text tower is the Hugging Face model {text['hf_model_name']!r}; only "
+            "the built-in causal CLIP text transformer is supported"
+        )
+    before = logging.root.manager.disable
+    logging.disable(max(before, logging.WARNING))  # open_clip warns that no weights loaded
+    try:
+        with torch.device("meta"):
+            model = open_clip.create_model(name, pretrained=None, device="meta")
+    finally:
+        logging.disable(before)
+    return TowerDepths(ImageTower(model, name).depth, TextTower(model, name, 0).depth)
 
 
 @dataclass

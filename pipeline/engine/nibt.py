@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from pipeline.engine.layers import resolve_layer
 from pipeline.engine.model import Clip
 
 SCHEDULES = ("uniform", "log")
@@ -85,15 +86,6 @@ class Attribution:
     eot: torch.Tensor
 
 
-def _resolve_layer(layer: int | None, depth: int, tower: str) -> int:
-    if layer is None:
-        return round(0.75 * depth)  # the paper's 9 of 12, by relative depth
-    resolved = layer + depth if layer < 0 else layer
-    if not 0 <= resolved < depth:
-        raise ValueError(f"{tower} layer {layer} is out of range for a {depth}-block tower")
-    return resolved
-
-
 def suffix_row_bytes(tokens: int, width: int, heads: int, blocks: int, elem: int = 4) -> int:
     """Rough activation bytes kept for backward per suffix row (one pair, one step)."""
     per_block = 18 * tokens * width + 2 * heads * tokens * tokens
@@ -141,10 +133,10 @@ class NIBT:
         self.steps = int(steps)
         self.schedule = schedule
         self.lambdas, self.weights = schedule_nodes(schedule, self.steps)
-        self.image_layer = _resolve_layer(
+        self.image_layer = resolve_layer(
             image_layer if image_layer is not None else layer, clip.image.depth, "image"
         )
-        self.text_layer = _resolve_layer(
+        self.text_layer = resolve_layer(
             text_layer if text_layer is not None else layer, clip.text.depth, "text"
         )
         if chunk_rows is not None and chunk_rows < 1:

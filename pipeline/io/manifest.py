@@ -35,6 +35,7 @@ class PartEntry:
     row_end: int
     input_fingerprint: str
     status_counts: dict[str, int] = field(default_factory=dict)
+    batch_size: int | None = None  # pairs per batch the worker used for this part
 
 
 def _put_json(fs: fsspec.AbstractFileSystem, path: str, obj: Any) -> None:

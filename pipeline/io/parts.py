@@ -8,6 +8,7 @@ reported) writes the same bytes to the same key.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -99,3 +100,10 @@ def footers(
 ) -> list[tuple[int, dict[str, Any]]]:
     with ThreadPoolExecutor(max_workers=max(1, min(threads, len(paths) or 1))) as pool:
         return list(pool.map(lambda p: read_part_footer(fs, p), paths))
+
+
+def error_counts(fs: fsspec.AbstractFileSystem, path: str) -> Counter:
+    """How often each message occurs in the ``error`` column of a committed part."""
+    with fs.open(path, "rb") as f:
+        column = pq.read_table(f, columns=["error"]).column("error")
+    return Counter(v for v in column.to_pylist() if v is not None)

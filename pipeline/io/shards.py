@@ -30,6 +30,57 @@ class TaskError(RuntimeError):
         self.retryable = retryable
 
 
+def _binary(t: pa.DataType) -> bool:
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+    return (pa.types.is_binary(t) or pa.types.is_large_binary(t)
+            or pa.types.is_fixed_size_binary(t) or pa.types.is_binary_view(t))
+
+
+def _text(t: pa.DataType) -> bool:
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+    return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t)
+
+
+def image_column_ok(t: pa.DataType) -> bool:
+    """Encoded image bytes: binary, or a struct with a binary ``bytes`` field (the
+    Hugging Face ``datasets`` layout)."""
+    if pa.types.is_struct(t):
+        i = t.get_field_index("bytes")
+        return i >= 0 and _binary(t.field(i).type)
+    return _binary(t)
+
+
+def caption_column_ok(t: pa.DataType) -> bool:
+    """Text: a string column, or binary holding UTF-8 (decoded per row)."""
+    return _text(t) or _binary(t)
+
+
+def schema_problem(
+    schema: pa.Schema, image_column: str, caption_column: str, other_columns: Sequence[str] = ()
+) -> str | None:
+    """Why a file with ``schema`` cannot feed the audit (naming the setting, the
+    column, its type and the columns there are), or None when it can."""
+    types = {f.name: f.type for f in schema}
+    there = ", ".join(f"{n} ({t})" for n, t in list(types.items())[:30])
+    if len(types) > 30:
+        there += f", ... ({len(types)} columns)"
+    wanted = [("data.image_column", image_column), ("data.caption_column", caption_column),
+              *(("data.id_column / data.keep_columns", c) for c in other_columns)]
+    for setting, col in wanted:
+        if col not in types:
+            return f"{setting}: no column {col!r}; the file's columns: {there}"
+    if not image_column_ok(types[image_column]):
+        return (f"data.image_column: {image_column!r} is {types[image_column]}, not encoded "
+                "image bytes (binary, or a struct with a binary 'bytes' field); "
+                f"the file's columns: {there}")
+    if not caption_column_ok(types[caption_column]):
+        return (f"data.caption_column: {caption_column!r} is {types[caption_column]}, not text "
+                f"(string, or binary holding UTF-8); the file's columns: {there}")
+    return None
+
+
 def check_unchanged(fs: fsspec.AbstractFileSystem, path: str, task: Shard, tag_of) -> None:
     """Refuse to read a file that changed since the task was planned."""
     info = fs.info(path)

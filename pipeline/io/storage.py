@@ -142,6 +142,21 @@ def put_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
         fs.pipe_file(path, data)
 
 
+def check_writable(fs: fsspec.AbstractFileSystem, directory: str, uri: str) -> None:
+    """Write and remove a small probe under ``directory``; ``ConfigError`` naming
+    ``uri`` when that fails (a read-only path, a missing bucket, no permission).
+
+    The probe is a hidden temporary name, as ``put_atomic`` uses: readers skip
+    it, and ``remove_stale_temps`` clears one a killed driver left behind.
+    """
+    probe = join(directory, f"{TMP_PREFIX}write-probe-{uuid.uuid4().hex}")
+    try:
+        put_atomic(fs, probe, b"")
+        fs.rm(probe)
+    except Exception as e:
+        raise ConfigError(f"output: cannot write to {uri}: {type(e).__name__}: {e}") from None
+
+
 def remove_stale_temps(fs: fsspec.AbstractFileSystem, directory: str) -> int:
     """Delete temporary files a killed writer left in a local ``directory``."""
     if not is_local(fs) or not os.path.isdir(directory):

@@ -1,7 +1,13 @@
-"""The audit driver: list -> plan -> skip committed -> actor pool -> retries -> commit.
+"""The audit driver: check -> list -> plan -> skip committed -> actor pool -> retries -> commit.
 
-Exit codes: 0 every task committed; 3 finished with failed tasks; 2 bad
-configuration or an input that cannot be listed; 1 unexpected crash.
+Everything that can be known before a worker starts is checked first, on the
+driver: the model (the engine can cut its towers, the layers are in range, the
+weights resolve), the input columns (from the footers the plan reads) and that
+the output can be written. A refusal raises ``ConfigError`` (exit 2).
+
+Exit codes: 0 every task committed (and the report, if enabled, written);
+3 finished with failed tasks; 4 every task committed but the report failed;
+2 refused before any work started; 1 unexpected crash.
 """
 
 from __future__ import annotations
@@ -18,8 +24,10 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+import fsspec
+
+import pipeline
 from pipeline.config import (
-    SCHEMA_VERSION,
     ClusterSettings,
     ConfigError,
     DataSettings,
@@ -27,24 +35,35 @@ from pipeline.config import (
     RunSettings,
     StorageSettings,
     check_no_credentials,
-    code_version,
-    fingerprint,
     public,
 )
 from pipeline.io.manifest import PartEntry, write_manifest, write_summary
-from pipeline.io.parts import PARTS_DIR, footers, part_rel
+from pipeline.io.parts import PARTS_DIR, error_counts, footers, part_rel
 from pipeline.io.schema import RESULT_COLUMNS
-from pipeline.io.storage import filesystem, join, list_inputs, list_names, remove_stale_temps
-from pipeline.io.weights import weights_fetcher
+from pipeline.io.shards import schema_problem
+from pipeline.io.storage import (
+    check_writable,
+    filesystem,
+    join,
+    list_inputs,
+    list_names,
+    remove_stale_temps,
+)
 from pipeline.job.cluster import plan_actors, ray_session
 from pipeline.job.dispatch import Dispatcher
 from pipeline.job.plan import plan
 from pipeline.job.procstats import peak_rss_mb
+from pipeline.job.provenance import (
+    library_versions,
+    provenance,
+    resolve_model,
+    results_fingerprint,
+)
 from pipeline.job.worker import TaskResult, TaskRunner
 
 log = logging.getLogger("nibt-audit")
 
-EXIT_OK, EXIT_CRASH, EXIT_CONFIG, EXIT_PARTIAL = 0, 1, 2, 3
+EXIT_OK, EXIT_CRASH, EXIT_CONFIG, EXIT_PARTIAL, EXIT_REPORT = 0, 1, 2, 3, 4
 
 
 @dataclass
@@ -75,13 +94,11 @@ class JobSettings:
 
 
 def versions() -> dict[str, str]:
-    import open_clip
+    """Everything's version, for the summary."""
     import pyarrow
-    import torch
 
-    out = {"nibt-audit": code_version(), "python": platform.python_version(),
-           "torch": torch.__version__, "open_clip": open_clip.__version__,
-           "pyarrow": pyarrow.__version__}
+    out = {"nibt-audit": pipeline.__version__, "python": platform.python_version(),
+           **library_versions(), "pyarrow": pyarrow.__version__}
     try:
         import ray
 
@@ -113,38 +130,6 @@ def actors_get_gpus(s: JobSettings) -> bool:
     return torch.cuda.is_available()
 
 
-def results_fingerprint(s: JobSettings) -> tuple[str, dict[str, Any]]:
-    """Hash of everything that changes results, and what went into it."""
-    import open_clip
-
-    from pipeline.engine.model import register_configs, resolve_weights
-
-    register_configs()
-    m = s.model
-    if m.name not in open_clip.list_models():
-        raise ConfigError(f"model.name: {m.name!r} is not an open_clip model")
-    try:
-        _, weights = resolve_weights(m.pretrained, m.name, m.pretrained_sha256,
-                                     weights_fetcher(s.storage))
-    except (FileNotFoundError, ValueError) as e:
-        raise ConfigError(f"model.pretrained: {e}") from None
-    if weights == "random":
-        weights = f"random(seed={m.seed})"
-    parts = {
-        "model": m.name,
-        "model_config": open_clip.get_model_config(m.name),
-        "weights": weights,
-        "layer": [m.layer, m.image_layer, m.text_layer],
-        "steps": m.steps,
-        "schedule": m.schedule,
-        "precision": m.precision,
-        "data": {k: v for k, v in public(s.data).items()},
-        "code_version": code_version(),
-        "schema_version": SCHEMA_VERSION,
-    }
-    return fingerprint(parts), parts
-
-
 def _progress(total: int, enabled: bool):
     from tqdm import tqdm
 
@@ -166,12 +151,25 @@ def run_job(s: JobSettings) -> tuple[int, dict[str, Any]]:
 def _run(s: JobSettings) -> tuple[int, dict[str, Any]]:
     t0 = time.time()
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    given = s  # the settings as given, recorded beside what they resolved to
     s = dataclasses.replace(s, model=resolve_precision(s.model, actors_get_gpus(s)))
+    rm = resolve_model(s.model, s.storage)
+    # the actors use the layers resolved here, so what is recorded is what ran
+    s = dataclasses.replace(s, model=dataclasses.replace(
+        s.model, image_layer=rm.image_layer, text_layer=rm.text_layer))
+    log.info("model %s, weights %s, image layer %d of %d, text layer %d of %d, %d steps (%s), %s",
+             s.model.name, rm.weights, rm.image_layer, rm.depths[0], rm.text_layer, rm.depths[1],
+             s.model.steps, s.model.schedule, s.model.precision)
     files = list_inputs(s.input, s.storage)
-    fp, fp_parts = results_fingerprint(s)
-    tasks = plan(files, lambda uri: filesystem(uri, s.storage), s.run.rows_per_task, fp)
+    fp, _ = results_fingerprint(s.model, s.data, rm)
+    d = s.data
+    tasks = plan(files, lambda uri: filesystem(uri, s.storage), s.run.rows_per_task, fp,
+                 check=lambda schema: schema_problem(
+                     schema, d.image_column, d.caption_column,
+                     [c for c in d.read_columns() if c not in (d.image_column, d.caption_column)]))
     out_fs, out_path = filesystem(s.output, s.storage)
     remove_stale_temps(out_fs, join(out_path, PARTS_DIR))  # left by writers killed mid-write
+    check_writable(out_fs, join(out_path, PARTS_DIR), s.output)
     existing = set(list_names(out_fs, join(out_path, PARTS_DIR)))
     broken = [t for t in tasks if t.error]
     skipped = [t for t in tasks if not t.error and f"{t.task_id}.parquet" in existing
@@ -181,10 +179,7 @@ def _run(s: JobSettings) -> tuple[int, dict[str, Any]]:
     rows_in = sum(t.rows for t in tasks)
     log.info("%d files, %d tasks (%d rows): %d to run, %d already committed, %d unreadable",
              len(files), len(tasks), rows_in, len(todo), len(skipped), len(broken))
-    metadata = {"model": s.model.name, "weights": fp_parts["weights"], "steps": s.model.steps,
-                "schedule": s.model.schedule, "precision": s.model.precision,
-                "code_version": fp_parts["code_version"], "fingerprint": fp,
-                "schema_version": SCHEMA_VERSION}
+    metadata = provenance(s.model, rm, fp)
 
     results: list[TaskResult] = []
     retries = 0
@@ -237,9 +232,9 @@ def _run(s: JobSettings) -> tuple[int, dict[str, Any]]:
         r = by_id.get(t.task_id)
         if t.task_id in skipped_meta:
             rows, meta = skipped_meta[t.task_id]
-            counts = meta.get("status_counts", {})
+            counts, batch = meta.get("status_counts", {}), meta.get("batch_size")
         elif r is not None and r.ok:
-            rows, counts = r.rows_out, r.status_counts
+            rows, counts, batch = r.rows_out, r.status_counts, r.batch_size
         else:
             err = t.error if t.error else (r.error if r else "not run")
             failures.append({"task_id": t.task_id, "source": t.uri, "row_start": t.row_start,
@@ -247,11 +242,15 @@ def _run(s: JobSettings) -> tuple[int, dict[str, Any]]:
             continue
         status_counts.update(counts)
         entries.append(PartEntry(t.task_id, part_rel(t.task_id), rows, t.uri, t.row_start,
-                                 t.row_end, t.input_fingerprint, dict(counts)))
+                                 t.row_end, t.input_fingerprint, dict(counts), batch))
 
-    settings = {"input": s.input if isinstance(s.input, str) else list(s.input),
-                "output": s.output, "model": public(s.model), "data": public(s.data),
-                "storage": public(s.storage), "cluster": public(s.cluster), "run": public(s.run)}
+    sizes = [e.batch_size for e in entries if e.batch_size]
+    metadata["batch_size"] = max(sizes) if sizes else s.model.batch_size  # each part: its own
+    bad_files = unusable_files(out_fs, out_path, entries)
+    settings = {"input": given.input if isinstance(given.input, str) else list(given.input),
+                "output": s.output, "model": public(given.model), "data": public(given.data),
+                "storage": public(given.storage), "cluster": public(given.cluster),
+                "run": public(given.run)}
     write_manifest(out_fs, out_path, {"fingerprint": fp, "metadata": metadata,
                                       "settings": settings}, entries)
     rows_run = sum(r.rows_out for r in results if r.ok)
@@ -288,18 +287,61 @@ def _run(s: JobSettings) -> tuple[int, dict[str, Any]]:
         "driver_peak_rss_mb": peak_rss_mb(),
         "worker_peak_rss_mb": max((r.peak_rss_mb for r in results if r.ok), default=0.0),
         "failures": failures,
+        "bad_files": bad_files,
         "fingerprint": fp,
+        "provenance": metadata,
         "versions": versions(),
         "settings": settings,
     }
     if s.report is not None and getattr(s.report, "enabled", False):
         summary["report"] = _build_report(s)
+        if code == EXIT_OK and "error" in summary["report"]:
+            code = summary["exit_code"] = EXIT_REPORT
     write_summary(out_fs, out_path, summary, success=not failures)
     return code, summary
 
 
+#: Statuses that, on every row of a file, point at the file or the settings
+#: (a wrong column, a different encoding) rather than at a few bad rows.
+FILE_WIDE = ("bad_image", "bad_caption")
+
+
+def unusable_files(
+    fs: fsspec.AbstractFileSystem, out_path: str, entries: list[PartEntry]
+) -> list[dict[str, Any]]:
+    """Input files none of whose committed rows could be used, each with the
+    status all its rows got and the commonest error (read from its parts);
+    logged as warnings. The run goes on: these rows have their status."""
+    by_file: dict[str, list[PartEntry]] = {}
+    for e in entries:
+        by_file.setdefault(e.source, []).append(e)
+    out = []
+    for source, parts in by_file.items():
+        rows = sum(e.rows for e in parts)
+        counts: Counter = Counter()
+        for e in parts:
+            counts.update(e.status_counts)
+        status = next((st for st in FILE_WIDE if rows and counts.get(st, 0) == rows), None)
+        if status is None:
+            continue
+        errors: Counter = Counter()
+        try:
+            for e in parts:
+                errors.update(error_counts(fs, join(out_path, e.path)))
+        except Exception as err:  # the warning stands without its example
+            log.warning("cannot read the errors of %s's parts: %s: %s", source,
+                        type(err).__name__, err)
+        error, n = errors.most_common(1)[0] if errors else (None, 0)
+        log.warning("%s: all %d rows are %s; commonest error (%d rows): %s",
+                    source, rows, status, n, error)
+        out.append({"source": source, "rows": rows, "status": status,
+                    "commonest_error": error, "commonest_error_rows": n})
+    return out
+
+
 def _build_report(s: JobSettings) -> dict[str, Any]:
-    """The audit report under ``<output>/report``; its failure does not fail the audit."""
+    """The audit report under ``<output>/report``. Its failure is recorded here
+    (``error``) and makes the exit code 4; the audit's results stay committed."""
     from pipeline.report.build import build_report
 
     where = join(s.output, "report")

@@ -4,6 +4,9 @@ A task's id is a hash of the file's URI, size and modification tag, the row
 range and the results fingerprint, so the same input under the same settings
 always maps to the same id (and the same committed part), and any change to
 the data or to what determines the results maps to a new one.
+
+The footers read here also give each file's schema: a file whose columns cannot
+feed the audit is refused before any worker starts (``ConfigError``, exit 2).
 """
 
 from __future__ import annotations
@@ -15,9 +18,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
 import fsspec
+import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.config import ConfigError
 from pipeline.io.storage import InputFile
+
+#: ``check(schema)``: why a file with this schema cannot be audited, or None.
+SchemaCheck = Callable[[pa.Schema], "str | None"]
 
 
 @dataclass(frozen=True)
@@ -72,21 +80,27 @@ def split_row_groups(sizes: Sequence[int], rows_per_task: int) -> list[tuple[lis
 
 
 def plan_file(
-    f: InputFile, fs: fsspec.AbstractFileSystem, path: str, rows_per_task: int, fp: str
-) -> list[Task]:
-    """Tasks for one file; a file whose footer cannot be read becomes one failed
-    task; a file without rows has none."""
+    f: InputFile, fs: fsspec.AbstractFileSystem, path: str, rows_per_task: int, fp: str,
+    check: SchemaCheck | None = None,
+) -> tuple[list[Task], str | None]:
+    """Tasks for one file, and what is wrong with its schema (``check``), if anything.
+
+    A file whose footer cannot be read becomes one failed task; a file without
+    rows has none.
+    """
     try:
         with fs.open(path, "rb") as fh:
-            meta = pq.ParquetFile(fh).metadata
+            pf = pq.ParquetFile(fh)
+            meta, schema = pf.metadata, pf.schema_arrow
             sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
     except Exception as e:
         msg = f"cannot read Parquet footer of {f.uri}: {type(e).__name__}: {e}"
-        return [Task(task_id(f, 0, 0, fp), f.uri, f.size, f.tag, (), 0, 0, error=msg)]
-    return [
+        return [Task(task_id(f, 0, 0, fp), f.uri, f.size, f.tag, (), 0, 0, error=msg)], None
+    tasks = [
         Task(task_id(f, s, e, fp), f.uri, f.size, f.tag, tuple(g), s, e)
         for g, s, e in split_row_groups(sizes, rows_per_task)
     ]
+    return tasks, check(schema) if check is not None else None
 
 
 def plan(
@@ -95,12 +109,22 @@ def plan(
     rows_per_task: int,
     fp: str,
     threads: int = 16,
+    check: SchemaCheck | None = None,
 ) -> list[Task]:
-    """All tasks for ``files`` in file order (footers read in parallel)."""
+    """All tasks for ``files`` in file order (footers read in parallel).
 
-    def one(f: InputFile) -> list[Task]:
+    Raises ``ConfigError`` naming the files (up to five) whose schema ``check``
+    refuses.
+    """
+
+    def one(f: InputFile) -> tuple[list[Task], str | None]:
         fs, path = open_fs(f.uri)
-        return plan_file(f, fs, path, rows_per_task, fp)
+        return plan_file(f, fs, path, rows_per_task, fp, check)
 
     with ThreadPoolExecutor(max_workers=max(1, min(threads, len(files)))) as pool:
-        return [t for tasks in pool.map(one, files) for t in tasks]
+        planned = list(pool.map(one, files))
+    bad = [(f.uri, problem) for f, (_, problem) in zip(files, planned) if problem]
+    if bad:
+        more = f" (and {len(bad) - 5} more files)" if len(bad) > 5 else ""
+        raise ConfigError("input: " + "; ".join(f"{uri}: {p}" for uri, p in bad[:5]) + more)
+    return [t for tasks, _ in planned for t in tasks]

@@ -26,6 +26,7 @@ import pyarrow as pa
 import torch
 
 from pipeline.config import DataSettings, ModelSettings, StorageSettings
+from pipeline.engine.layers import bottleneck_layers
 from pipeline.engine.model import load_clip
 from pipeline.engine.nibt import NIBT, default_budget_mb
 from pipeline.io.images import ERROR, Decoded
@@ -38,6 +39,7 @@ from pipeline.job.decode_pool import ProcessDecoder, ThreadDecoder
 from pipeline.job.plan import Task
 from pipeline.job.preprocess import split_preprocess
 from pipeline.job.procstats import cap_data_memory, peak_rss_mb
+from pipeline.job.provenance import library_versions
 
 log = logging.getLogger(__name__)
 
@@ -177,9 +179,12 @@ class TaskRunner:
         budget = model.memory_budget_mb
         if budget is None and gpu and 0 < gpu_share < 1:  # actors sharing a GPU share its memory
             budget = default_budget_mb(self.clip.device) * gpu_share
+        image_layer, text_layer = bottleneck_layers(  # the job passes them resolved
+            model.name, self.clip.weights, (self.clip.image.depth, self.clip.text.depth),
+            model.layer, model.image_layer, model.text_layer)
         self.engine = NIBT(
-            self.clip, layer=model.layer, steps=model.steps, schedule=model.schedule,
-            image_layer=model.image_layer, text_layer=model.text_layer,
+            self.clip, steps=model.steps, schedule=model.schedule,
+            image_layer=image_layer, text_layer=text_layer,
             chunk_rows=model.chunk_rows, memory_budget_mb=budget,
         )
         if model.compile:
@@ -192,7 +197,9 @@ class TaskRunner:
         self.split = split_preprocess(self.clip.preprocess)
         self.preprocess = self.split.image if self.split else self.clip.preprocess
         self.output = output
-        self.metadata = metadata
+        # what this worker runs with, as used: over the job's values
+        self.metadata = {**metadata, **self.engine.config(), "batch_size": self.batch_size,
+                         **library_versions()}
         d = data
         if decode_processes > 0:  # beside a GPU: no decoding under the compute thread's GIL
             self.decoder: ThreadDecoder | ProcessDecoder = ProcessDecoder(

@@ -59,17 +59,27 @@ def has_alnum(word: str) -> bool:
     return any(ch.isalnum() for ch in word)
 
 
+#: What ``run_info`` takes from the manifest's metadata: the resolved values that
+#: produced the results (see docs/output.md).
+RUN_KEYS = ("model", "weights", "image_layer", "text_layer", "steps", "schedule", "precision",
+            "batch_size", "torch", "torchvision", "open_clip", "pillow",
+            "engine_results_version", "schema_version")
+
+
 def run_info(manifest: dict[str, Any]) -> dict[str, Any]:
-    """Model, weights, layers and steps, from the manifest's metadata and settings."""
+    """The resolved values that produced the results (model, weights, layers as
+    used, steps, schedule, precision, batch size, library versions), from the
+    manifest's metadata; layers fall back to the settings for manifests written
+    before the metadata held them."""
     meta = manifest.get("metadata") or {}
     settings = manifest.get("settings") or {}
     model = settings.get("model") or {}
-    keys = ("model", "weights", "steps", "schedule", "precision", "code_version", "schema_version")
-    info = {k: meta.get(k) for k in keys}
+    info = {k: meta.get(k) for k in RUN_KEYS}
+    for tower in ("image_layer", "text_layer"):
+        if info[tower] is None:
+            info[tower] = model.get(tower) if model.get(tower) is not None else model.get("layer")
     info.update(fingerprint=manifest.get("fingerprint") or meta.get("fingerprint"),
-                layer=model.get("layer"), image_layer=model.get("image_layer"),
-                text_layer=model.get("text_layer"), input=settings.get("input"),
-                parts=len(manifest.get("parts") or []))
+                input=settings.get("input"), parts=len(manifest.get("parts") or []))
     return info
 
 

@@ -34,7 +34,8 @@ def test_bad_override_is_exit_2(tmp_path):
 
 
 def test_unlistable_input_is_exit_2(tmp_path):
-    r = audit(f"input={tmp_path}/missing", f"output={tmp_path}/out", "model.pretrained=null",
+    r = audit(f"input={tmp_path}/missing", f"output={tmp_path}/out", "model=demo",
+              "model.pretrained=null",
               env={"NIBT_LOG_DIR": str(tmp_path)})
     assert r.returncode == 2
     assert "does not exist" in r.stderr
@@ -44,7 +45,8 @@ def test_a_run_logs_summarises_and_leaks_no_secret(tmp_path):
     """Credentials in the environment reach no log, summary, manifest, part or report."""
     write_table(pairs_table(12, seed=9), str(tmp_path / "in.parquet"))
     logs = tmp_path / "logs"
-    r = audit(f"input={tmp_path}/in.parquet", f"output={tmp_path}/out", "model.pretrained=null",
+    r = audit(f"input={tmp_path}/in.parquet", f"output={tmp_path}/out", "model=demo",
+              "model.pretrained=null",
               "model.steps=2", "model.image_layer=1", "model.text_layer=1", "run.progress=false",
               "report.enabled=true",
               env={"NIBT_LOG_DIR": str(logs), "AWS_SECRET_ACCESS_KEY": SECRET,

@@ -142,4 +142,12 @@ def test_bad_settings_exit_2_before_anything_runs(tmp_path, tiny_input):
     assert r.returncode == 2
     r = run({**env, "NIBT_ENV_FILE": str(tmp_path / "missing.env")}, DATE)
     assert r.returncode == 2
+    # no model: no default to fall back on; the options are listed (the files of conf/model/)
+    bare = tmp_path / "secret" / "bare.env"
+    bare.write_text("AWS_ACCESS_KEY_ID=unused\n")
+    bare.chmod(0o600)
+    r = run({**env, "NIBT_ENV_FILE": str(bare)}, DATE)
+    options = sorted(p.stem for p in (JOBS.parent / "conf" / "model").glob("*.yaml"))
+    assert r.returncode == 2 and "NIBT_MODEL" in r.stderr, r.stderr
+    assert " ".join(options) in r.stderr and "demo" in options
     assert not (tmp_path / "out").exists()

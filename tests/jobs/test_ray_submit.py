@@ -33,7 +33,7 @@ def submit_env(head: RayHead, tmp_path: Path, inp: Path, **extra: str) -> dict[s
         NIBT_RAY_ADDRESS=head.address, RAY_AUTH_MODE="disabled",
         RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", NIBT_RAY_BIN=str(BIN / "ray"),
         NIBT_INPUT=str(inp), NIBT_OUTPUT_ROOT=str(tmp_path / "out"), NIBT_AUDIT_ARGS=TINY,
-        **extra,
+        NIBT_MODEL="demo", **extra,
     )
 
 
@@ -109,11 +109,17 @@ def test_bad_settings_exit_2_without_a_cluster(tmp_path, tiny_input):
     r = subprocess.run(["bash", str(SUBMIT), "audit", "2026-13-01"], capture_output=True,
                        text=True, env={**env, "NIBT_RAY_ADDRESS": "http://127.0.0.1:9"}, timeout=30)
     assert r.returncode == 2 and "bad run date" in r.stderr
+    # no model: no default to fall back on; the options are listed (the files of conf/model/)
+    r = subprocess.run(["bash", str(SUBMIT), "audit", DATE], capture_output=True, text=True,
+                       env={**env, "NIBT_RAY_ADDRESS": "http://127.0.0.1:9"}, timeout=30)
+    options = sorted(p.stem for p in (JOBS.parent / "conf" / "model").glob("*.yaml"))
+    assert r.returncode == 2 and "NIBT_MODEL" in r.stderr, r.stderr
+    assert " ".join(options) in r.stderr and "demo" in options
 
 
 @pytest.mark.parametrize("status, driver, code", [
     ("SUCCEEDED", 0, 0), ("SUCCEEDED", None, 0), ("FAILED", 3, 3), ("FAILED", 2, 2),
-    ("FAILED", 1, 1), ("FAILED", None, 1), ("FAILED", 137, 1), ("STOPPED", None, 1),
+    ("FAILED", 1, 1), ("FAILED", 4, 4), ("FAILED", None, 1), ("FAILED", 137, 1), ("STOPPED", None, 1),
     ("STOPPED", -15, 1),
 ])
 def test_job_states_map_to_the_audit_exit_codes(status, driver, code):

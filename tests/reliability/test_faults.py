@@ -102,7 +102,8 @@ def test_driver_killed_then_rerun(ray_local, four_shards, tmp_path, figure):
     out = tmp_path / "out"
     ray_tmp = f"/tmp/nibt-kill-{os.getpid()}"
     args = [sys.executable, "-m", "pipeline", f"input={root}", f"output={out}",
-            "model.pretrained=null", "model.steps=6", "model.image_layer=1", "model.text_layer=1",
+            "model=demo", "model.pretrained=null", "model.steps=6", "model.image_layer=1",
+            "model.text_layer=1",
             "data.id_column=id", "run.rows_per_task=8", "run.progress=false",
             f"cluster.temp_dir={ray_tmp}"]
     driver = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

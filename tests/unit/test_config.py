@@ -18,7 +18,8 @@ OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted(Path(CONF_DIR, g).glob("*
 @pytest.mark.parametrize(("group", "option"), OPTIONS)
 def test_every_option_composes(group, option):
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("audit", overrides=[f"{group}={option}", "input=/in", "output=/out"])
+        cfg = compose("audit", overrides=["model=demo", f"{group}={option}", "input=/in",
+                                          "output=/out"])
     s = settings_from_config(cfg)
     assert s.input == "/in" and s.output == "/out"
     assert type(getattr(s, group)).__name__.lower().startswith(group)
@@ -30,21 +31,41 @@ def test_at_least_the_documented_options_exist():
             "cluster/existing", "run/default", "data/default", "data/hf"} <= names
 
 
-def test_defaults_work_offline():
+def test_the_demo_option_works_offline():
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("audit", overrides=["input=/in", "output=/out"])
+        cfg = compose("audit", overrides=["model=demo", "input=/in", "output=/out"])
     s = settings_from_config(cfg)
     assert (s.model.name, s.model.pretrained) == ("nibt-demo", "shipped")
 
 
+def test_no_model_is_refused_listing_the_options():
+    """No silent default: without model= the audit names the setting and its options."""
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("audit", overrides=["input=/in", "output=/out"])
+    with pytest.raises(ConfigError, match="model") as e:
+        settings_from_config(cfg)
+    for option in sorted(p.stem for p in Path(CONF_DIR, "model").glob("*.yaml")):
+        assert option in str(e.value)
+
+
+def test_no_model_option_holds_another_models_layers_or_batch_size():
+    """Tuned values live with the model (its facts file), not in an option that a
+    model.name override would inherit."""
+    for path in sorted(Path(CONF_DIR, "model").glob("*.yaml")):
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            cfg = compose("audit", overrides=[f"model={path.stem}", "input=/in", "output=/out"])
+        m = settings_from_config(cfg).model
+        assert (m.layer, m.image_layer, m.text_layer, m.batch_size) == (None,) * 4, path.name
+
+
 def test_bad_values_name_the_setting():
     with pytest.raises(ConfigError, match="model.steps"):
-        ModelSettings(steps=0)
+        ModelSettings(name="ViT-B-32", steps=0)
     with pytest.raises(ConfigError, match="model.precision"):
-        ModelSettings(precision="int4")
+        ModelSettings(name="ViT-B-32", precision="int4")
     with pytest.raises(ConfigError, match="data.keep_columns: 'score'"):
         with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-            cfg = compose("audit", overrides=["input=/in", "output=/out",
+            cfg = compose("audit", overrides=["model=demo", "input=/in", "output=/out",
                                               "data.keep_columns=[score]"])
         settings_from_config(cfg)
     with pytest.raises(ConfigError, match="credentials embedded"):
@@ -53,7 +74,8 @@ def test_bad_values_name_the_setting():
 
 def test_unknown_setting_is_a_config_error():
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("audit", overrides=["input=/in", "output=/out", "+model.colour=red"])
+        cfg = compose("audit", overrides=["model=demo", "input=/in", "output=/out",
+                                          "+model.colour=red"])
     with pytest.raises(ConfigError, match="model"):
         settings_from_config(cfg)
 
@@ -61,7 +83,8 @@ def test_unknown_setting_is_a_config_error():
 def test_s3_storage_reads_endpoint_from_environment(monkeypatch):
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("audit", overrides=["storage=s3", "input=/in", "output=/out"])
+        cfg = compose("audit", overrides=["model=demo", "storage=s3", "input=/in",
+                                          "output=/out"])
     s = settings_from_config(cfg)
     assert s.storage.endpoint_url == "http://127.0.0.1:9"
     opts = s.storage.options("s3://b/k")

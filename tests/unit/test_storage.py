@@ -52,3 +52,20 @@ def test_objects_written_by_another_process_are_seen_after_a_listing(s3_endpoint
     fs, path = filesystem("s3://listing/out/parts/new.parquet", s)
     assert fs.cat_file(path) == b"new"
     assert fs.exists(path)
+
+
+def test_the_write_probe_leaves_nothing_and_names_an_unwritable_output(tmp_path, s3_endpoint):
+    from pipeline.io.storage import check_writable
+
+    s = StorageSettings(endpoint_url=s3_endpoint)
+    fs, path = filesystem(str(tmp_path / "out"), s)
+    check_writable(fs, path + "/parts", str(tmp_path / "out"))
+    assert os.listdir(tmp_path / "out" / "parts") == []  # made, probed, emptied
+    for uri in ("/proc/nope/out", "s3://no-such-bucket-here/out"):
+        fs, path = filesystem(uri, s)
+        with pytest.raises(ConfigError, match=f"^output: cannot write to {uri}: "):
+            check_writable(fs, path + "/parts", uri)
+    fs, path = filesystem("s3://probe-bucket/out", s)
+    fs.mkdir("probe-bucket")
+    check_writable(fs, path + "/parts", "s3://probe-bucket/out")
+    assert fs.find("probe-bucket") == []

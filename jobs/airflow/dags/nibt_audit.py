@@ -14,7 +14,9 @@ never "now") into ``<output_root>/dt=<date>``: a retry, a cleared task, a backfi
 or a manual run with ``run_date`` set resume that date's output, skipping what is
 already committed. Exit 3 (some tasks failed) fails the audit task with the run
 summary in its log; its retry recomputes only the failed tasks; the report waits for
-a complete audit. ``max_active_runs=1``: runs never overlap.
+a complete audit. ``max_active_runs=1``: runs never overlap. The ``model`` param has
+no default unless ``NIBT_MODEL`` gives one: without a model the audit task exits 2
+and lists the options (no run falls back to the demo model).
 
 Deployment settings come from the worker's environment, not from params:
 ``NIBT_AUDIT_BIN`` / ``NIBT_REPORT_BIN`` (default: on PATH), ``NIBT_ENV_FILE``
@@ -59,8 +61,10 @@ def params(ray: bool = False) -> dict[str, Param]:
         "output_root": Param(os.environ.get("NIBT_OUTPUT_ROOT", "s3://lake/audits/cc3m"),
                              type="string", minLength=1,
                              description="Each run writes <output_root>/dt=<run date>."),
-        "model": Param(os.environ.get("NIBT_MODEL", "demo"), enum=MODELS,
-                       description="The model option (conf/model/)."),
+        # no default model: a run without one fails its audit task (exit 2), listing these
+        "model": Param(os.environ.get("NIBT_MODEL") or None, type=["null", "string"],
+                       enum=[None, *MODELS], description="The model option (conf/model/); "
+                       "required (NIBT_MODEL gives the default)."),
         "overrides": Param(os.environ.get("NIBT_AUDIT_ARGS", ""), type="string",
                            description="Extra Hydra overrides, separated by spaces "
                            "(e.g. storage=s3 run.rows_per_task=2048)."),
@@ -80,7 +84,7 @@ TASK_ENV = {
     "NIBT_RUN_DATE": "{{ params.run_date or data_interval_start | ds }}",
     "NIBT_INPUT": "{{ params.input }}",
     "NIBT_OUTPUT_ROOT": "{{ params.output_root }}",
-    "NIBT_MODEL": "{{ params.model }}",
+    "NIBT_MODEL": "{{ params.model or '' }}",
     "NIBT_AUDIT_ARGS": "{{ params.overrides }}",
 }
 
@@ -114,6 +118,14 @@ hq_input() { if [[ $1 == \[* ]]; then printf '%s' "$1"; else hq "$1"; fi; }
 read -r -a extra <<<"$overrides"
 """
 
+# The audit needs a model: none is a configuration error, with the options listed.
+NEED_MODEL = r"""
+if [ -z "$model" ]; then
+    echo "nibt-audit: no model: set the model param or NIBT_MODEL to one of: """ + " ".join(MODELS) + r""" (exit 2)" >&2
+    exit 2
+fi
+"""
+
 # How an exit code reads in the task log (the run summary JSON is just above it).
 OUTCOME = r"""
 case $rc in
@@ -123,12 +135,14 @@ case $rc in
             "or a rerun of this date recomputes only those tasks." >&2 ;;
     2) echo "nibt-audit: dt=$run_date refused its configuration (exit 2): fix the params" \
             "or the worker's settings." >&2 ;;
+    4) echo "nibt-audit: dt=$run_date committed every task, but its report" \
+            "(report.enabled=true) FAILED (exit 4)." >&2 ;;
     *) echo "nibt-audit: dt=$run_date failed with exit code $rc." >&2 ;;
 esac
 exit $rc
 """
 
-AUDIT_LOCAL = PRELUDE + r"""
+AUDIT_LOCAL = PRELUDE + NEED_MODEL + r"""
 "${NIBT_AUDIT_BIN:-nibt-audit}" "input=$(hq_input "$input")" "output=$(hq "$output")" \
     "model=$model" run.progress=false "${extra[@]}" </dev/null
 rc=$?
@@ -142,7 +156,7 @@ rc=$?
 exit $rc
 """
 
-AUDIT_RAY = PRELUDE + r"""
+AUDIT_RAY = PRELUDE + NEED_MODEL + r"""
 "$NIBT_REPO/jobs/ray/submit.sh" audit "$run_date" </dev/null
 rc=$?
 """ + OUTCOME
