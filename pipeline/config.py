@@ -109,18 +109,49 @@ class DataSettings:
         return list(dict.fromkeys(cols + self.keep_columns))
 
 
+#: s3fs's own retries of a whole call (each made of ``max_attempts`` botocore
+#: attempts): one more covers a body cut off mid-read, which botocore does not retry.
+S3FS_CALL_TRIES = 2
+
+
 @dataclass
 class StorageSettings:
-    """How to reach object storage (``storage/`` group). No credentials here."""
+    """How to reach object storage (``storage/`` group). No credentials here.
+
+    Every request has a bound: ``connect_timeout_s`` to connect, ``read_timeout_s``
+    for each read of the answer, ``max_attempts`` attempts (botocore's standard
+    retries: throttling, 5xx, dropped connections, timeouts), and s3fs tries each
+    call ``S3FS_CALL_TRIES`` times. An endpoint that accepts connections and never
+    answers fails a call after ``worst_case_s()`` (126 s with the defaults).
+    """
 
     endpoint_url: str | None = None
     region: str | None = None
     anon: bool = False
-    max_attempts: int = 10
+    max_attempts: int = 3
+    connect_timeout_s: float = 10.0
+    read_timeout_s: float = 20.0
 
     def __post_init__(self) -> None:
         check_no_credentials("storage.endpoint_url", self.endpoint_url)
         _require(self.max_attempts >= 1, "storage.max_attempts", "must be >= 1")
+        _require(self.connect_timeout_s > 0, "storage.connect_timeout_s", "must be > 0")
+        _require(self.read_timeout_s > 0, "storage.read_timeout_s", "must be > 0")
+
+    def worst_case_s(self) -> float:
+        """Longest one storage call can take against an endpoint that never answers:
+        every attempt waits its read timeout, plus botocore's backoff between attempts
+        (at most 1, 2, 4, ... s, capped at 20) and s3fs's between its tries (0.1, 0.17 s)."""
+        backoff = sum(min(20.0, 2.0 ** i) for i in range(self.max_attempts - 1))
+        per_try = self.max_attempts * max(self.read_timeout_s, self.connect_timeout_s) + backoff
+        return S3FS_CALL_TRIES * per_try + sum(min(1.7 ** i * 0.1, 15)
+                                               for i in range(S3FS_CALL_TRIES))
+
+    def endpoint(self) -> str:
+        """The endpoint requests go to, for error messages."""
+        if self.endpoint_url:
+            return self.endpoint_url
+        return f"AWS S3 ({self.region or 'default region'})"
 
     def options(self, uri: str) -> dict[str, Any]:
         """fsspec storage options for ``uri`` (empty for local paths)."""
@@ -137,7 +168,13 @@ class StorageSettings:
             # this filesystem: a cached listing would hide their parts from the report
             "use_listings_cache": False,
             "client_kwargs": client,
-            "config_kwargs": {"retries": {"max_attempts": self.max_attempts, "mode": "standard"}},
+            "config_kwargs": {
+                "connect_timeout": self.connect_timeout_s,
+                "read_timeout": self.read_timeout_s,
+                # total_max_attempts counts the first attempt (botocore's max_attempts
+                # would not: 10 meant 11 requests)
+                "retries": {"total_max_attempts": self.max_attempts, "mode": "standard"},
+            },
         }
 
 
