@@ -201,8 +201,12 @@ class ClusterSettings:
     # loaded (RLIMIT_DATA). A batch that would exceed it fails to allocate and is
     # split, instead of the kernel killing the worker. null: no cap.
     worker_memory_headroom_mb: int | None = None
+    # Seconds an actor may take to start (load the model) or to come back after a
+    # restart; past it the actor is given up and its tasks go to the others.
+    actor_start_timeout_s: float = 600.0
 
     def __post_init__(self) -> None:
+        _require(self.actor_start_timeout_s > 0, "cluster.actor_start_timeout_s", "must be > 0")
         _require(
             self.num_actors is None or self.num_actors >= 1, "cluster.num_actors", "must be >= 1"
         )
@@ -219,6 +223,10 @@ class ClusterSettings:
         check_no_credentials("cluster.address", self.address)
 
 
+#: The automatic task timeout: a fixed part, and how far past the slowest rate seen.
+TASK_TIMEOUT_BASE_S, TASK_TIMEOUT_SLOW_FACTOR = 300.0, 4.0
+
+
 @dataclass
 class RunSettings:
     """How the job splits, retries and resumes (``run/`` group)."""
@@ -227,10 +235,27 @@ class RunSettings:
     max_task_retries: int = 2
     overwrite: bool = False
     progress: bool = True
+    # Seconds a task may run before its actor is killed and the task retried. null:
+    # sized from the task's rows (see ``task_timeout``).
+    task_timeout_s: float | None = None
+    task_timeout_per_row_s: float = 2.0
 
     def __post_init__(self) -> None:
         _require(self.rows_per_task >= 1, "run.rows_per_task", "must be >= 1")
         _require(self.max_task_retries >= 0, "run.max_task_retries", "must be >= 0")
+        _require(self.task_timeout_s is None or self.task_timeout_s > 0, "run.task_timeout_s",
+                 "must be > 0 or null (sized from the task's rows)")
+        _require(self.task_timeout_per_row_s > 0, "run.task_timeout_per_row_s", "must be > 0")
+
+    def task_timeout(self, rows: int, slowest_s_per_row: float = 0.0) -> float:
+        """Seconds a task of ``rows`` rows may take: ``task_timeout_s`` when set, else
+        ``TASK_TIMEOUT_BASE_S`` plus ``task_timeout_per_row_s`` per row, the per-row
+        figure raised to ``TASK_TIMEOUT_SLOW_FACTOR`` times the slowest rate seen in the
+        run (a large model on CPU must not time out for being slow, only for stalling)."""
+        if self.task_timeout_s is not None:
+            return float(self.task_timeout_s)
+        per_row = max(self.task_timeout_per_row_s, TASK_TIMEOUT_SLOW_FACTOR * slowest_s_per_row)
+        return TASK_TIMEOUT_BASE_S + rows * per_row
 
 
 def code_version() -> str:

@@ -2,8 +2,10 @@
 
     nibt-audit input=s3://lake/cc3m/ output=s3://lake/audits/cc3m model=vit_b_32
 
-Exit codes: 0 all tasks committed, 3 finished with failed tasks, 2 bad
-configuration or unlistable input, 1 unexpected crash.
+Exit codes: 0 all tasks committed, 3 finished with failed tasks or rows that
+failed in the engine, 2 bad configuration or unlistable input (storage that does
+not answer included), 1 unexpected crash, 143 / 130 stopped by SIGTERM / SIGINT
+(docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ def run_from_config(cfg: DictConfig) -> int:
         if OmegaConf.is_missing(cfg, "input") or OmegaConf.is_missing(cfg, "output"):
             raise ConfigError("input and output are required: nibt-audit input=... output=...")
         code, summary = run_job(settings_from_config(cfg))
-        brief = {k: summary[k] for k in (
+        brief = {k: summary.get(k) for k in (
             "status", "rows_in", "rows_out", "tasks_total", "tasks_run", "tasks_skipped",
             "tasks_failed", "tasks_retried", "status_counts", "seconds", "pairs_per_second")}
         log.info("run summary: %s", json.dumps(brief))
