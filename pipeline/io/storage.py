@@ -69,11 +69,13 @@ _UNREACHABLE = ("ReadTimeoutError", "ConnectTimeoutError", "EndpointConnectionEr
                 "TimeoutError", "timeout", "FSTimeoutError")
 
 
-def describe_error(e: BaseException, storage: StorageSettings) -> str:
-    """``e`` as one line; a timeout or connection failure names the endpoint and the
-    bounds that were spent on it."""
+def describe_error(e: BaseException, storage: StorageSettings, uri: str) -> str:
+    """``e`` as one line; a timeout or connection failure on object storage names the
+    endpoint and the bounds that were spent on it."""
     text = f"{type(e).__name__}: {e}"
-    if type(e).__name__ in _UNREACHABLE or isinstance(e, (TimeoutError, ConnectionError)):
+    unreachable = type(e).__name__ in _UNREACHABLE or isinstance(e, (TimeoutError,
+                                                                      ConnectionError))
+    if unreachable and is_remote(uri):
         text = (f"storage endpoint {storage.endpoint()} did not answer "
                 f"({storage.max_attempts} attempt(s) x {S3FS_CALL_TRIES} tries, connect timeout "
                 f"{storage.connect_timeout_s:g} s, read timeout {storage.read_timeout_s:g} s): "
@@ -119,7 +121,8 @@ def list_inputs(inputs: str | Sequence[str], storage: StorageSettings) -> list[I
         except ConfigError:
             raise
         except Exception as e:
-            raise ConfigError(f"input: cannot list {item}: {describe_error(e, storage)}") from None
+            raise ConfigError(f"input: cannot list {item}: {describe_error(e, storage, item)}") \
+                from None
         if not infos:
             raise ConfigError(f"input: no Parquet files under {item}")
         for p, info in infos.items():
