@@ -47,8 +47,10 @@ reliability: install
 airflow-check: install
 	NIBT_AIRFLOW_CHECK_RAY=$(AIRFLOW_CHECK_RAY) PY=$(PY) bash jobs/airflow/check.sh
 
+# Style (ruff) and the package's layering contracts (pyproject [tool.importlinter]).
 lint: install
 	$(BIN)/ruff check pipeline tests benchmarks jobs
+	$(BIN)/lint-imports --no-cache
 
 format: install
 	$(BIN)/ruff check --fix pipeline tests benchmarks jobs

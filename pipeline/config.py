@@ -109,18 +109,49 @@ class DataSettings:
         return list(dict.fromkeys(cols + self.keep_columns))
 
 
+#: s3fs's own retries of a whole call (each made of ``max_attempts`` botocore
+#: attempts): one more covers a body cut off mid-read, which botocore does not retry.
+S3FS_CALL_TRIES = 2
+
+
 @dataclass
 class StorageSettings:
-    """How to reach object storage (``storage/`` group). No credentials here."""
+    """How to reach object storage (``storage/`` group). No credentials here.
+
+    Every request has a bound: ``connect_timeout_s`` to connect, ``read_timeout_s``
+    for each read of the answer, ``max_attempts`` attempts (botocore's standard
+    retries: throttling, 5xx, dropped connections, timeouts), and s3fs tries each
+    call ``S3FS_CALL_TRIES`` times. An endpoint that accepts connections and never
+    answers fails a call after ``worst_case_s()`` (126 s with the defaults).
+    """
 
     endpoint_url: str | None = None
     region: str | None = None
     anon: bool = False
-    max_attempts: int = 10
+    max_attempts: int = 3
+    connect_timeout_s: float = 10.0
+    read_timeout_s: float = 20.0
 
     def __post_init__(self) -> None:
         check_no_credentials("storage.endpoint_url", self.endpoint_url)
         _require(self.max_attempts >= 1, "storage.max_attempts", "must be >= 1")
+        _require(self.connect_timeout_s > 0, "storage.connect_timeout_s", "must be > 0")
+        _require(self.read_timeout_s > 0, "storage.read_timeout_s", "must be > 0")
+
+    def worst_case_s(self) -> float:
+        """Longest one storage call can take against an endpoint that never answers:
+        every attempt waits its read timeout, plus botocore's backoff between attempts
+        (at most 1, 2, 4, ... s, capped at 20) and s3fs's between its tries (0.1, 0.17 s)."""
+        backoff = sum(min(20.0, 2.0 ** i) for i in range(self.max_attempts - 1))
+        per_try = self.max_attempts * max(self.read_timeout_s, self.connect_timeout_s) + backoff
+        return S3FS_CALL_TRIES * per_try + sum(min(1.7 ** i * 0.1, 15)
+                                               for i in range(S3FS_CALL_TRIES))
+
+    def endpoint(self) -> str:
+        """The endpoint requests go to, for error messages."""
+        if self.endpoint_url:
+            return self.endpoint_url
+        return f"AWS S3 ({self.region or 'default region'})"
 
     def options(self, uri: str) -> dict[str, Any]:
         """fsspec storage options for ``uri`` (empty for local paths)."""
@@ -137,7 +168,13 @@ class StorageSettings:
             # this filesystem: a cached listing would hide their parts from the report
             "use_listings_cache": False,
             "client_kwargs": client,
-            "config_kwargs": {"retries": {"max_attempts": self.max_attempts, "mode": "standard"}},
+            "config_kwargs": {
+                "connect_timeout": self.connect_timeout_s,
+                "read_timeout": self.read_timeout_s,
+                # total_max_attempts counts the first attempt (botocore's max_attempts
+                # would not: 10 meant 11 requests)
+                "retries": {"total_max_attempts": self.max_attempts, "mode": "standard"},
+            },
         }
 
 
@@ -164,8 +201,12 @@ class ClusterSettings:
     # loaded (RLIMIT_DATA). A batch that would exceed it fails to allocate and is
     # split, instead of the kernel killing the worker. null: no cap.
     worker_memory_headroom_mb: int | None = None
+    # Seconds an actor may take to start (load the model) or to come back after a
+    # restart; past it the actor is given up and its tasks go to the others.
+    actor_start_timeout_s: float = 600.0
 
     def __post_init__(self) -> None:
+        _require(self.actor_start_timeout_s > 0, "cluster.actor_start_timeout_s", "must be > 0")
         _require(
             self.num_actors is None or self.num_actors >= 1, "cluster.num_actors", "must be >= 1"
         )
@@ -182,6 +223,10 @@ class ClusterSettings:
         check_no_credentials("cluster.address", self.address)
 
 
+#: The automatic task timeout: a fixed part, and how far past the slowest rate seen.
+TASK_TIMEOUT_BASE_S, TASK_TIMEOUT_SLOW_FACTOR = 300.0, 4.0
+
+
 @dataclass
 class RunSettings:
     """How the job splits, retries and resumes (``run/`` group)."""
@@ -190,10 +235,27 @@ class RunSettings:
     max_task_retries: int = 2
     overwrite: bool = False
     progress: bool = True
+    # Seconds a task may run before its actor is killed and the task retried. null:
+    # sized from the task's rows (see ``task_timeout``).
+    task_timeout_s: float | None = None
+    task_timeout_per_row_s: float = 2.0
 
     def __post_init__(self) -> None:
         _require(self.rows_per_task >= 1, "run.rows_per_task", "must be >= 1")
         _require(self.max_task_retries >= 0, "run.max_task_retries", "must be >= 0")
+        _require(self.task_timeout_s is None or self.task_timeout_s > 0, "run.task_timeout_s",
+                 "must be > 0 or null (sized from the task's rows)")
+        _require(self.task_timeout_per_row_s > 0, "run.task_timeout_per_row_s", "must be > 0")
+
+    def task_timeout(self, rows: int, slowest_s_per_row: float = 0.0) -> float:
+        """Seconds a task of ``rows`` rows may take: ``task_timeout_s`` when set, else
+        ``TASK_TIMEOUT_BASE_S`` plus ``task_timeout_per_row_s`` per row, the per-row
+        figure raised to ``TASK_TIMEOUT_SLOW_FACTOR`` times the slowest rate seen in the
+        run (a large model on CPU must not time out for being slow, only for stalling)."""
+        if self.task_timeout_s is not None:
+            return float(self.task_timeout_s)
+        per_row = max(self.task_timeout_per_row_s, TASK_TIMEOUT_SLOW_FACTOR * slowest_s_per_row)
+        return TASK_TIMEOUT_BASE_S + rows * per_row
 
 
 def fingerprint(parts: dict[str, Any]) -> str:

@@ -1,7 +1,9 @@
-"""Process checks for tests that kill workers: is a process still running?"""
+"""Process checks for tests that kill workers: is a process still running, which
+workers are this test's own."""
 
 from __future__ import annotations
 
+import os
 import time
 
 
@@ -20,3 +22,45 @@ def wait_gone(pids: list[int], seconds: float = 10.0) -> list[int]:
     while time.time() < deadline and any(running(p) for p in pids):
         time.sleep(0.2)
     return [p for p in pids if running(p)]
+
+
+def children(pid: int) -> list[int]:
+    """The direct children of ``pid`` (all its threads')."""
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:
+        return []
+    out = []
+    for t in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{t}/children") as f:
+                out += [int(c) for c in f.read().split()]
+        except FileNotFoundError:
+            continue
+    return out
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid``."""
+    out, todo = [], children(pid)
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo += children(p)
+    return out
+
+
+def own_workers(title: str = "ray::TaskRunner.run") -> list[int]:
+    """This test process's Ray workers showing ``title`` (an embedded Ray's workers are
+    its descendants); never another process's, however alike (others' tests on the
+    same machine run the same actors). Sorted by pid."""
+    found = []
+    for p in descendants(os.getpid()):
+        try:
+            with open(f"/proc/{p}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except FileNotFoundError:
+            continue
+        if cmd.startswith(title) and running(p):
+            found.append(p)
+    return sorted(found)

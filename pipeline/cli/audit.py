@@ -4,14 +4,16 @@
 
 ``model=`` is required: no run falls back to the demo model. Exit codes:
 
-    0  every task committed (and, with report.enabled=true, the report written)
-    3  finished, but some tasks failed (``failures`` in ``_summary.json``)
-    4  every task committed, but the report (report.enabled=true) failed
-    2  refused before any work started: a bad or missing setting (model= among
-       them), a model the engine cannot cut or a layer out of its range, an input
-       that cannot be listed or whose columns do not fit ``data.*``, an output
-       that cannot be written
-    1  unexpected crash
+    0    every task committed (and, with report.enabled=true, the report written)
+    3    finished, but some tasks failed or some rows failed in the engine
+         (``failures`` and ``tasks_with_error_rows`` in ``_summary.json``)
+    4    every task committed, but the report (report.enabled=true) failed
+    2    refused before any work started: a bad or missing setting (model= among
+         them), a model the engine cannot cut or a layer out of its range, an input
+         that cannot be listed (storage that does not answer included) or whose
+         columns do not fit ``data.*``, an output that cannot be written
+    143  stopped by SIGTERM, 130 by SIGINT (status ``stopped``; a rerun resumes)
+    1    unexpected crash
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ def run_from_config(cfg: DictConfig) -> int:
         if OmegaConf.is_missing(cfg, "input") or OmegaConf.is_missing(cfg, "output"):
             raise ConfigError("input and output are required: nibt-audit input=... output=...")
         code, summary = run_job(settings_from_config(cfg))
-        brief = {k: summary[k] for k in (
+        brief = {k: summary.get(k) for k in (
             "status", "rows_in", "rows_out", "tasks_total", "tasks_run", "tasks_skipped",
             "tasks_failed", "tasks_retried", "status_counts", "seconds", "pairs_per_second")}
         log.info("run summary: %s", json.dumps(brief))

@@ -17,7 +17,7 @@ from typing import Any
 
 import fsspec
 
-from pipeline.config import ConfigError, StorageSettings
+from pipeline.config import S3FS_CALL_TRIES, ConfigError, StorageSettings
 
 _GLOB_CHARS = set("*?[")
 
@@ -40,6 +40,8 @@ def filesystem(uri: str, storage: StorageSettings) -> tuple[fsspec.AbstractFileS
     uri = str(uri)
     if is_remote(uri):
         fs, path = fsspec.core.url_to_fs(uri, **storage.options(uri))
+        if hasattr(fs, "retries"):  # s3fs: a class attribute, not a constructor option
+            fs.retries = S3FS_CALL_TRIES
         return fs, path
     path = uri[len("file://") :] if uri.startswith("file://") else uri
     return fsspec.filesystem("file"), os.path.abspath(os.path.expanduser(path))
@@ -59,6 +61,26 @@ def file_tag(info: dict[str, Any]) -> str:
         if info.get(key) is not None:
             return str(info[key]).strip('"')
     return ""
+
+
+#: What a storage client raises when the endpoint cannot be reached or does not answer.
+_UNREACHABLE = ("ReadTimeoutError", "ConnectTimeoutError", "EndpointConnectionError",
+                "ConnectionClosedError", "ServerTimeoutError", "ClientConnectorError",
+                "TimeoutError", "timeout", "FSTimeoutError")
+
+
+def describe_error(e: BaseException, storage: StorageSettings, uri: str) -> str:
+    """``e`` as one line; a timeout or connection failure on object storage names the
+    endpoint and the bounds that were spent on it."""
+    text = f"{type(e).__name__}: {e}"
+    unreachable = type(e).__name__ in _UNREACHABLE or isinstance(e, (TimeoutError,
+                                                                      ConnectionError))
+    if unreachable and is_remote(uri):
+        text = (f"storage endpoint {storage.endpoint()} did not answer "
+                f"({storage.max_attempts} attempt(s) x {S3FS_CALL_TRIES} tries, connect timeout "
+                f"{storage.connect_timeout_s:g} s, read timeout {storage.read_timeout_s:g} s): "
+                + text)
+    return text
 
 
 def _hidden(path: str) -> bool:
@@ -99,7 +121,8 @@ def list_inputs(inputs: str | Sequence[str], storage: StorageSettings) -> list[I
         except ConfigError:
             raise
         except Exception as e:
-            raise ConfigError(f"input: cannot list {item}: {type(e).__name__}: {e}") from None
+            raise ConfigError(f"input: cannot list {item}: {describe_error(e, storage, item)}") \
+                from None
         if not infos:
             raise ConfigError(f"input: no Parquet files under {item}")
         for p, info in infos.items():

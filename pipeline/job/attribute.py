@@ -2,8 +2,9 @@
 
 Runs a batch through ``NIBT.attribute`` and ``metrics.confidence`` and turns
 tensors into per-row values. A batch that does not fit in memory is split in
-halves (and later batches start at the size that fitted); a row that fails on
-its own gets status ``error`` with the message, and the others go on.
+halves (and later batches start at the size that fitted, growing back after
+batches that fit); a row that fails on its own gets status ``error`` with the
+message, and the others go on.
 """
 
 from __future__ import annotations
@@ -63,6 +64,9 @@ def release_memory() -> None:
 
 #: Bounds of the automatic batch size (pairs).
 MIN_AUTO_BATCH, MAX_AUTO_BATCH = 8, 1024
+#: Batches that must fit at the learnt limit before it doubles; each split doubles
+#: this count (up to the cap), so a limit that keeps failing is tried less often.
+GROW_AFTER, MAX_GROW_AFTER = 8, 1024
 
 
 def auto_batch_size(engine: NIBT) -> int:
@@ -99,6 +103,10 @@ class Attributor:
         self.engine = engine
         self.max_pairs: int | None = None  # learnt from out-of-memory splits
         self.splits = 0
+        self.largest = 0  # the largest batch asked for: the limit is dropped on reaching it
+        self.grow_after = GROW_AFTER
+        self.fits = 0  # batches that fitted at the limit since it last changed
+        self.grown = False  # the limit was last changed by growing it
 
     def _batch(self, pixels: torch.Tensor, tokens: torch.Tensor) -> list[HostBatch]:
         attr = self.engine.attribute(pixels, tokens)
@@ -120,23 +128,43 @@ class Attributor:
             k = self.max_pairs
             return self._fit(pixels[:k], tokens[:k]) + self._fit(pixels[k:], tokens[k:])
         try:
-            return self._batch(pixels, tokens)
+            out = self._batch(pixels, tokens)
         except Exception as e:
             if not is_out_of_memory(e) or n == 1:
                 raise
+        else:
+            self._fitted(n)
+            return out
         # Retry outside the except block: its traceback would keep the failed
         # attempt's tensors alive during the retry.
         release_memory()
-        self.max_pairs = max(1, n // 2)
+        if self.grown:  # a limit grown back failed: grow it less often
+            self.grow_after = min(MAX_GROW_AFTER, self.grow_after * 2)
+        self.max_pairs, self.fits, self.grown = max(1, n // 2), 0, False
         self.splits += 1
         log.warning("batch of %d pairs did not fit in memory; retrying in halves", n)
         return self._fit(pixels, tokens)
+
+    def _fitted(self, n: int) -> None:
+        """A batch of ``n`` pairs fitted: after ``grow_after`` of them at the limit, double
+        it (memory pressure passes: another task's batch, a fragmented allocator); drop
+        it once it reaches the largest batch asked for."""
+        if self.max_pairs is None or n < self.max_pairs:
+            return
+        self.fits += 1
+        if self.fits >= self.grow_after:
+            self.fits, self.grown = 0, True
+            self.max_pairs *= 2
+            if self.max_pairs >= self.largest:
+                self.max_pairs = None
+            log.info("batches fitted again; batch limit now %s", self.max_pairs or "none")
 
     def compute(self, pixels: torch.Tensor, tokens: torch.Tensor) -> list[HostBatch | Exception]:
         """The device's part, in pair order; a pair that fails on its own yields its
         exception (a batch that fails is retried pair by pair)."""
         if pixels.shape[0] == 0:
             return []
+        self.largest = max(self.largest, int(pixels.shape[0]))
         try:
             return list(self._fit(pixels, tokens))
         except Exception as e:

@@ -14,7 +14,9 @@ import contextlib
 import os
 import secrets
 import shutil
+import signal
 import tempfile
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -50,24 +52,34 @@ def default_gpu_share(cpus: float, gpus: float) -> float:
     return round(1.0 / per_gpu, 4)
 
 
-def plan_actors(cfg: ClusterSettings, resources: dict[str, float], tasks: int) -> ActorPlan:
+def plan_actors(cfg: ClusterSettings, resources: dict[str, float], tasks: int,
+                nodes: list[dict[str, float]] | None = None) -> ActorPlan:
     """GPU actors (several per GPU, see ``default_gpu_share``) when there are GPUs,
-    else CPU actors; never more actors than tasks."""
+    else CPU actors; never more actors than tasks.
+
+    ``nodes``: each node's resources, on a cluster of several. An actor is placed on
+    one node, so none asks for more CPUs than the largest node has, and CPU actors
+    are counted node by node (two nodes of 2 CPUs hold two 2-CPU actors, not one
+    of 4 that neither could place).
+    """
     gpus = float(resources.get("GPU", 0))
     cpus = float(resources.get("CPU", 1))
+    node_cpus = [float(n.get("CPU", 0)) for n in nodes or [] if float(n.get("CPU", 0)) > 0]
+    largest = max(node_cpus, default=cpus)
     if gpus > 0:
         per_gpu = cfg.gpus_per_actor or default_gpu_share(cpus, gpus)
         n = cfg.num_actors or max(1, int(gpus // per_gpu))
         # a GPU actor's CPUs decode images: give it its share of the machine
-        per_cpu = cfg.cpus_per_actor or max(1.0, cpus // max(n, 1))
+        per_cpu = cfg.cpus_per_actor or min(largest, max(1.0, cpus // max(n, 1)))
         plan = ActorPlan(n, per_cpu, per_gpu, int(per_cpu))
     else:
         if cfg.num_actors:
-            per_cpu = cfg.cpus_per_actor or max(1.0, cpus // cfg.num_actors)
+            per_cpu = cfg.cpus_per_actor or min(largest, max(1.0, cpus // cfg.num_actors))
             n = cfg.num_actors
         else:
-            per_cpu = cfg.cpus_per_actor or min(cpus, 4.0)
-            n = max(1, int(cpus // per_cpu))
+            per_cpu = cfg.cpus_per_actor or min(largest, 4.0)
+            fits = sum(int(c // per_cpu) for c in node_cpus) if node_cpus else cpus // per_cpu
+            n = max(1, int(fits))
         plan = ActorPlan(n, per_cpu, 0.0, max(1, int(per_cpu)))
     plan.num_actors = max(1, min(plan.num_actors, max(tasks, 1)))
     # Beside a GPU, decode in processes: decode threads would hold the GIL the
@@ -133,6 +145,24 @@ def patched_env(env: dict[str, str]) -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def kept_sigterm_handler() -> Iterator[None]:
+    """Put back the caller's SIGTERM handler after the block (``ray.init``).
+
+    ``ray.init`` installs its own, which calls ``sys.exit`` from wherever the driver
+    is (inside a blocking Ray call it ended the audit with a C++ stack trace and
+    exit 134, no summary). A Python handler the caller installed (the job's stop,
+    ``pipeline.job.stop``) is put back; with none, Ray's stays.
+    """
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGTERM) if main else None
+    try:
+        yield
+    finally:
+        if main and callable(previous):
+            signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
 def ray_session(cfg: ClusterSettings, num_cpus: int | None = None) -> Iterator[None]:
     """Ray for the duration of the block: reuse, join, or start an embedded one."""
     import sys
@@ -144,7 +174,8 @@ def ray_session(cfg: ClusterSettings, num_cpus: int | None = None) -> Iterator[N
     if address is not None:
         import ray
 
-        ray.init(address=address, namespace=cfg.namespace, log_to_driver=True)
+        with kept_sigterm_handler():
+            ray.init(address=address, namespace=cfg.namespace, log_to_driver=True)
         try:
             yield
         finally:
@@ -155,10 +186,11 @@ def ray_session(cfg: ClusterSettings, num_cpus: int | None = None) -> Iterator[N
     with patched_env(loopback_env()):
         import ray
 
-        ray.init(
-            num_cpus=num_cpus, include_dashboard=False, _temp_dir=temp_dir,
-            _node_ip_address="127.0.0.1", namespace=cfg.namespace, log_to_driver=True,
-        )
+        with kept_sigterm_handler():
+            ray.init(
+                num_cpus=num_cpus, include_dashboard=False, _temp_dir=temp_dir,
+                _node_ip_address="127.0.0.1", namespace=cfg.namespace, log_to_driver=True,
+            )
         try:
             yield
         finally:

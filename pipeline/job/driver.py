@@ -6,8 +6,10 @@ weights resolve), the input columns (from the footers the plan reads) and that
 the output can be written. A refusal raises ``ConfigError`` (exit 2).
 
 Exit codes: 0 every task committed (and the report, if enabled, written);
-3 finished with failed tasks; 4 every task committed but the report failed;
-2 refused before any work started; 1 unexpected crash.
+3 finished with failed tasks or rows that failed in the engine; 4 every task
+committed but the report failed; 2 refused before any work started (storage
+that does not answer included); 1 unexpected crash; 128 + n stopped by signal n
+(143 SIGTERM, 130 SIGINT). See docs/reliability.md.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from pipeline.config import (
     check_no_credentials,
     public,
 )
+from pipeline.io.images import ERROR
 from pipeline.io.manifest import PartEntry, write_manifest, write_summary
 from pipeline.io.parts import PARTS_DIR, error_counts, footers, part_rel
 from pipeline.io.schema import RESULT_COLUMNS
@@ -49,8 +52,8 @@ from pipeline.io.storage import (
     list_names,
     remove_stale_temps,
 )
-from pipeline.job.cluster import plan_actors, ray_session
-from pipeline.job.dispatch import Dispatcher
+from pipeline.job.actors import PoolRun, run_on_actors
+from pipeline.job.cluster import ray_session
 from pipeline.job.plan import plan
 from pipeline.job.procstats import peak_rss_mb
 from pipeline.job.provenance import (
@@ -59,7 +62,8 @@ from pipeline.job.provenance import (
     resolve_model,
     results_fingerprint,
 )
-from pipeline.job.worker import TaskResult, TaskRunner
+from pipeline.job.stop import Stopped, StopSignals
+from pipeline.job.worker import TaskResult
 
 log = logging.getLogger("nibt-audit")
 
@@ -142,15 +146,39 @@ def run_job(s: JobSettings) -> tuple[int, dict[str, Any]]:
 
     On a joined cluster the session spans the whole run (the cluster is asked
     whether actors get GPUs before the fingerprint is made); an embedded Ray
-    starts only when there is work to do.
+    starts only when there is work to do. SIGTERM / SIGINT stop it cleanly
+    (``pipeline.job.stop``): exit code 128 + the signal.
     """
-    with ray_session(s.cluster) if _joined(s) else contextlib.nullcontext():
-        return _run(s)
-
-
-def _run(s: JobSettings) -> tuple[int, dict[str, Any]]:
-    t0 = time.time()
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    with StopSignals() as stop:
+        try:
+            with ray_session(s.cluster) if _joined(s) else contextlib.nullcontext():
+                return _run(s, stop, started)
+        except Stopped:
+            return _stopped_before_dispatch(s, stop, started)
+
+
+def _stopped_before_dispatch(s: JobSettings, stop: StopSignals,
+                             started: str) -> tuple[int, dict[str, Any]]:
+    """A stop before any task ran: the summary says so; the manifest is left as it was."""
+    log.warning("stopped by %s before any task was dispatched; nothing was run", stop.name)
+    summary = {"exit_code": stop.exit_code, "status": "stopped", "stopped_by": stop.name,
+               "started_at": started, "tasks_run": 0,
+               "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+               "settings": _settings(s), "versions": versions()}
+    out_fs, out_path = filesystem(s.output, s.storage)
+    write_summary(out_fs, out_path, summary, success=False)
+    return stop.exit_code, summary
+
+
+def _settings(s: JobSettings) -> dict[str, Any]:
+    return {"input": s.input if isinstance(s.input, str) else list(s.input),
+            "output": s.output, "model": public(s.model), "data": public(s.data),
+            "storage": public(s.storage), "cluster": public(s.cluster), "run": public(s.run)}
+
+
+def _run(s: JobSettings, stop: StopSignals, started: str) -> tuple[int, dict[str, Any]]:
+    t0 = time.time()
     given = s  # the settings as given, recorded beside what they resolved to
     s = dataclasses.replace(s, model=resolve_precision(s.model, actors_get_gpus(s)))
     rm = resolve_model(s.model, s.storage)
@@ -172,59 +200,34 @@ def _run(s: JobSettings) -> tuple[int, dict[str, Any]]:
     check_writable(out_fs, join(out_path, PARTS_DIR), s.output)
     existing = set(list_names(out_fs, join(out_path, PARTS_DIR)))
     broken = [t for t in tasks if t.error]
-    skipped = [t for t in tasks if not t.error and f"{t.task_id}.parquet" in existing
-               and not s.run.overwrite]
+    committed = [t for t in tasks if not t.error and f"{t.task_id}.parquet" in existing
+                 and not s.run.overwrite]
+    committed_meta = dict(zip([t.task_id for t in committed], footers(
+        out_fs, [join(out_path, part_rel(t.task_id)) for t in committed])))
+    # rows in status error failed in the engine (a fault of the worker, not of the data):
+    # their task runs again
+    skipped = [t for t in committed
+               if not committed_meta[t.task_id][1].get("status_counts", {}).get(ERROR)]
     skipped_ids = {t.task_id for t in skipped}
     todo = [t for t in tasks if not t.error and t.task_id not in skipped_ids]
     rows_in = sum(t.rows for t in tasks)
-    log.info("%d files, %d tasks (%d rows): %d to run, %d already committed, %d unreadable",
-             len(files), len(tasks), rows_in, len(todo), len(skipped), len(broken))
+    log.info("%d files, %d tasks (%d rows): %d to run (%d of them committed with error rows), "
+             "%d already committed, %d unreadable", len(files), len(tasks), rows_in, len(todo),
+             len(committed) - len(skipped), len(skipped), len(broken))
     metadata = provenance(s.model, rm, fp)
 
-    results: list[TaskResult] = []
-    retries = 0
-    n_actors = decoders = 0
-    run_seconds = 0.0  # from the actors being ready to the last result: the processing rate
-    if todo:
-        with ray_session(s.cluster, num_cpus=None):
-            import ray
-
-            ap = plan_actors(s.cluster, ray.cluster_resources(), len(todo))
-            actor_cls = ray.remote(TaskRunner).options(
-                num_cpus=ap.num_cpus, num_gpus=ap.num_gpus, max_restarts=-1, max_task_retries=0,
-                max_concurrency=ap.slots,
-            )
-            log.info("starting %d actor(s): %s CPU, %s GPU, %d task(s) in flight each, "
-                     "decoding in %s", ap.num_actors, ap.num_cpus, ap.num_gpus, ap.slots,
-                     f"{ap.decode_processes} process(es)" if ap.decode_processes else "threads")
-            actors = [
-                actor_cls.remote(s.model, s.data, s.storage, s.output, metadata,
-                                 threads=ap.threads, decode_threads=s.cluster.decode_threads,
-                                 decode_processes=ap.decode_processes,
-                                 memory_headroom_mb=s.cluster.worker_memory_headroom_mb,
-                                 gpu_share=ap.num_gpus or 1.0)
-                for _ in range(ap.num_actors)
-            ]
-            ray.get([a.ready.remote() for a in actors])
-            t_run = time.time()
-            with _progress(sum(t.rows for t in todo), s.run.progress) as bar:
-                dispatcher = Dispatcher(actors, s.run.max_task_retries, bar,
-                                        slots=ap.slots)
-                results = dispatcher.run(todo)
-            run_seconds = time.time() - t_run  # not Ray's shutdown, which takes ~1.5 s here
-            retries = dispatcher.retries
-            n_actors, decoders = len(actors), ap.decode_processes
-            # a clean stop first: decode processes and their semaphores go with it
-            with contextlib.suppress(Exception):
-                ray.get([a.close.remote() for a in actors], timeout=60)
-            for a in actors:
-                ray.kill(a)
+    stop.interruptible = False  # from here a stop abandons tasks and commits what was done
+    pool, not_run = PoolRun(), {t.task_id for t in todo}
+    if todo and not stop.event.is_set():
+        with _progress(sum(t.rows for t in todo), s.run.progress) as bar:
+            pool = run_on_actors(s, todo, metadata, stop.event, bar)
+        not_run = {t.task_id for t in pool.outcome.not_run}  # left by a stop
+    results: list[TaskResult] = pool.outcome.results
+    retries = pool.outcome.retries
+    n_actors, decoders, run_seconds = pool.actors, pool.decode_processes, pool.run_seconds
 
     by_id = {r.task_id: r for r in results}
-    skipped_meta = dict(zip(
-        [t.task_id for t in skipped],
-        footers(out_fs, [join(out_path, part_rel(t.task_id)) for t in skipped]),
-    ))
+    skipped_meta = {t.task_id: committed_meta[t.task_id] for t in skipped}
     entries: list[PartEntry] = []
     failures: list[dict[str, Any]] = []
     status_counts: Counter = Counter()
@@ -235,6 +238,8 @@ def _run(s: JobSettings) -> tuple[int, dict[str, Any]]:
             counts, batch = meta.get("status_counts", {}), meta.get("batch_size")
         elif r is not None and r.ok:
             rows, counts, batch = r.rows_out, r.status_counts, r.batch_size
+        elif t.task_id in not_run:  # stopped before it finished: not a failure
+            continue
         else:
             err = t.error if t.error else (r.error if r else "not run")
             failures.append({"task_id": t.task_id, "source": t.uri, "row_start": t.row_start,
@@ -247,18 +252,17 @@ def _run(s: JobSettings) -> tuple[int, dict[str, Any]]:
     sizes = [e.batch_size for e in entries if e.batch_size]
     metadata["batch_size"] = max(sizes) if sizes else s.model.batch_size  # each part: its own
     bad_files = unusable_files(out_fs, out_path, entries)
-    settings = {"input": given.input if isinstance(given.input, str) else list(given.input),
-                "output": s.output, "model": public(given.model), "data": public(given.data),
-                "storage": public(given.storage), "cluster": public(given.cluster),
-                "run": public(given.run)}
+    settings = _settings(given)
     write_manifest(out_fs, out_path, {"fingerprint": fp, "metadata": metadata,
                                       "settings": settings}, entries)
     rows_run = sum(r.rows_out for r in results if r.ok)
     compute = sum(r.compute_seconds for r in results if r.ok)
-    code = EXIT_PARTIAL if failures else EXIT_OK
+    partial = bool(failures or status_counts.get(ERROR))
+    code = stop.exit_code if stop.signum else EXIT_PARTIAL if partial else EXIT_OK
+    status = "stopped" if stop.signum else "partial" if partial else "succeeded"
     summary = {
         "exit_code": code,
-        "status": "partial" if failures else "succeeded",
+        "status": status,
         "started_at": started,
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "rows_in": rows_in,
@@ -270,6 +274,9 @@ def _run(s: JobSettings) -> tuple[int, dict[str, Any]]:
         "tasks_run": len(todo),
         "tasks_skipped": len(skipped),
         "tasks_failed": len(failures),
+        "tasks_not_run": len(not_run),  # left by a stop; the next run does them
+        # committed with rows that failed in the engine on every try: the next run redoes them
+        "tasks_with_error_rows": sum(1 for e in entries if e.status_counts.get(ERROR)),
         "tasks_retried": retries,
         "status_counts": dict(sorted(status_counts.items())),
         "seconds": round(time.time() - t0, 2),
@@ -293,11 +300,17 @@ def _run(s: JobSettings) -> tuple[int, dict[str, Any]]:
         "versions": versions(),
         "settings": settings,
     }
-    if s.report is not None and getattr(s.report, "enabled", False):
+    if stop.signum:
+        summary["stopped_by"] = stop.name
+        log.warning("stopped by %s: %d task(s) committed by this run, %d left for the next run "
+                    "(manifest and summary written)", stop.name, sum(r.ok for r in results),
+                    len(not_run))
+    elif s.report is not None and getattr(s.report, "enabled", False):
         summary["report"] = _build_report(s)
         if code == EXIT_OK and "error" in summary["report"]:
             code = summary["exit_code"] = EXIT_REPORT
-    write_summary(out_fs, out_path, summary, success=not failures)
+    # a failed report leaves the audit complete: _SUCCESS still describes the results
+    write_summary(out_fs, out_path, summary, success=code in (EXIT_OK, EXIT_REPORT))
     return code, summary
 
 

@@ -34,6 +34,7 @@ from pipeline.io.parts import PartBuilder, commit_part, normalise_carried
 from pipeline.io.shards import TaskError, check_unchanged, iter_batches
 from pipeline.io.storage import file_tag, filesystem
 from pipeline.io.weights import weights_fetcher
+from pipeline.job import faults
 from pipeline.job.attribute import Attributor, auto_batch_size
 from pipeline.job.decode_pool import ProcessDecoder, ThreadDecoder
 from pipeline.job.plan import Task
@@ -64,6 +65,7 @@ class TaskResult:
     batch_splits: int = 0  # batches split in halves after running out of memory
     compute_seconds: float = 0.0  # time spent attributing and scoring (the engine's share)
     batch_size: int = 0  # pairs per batch the actor used (set, or chosen for its memory)
+    error_rows: int = 0  # rows that failed in the engine (status ``error``)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -182,11 +184,11 @@ class TaskRunner:
         image_layer, text_layer = bottleneck_layers(  # the job passes them resolved
             model.name, self.clip.weights, (self.clip.image.depth, self.clip.text.depth),
             model.layer, model.image_layer, model.text_layer)
-        self.engine = NIBT(
+        self.engine = faults.wrap_engine(NIBT(  # itself unless the test hook is on
             self.clip, steps=model.steps, schedule=model.schedule,
             image_layer=image_layer, text_layer=text_layer,
             chunk_rows=model.chunk_rows, memory_budget_mb=budget,
-        )
+        ))
         if model.compile:
             for tower in (self.clip.image, self.clip.text):
                 tower.suffix = torch.compile(tower.suffix, dynamic=True)
@@ -303,8 +305,15 @@ class TaskRunner:
         return spent, splits
 
     # ------------------------------------------------------------------- task
-    def run(self, task: Task) -> TaskResult:
-        """Process one task end to end; errors become a failed result, never a crash."""
+    def run(self, task: Task, final: bool = True) -> TaskResult:
+        """Process one task end to end; errors become a failed result, never a crash.
+
+        Rows that fail in the engine (status ``error``: out of memory at one pair, a
+        device error) are a fault of the worker, not of the data: unless this is the
+        task's ``final`` attempt, nothing is committed and the result asks for a retry.
+        On the final attempt they are committed with status ``error`` (the run then
+        exits 3 and the next run recomputes the task).
+        """
         t0 = time.perf_counter()
         compute, splits = 0.0, 0
         base = {"task_id": task.task_id, "uri": task.uri, "row_start": task.row_start,
@@ -312,15 +321,24 @@ class TaskRunner:
         if task.error:
             return TaskResult(ok=False, error=task.error, retryable=False, **base)
         try:
-            fs, path = filesystem(task.uri, self.storage)
-            check_unchanged(fs, path, task, file_tag)
-            part = PartBuilder()
-            counts: Counter = Counter()
-            for batch in _prefetch(self._batches(task, fs, path), 2, self.reader):
-                if batch.carried is not None:
-                    part.add_carried(batch.carried)
-                spent, split = self._attribute(batch, part, counts)
-                compute, splits = compute + spent, splits + split
+            with faults.task_scope(task.uri, task.row_start):  # inert unless the test hook is on
+                fs, path = filesystem(task.uri, self.storage)
+                check_unchanged(fs, path, task, file_tag)
+                part = PartBuilder()
+                counts: Counter = Counter()
+                for batch in _prefetch(self._batches(task, fs, path), 2, self.reader):
+                    if batch.carried is not None:
+                        part.add_carried(batch.carried)
+                    spent, split = self._attribute(batch, part, counts)
+                    compute, splits = compute + spent, splits + split
+            errors = counts.get(ERROR, 0)
+            if errors and not final:
+                first_error = next(e for e, st in zip(part.columns["error"], part.columns["status"])
+                             if st == ERROR)
+                return TaskResult(ok=False, retryable=True, error_rows=errors,
+                                  error=f"{errors} of {part.rows} rows failed in the engine "
+                                        f"({first_error}); nothing committed",
+                                  seconds=time.perf_counter() - t0, **base)
             part.columns["source"] = [task.uri] * part.rows
             carried_schema = None
             if self.data.keep_columns:
@@ -338,7 +356,7 @@ class TaskRunner:
             return TaskResult(ok=True, rows_out=part.rows, status_counts=dict(counts),
                               seconds=secs, part=path_written, peak_rss_mb=peak_rss_mb(),
                               batch_splits=splits, compute_seconds=compute,
-                              batch_size=self.batch_size, **base)
+                              batch_size=self.batch_size, error_rows=errors, **base)
         except TaskError as e:
             return TaskResult(ok=False, error=str(e), retryable=e.retryable,
                               seconds=time.perf_counter() - t0, **base)

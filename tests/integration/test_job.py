@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import io
 import os
 import signal
-import subprocess
 import threading
 import time
 
@@ -24,7 +22,7 @@ from pipeline.io.results import read_results
 from pipeline.job.driver import EXIT_OK, EXIT_PARTIAL, run_job
 from tests.data import caption, pairs_table, png, write_table
 from tests.jobutil import TEST_MODEL, settings
-from tests.procs import wait_gone
+from tests.procs import children, own_workers, wait_gone
 
 
 def engine_oracle(table):
@@ -158,22 +156,6 @@ def test_bad_rows_get_statuses_and_a_broken_shard_fails_alone(ray_local, tmp_pat
     assert "null" in errors["p3-6"] and "empty" in errors["p3-2"]
 
 
-def _worker_pids() -> list[int]:
-    out = subprocess.run(["pgrep", "-f", "ray::TaskRunner.run"], capture_output=True, text=True)
-    return [int(p) for p in out.stdout.split()]
-
-
-def _children(pid: int) -> list[int]:
-    try:
-        tasks = os.listdir(f"/proc/{pid}/task")
-    except FileNotFoundError:
-        return []
-    out = []
-    for t in tasks:
-        with contextlib.suppress(FileNotFoundError), open(f"/proc/{pid}/task/{t}/children") as f:
-            out += [int(c) for c in f.read().split()]
-    return out
-
 
 @pytest.mark.parametrize(("in_flight", "decoders"), [(1, 0), (2, 0), (2, 1)])
 def test_killed_worker_task_is_retried_and_rows_appear_once(
@@ -195,10 +177,10 @@ def test_killed_worker_task_is_retried_and_rows_appear_once(
     killed = None
     orphans: list[int] = []
     while time.time() < deadline and killed is None:
-        pids = _worker_pids()
+        pids = own_workers()  # never another process's Ray worker
         if pids:
             time.sleep(0.3)  # let it get into the task
-            orphans = _children(pids[0])
+            orphans = children(pids[0])
             os.kill(pids[0], signal.SIGKILL)
             killed = pids[0]
         time.sleep(0.05)

@@ -25,6 +25,7 @@ from pipeline.job.driver import EXIT_OK, EXIT_PARTIAL, run_job
 from tests import images as im
 from tests.data import caption, pairs_table, png, write_table
 from tests.jobutil import settings
+from tests.procs import own_workers
 from tests.reliability.proxy import FaultProxy
 
 KEY = re.compile(r"^(parts/[0-9a-f]{24}\.parquet|_manifest\.json|_summary\.json|_SUCCESS)$")
@@ -58,8 +59,7 @@ def test_actor_killed_mid_task(ray_local, four_shards, tmp_path, figure):
     job.start()
     killed = None
     while time.time() - t0 < 120 and killed is None:
-        pids = subprocess.run(["pgrep", "-f", "ray::TaskRunner.run"], capture_output=True,
-                              text=True).stdout.split()
+        pids = own_workers()  # never another process's Ray worker
         if pids:
             time.sleep(0.3)
             os.kill(int(pids[0]), signal.SIGKILL)

@@ -63,3 +63,29 @@ def test_decode_processes_beside_a_gpu_threads_on_cpu():
     threads = ClusterSettings(decode_processes=0)
     assert plan_actors(threads, {"CPU": 16, "GPU": 1}, tasks=9).decode_processes == 0
     assert plan_actors(ClusterSettings(decode_processes=2), {"CPU": 2}, tasks=9).decode_processes == 2
+
+
+@pytest.mark.parametrize(
+    ("nodes", "expected"),
+    [
+        # (each node's CPUs) -> (actors, CPUs each): an actor fits on one node
+        ([0, 1, 1], (2, 1.0)),     # a head without CPUs and two 1-CPU workers
+        ([2, 2], (2, 2.0)),        # not one 4-CPU actor that no node could place
+        ([16, 16], (8, 4.0)),
+        ([0, 8, 2], (2, 4.0)),     # 2 on the 8-CPU node; the 2-CPU node holds none of 4
+    ],
+)
+def test_cpu_actors_are_sized_node_by_node(nodes, expected):
+    resources = {"CPU": float(sum(nodes))}
+    p = plan_actors(ClusterSettings(), resources, tasks=1000,
+                    nodes=[{"CPU": float(c)} for c in nodes])
+    assert (p.num_actors, p.num_cpus) == expected
+
+
+def test_gpu_actors_ask_no_more_cpus_than_a_node_has():
+    nodes = [{"CPU": 8.0, "GPU": 1.0}, {"CPU": 8.0, "GPU": 1.0}]
+    p = plan_actors(ClusterSettings(), {"CPU": 16.0, "GPU": 2.0}, tasks=1000, nodes=nodes)
+    assert (p.num_actors, p.num_cpus, p.num_gpus) == (4, 4.0, 0.5)
+    one = ClusterSettings(gpus_per_actor=1.0)
+    p = plan_actors(one, {"CPU": 16.0, "GPU": 2.0}, tasks=1000, nodes=nodes)
+    assert (p.num_actors, p.num_cpus) == (2, 8.0)

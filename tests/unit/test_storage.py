@@ -69,3 +69,31 @@ def test_the_write_probe_leaves_nothing_and_names_an_unwritable_output(tmp_path,
     fs.mkdir("probe-bucket")
     check_writable(fs, path + "/parts", "s3://probe-bucket/out")
     assert fs.find("probe-bucket") == []
+
+def test_a_call_to_an_endpoint_that_never_answers_has_a_bound():
+    """Hand computation of the defaults: 2 s3fs tries x (3 attempts x 20 s read timeout
+    + botocore's backoff of at most 1 + 2 s) + s3fs's 0.1 + 0.17 s = 126.27 s."""
+    assert StorageSettings().worst_case_s() == pytest.approx(126.27)
+    assert StorageSettings().worst_case_s() < 180  # the run's bound, with room to spare
+
+
+def test_listing_a_silent_endpoint_ends_in_a_named_error_within_the_bound():
+    """2 attempts x 2 s3fs tries = 4 requests (one connection each: a timed-out
+    connection is dropped), each waiting its 1 s read timeout."""
+    import time
+
+    from tests.silent import SilentEndpoint
+
+    endpoint = SilentEndpoint()
+    with endpoint as url:
+        s = StorageSettings(endpoint_url=url, max_attempts=2, read_timeout_s=1,
+                            connect_timeout_s=1)
+        t0 = time.monotonic()
+        with pytest.raises(ConfigError) as e:
+            list_inputs("s3://bucket/in/", s)
+        seconds = time.monotonic() - t0
+        connections = endpoint.connections
+    assert f"storage endpoint {url} did not answer" in str(e.value)
+    assert "input: cannot list s3://bucket/in/" in str(e.value)
+    assert connections == 4
+    assert 4 * 1.0 <= seconds <= s.worst_case_s() + 5

@@ -1,0 +1,115 @@
+"""The job's Ray side: start the actor pool, dispatch the tasks over it, tear it down.
+
+``run_on_actors`` sizes the pool from the cluster's nodes, starts the actors
+(``TaskRunner`` in Ray actors that Ray restarts when they die), hands the tasks to
+a ``Dispatcher`` through ``RayActorPool`` and kills every actor at the end, stopped
+or not, before Ray is shut down (embedded) or left (joined).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipeline.job.cluster import plan_actors, ray_session
+from pipeline.job.dispatch import ActorLost, Dispatcher, Outcome
+from pipeline.job.plan import Task
+from pipeline.job.worker import TaskRunner
+
+log = logging.getLogger("nibt-audit")
+
+#: Seconds the actors get to stop their decode workers after a run that was not stopped.
+CLOSE_TIMEOUT_S = 60
+
+
+class RayActorPool:
+    """``dispatch.ActorPool`` over Ray actor handles."""
+
+    def __init__(self) -> None:
+        import ray
+        from ray.exceptions import RayActorError
+
+        self.ray, self.actor_error = ray, RayActorError
+
+    def probe(self, actor: Any) -> Hashable:
+        return actor.ready.remote()
+
+    def submit(self, actor: Any, task: Task, final: bool) -> Hashable:
+        return actor.run.remote(task, final)
+
+    def wait(self, refs: list[Hashable], timeout: float) -> list[Hashable]:
+        if not refs:
+            time.sleep(timeout)
+            return []
+        done, rest = self.ray.wait(refs, num_returns=1, timeout=timeout)
+        if done and rest:  # whatever else has answered meanwhile
+            more, _ = self.ray.wait(rest, num_returns=len(rest), timeout=0)
+            done += more
+        return done
+
+    def result(self, ref: Hashable) -> Any:
+        try:
+            return self.ray.get(ref)
+        except self.actor_error as e:
+            raise ActorLost(str(e), init_failed=bool(getattr(e, "actor_init_failed", False))) \
+                from None
+
+    def kill(self, actor: Any, restart: bool) -> None:
+        with contextlib.suppress(Exception):
+            self.ray.kill(actor, no_restart=not restart)
+
+
+@dataclass
+class PoolRun:
+    """What the actor pool did, for the summary."""
+
+    outcome: Outcome = field(default_factory=Outcome)
+    actors: int = 0
+    decode_processes: int = 0  # per actor; 0: decoded in threads
+    run_seconds: float = 0.0  # from the first actor ready to the last result
+
+
+def run_on_actors(s: Any, todo: list[Task], metadata: dict[str, Any],
+                  stop: threading.Event, progress: Any) -> PoolRun:
+    """Run ``todo`` on a pool of actors sized for the cluster (``s``: ``JobSettings``)."""
+    with ray_session(s.cluster, num_cpus=None):
+        import ray
+
+        nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+        ap = plan_actors(s.cluster, ray.cluster_resources(), len(todo), nodes=nodes)
+        actor_cls = ray.remote(TaskRunner).options(
+            num_cpus=ap.num_cpus, num_gpus=ap.num_gpus, max_restarts=-1, max_task_retries=0,
+            max_concurrency=ap.slots,
+        )
+        log.info("starting %d actor(s): %s CPU, %s GPU, %d task(s) in flight each, "
+                 "decoding in %s", ap.num_actors, ap.num_cpus, ap.num_gpus, ap.slots,
+                 f"{ap.decode_processes} process(es)" if ap.decode_processes else "threads")
+        actors = [
+            actor_cls.remote(s.model, s.data, s.storage, s.output, metadata,
+                             threads=ap.threads, decode_threads=s.cluster.decode_threads,
+                             decode_processes=ap.decode_processes,
+                             memory_headroom_mb=s.cluster.worker_memory_headroom_mb,
+                             gpu_share=ap.num_gpus or 1.0)
+            for _ in range(ap.num_actors)
+        ]
+        dispatcher = Dispatcher(
+            actors, RayActorPool(), s.run.max_task_retries, slots=ap.slots,
+            start_timeout_s=s.cluster.actor_start_timeout_s,
+            timeout_for=lambda task, slowest: s.run.task_timeout(task.rows, slowest),
+            progress=progress, stop=stop,
+        )
+        outcome = dispatcher.run(todo)
+        # not Ray's shutdown, which takes ~1.5 s here
+        seconds = time.monotonic() - outcome.first_ready if outcome.first_ready else 0.0
+        if not outcome.stopped:  # a clean stop first: decode processes and their semaphores
+            with contextlib.suppress(Exception):
+                ray.get([a.close.remote() for a in actors], timeout=CLOSE_TIMEOUT_S)
+        for a in actors:  # stopped: abandoned at once (decode processes exit with their actor)
+            with contextlib.suppress(Exception):
+                ray.kill(a)
+        return PoolRun(outcome, len(actors), ap.decode_processes, seconds)

@@ -1,0 +1,269 @@
+"""Unattended runs: no row lost to a passing fault, no hang, a clean stop.
+
+Faults inside workers go through the test hook ``NIBT_TEST_FAULTS``
+(``pipeline.job.faults``), set for this module's Ray before it starts; each test
+writes what fires. Timeouts are set small through settings, so each test takes
+seconds to a minute, and records its figures for the reliability table.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import ClusterSettings, StorageSettings
+from pipeline.io.manifest import read_manifest
+from pipeline.io.results import read_results
+from pipeline.job import faults
+from pipeline.job.cluster import patched_env, ray_session
+from pipeline.job.driver import EXIT_CONFIG, EXIT_OK, EXIT_PARTIAL, run_job
+from tests.data import pairs_table, write_table
+from tests.jobutil import settings
+from tests.procs import running
+from tests.silent import SilentEndpoint
+
+#: Two 1-CPU actors, so that a retry can go to the other one.
+TWO_ACTORS = {"num_actors": 2, "cpus_per_actor": 1, "actor_start_timeout_s": 180}
+
+
+@pytest.fixture(scope="module")
+def fault_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("faults") / "faults.json"
+    with patched_env({faults.ENV: str(path)}):
+        yield path
+
+
+@pytest.fixture(scope="module")
+def ray_faults(fault_file):
+    """This module's Ray, started with the test hook's variable set (its workers see it)."""
+    with ray_session(ClusterSettings(), num_cpus=2):
+        yield
+
+
+@pytest.fixture
+def inject(fault_file):
+    """``inject(spec)`` arms faults for this test; disarmed (and their counts reset) after."""
+    def arm(spec: dict) -> None:
+        fault_file.write_text(json.dumps(spec))
+
+    yield arm
+    fault_file.unlink(missing_ok=True)
+    shutil.rmtree(f"{fault_file}.fired", ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    root = tmp_path_factory.mktemp("unattended-in")
+    tables = [pairs_table(16, seed=120 + s) for s in range(4)]
+    for s, t in enumerate(tables):
+        write_table(t, str(root / f"shard-{s}.parquet"))
+    return root, tables
+
+
+def ids(out) -> list[str]:
+    return read_results(str(out), columns=["id"]).column("id").to_pylist()
+
+
+def all_ids(tables) -> list[str]:
+    return sorted(i for t in tables for i in t.column("id").to_pylist())
+
+
+def cli_env(tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != faults.ENV}
+    env["NIBT_LOG_DIR"] = str(tmp_path / "logs")
+    return env
+
+
+TINY_CLI = ["model.pretrained=null", "model.image_layer=1", "model.text_layer=1",
+            "data.id_column=id", "run.progress=false"]
+
+
+# silent endpoint ------------------------------------------------------------------------
+def test_silent_endpoint(tmp_path, figure):
+    """An S3 endpoint that accepts connections and never answers: exit 2, the endpoint
+    named, within the bound the settings give (here 2 attempts x 2 s)."""
+    endpoint = SilentEndpoint()
+    storage = dict(max_attempts=2, read_timeout_s=2.0, connect_timeout_s=2.0)
+    bound = StorageSettings(**storage).worst_case_s()
+    with endpoint as url:
+        t0 = time.monotonic()
+        r = subprocess.run(
+            [sys.executable, "-m", "pipeline", "input=s3://lake/in/", "output=s3://lake/out",
+             "storage=s3", f"storage.endpoint_url={url}", *TINY_CLI,
+             *[f"storage.{k}={v}" for k, v in storage.items()]],
+            capture_output=True, text=True, env=cli_env(tmp_path), timeout=600)
+        seconds = time.monotonic() - t0
+        requests = endpoint.connections
+    figure(settings="2 attempts x 2 s3fs tries, read timeout 2 s", exit_code=r.returncode,
+           seconds=round(seconds, 1), requests=requests, bound_s=round(bound, 1),
+           bound_with_defaults_s=round(StorageSettings().worst_case_s(), 1))
+    assert r.returncode == EXIT_CONFIG, r.stderr[-2000:]
+    assert f"storage endpoint {url} did not answer" in r.stderr
+    assert requests == 4
+    assert seconds < bound + 60  # the command's own start (Python, torch, Hydra) included
+
+
+# stalled actor --------------------------------------------------------------------------
+def test_stalled_actor(ray_faults, inject, shards, tmp_path, figure):
+    """One task stalls on every try: its actor is killed after run.task_timeout_s, the
+    task retried on the other actor, stalls again and is recorded as failed; the
+    other tasks commit; exit 3."""
+    root, tables = shards
+    inject({"stall": {"source": "shard-1", "row_start": 8, "times": 99, "seconds": 3600}})
+    t0 = time.monotonic()
+    code, s = run_job(settings(str(root), str(tmp_path / "out"), cluster=TWO_ACTORS,
+                               run={"rows_per_task": 8, "task_timeout_s": 20,
+                                    "max_task_retries": 1}))
+    seconds = time.monotonic() - t0
+    got = ids(tmp_path / "out")
+    stalled = {f"p121-{i}" for i in range(8, 16)}
+    figure(task_timeout_s=20, max_task_retries=1, exit_code=code,
+           tasks_committed=s["tasks_total"] - s["tasks_failed"], tasks_failed=s["tasks_failed"],
+           rows_out=len(got), seconds=round(seconds, 1),
+           failure=s["failures"][0]["error"][:60] if s["failures"] else None)
+    assert code == EXIT_PARTIAL
+    assert [(f["source"].rsplit("/", 1)[1], f["row_start"]) for f in s["failures"]] == [
+        ("shard-1.parquet", 8)]
+    assert "no answer within 20 s" in s["failures"][0]["error"]
+    assert s["tasks_retried"] == 1
+    assert sorted(got) == sorted(set(all_ids(tables)) - stalled)
+    # two tries of 20 s, a restart each, and the 7 other tasks on the other actor
+    assert seconds < 240
+
+
+# passing engine fault -------------------------------------------------------------------
+def test_passing_engine_fault(ray_faults, inject, shards, tmp_path, figure):
+    """The engine fails once (a CUDA error on every pair of one task attempt): the
+    task is retried, nothing is committed as error, exit 0."""
+    root, tables = shards
+    inject({"engine_error": {"times": 1}})
+    t0 = time.monotonic()
+    code, s = run_job(settings(str(root), str(tmp_path / "out"), cluster=TWO_ACTORS,
+                               run={"rows_per_task": 8}))
+    got = read_results(str(tmp_path / "out"), columns=["id", "status"])
+    figure(injected="engine error on every pair of the first task attempt", exit_code=code,
+           tasks_retried=s["tasks_retried"], status_counts=s["status_counts"],
+           rows_out=got.num_rows, seconds=round(time.monotonic() - t0, 1))
+    assert Path(f"{os.environ[faults.ENV]}.fired", "engine_error-0").exists()  # it fired
+    assert code == EXIT_OK
+    assert s["tasks_retried"] == 1
+    assert s["status_counts"] == {"ok": 64}
+    assert sorted(got.column("id").to_pylist()) == all_ids(tables)
+    assert set(got.column("status").to_pylist()) == {"ok"}
+
+
+def test_lasting_engine_fault_is_committed_then_recomputed(ray_faults, inject, shards, tmp_path,
+                                                           figure):
+    """The engine fails on every try of one task: its rows are committed as error after
+    the last try, exit 3; the next run (no overwrite) recomputes that task alone."""
+    root, tables = shards
+    out = tmp_path / "out"
+    inject({"engine_error": {"source": "shard-2", "row_start": 0, "times": 99}})
+    code, s = run_job(settings(str(root), str(out), cluster=TWO_ACTORS,
+                               run={"rows_per_task": 8, "max_task_retries": 1}))
+    first = read_results(str(out), columns=["id", "status", "error"])
+    errors = {i: e for i, st, e in zip(*(first.column(c).to_pylist()
+                                         for c in ("id", "status", "error"))) if st == "error"}
+    assert code == EXIT_PARTIAL and s["status"] == "partial"
+    assert s["status_counts"] == {"error": 8, "ok": 56} and s["tasks_with_error_rows"] == 1
+    assert sorted(errors) == sorted(f"p122-{i}" for i in range(8))
+    assert all("CUDA error" in e for e in errors.values())
+    assert s["tasks_retried"] == 1 and not (out / "_SUCCESS").exists()
+    inject({})
+    t0 = time.monotonic()
+    code2, s2 = run_job(settings(str(root), str(out), cluster=TWO_ACTORS,
+                                 run={"rows_per_task": 8}))
+    again = read_results(str(out), columns=["id", "status"])
+    figure(first_run=f"exit {code}, {s['status_counts']}", rerun_tasks_run=s2["tasks_run"],
+           rerun_tasks_skipped=s2["tasks_skipped"], rerun_exit_code=code2,
+           rerun_status_counts=s2["status_counts"], rerun_seconds=round(time.monotonic() - t0, 1))
+    assert code2 == EXIT_OK and (s2["tasks_run"], s2["tasks_skipped"]) == (1, 7)
+    assert sorted(again.column("id").to_pylist()) == all_ids(tables)
+    assert set(again.column("status").to_pylist()) == {"ok"}
+
+
+# stop signal ----------------------------------------------------------------------------
+def _ray_processes(temp_dir: str) -> list[int]:
+    """Processes with ``temp_dir`` in their command line or open files (Ray's, for a
+    driver started with cluster.temp_dir=temp_dir)."""
+    found = []
+    for p in Path("/proc").iterdir():
+        if not p.name.isdigit() or int(p.name) == os.getpid():
+            continue
+        try:
+            cmd = (p / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            fds = [os.readlink(p / "fd" / fd) for fd in os.listdir(p / "fd")]
+        except OSError:
+            continue
+        if (temp_dir in cmd or any(f.startswith(temp_dir) for f in fds)) and running(int(p.name)):
+            found.append(int(p.name))
+    return found
+
+
+def _signal_mid_run(args, env, out: Path, sig: int, parts_before: int):
+    """Start the audit, send ``sig`` once a new part is committed; (exit code, stderr,
+    seconds from the signal to the exit)."""
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env=env)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        if len(list((out / "parts").glob("*.parquet"))) > parts_before:
+            break
+        time.sleep(0.1)
+    t_sig = time.monotonic()
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=300)
+    return proc.returncode, err, time.monotonic() - t_sig
+
+
+def test_stop_signal(shards, tmp_path, figure):
+    """SIGTERM mid-run: exit 143, manifest and summary say stopped, Ray gone, one log
+    line; the next run resumes, SIGINT stops it with 130; the third completes."""
+    root, tables = shards
+    out = tmp_path / "out"
+    ray_tmp = f"/tmp/nibt-stop-{os.getpid()}"
+    args = [sys.executable, "-m", "pipeline", f"input={root}", f"output={out}", *TINY_CLI,
+            "model.steps=6", "run.rows_per_task=8", f"cluster.temp_dir={ray_tmp}"]
+    env = cli_env(tmp_path)
+    code, err, seconds = _signal_mid_run(args, env, out, signal.SIGTERM, 0)
+    time.sleep(2)  # Ray's last processes end a moment after the driver
+    left = _ray_processes(ray_tmp)
+    summary = json.loads((out / "_summary.json").read_text())
+    listed = {p["path"] for p in read_manifest(str(out))["parts"]}
+    on_disk = {f"parts/{p.name}" for p in (out / "parts").iterdir()}
+    stop_lines = [ln for ln in err.splitlines() if "stopped by SIGTERM" in ln]
+    success_after_stop = (out / "_SUCCESS").exists()
+    code_int, err_int, seconds_int = _signal_mid_run(args, env, out, signal.SIGINT,
+                                                     len(on_disk))
+    summary_int = json.loads((out / "_summary.json").read_text())
+    final = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)
+    last = json.loads(final.stdout)
+    got = ids(out)
+    figure(sigterm_exit_code=code, sigterm_to_exit_s=round(seconds, 1),
+           parts_committed_before_stop=len(listed), ray_processes_left=len(left),
+           sigint_exit_code=code_int, sigint_to_exit_s=round(seconds_int, 1),
+           last_run_tasks_skipped=last["tasks_skipped"], last_run_tasks_run=last["tasks_run"],
+           rows_out=len(got), duplicates=len(got) - len(set(got)))
+    shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert code == 143, err[-3000:]
+    assert summary["status"] == "stopped" and summary["stopped_by"] == "SIGTERM"
+    assert summary["exit_code"] == 143 and summary["tasks_not_run"] >= 1
+    assert not success_after_stop
+    assert listed and listed <= on_disk  # a part committed as the stop came is found next run
+    assert left == [], left
+    assert len(stop_lines) == 1, err[-3000:]
+    assert "Traceback" not in err and "*** " not in err, err[-3000:]
+    assert seconds < 60
+    assert code_int == 130 and summary_int["status"] == "stopped", err_int[-3000:]
+    assert summary_int["stopped_by"] == "SIGINT" and summary_int["tasks_skipped"] >= len(on_disk)
+    assert final.returncode == EXIT_OK, final.stderr[-3000:]
+    assert last["tasks_skipped"] >= 2 and last["tasks_run"] == 8 - last["tasks_skipped"]
+    assert sorted(got) == all_ids(tables)

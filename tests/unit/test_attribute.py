@@ -1,0 +1,74 @@
+"""The out-of-memory batch limit: learnt from a split, grown back once batches fit again."""
+
+from __future__ import annotations
+
+import torch
+
+from pipeline.engine.nibt import NIBT
+from pipeline.job.attribute import GROW_AFTER, Attributor
+from tests.conftest import CAPTIONS, random_images
+
+
+class TightEngine:
+    """The real engine, refusing batches over ``capacity`` pairs as a full device would."""
+
+    def __init__(self, engine: NIBT, capacity: int) -> None:
+        self.engine, self.capacity = engine, capacity
+        self.sizes: list[int] = []  # every batch size the engine was asked for
+
+    def __getattr__(self, name):
+        return getattr(self.engine, name)
+
+    def attribute(self, pixels, tokens):
+        self.sizes.append(int(pixels.shape[0]))
+        if pixels.shape[0] > self.capacity:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return self.engine.attribute(pixels, tokens)
+
+
+def test_the_batch_limit_grows_back_after_pressure_passes(tiny):
+    engine = TightEngine(NIBT(tiny, image_layer=1, text_layer=1, steps=2), capacity=2)
+    att = Attributor(tiny, engine)
+    pixels = random_images(tiny, 8)
+    tokens = tiny.tokenize((CAPTIONS * 2)[:8])
+    first = att.compute(pixels, tokens)
+    assert len(first) == 4 and att.max_pairs == 2  # 8 -> 4 -> 2 pairs per call
+    assert engine.sizes == [8, 4, 2, 2, 2, 2]
+    engine.capacity = 8  # the pressure passed (another task's batch ended)
+    engine.sizes.clear()
+    # Hand count: 4 calls of 2 already fitted; 4 more at 2 (one compute) make GROW_AFTER
+    # (8): the limit doubles to 4; 8 calls of 4 (four computes) double it to 8, the
+    # largest batch: no limit, and the last two computes go whole.
+    assert GROW_AFTER == 8
+    for _ in range(7):
+        att.compute(pixels, tokens)
+    assert engine.sizes[:4] == [2, 2, 2, 2]
+    assert engine.sizes[4:12] == [4] * 8
+    assert engine.sizes[12:] == [8] * 2
+    assert att.max_pairs is None and att.splits == 2
+
+
+def test_a_limit_that_fails_again_is_grown_less_often(tiny):
+    engine = TightEngine(NIBT(tiny, image_layer=1, text_layer=1, steps=2), capacity=4)
+    att = Attributor(tiny, engine)
+    pixels = random_images(tiny, 8)
+    tokens = tiny.tokenize((CAPTIONS * 2)[:8])
+    att.compute(pixels, tokens)  # 8 fails, 4 fits twice
+    assert att.max_pairs == 4 and att.grow_after == GROW_AFTER
+    # 2 + 6 calls of 4 (three computes): the limit grows to 8 = no limit; the next
+    # compute's 8 fails again: back to 4, and growing now needs twice as many fits
+    for _ in range(4):
+        att.compute(pixels, tokens)
+    assert att.splits == 2 and att.max_pairs == 4 and att.grow_after == 2 * GROW_AFTER
+
+
+def test_results_are_the_same_whatever_the_split(tiny):
+    """Splitting changes how many pairs go through at once, never the values."""
+    plain = Attributor(tiny, NIBT(tiny, image_layer=1, text_layer=1, steps=2))
+    tight = Attributor(tiny, TightEngine(NIBT(tiny, image_layer=1, text_layer=1, steps=2), 3))
+    pixels = random_images(tiny, 4)
+    tokens = tiny.tokenize(CAPTIONS)
+    for a, b in zip(plain(pixels, tokens), tight(pixels, tokens)):
+        assert abs(a.score - b.score) < 1e-5
+        assert torch.allclose(torch.from_numpy(a.image_attr), torch.from_numpy(b.image_attr),
+                              atol=1e-5)
