@@ -56,7 +56,8 @@ def main() -> None:
     with endpoint as url, tempfile.TemporaryDirectory() as logs:
         t0 = time.monotonic()
         r = subprocess.run([sys.executable, "-m", "pipeline", "input=s3://lake/in/",
-                            "output=s3://lake/out", "storage=s3", f"storage.endpoint_url={url}"],
+                            "output=s3://lake/out", "model=demo", "storage=s3",
+                            f"storage.endpoint_url={url}"],
                            capture_output=True, text=True, timeout=600,
                            env=dict(os.environ, **LOCAL_S3_ENV, NIBT_LOG_DIR=logs))
         seconds = time.monotonic() - t0

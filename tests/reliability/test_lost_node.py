@@ -31,7 +31,7 @@ def test_lost_node(cluster, tmp_path, figure):
     out = tmp_path / "out"
     args = [sys.executable, "-m", "pipeline", f"input={root}", f"output={out}",
             "cluster=existing", f"cluster.address={cluster.address}",
-            "cluster.actor_start_timeout_s=120", "model.pretrained=null", "model.steps=6",
+            "cluster.actor_start_timeout_s=120", "model=demo", "model.pretrained=null", "model.steps=6",
             "model.image_layer=1", "model.text_layer=1", "data.id_column=id",
             "run.rows_per_task=8", "run.task_timeout_s=90", "run.progress=false"]
     env = dict(cluster.env, NIBT_LOG_DIR=str(tmp_path / "logs"))

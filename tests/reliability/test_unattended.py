@@ -82,7 +82,7 @@ def cli_env(tmp_path: Path) -> dict[str, str]:
     return env
 
 
-TINY_CLI = ["model.pretrained=null", "model.image_layer=1", "model.text_layer=1",
+TINY_CLI = ["model=demo", "model.pretrained=null", "model.image_layer=1", "model.text_layer=1",
             "data.id_column=id", "run.progress=false"]
 
 
