@@ -271,10 +271,17 @@ def _word_stats(agg: Aggregator, index: np.ndarray) -> dict[str, np.ndarray]:
     return out
 
 
-def word_section(cur: Aggregator, base: Aggregator,
-                 s: ReportSettings) -> tuple[dict[str, Any], pa.Table]:
-    """Words whose mean attribution or share moved (interval excluding 0 and |d| at least
-    ``compare_min_effect``), ranked by the larger |d| of the two; words new and gone."""
+def word_section(cur: Aggregator, base: Aggregator, s: ReportSettings,
+                 basis: str = "attr") -> tuple[dict[str, Any], pa.Table]:
+    """Words whose mean attribution (``basis="attr"``) or mean share (``"share"``) moved:
+    interval excluding 0 and |d| at least ``compare_min_effect``, ranked by |d|; words
+    new and gone. Both measures are reported for every word.
+
+    Attribution is the basis when the two audits attribute alike: a share is relative
+    to its caption, so one word rising lowers every other word's share. When the
+    settings that scale attributions differ (model, weights, layers, steps,
+    schedule, precision), raw values do not compare and the share is the basis.
+    """
     z = z_value(s.confidence)
     words = sorted(set(cur.vocab.index) | set(base.vocab.index))
     keep = [w for w in words if has_alnum(w) or not s.words_skip_punctuation]
@@ -285,8 +292,7 @@ def word_section(cur: Aggregator, base: Aggregator,
     both = (a["n"] >= m) & (b["n"] >= m)
     cols: dict[str, Any] = {"word": keep, "count": a["n"].astype(np.int64),
                             "baseline_count": b["n"].astype(np.int64)}
-    moved = np.zeros(len(keep), bool)
-    rank = np.zeros(len(keep))
+    moved, rank = np.zeros(len(keep), bool), np.zeros(len(keep))
     with np.errstate(invalid="ignore", divide="ignore"):
         for key in ("attr", "share"):
             diff = a[f"{key}_mean"] - b[f"{key}_mean"]
@@ -295,9 +301,9 @@ def word_section(cur: Aggregator, base: Aggregator,
                              / (a["n"] + b["n"] - 2))
             d = np.where(pooled > 0, diff / pooled, np.where(diff == 0, 0.0, np.inf * np.sign(diff)))
             lo, hi = diff - z * se, diff + z * se
-            sig = both & ((lo > 0) | (hi < 0)) & (np.abs(d) >= s.compare_min_effect)
-            moved |= sig
-            rank = np.maximum(rank, np.where(sig, np.abs(d), 0.0))
+            if key == basis:
+                moved = both & ((lo > 0) | (hi < 0)) & (np.abs(d) >= s.compare_min_effect)
+                rank = np.where(moved, np.abs(d), 0.0)
             nan = ~both
             cols[f"mean_{key}"] = np.where(a["n"] > 0, a[f"{key}_mean"], np.nan)
             cols[f"baseline_mean_{key}"] = np.where(b["n"] > 0, b[f"{key}_mean"], np.nan)
@@ -321,7 +327,8 @@ def word_section(cur: Aggregator, base: Aggregator,
     gone = sorted((i for i in range(len(keep)) if b["n"][i] >= m and a["n"][i] == 0),
                   key=lambda i: (-b["n"][i], keep[i]))
     top = s.compare_words_top
-    return {"min_count": m, "compared": int(both.sum()), "moved_count": int(moved.sum()),
+    return {"min_count": m, "basis": basis, "compared": int(both.sum()),
+            "moved_count": int(moved.sum()),
             "moved": [entry(i) for i in order[:top]],
             "new": [{"word": keep[i], "count": int(a["n"][i])} for i in new[:top]],
             "new_count": len(new),
@@ -534,8 +541,8 @@ def findings(c: dict[str, Any], s: ReportSettings) -> list[dict[str, Any]]:
                         f"attributed pairs ({_pts(g['diff'])} points [{_pts(g['ci_low'])}, "
                         f"{_pts(g['ci_high'])}]).")
                 add("group_share", abs(g["diff"]), verb, f"cmp-group-{fi}", text, STATUS)
+    key = c["words"]["basis"]
     for w in c["words"]["moved"][: s.compare_word_findings]:
-        key = "attr" if abs(w["attr_d"] or 0.0) >= abs(w["share_d"] or 0.0) else "share"
         name = "mean attribution" if key == "attr" else "mean share of its caption's attribution"
         verb = "rose" if (w[f"{key}_diff"] or 0.0) > 0 else "fell"
         text = (f"\u201c{w['word']}\u201d: {name} {verb} from {_g(w[f'baseline_mean_{key}'])} to "
@@ -550,10 +557,12 @@ def findings(c: dict[str, Any], s: ReportSettings) -> list[dict[str, Any]]:
 # ------------------------------------------------------------------ assembly
 def compare(cur: Audit, base: Audit, s: ReportSettings) -> tuple[dict[str, Any], pa.Table]:
     """The comparison object of ``report.json`` and the per-word comparison table."""
-    words, table = word_section(cur.agg, base.agg, s)
+    st = settings_section(cur, base)
+    basis = "share" if ATTR in st["confounds"] else "attr"
+    words, table = word_section(cur.agg, base.agg, s, basis)
     c: dict[str, Any] = {
         "current": cur.results, "baseline": base.results,
-        "settings": settings_section(cur, base),
+        "settings": st,
         "score": score_section(cur.agg, base.agg, s),
         "status": status_section(cur.agg, base.agg, s),
         "words": words,
