@@ -61,7 +61,8 @@ def score_figure(counts: Sequence[int], start: float, width: float) -> Figure | 
     return fig
 
 
-def group_score_figure(groups: list[dict[str, Any]], start: float, width: float) -> Figure | None:
+def group_score_figure(groups: list[dict[str, Any]], start: float, width: float,
+                       ylabel: str = "share of the group's pairs") -> Figure | None:
     """Each group's score distribution (share of its pairs per bin, 4 report bins wide)."""
     shown = [g for g in groups if g["pairs"] > 0]
     if not shown:
@@ -79,7 +80,7 @@ def group_score_figure(groups: list[dict[str, Any]], start: float, width: float)
         y = h[lo:hi] / h.sum()
         ax.stairs(y, x, label=f"{g['name']} (n={g['pairs']})")
     ax.set_xlabel(SCORE_LABEL)
-    ax.set_ylabel("share of the group's pairs")
+    ax.set_ylabel(ylabel)
     ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
@@ -179,7 +180,7 @@ def comparison_score_figure(c: dict[str, Any]) -> Figure | None:
         h = np.asarray(sc[key], np.int64)
         full[offset : offset + h.size] = h
         sides.append({"name": name, "pairs": n, "score_hist": full})
-    return group_score_figure(sides, SCORE_EDGES_START, width)
+    return group_score_figure(sides, SCORE_EDGES_START, width, "share of the audit's pairs")
 
 
 def plots(report: dict[str, Any]) -> dict[str, Any]:

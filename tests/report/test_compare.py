@@ -303,3 +303,20 @@ def test_the_command_compares_with_a_baseline_and_previous(audits, tmp_path):
                f"baseline={tmp_path}/nothing") == 2
     with pytest.raises(ConfigError, match="baseline: cannot read"):
         build_report(str(d / "cur"), str(tmp_path / "o5"), baseline=str(tmp_path / "nothing"))
+
+
+def test_an_empty_or_failed_baseline_still_gives_a_report(audits, tmp_path):
+    d = audits[0]
+    src = str(d / "input.parquet")
+    write_results(str(tmp_path / "empty"), [], src)
+    failed = [Row(f"f{i}", [], [], 0.0, None, GRID, "error", "worker 3 raised") for i in range(30)]
+    write_results(str(tmp_path / "failed"), [failed], src)
+    for name in ("empty", "failed"):
+        report = build_report(str(d / "cur"), str(tmp_path / f"out-{name}"), settings(),
+                              baseline=str(tmp_path / name))
+        c = report["comparison"]
+        assert c["score"]["diff"] is None and not c["score"]["shifted"]
+        assert all(e["change"] == "appeared" for e in c["shortcuts"]["words"])
+        assert (tmp_path / f"out-{name}" / "report.html").is_file()
+    # everything failed before: the share not attributed fell
+    assert next(f for f in c["findings"] if f["kind"] == "status")["change"] == "fell"
