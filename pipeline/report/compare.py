@@ -42,10 +42,12 @@ from pipeline.report.regions import Grid
 from pipeline.report.settings import ReportSettings
 from pipeline.report.space import WordSpace
 from pipeline.report.stats import (
+    benjamini_hochberg,
     cohens_d,
     hist_distances,
     interval,
     mean_diff,
+    normal_p,
     proportion_diff,
     z_value,
 )
@@ -274,8 +276,9 @@ def _word_stats(agg: Aggregator, index: np.ndarray) -> dict[str, np.ndarray]:
 def word_section(cur: Aggregator, base: Aggregator, s: ReportSettings,
                  basis: str = "attr") -> tuple[dict[str, Any], pa.Table]:
     """Words whose mean attribution (``basis="attr"``) or mean share (``"share"``) moved:
-    interval excluding 0 and |d| at least ``compare_min_effect``, ranked by |d|; words
-    new and gone. Both measures are reported for every word.
+    a discovery at false discovery rate ``compare_fdr`` across the words compared
+    (Benjamini-Hochberg on Welch's z) and |d| at least ``compare_min_effect``, ranked
+    by |d|; words new and gone. Both measures are reported for every word.
 
     Attribution is the basis when the two audits attribute alike: a share is relative
     to its caption, so one word rising lowers every other word's share. When the
@@ -302,8 +305,13 @@ def word_section(cur: Aggregator, base: Aggregator, s: ReportSettings,
             d = np.where(pooled > 0, diff / pooled, np.where(diff == 0, 0.0, np.inf * np.sign(diff)))
             lo, hi = diff - z * se, diff + z * se
             if key == basis:
-                moved = both & ((lo > 0) | (hi < 0)) & (np.abs(d) >= s.compare_min_effect)
+                # thousands of words are tested at once: the false discovery rate is
+                # controlled across them (Benjamini-Hochberg) before the effect size counts
+                p = normal_p(np.where(both & (se > 0), diff / se, np.nan))
+                moved = both & benjamini_hochberg(p, s.compare_fdr) & \
+                    (np.abs(d) >= s.compare_min_effect)
                 rank = np.where(moved, np.abs(d), 0.0)
+                cols["p_value"] = p
             nan = ~both
             cols[f"mean_{key}"] = np.where(a["n"] > 0, a[f"{key}_mean"], np.nan)
             cols[f"baseline_mean_{key}"] = np.where(b["n"] > 0, b[f"{key}_mean"], np.nan)
@@ -312,11 +320,13 @@ def word_section(cur: Aggregator, base: Aggregator, s: ReportSettings,
             cols[f"{key}_ci_high"] = np.where(nan, np.nan, hi)
             cols[f"{key}_d"] = np.where(nan, np.nan, d)
     cols["moved"] = moved
+    cols.setdefault("p_value", np.full(len(keep), np.nan))
     table = pa.table({k: pa.array(v) for k, v in cols.items()})
     order = sorted(np.flatnonzero(moved), key=lambda i: (-rank[i], keep[i]))
 
     def entry(i: int) -> dict[str, Any]:
         return {"word": keep[i], "count": int(a["n"][i]), "baseline_count": int(b["n"][i]),
+                "p_value": finite_or_none(cols["p_value"][i]),
                 **{f"{p}{key}{q}": finite_or_none(cols[f"{p}{key}{q}"][i])
                    for key in ("attr", "share")
                    for p, q in (("mean_", ""), ("baseline_mean_", ""), ("", "_diff"),

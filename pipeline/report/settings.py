@@ -98,6 +98,7 @@ class ReportSettings:
     flags_low_score_share: float = 0.01
     compare_min_count: int = 20
     compare_min_effect: float = 0.2
+    compare_fdr: float = 0.05
     compare_min_status_change: float = 0.01
     compare_min_shortcut_change: float = 0.05
     compare_min_share_change: float = 0.05
@@ -118,6 +119,7 @@ class ReportSettings:
             _require(getattr(self, name) >= 0, f"report.{name}", "must be >= 0")
         _require(0 <= self.flags_low_score_share <= 1, "report.flags_low_score_share",
                  "must be in [0, 1]")
+        _require(0 < self.compare_fdr < 1, "report.compare_fdr", "must be in (0, 1)")
         _require(0.5 <= self.confidence < 1.0, "report.confidence", "must be in [0.5, 1)")
         _require(self.groups_min_effect >= 0, "report.groups_min_effect", "must be >= 0")
         _require(self.thumbnail_px <= 1024, "report.thumbnail_px", "must be <= 1024")

@@ -11,6 +11,7 @@ sample (the spread of a mean shrinks as ``1 / sqrt(n)``).
 
 from __future__ import annotations
 
+import math
 import zlib
 from dataclasses import dataclass, field
 from statistics import NormalDist
@@ -206,3 +207,29 @@ def hist_distances(h1: np.ndarray, h0: np.ndarray, width: float) -> tuple[float,
         return float("nan"), float("nan")
     gap = np.abs(np.cumsum(h1) / h1.sum() - np.cumsum(h0) / h0.sum())
     return float(gap.sum() * width), float(gap.max())
+
+
+def normal_p(z: np.ndarray) -> np.ndarray:
+    """Two-sided p-values of standard normal statistics (NaN stays NaN)."""
+    z = np.abs(np.asarray(z, dtype=np.float64))
+    out = np.full(z.shape, np.nan)
+    ok = np.isfinite(z)
+    out[ok] = [math.erfc(x / math.sqrt(2.0)) for x in z[ok]]
+    out[np.isinf(z)] = 0.0
+    return out
+
+
+def benjamini_hochberg(p: np.ndarray, q: float) -> np.ndarray:
+    """Which of the tests with p-values ``p`` are discoveries at false discovery rate ``q``
+    (Benjamini-Hochberg step-up; NaN p-values are not tests)."""
+    p = np.asarray(p, dtype=np.float64)
+    out = np.zeros(p.shape, bool)
+    idx = np.flatnonzero(np.isfinite(p))
+    if idx.size == 0:
+        return out
+    order = idx[np.argsort(p[idx], kind="stable")]
+    m = idx.size
+    below = p[order] <= q * np.arange(1, m + 1) / m
+    if below.any():
+        out[order[: int(np.flatnonzero(below)[-1]) + 1]] = True
+    return out

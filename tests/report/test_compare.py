@@ -320,3 +320,36 @@ def test_an_empty_or_failed_baseline_still_gives_a_report(audits, tmp_path):
         assert (tmp_path / f"out-{name}" / "report.html").is_file()
     # everything failed before: the share not attributed fell
     assert next(f for f in c["findings"] if f["kind"] == "status")["change"] == "fell"
+
+
+def test_benjamini_hochberg_matches_the_papers_example():
+    """Benjamini & Hochberg (1995), JRSS B 57:289, section 4.1: 15 p-values, 4 rejected at 0.05."""
+    from pipeline.report.stats import benjamini_hochberg, normal_p
+
+    p = [0.0001, 0.0004, 0.0019, 0.0095, 0.0201, 0.0278, 0.0298, 0.0344, 0.0459, 0.3240,
+         0.4262, 0.5719, 0.6528, 0.7590, 1.0000]
+    assert benjamini_hochberg(np.array(p[::-1]), 0.05).tolist() == [False] * 11 + [True] * 4
+    assert normal_p(np.array([Z, 0.0, np.inf, np.nan])) == pytest.approx([0.05, 1.0, 0.0, np.nan],
+                                                                         nan_ok=True)
+
+
+def test_many_words_without_a_change_do_not_move(tmp_path):
+    """Two nights of the same distribution over 300 words: some words' own intervals exclude
+    0 by chance, none is a discovery once the false discovery rate is controlled."""
+    vocab = [f"w{i}" for i in range(300)]
+
+    def rows(seed: int) -> list[Row]:
+        rng = np.random.default_rng(seed)
+        return [Row(f"r{i}", [str(w) for w in rng.choice(vocab, 6)],
+                    [float(x) for x in rng.normal(0.01, 0.01, 6)], 0.3, None, GRID)
+                for i in range(1500)]
+
+    write_results(str(tmp_path / "a"), [rows(1)], str(tmp_path / "in.parquet"))
+    write_results(str(tmp_path / "b"), [rows(2)], str(tmp_path / "in.parquet"))
+    report = build_report(str(tmp_path / "a"), str(tmp_path / "o"), settings(),
+                          baseline=str(tmp_path / "b"))
+    assert report["comparison"]["words"]["compared"] == 300
+    assert report["comparison"]["words"]["moved"] == []
+    table = pq.read_table(tmp_path / "o" / "aggregates" / "comparison_words.parquet").to_pylist()
+    by_chance = [r for r in table if r["attr_ci_low"] > 0 or r["attr_ci_high"] < 0]
+    assert by_chance and all(abs(r["attr_d"]) >= 0.2 for r in by_chance)
