@@ -303,6 +303,10 @@ def build_report(results: str, output: str, settings: ReportSettings | None = No
         iter_results(results, manifest, storage, flags.COLUMNS))
     flag_table, report["flags"] = flagger.table()
     report["flags"]["path"] = "flags.parquet"
+    # the list carries what made it: the results, their fingerprint, the report's settings
+    flag_table = flag_table.replace_schema_metadata({"nibt.flags": json.dumps(_clean({
+        "results": results, "fingerprint": report["run"].get("fingerprint"),
+        "report_version": REPORT_VERSION, **report["flags"], "settings": public(s)}))})
     compared = None
     if bagg is not None:
         bws, bwx, bprofiles = word_spaces(baseline, bman, bagg, bwords,

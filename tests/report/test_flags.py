@@ -6,6 +6,7 @@ docs/report.md shows, run by DuckDB itself.
 
 from __future__ import annotations
 
+import json
 import math
 
 import duckdb
@@ -93,6 +94,9 @@ def test_flags_hold_the_suspects_pairs_the_lowest_scores_and_failed_rows(built):
         assert got[i]["evidence"] == [f"status {r.status}: {r.error}"]
     assert report["flags"]["by_reason"] == {"shortcut": len(shortcut), "low_score": k,
                                             "not_ok": len(bad)}
+    made = json.loads(table.schema.metadata[b"nibt.flags"])
+    assert made["results"] == str(d / "res") and made["fingerprint"] == "f00d"
+    assert made["settings"]["flags_low_score_share"] == SHARE and made["suspects"] == ["vintage"]
 
 
 def test_duckdb_filters_the_input_with_the_flags(built):
