@@ -12,10 +12,14 @@ are the same scene rendered with the mark (caption with the word) and without
 it (caption without the word): only the mark tells their captions apart.
 
 Two ways of describing the same scenes: with ``Settings.fancy_rate`` above 0,
-that share of captions name their colours with fancier synonyms ("crimson"
-for "red", ``FANCY``) that the demo model never saw in training, so it aligns
-them less well: a caption-group gap planted in the wording alone (the demo's
-``colour_words`` family, ``conf/report/groups/colour_words.yaml``).
+that share of the captions without the shortcut word name their colours with
+fancier synonyms ("crimson" for "red", ``FANCY``) that the demo model never saw
+in training, so it aligns them less well: a caption-group gap planted in the
+wording alone (the demo's ``colour_words`` family,
+``conf/report/groups/colour_words.yaml``). The shortcut word's captions are never
+rewritten (they come from the supplier that watermarks its photos): with an
+unfamiliar colour word the model's maps go to the mark less often, which would
+weaken the planted shortcut.
 
 Everything is deterministic: row ``i`` of a stream with seed ``s`` is drawn
 from ``numpy.random.default_rng([s, stream, i])``, independent of batch sizes.
@@ -75,7 +79,7 @@ class Settings:
     word_rate: float = 0.15  # P(word in a caption)
     mark_rate_with_word: float = 0.9  # P(mark | word)
     mark_rate_without_word: float = 0.02  # P(mark | no word)
-    fancy_rate: float = 0.0  # P(caption names its colours with FANCY synonyms)
+    fancy_rate: float = 0.0  # P(a caption without the word names its colours with FANCY words)
 
     def __post_init__(self) -> None:
         if self.corner not in CORNERS:
@@ -390,8 +394,8 @@ def make_pair(
     words, idx = make_caption(
         crng, objs, named, st.word if has_word else None, st.size_word_prob
     )
-    if st.fancy_rate > 0 and np.random.default_rng([seed, STREAM_WORDING, index]).random() \
-            < st.fancy_rate:
+    if st.fancy_rate > 0 and not has_word and \
+            np.random.default_rng([seed, STREAM_WORDING, index]).random() < st.fancy_rate:
         words = fancy(words)
     img = render(bg, objs, has_mark, st)
     return _pair(f"s{seed}-{index:07d}", objs, named, img, words, idx, has_mark, has_word)

@@ -27,6 +27,8 @@ def test_the_fancy_wording_changes_only_the_colour_words():
     changed = 0
     for p, w in zip(plain, worded):
         assert p.image.tobytes() == w.image.tobytes() and p.word_index == w.word_index
+        if p.has_word:  # the shortcut's captions are never rewritten
+            assert w.caption == p.caption
         a, b = p.caption.split(), w.caption.split()
         assert len(a) == len(b)
         diff = [(x, y) for x, y in zip(a, b) if x != y]
@@ -38,7 +40,7 @@ def test_the_fancy_wording_changes_only_the_colour_words():
             for art, nxt in zip(b, b[1:]):
                 if art in ("a", "an"):
                     assert art == ("an" if nxt[0] in "aeiou" else "a"), w.caption
-    assert 0.2 < changed / 200 < 0.4
+    assert 0.18 < changed / 200 < 0.36  # 30% of the ~85% without the word
     assert [p.caption for p in plain] == [make_pair(5, i, Settings(fancy_rate=0.0)).caption
                                           for i in range(200)]
 
