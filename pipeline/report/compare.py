@@ -425,7 +425,7 @@ def group_section(cur: Audit, base: Audit, s: ReportSettings) -> list[dict[str, 
                 what = "opened" if sig else "unchanged"
             elif e0["gap"] and not e1["gap"]:
                 what = "closed" if sig else "unchanged"
-            elif e1["gap"] and e0["gap"] and np.sign(e1["diff"]) != np.sign(e0["diff"]):
+            elif e1["gap"] and e0["gap"] and sig and np.sign(e1["diff"]) != np.sign(e0["diff"]):
                 what = "reversed"
             elif e1["gap"] and e0["gap"] and sig and dd is not None \
                     and abs(dd) >= s.compare_min_effect:
