@@ -6,7 +6,7 @@ the comparison is as streaming as the report: it differences aggregates, never
 rows. What it reports, each with a 95% interval (``report.confidence``):
 
 * the settings that differ (model, weights, layers, steps, schedule, precision,
-  code version, data columns) and whether the input is the same, with what
+  engine results and library versions, data columns) and whether the input is the same, with what
   each difference means for the numbers below (``caveats``);
 * the CLIP-score shift: difference of means (Welch's interval from exact
   moments), Cohen's d, and two distribution distances from the fixed score
@@ -65,7 +65,11 @@ SETTINGS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("text_layer", "text layer", (ATTR,)),
     ("steps", "steps", (ATTR,)),
     ("schedule", "schedule", (ATTR,)),
-    ("code_version", "code version", EVERYTHING),
+    ("engine_results_version", "engine results version", EVERYTHING),
+    ("torch", "torch version", (SCORE, ATTR)),
+    ("open_clip", "open_clip version", (SCORE, ATTR)),
+    ("torchvision", "torchvision version", (SCORE, ATTR)),
+    ("pillow", "Pillow version", EVERYTHING),
     ("data", "data columns and limits", EVERYTHING),
 )
 #: The part of the result settings that decides which rows fail and what a caption is.

@@ -100,7 +100,7 @@ def write_results(out: str, parts: Sequence[Sequence[Row]], source: str,
 
     fs, root = filesystem(out, storage or StorageSettings())
     metadata = {"model": "nibt-demo", "weights": "sha256:abc", "steps": 10, "schedule": "uniform",
-                "precision": "fp32", "code_version": "0.1.0+test", "fingerprint": "f00d",
+                "precision": "fp32", "engine_results_version": 1, "torch": "2.14.1", "fingerprint": "f00d",
                 "schema_version": 1, **(meta or {})}
     entries, start = [], 0
     for p, rows in enumerate(parts):
