@@ -9,8 +9,8 @@ DEMO_ARGS ?=
 # AIRFLOW_CHECK_RAY=1 also runs the Ray-cluster DAG against a private Ray head on 127.0.0.1.
 AIRFLOW_CHECK_RAY ?= 0
 
-.PHONY: install test lint format bench bench-gpu reliability airflow-check demo demo-model \
-	evaluate report-screenshot clean
+.PHONY: install test lint format bench bench-gpu reliability airflow-check demo demo-compare \
+	demo-model evaluate report-screenshot clean
 
 install: $(STAMP)
 
@@ -26,6 +26,11 @@ $(STAMP): pyproject.toml constraints.txt
 # with the shipped demo model -> report; results and report in demo-output/.
 demo: install
 	$(BIN)/python -m pipeline.demo.run $(DEMO_ARGS)
+
+# A second demo night (the same scenes, the shortcut's watermark gone) audited and compared
+# with the first: demo-output/compare.html, whose first finding is the planted change.
+demo-compare: install
+	$(BIN)/python -m pipeline.demo.run --compare $(DEMO_ARGS)
 
 # Retrain the shipped demo model reproducibly (2 CPU cores; see pipeline/engine/weights/nibt-demo.json).
 demo-model: install
@@ -63,11 +68,13 @@ bench: install
 bench-gpu: install
 	$(BIN)/python -m benchmarks.gpu --out bench-results/gpu.json
 
-# The report as a person sees it: a small demo-like report from hand-built results (no model),
-# screenshotted in headless Chromium (Debian: apt-get install -y chromium) to bench-results/report.png.
+# The report as a person sees it: a small demo-like report from hand-built results (no model)
+# and its comparison with an earlier night, screenshotted in headless Chromium (Debian:
+# apt-get install -y chromium) to bench-results/report.png and report-compare.png.
 report-screenshot: install
-	$(BIN)/python -m tests.report.demo bench-results/report-demo
+	$(BIN)/python -m tests.report.demo bench-results/report-demo --compare
 	$(BIN)/python -m pipeline.devtools.screenshot bench-results/report-demo/report/report.html bench-results/report.png
+	$(BIN)/python -m pipeline.devtools.screenshot bench-results/report-demo/compare/report.html bench-results/report-compare.png
 
 clean:
 	rm -rf $(VENV) jobs/airflow/.venv-airflow .pytest_cache build *.egg-info

@@ -8,7 +8,9 @@
    the report does not run, the run fails, and the task's log holds the run summary.
 4. Without a model (no ``model`` param, no ``NIBT_MODEL``) the audit task fails at
    once (exit 2, the options listed), nothing is written, the report does not run.
-5. With ``--ray-address`` (a Ray head on 127.0.0.1), ``nibt_audit_ray`` submits both
+5. Scheduled comparison: a run for the day after the first run's date succeeds and
+   its report compares with that date (the latest earlier one with ``_SUCCESS``).
+6. With ``--ray-address`` (a Ray head on 127.0.0.1), ``nibt_audit_ray`` submits both
    steps as Ray jobs for a pinned ``run_date`` and succeeds.
 
 ``dag.test()`` returns normally whatever its tasks did, so every task's state is
@@ -55,7 +57,32 @@ def check_shape(dags_folder: str, retries: int) -> dict[str, Any]:
         check({"input", "output_root", "model", "run_date"} <= set(dag.params),
               f"{dag_id}: params {list(dag.params)}")
         check("data_interval_start" in audit.env["NIBT_RUN_DATE"], f"{dag_id}: run date")
+        report = dag.get_task("report")
+        check("compare" in dag.params and "baseline=previous" in report.bash_command
+              and report.env.get("NIBT_COMPARE") == "{{ params.compare }}",
+              f"{dag_id}: the report does not compare with the previous date")
     return bag.get_dag("nibt_audit_local")
+
+
+def check_comparison(dag, conf: dict[str, Any], root: Path, first: str,
+                     mark: str | None) -> dict[str, Any]:
+    """The day after ``first``: both tasks succeed and the report compares with ``first``."""
+    from datetime import timedelta
+
+    nxt = (datetime.strptime(first, "%Y-%m-%d") + timedelta(days=1)).strftime("%Y-%m-%d")
+    t0 = time.time()
+    dr = dag.test(logical_date=datetime(2026, 12, 3, tzinfo=timezone.utc),
+                  run_conf={**conf, "run_date": nxt}, mark_success_pattern=mark)
+    got = states(dr)
+    out = {"states": got, "seconds": round(time.time() - t0, 1), "date": nxt}
+    check(got == {"audit": "success", "report": "success"}, f"comparison run: task states {got}")
+    if mark is None:
+        report = json.loads((root / f"dt={nxt}" / "_report" / "report.json").read_text())
+        check(report.get("baseline") == f"{root}/dt={first}" and "comparison" in report,
+              f"comparison run: baseline {report.get('baseline')}, expected dt={first}")
+        out["baseline"] = report["baseline"]
+        out["changes"] = len(report["comparison"]["findings"])
+    return out
 
 
 def states(dr) -> dict[str, str]:
@@ -117,6 +144,10 @@ def main() -> int:
     check(summary["status"] == "partial" and summary["tasks_failed"] == 1, f"summary {summary}")
     check(not (output / "_SUCCESS").exists(), "a partial run wrote _SUCCESS")
     result["partial_run"]["output"] = str(output)
+
+    result["comparison_run"] = check_comparison(
+        dag, {**conf, "input": args.input}, Path(args.output_root),
+        Path(result["ok_run"]["output"]).name[3:], mark)
 
     # no model: the param's default is null unless NIBT_MODEL gives one (unset here). A
     # fresh DAG: dag.test() leaves the previous run_conf's params on the tasks it ran.

@@ -26,6 +26,9 @@
 #   NIBT_REPORT       1 (default) runs nibt-report after a complete audit; 0 does not
 #   NIBT_REPORT_ROOT  reports go to <root>/dt=<date> (default: <output>/_report)
 #   NIBT_REPORT_ARGS  extra arguments for nibt-report
+#   NIBT_COMPARE      1 (default): the report compares the date with the latest earlier date
+#                     under NIBT_OUTPUT_ROOT that has _SUCCESS, when there is one
+#                     (nibt-report baseline=previous); 0 does not
 #   NIBT_ENV_FILE     file of VAR=value lines (credentials, settings); loaded, never shown
 #   NIBT_CRON_LOG_DIR this script's logs, <dir>/dt=<date>/<UTC time>.log; the audit's own
 #                     log goes under <dir>/nibt-audit/ (default: ~/.local/state/nibt-audit)
@@ -141,7 +144,11 @@ esac
 
 if [[ $code -eq 0 && ${NIBT_REPORT:-1} != 0 ]]; then
     read -r -a report_extra <<<"${NIBT_REPORT_ARGS:-}"
-    report=("$report_bin" "results=$(hq "$output")" "output=$(hq "$report_dir")" "${report_extra[@]}")
+    # what changed since the latest earlier date with _SUCCESS (none: a plain report)
+    compare=()
+    [[ ${NIBT_COMPARE:-1} != 0 ]] && compare=(baseline=previous)
+    report=("$report_bin" "results=$(hq "$output")" "output=$(hq "$report_dir")" "${compare[@]}"
+        "${report_extra[@]}")
     say "dt=$run_date: report $(redact "${report[*]:1}")"
     "${report[@]}" 9>&- 3>&- </dev/null &
     child=$!

@@ -2,8 +2,11 @@
 
     nibt-explain photo.jpg "a dog on a beach" --model ViT-B-32 --pretrained openai --out heat.png
 
-Writes the heatmap over the crop the model saw and prints each caption token
-with its attribution, the CLIP score and the paper's four metrics.
+Prints each caption token with its attribution, the CLIP score and the paper's
+four metrics, and writes one picture of the pair: the image at a readable size
+(the part the model saw outlined), the map alone with a labelled colour bar
+centred on zero, the map over a grey copy of that part, and the caption with
+each word coloured by its attribution (``pipeline.report.pairview``).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from pipeline.engine.nibt import NIBT
 from pipeline.engine.words import merge_words
 from pipeline.io.images import RowError, decode_caption, decode_image
 from pipeline.io.weights import weights_fetcher
-from pipeline.report.heatmap import overlay, unnormalize
+from pipeline.report.pairview import MAX_PX, MIN_PX, centre_square, pair_figure
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,9 +47,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--schedule", choices=("uniform", "log"), default="uniform")
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--out", default="heat.png", help="where to write the heatmap PNG")
+    p.add_argument("--out", default="heat.png", help="where to write the picture (PNG)")
+    p.add_argument("--min-px", type=int, default=MIN_PX,
+                   help="the image's long side at least this (smaller images are enlarged)")
+    p.add_argument("--max-px", type=int, default=MAX_PX,
+                   help="the image's long side at most this (larger images are reduced)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     return p
+
+
+def model_crop(transform, size: tuple[int, int]) -> tuple[int, int, int, int]:
+    """The box of an image of ``size`` that the model's transform keeps: the centre square
+    after a resize of the short side (open_clip's default), the whole image when the
+    resize squashes it to a fixed (h, w)."""
+    for step in getattr(transform, "transforms", None) or []:
+        if type(step).__name__ == "Resize":
+            target = step.size
+            if isinstance(target, (list, tuple)) and len(target) == 2:
+                return 0, 0, size[0], size[1]
+            break
+    return centre_square(size)
 
 
 def explain(args: argparse.Namespace) -> dict:
@@ -71,9 +91,14 @@ def explain(args: argparse.Namespace) -> dict:
     n = int(attr.eot[0]) + 1
     pieces = clip.pieces(tokens[0, :n].tolist())
     values = attr.text[0, :n].tolist()
-    cfg = clip.preprocess_cfg
-    seen = unnormalize(pixels[0].numpy(), cfg.get("mean", (0, 0, 0)), cfg.get("std", (1, 1, 1)))
-    overlay(seen, attr.image[0].cpu().numpy()).save(args.out)
+    words = merge_words(pieces, values)
+    score = float(attr.score[0])
+    weights = clip.weights[:19] + "…" if len(clip.weights) > 20 else clip.weights
+    title = (f"CLIP score {score:+.3f}  ·  {clip.name} ({weights}), image layer "
+             f"{engine.image_layer}, text layer {engine.text_layer}, {engine.steps} steps")
+    png = pair_figure(img, attr.image[0].float().cpu().numpy(), words, title,
+                      model_crop(clip.preprocess, img.size), args.min_px, args.max_px)
+    Path(args.out).write_bytes(png)
     return {
         "image": str(args.image),
         "caption": caption,
@@ -83,9 +108,9 @@ def explain(args: argparse.Namespace) -> dict:
         "image_layer": engine.image_layer,
         "text_layer": engine.text_layer,
         "steps": engine.steps,
-        "score": float(attr.score[0]),
+        "score": score,
         "tokens": [{"piece": p, "attribution": v} for p, v in zip(pieces, values)],
-        "words": [{"word": w, "attribution": v} for w, v in merge_words(pieces, values)],
+        "words": [{"word": w, "attribution": v} for w, v in words],
         "image_cls_attribution": float(attr.image_cls[0]),
         "img_conf_drop": float(conf.img_conf_drop[0]),
         "img_conf_incr": float(conf.img_conf_incr[0]),
@@ -113,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         "img drop {img_conf_drop:.3f}  img incr {img_conf_incr:.0f}  "
         "txt drop {txt_conf_drop:.3f}  txt incr {txt_conf_incr:.0f}".format(**result)
     )
-    print(f"heatmap written to {result['heatmap']}")
+    print(f"picture written to {result['heatmap']}")
     return 0
 
 

@@ -1,6 +1,11 @@
 """`nibt-report`: the audit report as a Hydra application.
 
     nibt-report results=s3://lake/audits/cc3m output=s3://lake/reports/cc3m storage=s3
+    nibt-report results=<audit> baseline=<earlier audit> output=<dir>   # and what changed
+    nibt-report results=<root>/dt=2026-11-29 baseline=previous output=<dir>
+
+``baseline=previous`` compares with the latest earlier ``dt=`` sibling of
+``results`` that has ``_SUCCESS`` (none: a plain report, and the log says so).
 
 Exit codes: 0 report written, 2 bad configuration or unreadable results,
 1 unexpected crash. Logs go to stderr (and the Hydra run dir); stdout carries
@@ -18,6 +23,7 @@ from pipeline.cli.app import CONF_DIR, EXIT_OK, guarded, instantiate_group, run_
 from pipeline.config import ConfigError, StorageSettings
 from pipeline.job.procstats import peak_rss_mb
 from pipeline.report.build import build_report
+from pipeline.report.compare import previous_success
 from pipeline.report.settings import ReportSettings
 
 __all__ = ["CONF_DIR", "main", "run_from_config", "settings_from_config"]
@@ -29,6 +35,26 @@ def settings_from_config(cfg: DictConfig) -> tuple[ReportSettings, StorageSettin
     return instantiate_group(cfg, "report"), instantiate_group(cfg, "storage")
 
 
+def resolve_baseline(cfg: DictConfig, storage: StorageSettings) -> str | None:
+    """The baseline audit to compare with: the setting as given, or for ``previous`` the
+    latest earlier dated output with ``_SUCCESS`` (None when there is none)."""
+    value = cfg.get("baseline")
+    if value is None or str(value).strip() in ("", "null", "None"):
+        return None
+    if str(value).strip() != "previous":
+        return str(value)
+    try:
+        found = previous_success(str(cfg.results), storage)
+    except ValueError as e:
+        raise ConfigError(f"baseline=previous: {e}") from None
+    if found is None:
+        log.info("report: no earlier dated output with _SUCCESS beside %s: no comparison",
+                 cfg.results)
+    else:
+        log.info("report: comparing with the previous successful date %s", found)
+    return found
+
+
 def run_from_config(cfg: DictConfig) -> int:
     """Build the report for a composed config and return its exit code."""
 
@@ -36,15 +62,21 @@ def run_from_config(cfg: DictConfig) -> int:
         if OmegaConf.is_missing(cfg, "results") or OmegaConf.is_missing(cfg, "output"):
             raise ConfigError("results and output are required: nibt-report results=... output=...")
         settings, storage = settings_from_config(cfg)
-        report = build_report(str(cfg.results), str(cfg.output), settings, storage)
+        baseline = resolve_baseline(cfg, storage)
+        report = build_report(str(cfg.results), str(cfg.output), settings, storage, baseline)
         out = str(cfg.output).rstrip("/")
         peak = peak_rss_mb()
         log.info("report: peak RSS %.0f MiB", peak)
+        comparison = report.get("comparison")
         print(json.dumps({
-            "output": out, "files": [f"{out}/report.html", f"{out}/report.json", f"{out}/aggregates/"],
+            "output": out, "files": [f"{out}/report.html", f"{out}/report.json",
+                                     f"{out}/flags.parquet", f"{out}/aggregates/"],
             "rows": report["overview"]["rows"], "rows_ok": report["overview"]["rows_ok"],
             "notice": report["overview"]["notice"],
-            "findings": [f["text"] for f in report["findings"]], "peak_rss_mb": peak,
+            "findings": [f["text"] for f in report["findings"]],
+            "baseline": baseline,
+            "changes": [f["text"] for f in comparison["findings"]] if comparison else None,
+            "flagged": report["flags"]["rows"], "peak_rss_mb": peak,
         }, indent=2, ensure_ascii=False))
         return EXIT_OK
 

@@ -11,8 +11,19 @@ the corner zone, so adding or removing the mark changes nothing else. *Twins*
 are the same scene rendered with the mark (caption with the word) and without
 it (caption without the word): only the mark tells their captions apart.
 
+Two ways of describing the same scenes: with ``Settings.fancy_rate`` above 0,
+that share of the captions without the shortcut word name their colours with
+fancier synonyms ("crimson" for "red", ``FANCY``) that the demo model never saw
+in training, so it aligns them less well: a caption-group gap planted in the
+wording alone (the demo's ``colour_words`` family,
+``conf/report/groups/colour_words.yaml``). The shortcut word's captions are never
+rewritten (they come from the supplier that watermarks its photos): with an
+unfamiliar colour word the model's maps go to the mark less often, which would
+weaken the planted shortcut.
+
 Everything is deterministic: row ``i`` of a stream with seed ``s`` is drawn
 from ``numpy.random.default_rng([s, stream, i])``, independent of batch sizes.
+The wording has a stream of its own, so setting it changes no other draw.
 """
 
 from __future__ import annotations
@@ -41,7 +52,10 @@ MARKS = ("checker", "square")
 NOUN_PREFIXES = (("photo",), ("picture",), ("drawing",), ("snapshot",))
 OTHER_PREFIXES = ((), ("there", "is"))
 #: Random streams (the second entry of the RNG key).
-STREAM_PAIRS, STREAM_TWINS = 1, 2
+STREAM_PAIRS, STREAM_TWINS, STREAM_WORDING = 1, 2, 3
+#: Fancier names for the colours, which the demo model was not trained on.
+FANCY = {"red": "crimson", "orange": "amber", "yellow": "golden", "green": "emerald",
+         "blue": "azure", "purple": "violet"}
 SMALL_MAX, LARGE_MIN = 14, 21  # object sizes (px) that earn "small" / "large"
 
 
@@ -65,6 +79,7 @@ class Settings:
     word_rate: float = 0.15  # P(word in a caption)
     mark_rate_with_word: float = 0.9  # P(mark | word)
     mark_rate_without_word: float = 0.02  # P(mark | no word)
+    fancy_rate: float = 0.0  # P(a caption without the word names its colours with FANCY words)
 
     def __post_init__(self) -> None:
         if self.corner not in CORNERS:
@@ -77,6 +92,8 @@ class Settings:
             raise ValueError("objects must be at least 8 px (one patch centre inside each box)")
         if not self.word or " " in self.word:
             raise ValueError("the shortcut word must be one non-empty word")
+        if not 0.0 <= self.fancy_rate <= 1.0:
+            raise ValueError("fancy_rate must be in [0, 1]")
 
     @property
     def corner_zone(self) -> int:
@@ -377,8 +394,21 @@ def make_pair(
     words, idx = make_caption(
         crng, objs, named, st.word if has_word else None, st.size_word_prob
     )
+    if st.fancy_rate > 0 and not has_word and \
+            np.random.default_rng([seed, STREAM_WORDING, index]).random() < st.fancy_rate:
+        words = fancy(words)
     img = render(bg, objs, has_mark, st)
     return _pair(f"s{seed}-{index:07d}", objs, named, img, words, idx, has_mark, has_word)
+
+
+def fancy(words: list[str]) -> list[str]:
+    """The caption with every colour named by its ``FANCY`` synonym, the article before it
+    fixed ("an azure"); word indices are kept."""
+    out = [FANCY.get(w, w) for w in words]
+    for i in range(len(out) - 1):
+        if out[i] in ("a", "an") and words[i + 1] in FANCY:
+            out[i] = _article(out[i + 1])
+    return out
 
 
 def make_twins(
@@ -503,6 +533,6 @@ if __name__ == "__main__":
 
 
 __all__ = [
-    "COLOURS", "SHAPES", "Settings", "Obj", "Pair", "make_pair", "make_twins", "render",
-    "write_shards", "arrow_schema", "png_bytes", "draw_mark",
+    "COLOURS", "FANCY", "SHAPES", "Settings", "Obj", "Pair", "make_pair", "make_twins", "render",
+    "write_shards", "arrow_schema", "png_bytes", "draw_mark", "fancy",
 ]

@@ -1,6 +1,7 @@
 """A screenshot of a report page in headless Chromium, to look at it as a person would.
 
     python -m pipeline.devtools.screenshot report.html report.png [--width 1280 --height 8000]
+    python -m pipeline.devtools.screenshot report.html pair.png --fragment zoom-p0r3  # a pair enlarged
 
 Needs Debian's ``chromium`` (``apt-get install -y chromium``); ``NIBT_CHROMIUM``
 names another binary. Runs it with a fresh, empty profile, no network
@@ -58,11 +59,12 @@ def trim_bottom(path: Path, margin: int = 24) -> None:
 
 
 def screenshot(page: str | Path, out: str | Path, width: int = 1280, height: int = 8000,
-               timeout: float = 120.0, trim: bool = True) -> Path:
+               timeout: float = 120.0, trim: bool = True, fragment: str | None = None) -> Path:
     """Render the local HTML file ``page`` into the PNG ``out``; returns ``out``.
 
     The window is ``width x height``; with ``trim`` the blank band below the
-    page is cut off, so a tall window gives a whole-page picture. Raises
+    page is cut off, so a tall window gives a whole-page picture. ``fragment``
+    opens the page at ``#fragment`` (a report's enlarged pair). Raises
     ``ScreenshotError`` when Chromium is missing, fails, times out or writes
     nothing.
     """
@@ -77,7 +79,8 @@ def screenshot(page: str | Path, out: str | Path, width: int = 1280, height: int
     out.unlink(missing_ok=True)
     with tempfile.TemporaryDirectory(prefix="nibt-chromium-") as profile:
         cmd = [binary, *FLAGS, f"--user-data-dir={profile}", f"--screenshot={out}",
-               f"--window-size={width},{height}", page.as_uri()]
+               f"--window-size={width},{height}",
+               page.as_uri() + (f"#{fragment}" if fragment else "")]
         try:
             r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
                                env={**os.environ, "HOME": profile})
@@ -100,10 +103,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--height", type=int, default=8000, help="window height (px)")
     ap.add_argument("--no-trim", action="store_true", help="keep the blank band below the page")
     ap.add_argument("--timeout", type=float, default=120.0, help="seconds")
+    ap.add_argument("--fragment", help="open the page at #FRAGMENT (e.g. zoom-p0r3)")
     args = ap.parse_args(argv)
     try:
         path = screenshot(args.page, args.out, args.width, args.height, args.timeout,
-                          trim=not args.no_trim)
+                          trim=not args.no_trim, fragment=args.fragment)
     except ScreenshotError as e:
         print(f"screenshot: {e}", file=sys.stderr)
         return 2 if "not found" in str(e) or "no such page" in str(e) else 1

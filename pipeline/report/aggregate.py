@@ -46,9 +46,13 @@ def score_hist(values: np.ndarray) -> np.ndarray:
 
 
 class Vocabulary:
-    """Running per-word sums; memory grows with distinct words, not with rows."""
+    """Running per-word sums; memory grows with distinct words, not with rows.
 
-    FIELDS = ("count", "attr_sum", "negative", "share_sum", "pairs")
+    The sums of squares give each word's variance of attribution and share, so a
+    comparison of two audits can put an interval on a word's change.
+    """
+
+    FIELDS = ("count", "attr_sum", "negative", "share_sum", "pairs", "attr_sq", "share_sq")
 
     def __init__(self) -> None:
         self.index: dict[str, int] = {}
@@ -70,12 +74,15 @@ class Vocabulary:
         """Add word uses (vocabulary ids, attributions, shares) and each pair's distinct ids."""
         n = len(self.words)
         a = np.asarray(attrs, dtype=np.float64)
+        sh = np.asarray(shares, dtype=np.float64)
         i = np.asarray(ids, dtype=np.int64)
         add = {"count": np.bincount(i, minlength=n),
                "attr_sum": np.bincount(i, weights=a, minlength=n),
                "negative": np.bincount(i, weights=(a < 0).astype(np.float64), minlength=n),
-               "share_sum": np.bincount(i, weights=np.asarray(shares, dtype=np.float64), minlength=n),
-               "pairs": np.bincount(np.asarray(pair_ids, dtype=np.int64), minlength=n)}
+               "share_sum": np.bincount(i, weights=sh, minlength=n),
+               "pairs": np.bincount(np.asarray(pair_ids, dtype=np.int64), minlength=n),
+               "attr_sq": np.bincount(i, weights=a * a, minlength=n),
+               "share_sq": np.bincount(i, weights=sh * sh, minlength=n)}
         for f, v in add.items():
             old = self.sums[f]
             self.sums[f] = np.concatenate([old, np.zeros(n - old.size)]) + v

@@ -1,12 +1,16 @@
-"""``build_report``: audit results -> ``report.html``, ``report.json``, ``aggregates/*.parquet``.
+"""``build_report``: audit results -> ``report.html``, ``report.json``, ``flags.parquet``,
+``aggregates/*.parquet``; with a baseline audit, a comparison of the two.
 
 Streaming passes over the parts that one read of the manifest lists (so all
 passes see the same parts even if an audit commits more meanwhile): the first
 aggregates everything but the per-word maps; the second the maps of the words
 frequent enough to be shortcut suspects; a third, only when two or more words
-qualify, checks each candidate without the better ones it appears with. Then
-the few pairs to review are read back by pointer, with their input images. Same results and settings
-in, same bytes out: every sample is seeded and nothing reads the clock.
+qualify, checks each candidate without the better ones it appears with; the
+last collects the curation list. Then the few pairs to review are read back by
+pointer, with their input images. A baseline goes through the same passes
+(not the last), with the words either side tracks, so the comparison
+differences aggregates (``compare``). Same results and settings in, same bytes
+out: every sample is seeded and nothing reads the clock.
 """
 
 from __future__ import annotations
@@ -27,9 +31,12 @@ from pipeline.io.images import DEFAULT_MAX_PIXELS
 from pipeline.io.manifest import read_manifest
 from pipeline.io.results import iter_parts
 from pipeline.io.storage import filesystem, join, put_atomic
-from pipeline.report import aggregate, space, summary
+from pipeline.report import aggregate, flags, space, summary
 from pipeline.report.aggregate import Aggregator
+from pipeline.report.compare import Audit, compare, has_success
 from pipeline.report.findings import findings
+from pipeline.report.flags import Flagger
+from pipeline.report.pairview import zoom_images
 from pipeline.report.settings import ReportSettings
 from pipeline.report.space import WordSpace
 from pipeline.report.thumbs import fetch_rows, read_images, thumbnail
@@ -38,20 +45,22 @@ log = logging.getLogger("nibt-report")
 REPORT_VERSION = 1
 
 
-def load_manifest(results: str, storage: StorageSettings) -> dict[str, Any]:
-    """The results' manifest; ``ConfigError`` when it is missing or not a manifest."""
+def load_manifest(results: str, storage: StorageSettings,
+                  setting: str = "results") -> dict[str, Any]:
+    """The results' manifest; ``ConfigError`` (naming ``setting``) when it is missing or not
+    a manifest."""
     try:
         manifest = read_manifest(results, storage)
     except Exception as e:
-        raise ConfigError(f"results: cannot read {results}/_manifest.json "
+        raise ConfigError(f"{setting}: cannot read {results}/_manifest.json "
                           f"({type(e).__name__}: {e}); is it an nibt-audit output?") from None
     if not isinstance(manifest, dict) or not isinstance(manifest.get("parts"), list):
-        raise ConfigError(f"results: {results}/_manifest.json lists no parts")
+        raise ConfigError(f"{setting}: {results}/_manifest.json lists no parts")
     return manifest
 
 
 def iter_results(results: str, manifest: dict[str, Any], storage: StorageSettings,
-                 columns: Sequence[str]) -> Iterator[pa.Table]:
+                 columns: Sequence[str], setting: str = "results") -> Iterator[pa.Table]:
     """The manifest's parts, one table at a time; an unreadable part is a ConfigError."""
     parts = iter_parts(results, storage, columns, manifest=manifest)
     while True:
@@ -60,7 +69,7 @@ def iter_results(results: str, manifest: dict[str, Any], storage: StorageSetting
         except StopIteration:
             return
         except Exception as e:
-            raise ConfigError(f"results: cannot read a part of {results} "
+            raise ConfigError(f"{setting}: cannot read a part of {results} "
                               f"({type(e).__name__}: {e})") from None
         yield table
 
@@ -88,6 +97,27 @@ def tracked_words(agg: Aggregator, s: ReportSettings) -> list[str]:
              and (not s.words_skip_punctuation or summary.has_alnum(w))]
     cands.sort(key=lambda c: (-c[0], c[1]))
     return [w for _, w in cands[: s.shortcut_max_words]]
+
+
+def word_spaces(results: str, manifest: dict[str, Any], agg: Aggregator, words: list[str],
+                extra: list[str], s: ReportSettings, storage: StorageSettings,
+                setting: str = "results") -> tuple[WordSpace | None, WordSpace | None, list[dict]]:
+    """The spatial pass: maps of the tracked ``words`` (profiled) and of ``extra`` words
+    (counted for a comparison only), in one read; returns both and the profiles."""
+    if agg.grid is None or not agg.space_n or not (words or extra):
+        return None, None, []
+    log.info("report: spatial pass over %d words of %s", len(words) + len(extra), results)
+    ws = WordSpace(words, agg.grid, s.seed, 4 * max(s.review_suspect_examples, 1)) \
+        if words else None
+    wx = WordSpace(extra, agg.grid, s.seed, 1) if extra else None
+    for part, table in enumerate(iter_results(results, manifest, storage, space.COLUMNS,
+                                              setting)):
+        for w in (ws, wx):
+            if w is not None:
+                w.add(table, part)
+    profiles = ws.profiles(agg.pos_sum / agg.space_n, agg.top_counts / agg.space_n,
+                           s.shortcut_min_count) if ws is not None else []
+    return ws, wx, profiles
 
 
 def shortcut_suspects(results: str, manifest: dict[str, Any], agg: Aggregator,
@@ -127,8 +157,10 @@ def _pair(row: dict[str, Any], key: str, value: float) -> dict[str, Any]:
 
 def review_section(results: str, manifest: dict[str, Any], agg: Aggregator,
                    ws: WordSpace | None, suspects: list[dict], s: ReportSettings,
-                   storage: StorageSettings) -> tuple[dict[str, Any], dict[str, bytes]]:
-    """The pairs to review (JSON) and their thumbnails (PNG bytes by ``thumb`` key)."""
+                   storage: StorageSettings
+                   ) -> tuple[dict[str, Any], dict[str, bytes], dict[str, dict[str, Any]]]:
+    """The pairs to review (JSON), their thumbnails (PNG bytes by ``thumb`` key) and their
+    enlarged views (``pairview.zoom_images`` by the same key)."""
     lists: list[tuple[str, str, list[tuple[int, int, float]]]] = [
         ("lowest_score", "score", agg.lowest.pointers()),
         ("most_negative", "min_word_attr", agg.negative.pointers()),
@@ -145,6 +177,7 @@ def review_section(results: str, manifest: dict[str, Any], agg: Aggregator,
                          data.get("image_column") or "image", storage,
                          int(data.get("max_pixels") or DEFAULT_MAX_PIXELS))
     thumbs: dict[str, bytes] = {}
+    zooms: dict[str, dict[str, Any]] = {}
 
     def entry(ptr: tuple[int, int, float], key: str) -> dict[str, Any]:
         row = rows[ptr[0], ptr[1]]
@@ -155,6 +188,10 @@ def review_section(results: str, manifest: dict[str, Any], agg: Aggregator,
                                      row.get("image_attr"),
                                      (row.get("grid_h") or 0, row.get("grid_w") or 0),
                                      s.thumbnail_px)
+            zooms[tkey] = zoom_images(img if not isinstance(img, str) else None,
+                                      row.get("image_attr"),
+                                      (row.get("grid_h") or 0, row.get("grid_w") or 0),
+                                      s.zoom_px, 2 * s.zoom_px)
         out = _pair(row, key, ptr[2])
         out.update(thumb=tkey, image="ok" if img is not None and not isinstance(img, str)
                    else (img or "image not read"))
@@ -163,7 +200,7 @@ def review_section(results: str, manifest: dict[str, Any], agg: Aggregator,
     review: dict[str, Any] = {name: [entry(p, key) for p in ptrs] for name, key, ptrs in lists}
     review["suspects"] = [{"word": w, "pairs": [entry(p, "example") for p in ptrs]}
                           for w, ptrs in by_word]
-    return review, thumbs
+    return review, thumbs, zooms
 
 
 def _parquet(table: pa.Table) -> bytes:
@@ -204,11 +241,21 @@ def _tables(report: dict[str, Any], word_rows: list[dict], ws: WordSpace | None,
     return {"words": words, "groups": groups, "group_effects": effects, "regions": regions}
 
 
+def _aggregate(results: str, manifest: dict[str, Any], s: ReportSettings,
+               families: list, storage: StorageSettings, setting: str) -> Aggregator:
+    log.info("report: %d parts in %s", len(manifest["parts"]), results)
+    return Aggregator(s, families).consume(
+        iter_results(results, manifest, storage, aggregate.COLUMNS, setting))
+
+
 def build_report(results: str, output: str, settings: ReportSettings | None = None,
-                 storage: StorageSettings | None = None) -> dict[str, Any]:
+                 storage: StorageSettings | None = None,
+                 baseline: str | None = None) -> dict[str, Any]:
     """Build the report of the audit ``results`` into ``output``; returns ``report.json``'s dict.
 
-    Raises ``ConfigError`` for bad settings or unreadable results.
+    With ``baseline`` (an earlier audit, or the same data under other settings),
+    the report also compares the two (``comparison``). Raises ``ConfigError``
+    for bad settings or unreadable results.
     """
     from pipeline.report.render import render_html
 
@@ -218,48 +265,79 @@ def build_report(results: str, output: str, settings: ReportSettings | None = No
         if not value or str(value) == "???":
             raise ConfigError(f"{name} is required: nibt-report results=... output=...")
         check_no_credentials(name, str(value))
+    if baseline is not None:
+        check_no_credentials("baseline", str(baseline))
+        baseline = str(baseline).rstrip("/")
     results, output = str(results).rstrip("/"), str(output).rstrip("/")
     families = s.families()
     manifest = load_manifest(results, storage)
-    log.info("report: %d parts in %s", len(manifest["parts"]), results)
-    agg = Aggregator(s, families).consume(
-        iter_results(results, manifest, storage, aggregate.COLUMNS))
-    ws, profiles = None, []
+    agg = _aggregate(results, manifest, s, families, storage, "results")
+    bman = load_manifest(baseline, storage, "baseline") if baseline else None
+    bagg = _aggregate(baseline, bman, s, families, storage, "baseline") if baseline else None
     words = tracked_words(agg, s)
-    if agg.grid is not None and agg.space_n and words:
-        log.info("report: spatial pass over %d words", len(words))
-        ws = WordSpace(words, agg.grid, s.seed, 4 * max(s.review_suspect_examples, 1)).consume(
-            iter_results(results, manifest, storage, space.COLUMNS))
-        profiles = ws.profiles(agg.pos_sum / agg.space_n, agg.top_counts / agg.space_n,
-                               s.shortcut_min_count)
+    bwords = tracked_words(bagg, s) if bagg is not None else []
+    ws, wx, profiles = word_spaces(results, manifest, agg, words,
+                                   [w for w in bwords if w not in set(words)], s, storage)
     suspects, explained = shortcut_suspects(results, manifest, agg, profiles, s, storage)
     word_rows = summary.word_rows(agg, profiles)
+    devs = summary.group_deviations(agg, s)
     report: dict[str, Any] = {
         "report_version": REPORT_VERSION,
         "results": results,
         "run": summary.run_info(manifest),
         "overview": summary.overview(agg, s, len(manifest["parts"])),
         "words": summary.words_section(word_rows, s),
-        "groups": summary.groups_section(agg, s),
+        "groups": summary.groups_section(agg, s, devs),
         "space": summary.space_section(agg, profiles, suspects, explained, s),
     }
     if ws is not None:
         report["space"]["suspect_maps"] = [
             {"word": p["word"], "positive_mean_map": [float(x) for x in ws.mean_map(p["_wid"])],
              "top_share": [float(x) for x in ws.top_share(p["_wid"])]} for p in suspects]
-    report["review"], thumbs = review_section(results, manifest, agg, ws, suspects, s, storage)
+    report["review"], thumbs, zooms = review_section(results, manifest, agg, ws, suspects, s,
+                                                     storage)
     report["findings"] = findings(report)
+    log.info("report: flags pass over %s", results)
+    flagger = Flagger(report["space"]["suspects"], agg.grid, int(agg.status.get("ok", 0)),
+                      s.flags_low_score_share).consume(
+        iter_results(results, manifest, storage, flags.COLUMNS))
+    flag_table, report["flags"] = flagger.table()
+    report["flags"]["path"] = "flags.parquet"
+    # the list carries what made it: the results, their fingerprint, the report's settings
+    flag_table = flag_table.replace_schema_metadata({"nibt.flags": json.dumps(_clean({
+        "results": results, "fingerprint": report["run"].get("fingerprint"),
+        "report_version": REPORT_VERSION, **report["flags"], "settings": public(s)}))})
+    compared = None
+    if bagg is not None:
+        bws, bwx, bprofiles = word_spaces(baseline, bman, bagg, bwords,
+                                          [w for w in words if w not in set(bwords)], s, storage,
+                                          "baseline")
+        bsuspects, _ = shortcut_suspects(baseline, bman, bagg, bprofiles, s, storage)
+        bdevs = summary.group_deviations(bagg, s)
+        cur = Audit(results, manifest, agg, [w for w in (ws, wx) if w is not None], suspects,
+                    report["groups"], devs, has_success(results, storage))
+        base = Audit(baseline, bman, bagg, [w for w in (bws, bwx) if w is not None], bsuspects,
+                     summary.groups_section(bagg, s, bdevs), bdevs, has_success(baseline, storage))
+        comparison, compared = compare(cur, base, s)
+        report = {"report_version": REPORT_VERSION, "results": results, "baseline": baseline,
+                  "comparison": comparison, **{k: v for k, v in report.items()
+                                               if k not in ("report_version", "results")}}
     report["settings"] = public(s)
     report = _clean(report)
     tables = _tables(report, word_rows, ws, profiles)
-    html = render_html(report, thumbs)
+    if compared is not None:
+        tables["comparison_words"] = compared
+    html = render_html(report, thumbs, zooms)
     fs, root = filesystem(output, storage)
     for name, table in tables.items():
         put_atomic(fs, join(root, "aggregates", f"{name}.parquet"), _parquet(table))
+    put_atomic(fs, join(root, "flags.parquet"), _parquet(flag_table))
     body = json.dumps(report, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
     put_atomic(fs, join(root, "report.json"), body.encode())
     put_atomic(fs, join(root, "report.html"), html.encode())
     if report["overview"]["notice"]:
         log.warning("report: %s", report["overview"]["notice"])
-    log.info("report: %d rows, %d findings -> %s", agg.rows, len(report["findings"]), output)
+    log.info("report: %d rows, %d findings%s -> %s", agg.rows, len(report["findings"]),
+             f", {len(report['comparison']['findings'])} changes" if compared is not None else "",
+             output)
     return report

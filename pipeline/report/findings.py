@@ -40,6 +40,8 @@ def findings(report: dict[str, Any]) -> list[dict[str, Any]]:
                             "text": f"{fam['name']}: {e['label']} differs between "
                                     f"\u201c{e['a']}\u201d ({_g(e['mean_a'])}, n={e['n_a']}) and "
                                     f"\u201c{e['b']}\u201d ({_g(e['mean_b'])}, n={e['n_b']}): "
+                                    f"difference {_g(e['diff'])} "
+                                    f"[{_g(e['ci_low'])}, {_g(e['ci_high'])}], "
                                     f"Cohen's d {_g(e['cohens_d'], '.2f')}, "
                                     f"Cliff's delta {_g(e['cliffs_delta'], '.2f')}."})
     hot = space.get("hotspot")

@@ -29,10 +29,13 @@ DPI = 96
 SHARE_LABELS = ("share of positive attribution", "share of pairs")
 RED = np.array([178, 24, 43])
 BLUE = np.array([33, 102, 172])
+#: The report's fixed score bins (``aggregate.SCORE_EDGES``): from -1, 400 bins.
+SCORE_EDGES_START, SCORE_BINS = -1.0, 400
 
 
-def data_uri(png: bytes) -> str:
-    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+def data_uri(data: bytes, mime: str = "image/png") -> str:
+    """``data`` as a ``data:`` URI (the page makes no request)."""
+    return f"data:{mime};base64," + base64.b64encode(data).decode("ascii")
 
 
 def _png(fig: Figure | None) -> str | None:
@@ -58,7 +61,8 @@ def score_figure(counts: Sequence[int], start: float, width: float) -> Figure | 
     return fig
 
 
-def group_score_figure(groups: list[dict[str, Any]], start: float, width: float) -> Figure | None:
+def group_score_figure(groups: list[dict[str, Any]], start: float, width: float,
+                       ylabel: str = "share of the group's pairs") -> Figure | None:
     """Each group's score distribution (share of its pairs per bin, 4 report bins wide)."""
     shown = [g for g in groups if g["pairs"] > 0]
     if not shown:
@@ -76,7 +80,7 @@ def group_score_figure(groups: list[dict[str, Any]], start: float, width: float)
         y = h[lo:hi] / h.sum()
         ax.stairs(y, x, label=f"{g['name']} (n={g['pairs']})")
     ax.set_xlabel(SCORE_LABEL)
-    ax.set_ylabel("share of the group's pairs")
+    ax.set_ylabel(ylabel)
     ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
@@ -164,6 +168,21 @@ def pct(x: Any, spec: str = ".1%") -> str:
     return "n/a" if x is None else format(x, spec)
 
 
+def comparison_score_figure(c: dict[str, Any]) -> Figure | None:
+    """The two audits' score distributions on one axis (share of each one's pairs)."""
+    sc = c["score"]
+    width = sc["hist_bin"]
+    offset = int(round((sc["hist_from"] - SCORE_EDGES_START) / width))
+    sides = []
+    for name, key, n in (("baseline", "baseline_hist", sc["baseline"]["n"]),
+                         ("current", "current_hist", sc["current"]["n"])):
+        full = np.zeros(SCORE_BINS, np.int64)
+        h = np.asarray(sc[key], np.int64)
+        full[offset : offset + h.size] = h
+        sides.append({"name": name, "pairs": n, "score_hist": full})
+    return group_score_figure(sides, SCORE_EDGES_START, width, "share of the audit's pairs")
+
+
 def plots(report: dict[str, Any]) -> dict[str, Any]:
     """Every figure of the page as a data URI (None when there is nothing to draw)."""
     ov, sp = report["overview"], report["space"]
@@ -187,12 +206,33 @@ def plots(report: dict[str, Any]) -> dict[str, Any]:
                                     label=("share of positive attribution",
                                            "share of the word's pairs"))
                            for m in sp.get("suspect_maps", [])]
+    if report.get("comparison"):
+        out["comparison_scores"] = _png(comparison_score_figure(report["comparison"]))
     return out
 
 
-def render_html(report: dict[str, Any], thumbs: dict[str, bytes]) -> str:
-    """The page: findings first, then overview, words, groups, space, pairs to review."""
+def zoom_uris(zooms: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Each enlarged view's images as data URIs (JPEG photos, PNG maps)."""
+    out = {}
+    for key, z in zooms.items():
+        out[key] = {"scale": z.get("scale"), "crop_px": z.get("crop_px"),
+                    "size": z.get("size"),
+                    "image": data_uri(z["image"], "image/jpeg") if z.get("image") else None,
+                    "overlay": data_uri(z["overlay"], "image/jpeg") if z.get("overlay") else None,
+                    "map": data_uri(z["map"]) if z.get("map") else None}
+    return out
+
+
+def pts(x: Any, spec: str = "+.1f") -> str:
+    """A change of shares in percentage points ('n/a' for None)."""
+    return "n/a" if x is None else format(100 * x, spec)
+
+
+def render_html(report: dict[str, Any], thumbs: dict[str, bytes],
+                zooms: dict[str, dict[str, Any]] | None = None) -> str:
+    """The page: the comparison (with a baseline), findings, then overview, words, groups,
+    space, pairs to review (each enlarged on click)."""
     return _ENV.get_template("report.html.j2").render(
         r=report, plots=plots(report), thumbs={k: data_uri(v) for k, v in thumbs.items()},
-        caption=caption, fmt=fmt, pct=pct,
+        zooms=zoom_uris(zooms or {}), caption=caption, fmt=fmt, pct=pct, pts=pts,
     )

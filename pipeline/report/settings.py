@@ -94,19 +94,36 @@ class ReportSettings:
     review_suspects: int = 3
     review_suspect_examples: int = 3
     thumbnail_px: int = 128
+    zoom_px: int = 384
+    flags_low_score_share: float = 0.01
+    compare_min_count: int = 20
+    compare_min_effect: float = 0.2
+    compare_fdr: float = 0.05
+    compare_min_status_change: float = 0.01
+    compare_min_shortcut_change: float = 0.05
+    compare_min_share_change: float = 0.05
+    compare_words_top: int = 15
+    compare_word_findings: int = 3
     groups: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name in ("words_top", "errors_top", "bootstrap_samples", "bootstrap_reservoir",
-                     "shortcut_max_words", "thumbnail_px"):
+                     "shortcut_max_words", "thumbnail_px", "zoom_px", "compare_words_top"):
             _require(getattr(self, name) >= 1, f"report.{name}", "must be >= 1")
         for name in ("words_min_count", "errors_examples", "groups_min_pairs",
                      "shortcut_min_count", "shortcut_listed", "review_pairs", "review_suspects",
-                     "review_suspect_examples"):
+                     "review_suspect_examples", "compare_min_count", "compare_word_findings"):
             _require(getattr(self, name) >= 0, f"report.{name}", "must be >= 0")
+        for name in ("compare_min_effect", "compare_min_status_change",
+                     "compare_min_shortcut_change", "compare_min_share_change"):
+            _require(getattr(self, name) >= 0, f"report.{name}", "must be >= 0")
+        _require(0 <= self.flags_low_score_share <= 1, "report.flags_low_score_share",
+                 "must be in [0, 1]")
+        _require(0 < self.compare_fdr < 1, "report.compare_fdr", "must be in (0, 1)")
         _require(0.5 <= self.confidence < 1.0, "report.confidence", "must be in [0.5, 1)")
         _require(self.groups_min_effect >= 0, "report.groups_min_effect", "must be >= 0")
         _require(self.thumbnail_px <= 1024, "report.thumbnail_px", "must be <= 1024")
+        _require(self.zoom_px <= 2048, "report.zoom_px", "must be <= 2048")
         _require(isinstance(self.groups, dict), "report.groups", "must be a mapping")
         self.families()  # validate now, with the setting's name in the error
 

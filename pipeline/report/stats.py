@@ -11,8 +11,10 @@ sample (the spread of a mean shrinks as ``1 / sqrt(n)``).
 
 from __future__ import annotations
 
+import math
 import zlib
 from dataclasses import dataclass, field
+from statistics import NormalDist
 
 import numpy as np
 
@@ -153,3 +155,81 @@ def kl_divergence(p: np.ndarray, q: np.ndarray, eps: float = 1e-6) -> float:
     q = np.asarray(q, dtype=np.float64).ravel() + eps
     p, q = p / p.sum(), q / q.sum()
     return float((p * np.log(p / q)).sum())
+
+
+def z_value(confidence: float) -> float:
+    """The two-sided normal quantile of ``confidence`` (1.96 for 0.95)."""
+    return float(NormalDist().inv_cdf(0.5 + confidence / 2.0))
+
+
+def wilson_interval(successes: float, n: float, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval of a proportion; (0, 1) when ``n`` is 0."""
+    if n <= 0:
+        return 0.0, 1.0
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    margin = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return float(max(0.0, centre - margin)), float(min(1.0, centre + margin))
+
+
+def proportion_diff(x1: float, n1: float, x0: float, n0: float,
+                    z: float = 1.96) -> tuple[float, float, float]:
+    """``p1 - p0`` and Newcombe's hybrid score interval (his method 10, no continuity
+    correction), built from each proportion's Wilson interval: it stays inside
+    [-1, 1] and behaves at 0 and 1 (a status that never occurred), where the
+    Wald interval collapses. NaNs when a side is empty."""
+    if n1 <= 0 or n0 <= 0:
+        return float("nan"), float("nan"), float("nan")
+    p1, p0 = x1 / n1, x0 / n0
+    l1, u1 = wilson_interval(x1, n1, z)
+    l0, u0 = wilson_interval(x0, n0, z)
+    d = p1 - p0
+    lo = d - np.sqrt((p1 - l1) ** 2 + (u0 - p0) ** 2)
+    hi = d + np.sqrt((u1 - p1) ** 2 + (p0 - l0) ** 2)
+    return float(d), float(lo), float(hi)
+
+
+def mean_diff(a: Moments, b: Moments, z: float = 1.96) -> tuple[float, float, float]:
+    """``mean(a) - mean(b)`` with Welch's normal interval from exact moments (NaNs below
+    two values a side)."""
+    if a.n < 2 or b.n < 2:
+        return float("nan"), float("nan"), float("nan")
+    d = a.mean - b.mean
+    se = float(np.sqrt(a.var / a.n + b.var / b.n))
+    return float(d), d - z * se, d + z * se
+
+
+def hist_distances(h1: np.ndarray, h0: np.ndarray, width: float) -> tuple[float, float]:
+    """Wasserstein-1 (earth mover's) distance and Kolmogorov-Smirnov statistic of two
+    histograms on the same bins of ``width``: each within one bin of the values' own."""
+    h1, h0 = np.asarray(h1, np.float64), np.asarray(h0, np.float64)
+    if h1.sum() <= 0 or h0.sum() <= 0:
+        return float("nan"), float("nan")
+    gap = np.abs(np.cumsum(h1) / h1.sum() - np.cumsum(h0) / h0.sum())
+    return float(gap.sum() * width), float(gap.max())
+
+
+def normal_p(z: np.ndarray) -> np.ndarray:
+    """Two-sided p-values of standard normal statistics (NaN stays NaN)."""
+    z = np.abs(np.asarray(z, dtype=np.float64))
+    out = np.full(z.shape, np.nan)
+    ok = np.isfinite(z)
+    out[ok] = [math.erfc(x / math.sqrt(2.0)) for x in z[ok]]
+    out[np.isinf(z)] = 0.0
+    return out
+
+
+def benjamini_hochberg(p: np.ndarray, q: float) -> np.ndarray:
+    """Which of the tests with p-values ``p`` are discoveries at false discovery rate ``q``
+    (Benjamini-Hochberg step-up; NaN p-values are not tests)."""
+    p = np.asarray(p, dtype=np.float64)
+    out = np.zeros(p.shape, bool)
+    idx = np.flatnonzero(np.isfinite(p))
+    if idx.size == 0:
+        return out
+    order = idx[np.argsort(p[idx], kind="stable")]
+    m = idx.size
+    below = p[order] <= q * np.arange(1, m + 1) / m
+    if below.any():
+        out[order[: int(np.flatnonzero(below)[-1]) + 1]] = True
+    return out

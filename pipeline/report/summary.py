@@ -172,17 +172,32 @@ def _stat(m: Moments, dev: np.ndarray, confidence: float) -> dict[str, Any]:
     return {"n": m.n, "mean": finite_or_none(mean), "std": finite_or_none(m.std), "ci_low": finite_or_none(lo), "ci_high": finite_or_none(hi)}
 
 
-def groups_section(agg: Aggregator, s: ReportSettings) -> list[dict[str, Any]]:
-    """Per family: per-group statistics with bootstrap intervals, and pairwise effects."""
-    out = []
+def group_deviations(agg: Aggregator, s: ReportSettings) -> dict[tuple[int, int, str], np.ndarray]:
+    """Bootstrap deviations of each group's mean, by (family, group, metric) index.
+
+    Seeded by names, so two audits aggregated with the same settings draw the
+    same resamples' indices (a comparison differences them per resample).
+    """
+    devs: dict[tuple[int, int, str], np.ndarray] = {}
     for fi, fam in enumerate(agg.families):
         accs = agg.groups[fi]
-        devs: dict[tuple[int, str], np.ndarray] = {}
         for gi, name in enumerate(fam.names):
             for m in GROUP_METRICS:
                 rng = np.random.default_rng(stable_seed(s.seed, "bootstrap", fam.name, name, m))
-                devs[gi, m] = boot_deviations(accs[gi].reservoirs[m].values, accs[gi].moments[m].n,
-                                              s.bootstrap_samples, rng)
+                devs[fi, gi, m] = boot_deviations(accs[gi].reservoirs[m].values,
+                                                  accs[gi].moments[m].n, s.bootstrap_samples, rng)
+    return devs
+
+
+def groups_section(agg: Aggregator, s: ReportSettings,
+                   all_devs: dict[tuple[int, int, str], np.ndarray] | None = None
+                   ) -> list[dict[str, Any]]:
+    """Per family: per-group statistics with bootstrap intervals, and pairwise effects."""
+    all_devs = all_devs if all_devs is not None else group_deviations(agg, s)
+    out = []
+    for fi, fam in enumerate(agg.families):
+        accs = agg.groups[fi]
+        devs = {(gi, m): all_devs[fi, gi, m] for gi in range(len(fam.names)) for m in GROUP_METRICS}
         groups = []
         for gi, name in enumerate(fam.names):
             g = accs[gi]

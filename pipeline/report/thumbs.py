@@ -5,8 +5,9 @@ images from the input by each row's ``source`` and ``row``: only the row group
 that holds the row is read (found from the Parquet footer), in small batches.
 Thumbnails are a centre square crop resized to ``px`` (open_clip's default
 preprocessing is a resize plus centre crop, so the map lines up with what the
-model saw up to the crop's exact size). When the input is gone or the image
-cannot be read, the map is drawn alone on white.
+model saw up to the crop's exact size), in grey with the map's colours over it
+(over the image's own colours a red map on a red object would not show). When
+the input is gone or the image cannot be read, the map is drawn alone on white.
 """
 
 from __future__ import annotations
@@ -111,4 +112,6 @@ def thumbnail(img: Image.Image | None, values: Sequence[float] | None, grid: tup
     if values is None or h * w != len(values) or h * w == 0:
         return png_bytes(base)
     m = np.asarray(values, dtype=np.float64).reshape(h, w)
-    return png_bytes(overlay(base, m, alpha=0.55 if img is not None else 1.0))
+    if img is None:
+        return png_bytes(overlay(base, m, alpha=1.0, on_grey=False))
+    return png_bytes(overlay(base, m))

@@ -151,3 +151,35 @@ def test_bad_settings_exit_2_before_anything_runs(tmp_path, tiny_input):
     assert r.returncode == 2 and "NIBT_MODEL" in r.stderr, r.stderr
     assert " ".join(options) in r.stderr and "demo" in options
     assert not (tmp_path / "out").exists()
+
+
+def test_each_date_is_compared_with_the_latest_earlier_success(tmp_path, tiny_input):
+    """The report of a date compares it with the latest earlier date that has _SUCCESS
+    (a partial date in between is passed over); NIBT_COMPARE=0 turns it off."""
+    if not report_available():
+        return
+    env = wrapper_env(tmp_path, tiny_input)
+    first, partial, later = "2026-11-26", "2026-11-27", "2026-11-28"
+    out = tmp_path / "out"
+    r = run(env, first)
+    assert r.returncode == 0, r.stderr
+    assert "comparison" not in json.loads((out / f"dt={first}" / "_report" / "report.json")
+                                          .read_text())  # nothing before it
+    # what a partial run leaves: results and a summary, no _SUCCESS
+    (out / f"dt={partial}").mkdir()
+    for name in ("_manifest.json", "_summary.json"):
+        (out / f"dt={partial}" / name).write_bytes((out / f"dt={first}" / name).read_bytes())
+    r = run(env, later)
+    log = sorted((tmp_path / "logs" / f"dt={later}").glob("*.log"))[-1].read_text()
+    assert r.returncode == 0, log[-3000:]
+    report = json.loads((out / f"dt={later}" / "_report" / "report.json").read_text())
+    assert report["baseline"] == f"{out}/dt={first}"
+    c = report["comparison"]
+    assert c["settings"]["same"] and c["settings"]["input"]["same"]
+    assert c["findings"] == []  # the same input under the same settings: nothing changed
+    assert "baseline=previous" in log
+    off = run({**env, "NIBT_COMPARE": "0"}, later)
+    assert off.returncode == 0, off.stderr
+    report = json.loads((out / f"dt={later}" / "_report" / "report.json").read_text())
+    assert "comparison" not in report and "baseline" not in report
+    scan_for_secret(tmp_path, r.stdout, r.stderr, off.stdout, off.stderr)

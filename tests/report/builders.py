@@ -88,13 +88,19 @@ def write_input(path: str, n: int, row_group_size: int = 7) -> list[tuple[int, i
 
 
 def write_results(out: str, parts: Sequence[Sequence[Row]], source: str,
-                  storage=None, meta: dict[str, Any] | None = None) -> str:
-    """Parts, manifest and all, as nibt-audit writes them; rows index ``source`` in order."""
+                  storage=None, meta: dict[str, Any] | None = None,
+                  input_version: str = "v1", success: bool = False) -> str:
+    """Parts, manifest and all, as nibt-audit writes them; rows index ``source`` in order.
+
+    Each part's input fingerprint is ``source|size|input_version|rows`` as the job's
+    planner writes it (two results of the same ``source`` and version read the same
+    input); ``success`` also writes ``_SUCCESS``.
+    """
     from pipeline.config import StorageSettings
 
     fs, root = filesystem(out, storage or StorageSettings())
     metadata = {"model": "nibt-demo", "weights": "sha256:abc", "steps": 10, "schedule": "uniform",
-                "precision": "fp32", "code_version": "0.1.0+test", "fingerprint": "f00d",
+                "precision": "fp32", "engine_results_version": 1, "torch": "2.14.1", "fingerprint": "f00d",
                 "schema_version": 1, **(meta or {})}
     entries, start = [], 0
     for p, rows in enumerate(parts):
@@ -113,13 +119,17 @@ def write_results(out: str, parts: Sequence[Sequence[Row]], source: str,
         for r in rows:
             counts[r.status] = counts.get(r.status, 0) + 1
         entries.append(PartEntry(task, f"parts/{task}.parquet", len(rows), source, start,
-                                 start + len(rows), "in-fp", counts))
+                                 start + len(rows),
+                                 f"{source}|1000|{input_version}|{start}:{start + len(rows)}",
+                                 counts))
         start += len(rows)
     settings = {"input": source, "output": out,
                 "model": {"name": "nibt-demo", "layer": None, "image_layer": 1, "text_layer": 1},
                 "data": {"image_column": "image", "caption_column": "caption"}}
     write_manifest(fs, root, {"fingerprint": "f00d", "metadata": metadata, "settings": settings},
                    entries)
+    if success:
+        fs.pipe_file(join(root, "_SUCCESS"), b'{"status": "succeeded"}\n')
     return out
 
 

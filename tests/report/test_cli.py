@@ -43,7 +43,7 @@ def test_the_command_writes_the_report_locally(results, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     summary = json.loads(r.stdout)
     assert summary["rows"] == 60 and summary["rows_ok"] == 54
-    for name in ("report.html", "report.json", "aggregates/words.parquet",
+    for name in ("report.html", "report.json", "flags.parquet", "aggregates/words.parquet",
                  "aggregates/groups.parquet", "aggregates/group_effects.parquet",
                  "aggregates/regions.parquet"):
         assert (out / name).is_file(), name
@@ -94,7 +94,7 @@ def test_results_and_report_on_s3(results, tmp_path, s3_endpoint):
     assert code == 0
     fs.invalidate_cache()
     names = {p.split("/report/", 1)[1] for p in fs.find("nibt-report-test/report")}
-    assert names == {"report.html", "report.json", "aggregates/words.parquet",
+    assert names == {"report.html", "report.json", "flags.parquet", "aggregates/words.parquet",
                      "aggregates/groups.parquet", "aggregates/group_effects.parquet",
                      "aggregates/regions.parquet"}
     report = json.loads(fs.cat_file("nibt-report-test/report/report.json"))

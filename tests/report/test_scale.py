@@ -85,3 +85,5 @@ def test_the_benchmark_section_runs_small(monkeypatch):
     assert figures["rows"] == 20000 and figures["parts"] == 2
     assert figures["planted_shortcut_found"] and figures["within_bar"]
     assert 0 < figures["report_peak_rss_mb"] < 2048 and figures["report_seconds"] > 0
+    assert figures["planted_word_change_found"] and figures["compare_within_bar"]
+    assert figures["compare_rows"] == [20000, 20000] and figures["compare_seconds"] > 0

@@ -16,7 +16,10 @@ already committed. Exit 3 (some tasks failed) fails the audit task with the run
 summary in its log; its retry recomputes only the failed tasks; the report waits for
 a complete audit. ``max_active_runs=1``: runs never overlap. The ``model`` param has
 no default unless ``NIBT_MODEL`` gives one: without a model the audit task exits 2
-and lists the options (no run falls back to the demo model).
+and lists the options (no run falls back to the demo model). The report compares
+the date with the latest earlier date under ``output_root`` that has ``_SUCCESS``,
+when there is one (``nibt-report baseline=previous``); the ``compare`` param
+(default ``NIBT_COMPARE``, on unless ``0``) turns it off.
 
 Deployment settings come from the worker's environment, not from params:
 ``NIBT_AUDIT_BIN`` / ``NIBT_REPORT_BIN`` (default: on PATH), ``NIBT_ENV_FILE``
@@ -72,6 +75,9 @@ def params(ray: bool = False) -> dict[str, Param]:
                           description="Audit this date (YYYY-MM-DD) instead of the data "
                           "interval's: a manual rerun or backfill of one date."),
     }
+    out["compare"] = Param(os.environ.get("NIBT_COMPARE", "1") not in ("0", "false", "False"),
+                           type="boolean", description="Compare the date with the latest "
+                           "earlier date that has _SUCCESS (nibt-report baseline=previous).")
     if ray:
         out["ray_address"] = Param(os.environ.get("NIBT_RAY_ADDRESS", "http://127.0.0.1:8265"),
                                    type="string", description="The Ray cluster's job API.")
@@ -86,6 +92,7 @@ TASK_ENV = {
     "NIBT_OUTPUT_ROOT": "{{ params.output_root }}",
     "NIBT_MODEL": "{{ params.model or '' }}",
     "NIBT_AUDIT_ARGS": "{{ params.overrides }}",
+    "NIBT_COMPARE": "{{ params.compare }}",
 }
 
 # Shared by every task: take the settings, load the credentials file without tracing,
@@ -148,9 +155,16 @@ AUDIT_LOCAL = PRELUDE + NEED_MODEL + r"""
 rc=$?
 """ + OUTCOME
 
-REPORT_LOCAL = PRELUDE + r"""
+# The report compares the date with the latest earlier one that has _SUCCESS, unless the
+# compare param is off (Jinja renders it True / False).
+COMPARE = r"""
+compare=()
+case ${NIBT_COMPARE:-True} in 0 | false | False) ;; *) compare=(baseline=previous) ;; esac
+"""
+
+REPORT_LOCAL = PRELUDE + COMPARE + r"""
 "${NIBT_REPORT_BIN:-nibt-report}" "results=$(hq "$output")" "output=$(hq "$report_dir")" \
-    </dev/null
+    "${compare[@]}" </dev/null
 rc=$?
 [ $rc -eq 0 ] && echo "nibt-report: dt=$run_date written to $report_dir"
 exit $rc
@@ -161,8 +175,8 @@ AUDIT_RAY = PRELUDE + NEED_MODEL + r"""
 rc=$?
 """ + OUTCOME
 
-REPORT_RAY = PRELUDE + r"""
-"$NIBT_REPO/jobs/ray/submit.sh" report "$run_date" </dev/null
+REPORT_RAY = PRELUDE + COMPARE + r"""
+"$NIBT_REPO/jobs/ray/submit.sh" report "$run_date" "${compare[@]}" </dev/null
 """
 
 
