@@ -53,3 +53,11 @@ def write_table(table: pa.Table, where: str, fs=None, row_group_size: int = 8) -
     else:
         with fs.open(where, "wb") as f:
             pq.write_table(table, f, row_group_size=row_group_size)
+
+
+def write_shards(root, shards: int, rows: int, seed: int) -> list[pa.Table]:
+    """``shards`` files ``root/shard-<s>.parquet`` of ``rows`` pairs each (seeds ``seed + s``)."""
+    tables = [pairs_table(rows, seed=seed + s) for s in range(shards)]
+    for s, t in enumerate(tables):
+        write_table(t, f"{root}/shard-{s}.parquet")
+    return tables

@@ -20,7 +20,7 @@ from pipeline.engine.nibt import NIBT
 from pipeline.io.manifest import read_manifest
 from pipeline.io.results import read_results
 from pipeline.job.driver import EXIT_OK, EXIT_PARTIAL, run_job
-from tests.data import caption, pairs_table, png, write_table
+from tests.data import caption, pairs_table, png, write_shards, write_table
 from tests.jobutil import TEST_MODEL, settings
 from tests.procs import children, own_workers, wait_gone
 
@@ -60,9 +60,7 @@ def assert_matches_engine(results, inputs):
 @pytest.fixture(scope="module")
 def local_input(tmp_path_factory):
     root = tmp_path_factory.mktemp("in")
-    tables = [pairs_table(24, seed=s) for s in range(2)]
-    for s, t in enumerate(tables):
-        write_table(t, str(root / f"shard-{s}.parquet"))
+    tables = write_shards(root, 2, 24, seed=0)
     return root, tables
 
 

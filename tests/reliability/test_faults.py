@@ -23,7 +23,7 @@ from pipeline.io.manifest import read_manifest
 from pipeline.io.results import read_results
 from pipeline.job.driver import EXIT_OK, EXIT_PARTIAL, run_job
 from tests import images as im
-from tests.data import caption, pairs_table, png, write_table
+from tests.data import caption, pairs_table, png, write_shards, write_table
 from tests.jobutil import settings
 from tests.procs import own_workers
 from tests.reliability.proxy import FaultProxy
@@ -42,9 +42,7 @@ def all_ids(tables) -> list[str]:
 @pytest.fixture(scope="module")
 def four_shards(tmp_path_factory):
     root = tmp_path_factory.mktemp("in4")
-    tables = [pairs_table(16, seed=40 + s) for s in range(4)]
-    for s, t in enumerate(tables):
-        write_table(t, str(root / f"shard-{s}.parquet"))
+    tables = write_shards(root, 4, 16, seed=40)
     return root, tables
 
 

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from pipeline.io.results import read_results
-from tests.data import pairs_table, write_table
+from tests.data import write_shards
 from tests.reliability.raycluster import ray_cluster
 
 
@@ -25,9 +25,7 @@ def cluster():
 def test_lost_node(cluster, tmp_path, figure):
     root = tmp_path / "in"
     root.mkdir()
-    tables = [pairs_table(16, seed=140 + s) for s in range(4)]
-    for s, t in enumerate(tables):
-        write_table(t, str(root / f"shard-{s}.parquet"))
+    tables = write_shards(root, 4, 16, seed=140)
     out = tmp_path / "out"
     args = [sys.executable, "-m", "pipeline", f"input={root}", f"output={out}",
             "cluster=existing", f"cluster.address={cluster.address}",

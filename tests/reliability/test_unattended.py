@@ -25,7 +25,7 @@ from pipeline.io.results import read_results
 from pipeline.job import faults
 from pipeline.job.cluster import patched_env, ray_session
 from pipeline.job.driver import EXIT_CONFIG, EXIT_OK, EXIT_PARTIAL, run_job
-from tests.data import pairs_table, write_table
+from tests.data import write_shards
 from tests.jobutil import settings
 from tests.procs import running
 from tests.silent import SilentEndpoint
@@ -62,9 +62,7 @@ def inject(fault_file):
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
     root = tmp_path_factory.mktemp("unattended-in")
-    tables = [pairs_table(16, seed=120 + s) for s in range(4)]
-    for s, t in enumerate(tables):
-        write_table(t, str(root / f"shard-{s}.parquet"))
+    tables = write_shards(root, 4, 16, seed=120)
     return root, tables
 
 
