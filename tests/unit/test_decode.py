@@ -261,3 +261,12 @@ def test_fast_preprocess_runs_the_exact_steps_on_other_images():
                  im.encode(im.Image.fromarray(im.photo(5, (320, 200))), "PNG")):
         img = decode_image(data, draft=fast.draft_size)
         assert np.array_equal(np.asarray(fast(img)), fast.split.image(decode_image(data)))
+
+
+def test_decode_setting_is_checked():
+    from pipeline.config import ConfigError, DataSettings
+
+    assert DataSettings().decode == "fast"
+    assert DataSettings(decode="exact").decode == "exact"
+    with pytest.raises(ConfigError, match="data.decode: must be one of exact, fast, device"):
+        DataSettings(decode="nvjpeg")
