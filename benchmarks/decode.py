@@ -28,7 +28,8 @@ robust to other work on a shared machine) and per wall second, as the median
 and [min, max] of the repeats.
 
 ``pools``: one actor's decoder with 2 workers on the 640x480 JPEGs to 224 px,
-fast path, 128-row batches: threads, the process pool, and two
+fast path, 128-row batches: threads, the process pool (pixels back through its
+shared-memory buffers, and pickled: the peer of its hand-made transport), and two
 ``torch.utils.data.DataLoader`` peers with 2 worker processes: one built per
 batch (fork; the only way a DataLoader takes rows that arrive batch by batch, as
 the job's do) and one with persistent workers over rows known up front (its best
@@ -227,6 +228,8 @@ def pools(blobs: list[bytes], workers: int = 2, batch: int = 128, repeats: int =
         "threads": ThreadDecoder(fast, *LIMITS, threads=workers, one_torch_thread=True,
                                  draft=fast.draft_size),
         "process_pool": ProcessDecoder(fast, *LIMITS, processes=workers, draft=fast.draft_size),
+        "process_pool_pickled": ProcessDecoder(fast, *LIMITS, processes=workers,
+                                               draft=fast.draft_size, shared=False),
         "dataloader_per_batch": DataLoaderPerBatch(fast, workers),
     }
     persistent = torch.utils.data.DataLoader(

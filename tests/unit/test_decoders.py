@@ -79,15 +79,18 @@ def vit_b_32_tokenizer():
     return open_clip.get_tokenizer("ViT-B-32")
 
 
-@pytest.fixture(scope="module")
-def procs():
-    """One pool for the module (each start imports torch in two processes); it
-    tokenises as the worker's does."""
+@pytest.fixture(scope="module", params=[True, False], ids=["shared-memory", "pickled"])
+def procs(request):
+    """Pixels back through shared memory (the default), or pickled (the fallback
+    when /dev/shm is small); one pool each for the module (a start imports torch in
+    two processes). It tokenises as the worker's does."""
     from pipeline.engine.model import CaptionEncoder
 
     tok = vit_b_32_tokenizer()
     d = ProcessDecoder(Prep(), 10_000_000, 4096, processes=2, chunk_rows=4, row_timeout_s=3,
-                       tokenize=CaptionEncoder(tok, 77, tok.sot_token_id, tok.eot_token_id))
+                       tokenize=CaptionEncoder(tok, 77, tok.sot_token_id, tok.eot_token_id),
+                       shared=request.param)
+    assert (d.pool.buffers is not None) == request.param
     yield d
     d.close()
 
@@ -116,6 +119,10 @@ def test_process_decoder_equals_the_loop(procs):
     expected = oracle(images, captions)
     assert {e.status for e in expected} == {OK, BAD_IMAGE, BAD_CAPTION}
     check(procs.decode(images, captions), expected)
+    b = procs.pool.buffers
+    if b is not None:  # one per chunk in flight for the one reader; used, all back, no name left
+        assert len(b.names) == 2 * procs.processes and len(b.free) == len(b.names)
+        assert not [n for n in b.names if os.path.exists(f"/dev/shm/{n}")]
     # a batch smaller than the processes, and one with no ok row
     check(procs.decode(images[:1], captions[:1]), expected[:1])
     bad = procs.decode([b"x", None], ["a", "b"])
@@ -196,21 +203,26 @@ def test_close_is_bounded_even_with_a_stuck_process(monkeypatch):
     assert not wait_gone(pids)
 
 
-def test_a_killed_parent_leaves_no_decode_process():
-    """The processes exit when their parent is SIGKILLed."""
+def test_a_killed_parent_leaves_no_decode_process_or_buffer():
+    """Buffers are unlinked once the processes hold them (nothing to leak in
+    /dev/shm), sized for the readers asked for; the processes exit when their
+    parent is SIGKILLed."""
     code = textwrap.dedent("""
         import time
         from tests.unit.test_decoders import Prep, rows
         from pipeline.job.decode_pool import ProcessDecoder
-        d = ProcessDecoder(Prep(), 10_000_000, 4096, processes=2, chunk_rows=4)
+        d = ProcessDecoder(Prep(), 10_000_000, 4096, processes=2, chunk_rows=4, readers=2)
         d.decode(*rows())
         print(" ".join(str(p) for p, _ in d.pool.procs), flush=True)
+        print(" ".join(d.pool.buffers.names), flush=True)
         time.sleep(600)
     """)
     p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
                          cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
     children = [int(x) for x in p.stdout.readline().split()]
+    buffers = p.stdout.readline().split()
     assert len(children) == 2 and all(running(c) for c in children)
+    assert len(buffers) == 8 and not [b for b in buffers if os.path.exists(f"/dev/shm/{b}")]
     p.send_signal(signal.SIGKILL)
     p.wait()
     assert not wait_gone(children)
