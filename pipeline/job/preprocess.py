@@ -122,13 +122,14 @@ def resize_crop(x: torch.Tensor, g: Geometry, source: tuple[int, int] | None = N
     tw, th = g.resized(sw, sh)
     top, left = g.crop_origin(tw, th)
     ch, cw = g.crop
+    if scale == 1 and (w, h) == (sw, sh) == (tw, th):  # no resize: the crop alone
+        return x[top : top + ch, left : left + cw].contiguous()
     img = x.permute(2, 0, 1)[None]  # [1, 3, h, w], channels-last in memory
-    exact_int = img.device.type == "cpu"  # CPU has uint8 kernels; elsewhere via float
-    if not exact_int:
+    cpu = img.device.type == "cpu"  # CPU has uint8 kernels; elsewhere via float
+    if not cpu:
         img = img.float()
     if scale == 1 and (w, h) == (sw, sh):
-        if (w, h) != (tw, th):
-            img = F.interpolate(img, size=(th, tw), mode=g.mode, antialias=True)
+        img = F.interpolate(img, size=(th, tw), mode=g.mode, antialias=True)
     else:
         # output pixel j sits at (j + 0.5) * sw / tw stored pixels, i.e. at
         # (j + 0.5) * sw / (tw * scale) decoded ones; the factor is nudged up by 1e-9
@@ -136,10 +137,15 @@ def resize_crop(x: torch.Tensor, g: Geometry, source: tuple[int, int] | None = N
         fy, fx = th * scale / sh * (1 + 1e-9), tw * scale / sw * (1 + 1e-9)
         img = F.interpolate(img, scale_factor=(fy, fx), mode=g.mode, antialias=True,
                             recompute_scale_factor=False)
-    out = img[0, :, top : top + ch, left : left + cw]
-    if not exact_int:
-        out = out.round_().clamp_(0, 255).to(torch.uint8)
-    return out.permute(1, 2, 0).contiguous()
+    planes = img[0, :, top : top + ch, left : left + cw]  # [3, ch, cw]
+    if not cpu:
+        return planes.round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).contiguous()
+    # interleaved channel by channel: a third of the time of a transposing copy
+    src = planes.numpy()
+    out = np.empty((ch, cw, src.shape[0]), dtype=np.uint8)
+    for c in range(src.shape[0]):
+        out[..., c] = src[c]
+    return torch.from_numpy(out)
 
 
 class FastPreprocess:
