@@ -208,7 +208,7 @@ class TaskRunner:
             if decode_threads is None:
                 decode_threads = max(2, int(threads or 2) - 1) if gpu else 2
             self.decoder = ThreadDecoder(self.preprocess, d.max_pixels, d.max_caption_chars,
-                                         decode_threads, pin=gpu, one_torch_thread=gpu,
+                                         decode_threads, pin=gpu, one_torch_thread=True,
                                          draft=draft)
         cpu_decoder = self.decoder
         if data.decode == "device" and fast is not None:  # JPEGs on the device, the rest as fast
