@@ -7,7 +7,7 @@ side bands from its edge colours, sensor grain; ``tests.images.camera_jpeg``),
 all at quality 90. Each set runs through the whole job (``run_job``: Ray,
 one actor on this machine's CPUs, local Parquet in and out) with the shipped demo
 model (``conf/model/demo.yaml``) and ``data.decode`` exact and fast; runs
-alternate set and path, twice, so the machine's drift spreads over all.
+alternate set and path, three times, so the machine's drift spreads over all.
 
 Reported: the job's pairs/s per run (from the actors being ready to the last
 result), and per path the camera-size rate over the 64x64 rate (medians), the
@@ -49,7 +49,7 @@ def write_sets(root: Path, pairs: int) -> dict[str, Path]:
     return out
 
 
-def run(pairs: int = PAIRS, rounds: int = 2) -> dict:
+def run(pairs: int = PAIRS, rounds: int = 3) -> dict:
     from pipeline.config import (
         ClusterSettings,
         DataSettings,
