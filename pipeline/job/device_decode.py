@@ -103,17 +103,22 @@ class DeviceDecoder:
         device_rows = {i: r for i, (c, t) in enumerate(zip(images, captions))
                        if (r := _device_jpeg(c, t, self.max_pixels, self.max_chars))}
         pixels: dict[int, torch.Tensor] = {}
-        stream = torch.cuda.stream(self.stream) if self.stream is not None else \
+        stacked: torch.Tensor | None = None
+        side = torch.cuda.stream(self.stream) if self.stream is not None else \
             contextlib.nullcontext()
-        with stream:
+        with side:  # on a GPU: a stream of its own, beside the compute's
             idx = list(device_rows)
             for s in range(0, len(idx), self.chunk):
                 part = idx[s : s + self.chunk]
                 for i, x in zip(part, self._on_device([device_rows[i][0] for i in part])):
                     if x is not None:
                         pixels[i] = resize_crop(x.permute(1, 2, 0), self.geometry)
-            if self.stream is not None:
-                self.stream.synchronize()
+            if pixels:
+                stacked = torch.stack(list(pixels.values()))
+        if self.stream is not None:
+            self.stream.synchronize()
+            if stacked is not None:  # used on the caller's stream from here on
+                stacked.record_stream(torch.cuda.current_stream(self.device))
         self.fallbacks += len(device_rows) - len(pixels)
         cpu_idx = [i for i in range(len(images)) if i not in pixels]
         cpu = self.cpu.decode([images[i] for i in cpu_idx], [captions[i] for i in cpu_idx])
@@ -125,12 +130,16 @@ class DeviceDecoder:
         out = DecodedRows(rows, ok)
         if not ok:
             return out
+        at = {i: k for k, i in enumerate(ok)}  # row -> its place in the batch
         cpu_ok = [cpu_idx[j] for j in cpu.ok]
-        pieces = {**pixels}
+        ch, cw = self.geometry.crop
+        out.pixels = torch.empty((len(ok), ch, cw, 3), dtype=torch.uint8, device=self.device)
+        if stacked is not None:
+            where = torch.tensor([at[i] for i in pixels], device=self.device)
+            out.pixels[where] = stacked
         if cpu.pixels is not None:
-            moved = cpu.pixels.to(self.device, non_blocking=True)
-            pieces.update({i: moved[k] for k, i in enumerate(cpu_ok)})
-        out.pixels = torch.stack([pieces[i] for i in ok])
+            where = torch.tensor([at[i] for i in cpu_ok], device=self.device)
+            out.pixels[where] = cpu.pixels.to(self.device, non_blocking=True)
         if self.tokenize is not None:
             have: dict[int, tuple[np.ndarray, bool]] = {}
             if cpu.tokens is not None:
