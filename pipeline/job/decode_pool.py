@@ -18,8 +18,9 @@ back through shared-memory buffers made once per pool, one per chunk that can be
 in flight, so a chunk's pixels are written once in the process and copied once
 into the batch. That took 10-15% less CPU per image than pickling them back
 (the decode bench's ``process_pool_pickled``) or returning tensors through
-torch's own sharing (a fresh segment per chunk: about the cost of pickling), and
-a ``DataLoader`` was slower than either (docs/performance.md, "Decoding"). Every
+torch's own sharing (a fresh segment per chunk: about the cost of pickling); a
+``DataLoader`` built per batch was slower still, and one with persistent
+workers needs its rows when they start (docs/performance.md, "Decoding"). Every
 wait is bounded: a chunk that does not come back in time has its processes
 killed and is replayed like a crashed one.
 """
@@ -53,8 +54,8 @@ log = logging.getLogger(__name__)
 
 #: Seconds a decode process may take to start (import torch, unpickle the transform).
 START_TIMEOUT_S = 300
-#: Seconds one image may take to decode (a 64-megapixel PNG takes ~2 s); a chunk
-#: gets this per row, a replayed row this alone.
+#: Seconds one image may take to decode, far more than the largest image allowed
+#: needs; a chunk gets this per row, a replayed row this alone.
 ROW_TIMEOUT_S = 30.0
 #: Seconds ``close`` waits for the processes to exit before killing them.
 CLOSE_TIMEOUT_S = 30.0
