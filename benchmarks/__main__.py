@@ -12,7 +12,8 @@ import warnings
 
 from benchmarks.common import run_child
 
-SECTIONS = ("engine", "models", "job", "scale", "overlap", "decoders", "report")
+SECTIONS = ("engine", "models", "job", "scale", "overlap", "decode", "decode_job", "decoders",
+            "report")
 
 
 def main(argv: list[str]) -> int:

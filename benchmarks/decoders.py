@@ -1,10 +1,8 @@
-"""Decode threads against decode processes: their rates, and beside a launch-bound engine.
+"""Decode threads against decode processes beside a launch-bound engine.
 
-Rates: images/s by one actor's decoder with 1 and 2 workers (threads; processes
-returning pixels through shared memory; processes returning them pickled), on
-224x224 and 500x375 JPEGs, each measured twice in alternation.
+(The decoders' own rates, and a DataLoader's, are in ``benchmarks/decode.py``.)
 
-Beside the engine: on a GPU the engine's host side is thousands of short kernel launches per batch,
+On a GPU the engine's host side is thousands of short kernel launches per batch,
 each releasing and retaking the GIL. This CPU stand-in has the same shape: a
 tiny ViT at ViT-B-32's geometry (224 px, 32 px patches, 7x7 grid; width 64, 2
 layers), whose operations are short, so its thread spends its time in Python
@@ -33,7 +31,7 @@ import pyarrow.parquet as pq
 import torch
 from PIL import Image
 
-from benchmarks.common import decode_rate, jpeg_pairs
+from benchmarks.common import jpeg_pairs
 
 TINY = {"embed_dim": 64,
         "vision_cfg": {"image_size": 224, "layers": 2, "width": 64, "head_width": 32,
@@ -50,36 +48,8 @@ def photos(n: int, seed: int = 0, size: tuple[int, int] = (500, 375)) -> pa.Tabl
     return pa.table({"image": images, "caption": captions})
 
 
-def decode_rates(images_per_size: int = 512) -> dict:
-    """Images/s per decoder kind and worker count (see the module docstring)."""
-    from pipeline.io.images import DEFAULT_MAX_CAPTION_CHARS as CHARS
-    from pipeline.io.images import DEFAULT_MAX_PIXELS as PIXELS
-    from pipeline.job.decode_pool import ProcessDecoder, ThreadDecoder
-    from pipeline.job.preprocess import split_preprocess
-
-    _, _, whole = open_clip.create_model_and_transforms("ViT-B-32")
-    prep = split_preprocess(whole).image
-    kinds = {
-        "threads": lambda n: ThreadDecoder(prep, PIXELS, CHARS, n, one_torch_thread=True),
-        "processes_shared_memory": lambda n: ProcessDecoder(prep, PIXELS, CHARS, n),
-        "processes_pickled": lambda n: ProcessDecoder(prep, PIXELS, CHARS, n, shared=False),
-    }
-    out: dict = {}
-    for size in ((224, 224), (500, 375)):
-        table = photos(images_per_size, seed=1, size=size)
-        images, captions = table.column("image").to_pylist(), table.column("caption").to_pylist()
-        rates: dict = {}
-        for _ in range(2):
-            for kind, make in kinds.items():
-                for n in (1, 2):
-                    rate = decode_rate(make(n), images, captions, 128)
-                    rates.setdefault(f"{kind}_{n}", []).append(round(rate, 1))
-        out[f"{size[0]}x{size[1]}"] = rates
-    return out
-
-
 def run(pairs: int = 512, batch: int = 64) -> dict:
-    return {"decode_images_per_s": decode_rates(), "beside_engine": beside_engine(pairs, batch)}
+    return {"beside_engine": beside_engine(pairs, batch)}
 
 
 def beside_engine(pairs: int, batch: int) -> dict:

@@ -5,6 +5,12 @@ achieved TFLOP/s against the device's bf16 matmul rate measured in the same
 run, and GPU utilisation sampled while the job runs. Target on one H200,
 ViT-B-32, image + text, 10 steps: >= 2,000 pairs/s end to end.
 
+The decode paths side by side on camera-size JPEGs (640x480, quality 90):
+one actor's decoder per path and worker count (open_clip's transform, exact,
+fast, and the device path's nvJPEG), nvJPEG's pixels against PIL's, and the
+ViT-B-32 job with ``data.decode`` exact, fast and device (section
+``jobs-decode``), so that one run decides the default beside a GPU.
+
     python -m benchmarks.gpu [--pairs 16384] [--out bench-results/gpu.json]
     python -m benchmarks.gpu --smoke   # the same steps at toy sizes on CPU
 
@@ -102,30 +108,64 @@ def engine(name: str, batch: int, peak: float, device: str, compile_: bool = Fal
     return out
 
 
-def decode_rates(images: list[bytes], workers: tuple[int, ...]) -> dict:
-    """Images decoded per second by one actor's decoder with n workers: threads of
-    one process (they stop scaling at the GIL), and processes (``ProcessDecoder``,
-    the default beside a GPU); PIL steps to uint8 (SplitPreprocess), and for
-    threads also the whole transform per image."""
+def decode_rates(images: list[bytes], workers: tuple[int, ...], device: str) -> dict:
+    """Images/s of one actor's decoder on camera-size JPEGs to ViT-B-32's 224 px, by
+    path and worker count: open_clip's whole transform in threads (the peer), the
+    exact and fast paths in processes (``ProcessDecoder``, the default beside a
+    GPU), and the device path (``DeviceDecoder``: JPEGs in batches on ``device``,
+    nvJPEG on a GPU; anything else on the fast path in one process)."""
     import open_clip
 
     from pipeline.io.images import DEFAULT_MAX_CAPTION_CHARS, DEFAULT_MAX_PIXELS
     from pipeline.job.decode_pool import ProcessDecoder, ThreadDecoder
-    from pipeline.job.preprocess import split_preprocess
+    from pipeline.job.device_decode import DeviceDecoder
+    from pipeline.job.preprocess import fast_preprocess
 
     _, _, whole = open_clip.create_model_and_transforms("ViT-B-32")
     torch.set_num_threads(1)
-    split = split_preprocess(whole).image
+    fast = fast_preprocess(whole)
+    limits = (DEFAULT_MAX_PIXELS, DEFAULT_MAX_CAPTION_CHARS)
     captions = ["a photo"] * len(images)
+    kinds = {
+        "open_clip_threads": lambda n: ThreadDecoder(whole, *limits, threads=n,
+                                                     one_torch_thread=True),
+        "exact_processes": lambda n: ProcessDecoder(fast.split.image, *limits, processes=n),
+        "fast_processes": lambda n: ProcessDecoder(fast, *limits, processes=n,
+                                                   draft=fast.draft_size),
+    }
     out: dict = {}
-    for label, prep, kind in (("split", split, "threads"), ("whole", whole, "threads"),
-                              ("split", split, "processes")):
+    for kind, make in kinds.items():
         for n in workers:
-            limits = (DEFAULT_MAX_PIXELS, DEFAULT_MAX_CAPTION_CHARS)
-            dec = (ThreadDecoder(prep, *limits, threads=n, one_torch_thread=True)
-                   if kind == "threads" else ProcessDecoder(prep, *limits, processes=n))
-            out[f"{label}_{kind}_{n}"] = round(decode_rate(dec, images, captions, 256), 1)
+            out[f"{kind}_{n}"] = round(decode_rate(make(n), images, captions, 256), 1)
+    dev = DeviceDecoder(ProcessDecoder(fast, *limits, processes=1, draft=fast.draft_size),
+                        fast.geometry, *limits, device=device)
+    out["device"] = round(decode_rate(dev, images, captions, 256), 1)
+    out["device_fallbacks"] = dev.fallbacks
     return out
+
+
+def device_pixels(images: list[bytes], device: str) -> dict:
+    """The device path's pixels against PIL's (libjpeg-turbo, fancy chroma upsampling):
+    full-size decodes, and the 224 px crops against the exact path's."""
+    import open_clip
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    from pipeline.io.images import decode_image
+    from pipeline.job.preprocess import fast_preprocess, resize_crop
+
+    fast = fast_preprocess(open_clip.create_model_and_transforms("ViT-B-32")[2])
+    full, crop = [], []
+    data = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in images]
+    for blob, x in zip(images, decode_jpeg(data, mode=ImageReadMode.RGB, device=device)):
+        pil = torch.from_numpy(np.asarray(decode_image(blob)).copy())
+        full.append((x.permute(1, 2, 0).cpu().int() - pil.int()).abs().float())
+        mine = resize_crop(x.permute(1, 2, 0), fast.geometry).cpu()
+        crop.append((mine.int() - torch.from_numpy(fast.split.image(
+            decode_image(blob))).int()).abs().float())
+    f, c = torch.stack(full), torch.stack(crop)
+    return {"images": len(images), "full_size_mean_abs": round(float(f.mean()), 3),
+            "full_size_max_abs": int(f.max()), "crop_224_mean_abs": round(float(c.mean()), 3),
+            "crop_224_max_abs": int(c.max())}
 
 
 def _shard(args: tuple[str, int, int]) -> str:
@@ -141,6 +181,30 @@ def write_inputs(folder: Path, pairs: int, per: int = 1024) -> Path:
     with ProcessPoolExecutor(max_workers=min(16, os.cpu_count() or 4)) as pool:
         list(pool.map(_shard, [(str(folder / f"{i:04d}.parquet"), i, per)
                                for i in range(max(1, pairs // per))]))
+    return folder
+
+
+def camera_jpegs(n: int, size: tuple[int, int] = (640, 480)) -> list[bytes]:
+    """``n`` photo-like JPEGs of ``size`` at quality 90 (``tests.images.photo_jpeg``)."""
+    from tests.images import photo_jpeg
+
+    with ProcessPoolExecutor(max_workers=min(16, os.cpu_count() or 4)) as pool:
+        return list(pool.map(photo_jpeg, range(n), [size] * n))
+
+
+def write_camera_inputs(folder: Path, pairs: int, distinct: int, per: int = 1024) -> Path:
+    """``pairs`` rows of camera-size JPEGs (``distinct`` different ones, repeated: the
+    decode work is the same) with captions, in Parquet shards of ``per`` rows."""
+    import pyarrow as pa
+
+    folder.mkdir(parents=True, exist_ok=True)
+    images = camera_jpegs(distinct)
+    per = min(per, pairs)
+    for k in range(max(1, pairs // per)):
+        rows = [images[(k * per + i) % distinct] for i in range(per)]
+        caps = [" ".join(np.random.default_rng([k, i]).choice(WORDS, 6)) for i in range(per)]
+        pq.write_table(pa.table({"image": rows, "caption": caps}),
+                       folder / f"{k:04d}.parquet", row_group_size=256)
     return folder
 
 
@@ -201,7 +265,8 @@ def main() -> int:
     ap.add_argument("--pairs", type=int, default=16384)
     ap.add_argument("--out", default="bench-results/gpu.json")
     ap.add_argument("--smoke", action="store_true", help="toy sizes on CPU: checks the script")
-    ap.add_argument("--sections", default="engine,decode,job,jobs-shared,l14,compile",
+    ap.add_argument("--sections",
+                    default="engine,decode,job,jobs-decode,jobs-shared,l14,compile",
                     help="comma-separated subset of the default list")
     ap.add_argument("--budget-s", type=float, default=420.0,
                     help="skip the optional sections (torch.compile) past this many seconds")
@@ -238,14 +303,22 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="nibt-gpu-") as tmp:
         work = Path(tmp)
         data = write_inputs(work / "in", pairs)
-        if "decode" in want:
-            imgs = pq.read_table(sorted(data.glob("*.parquet"))[0]).column("image").to_pylist()
+        if "decode" in want:  # camera-size JPEGs: what real datasets hold
+            imgs = camera_jpegs(16 if args.smoke else 512)
             res["decode_images_per_s"] = decode_rates(
-                imgs, (1, 2) if args.smoke else (1, 4, 8, 15))
+                imgs, (1, 2) if args.smoke else (1, 4, 8, 15), device)
             save(res["decode_images_per_s"])
+            res["device_pixels_vs_pil"] = device_pixels(imgs[:64], device)
+            save(res["device_pixels_vs_pil"])
         if "job" in want:
             res["job"].append(job("vit_b_32", data, work, "b32", toy))
             save(res["job"][-1])
+        if "jobs-decode" in want:  # the decode paths on camera-size JPEGs, side by side
+            camera = write_camera_inputs(work / "in-camera", pairs, 16 if args.smoke else 512)
+            for path in ("exact", "fast", "device"):
+                res["job"].append(job("vit_b_32", camera, work, f"camera-{path}",
+                                      (*toy, f"data.decode={path}")))
+                save(res["job"][-1])
         if "jobs-shared" in want and not args.smoke:  # peers of the defaults
             for tag, over in (("threads", ("cluster.decode_processes=0",)),
                               ("one-actor", ("cluster.gpus_per_actor=1.0",)),

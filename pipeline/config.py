@@ -86,6 +86,10 @@ class ModelSettings:
         check_no_credentials("model.pretrained", self.pretrained)
 
 
+#: Values of ``data.decode``.
+DECODE_PATHS = ("exact", "fast", "device")
+
+
 @dataclass
 class DataSettings:
     """Which input columns hold what (``data/`` group)."""
@@ -96,11 +100,20 @@ class DataSettings:
     keep_columns: list[str] = field(default_factory=list)
     max_pixels: int = 64_000_000
     max_caption_chars: int = 4096
+    # How images become the model's pixels (docs/performance.md, "Decoding"):
+    # exact: open_clip's own PIL steps on the full image (bit for bit its transform);
+    # fast: JPEGs decoded at a reduced DCT scale and resized with torch's antialiased
+    #   bicubic (pixels within a few levels of exact), other images as exact;
+    # device: JPEGs decoded in batches by torchvision on the actor's device (nvJPEG
+    #   on a GPU) and resized there, other images as fast.
+    decode: str = "fast"
 
     def __post_init__(self) -> None:
         self.keep_columns = list(self.keep_columns or [])
         _require(self.max_pixels > 0, "data.max_pixels", "must be > 0")
         _require(self.max_caption_chars > 0, "data.max_caption_chars", "must be > 0")
+        _require(self.decode in DECODE_PATHS, "data.decode",
+                 f"must be one of {', '.join(DECODE_PATHS)}, got {self.decode!r}")
 
     def read_columns(self) -> list[str]:
         cols = [self.image_column, self.caption_column]

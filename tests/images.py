@@ -73,3 +73,53 @@ def animated_gif() -> bytes:
 def truncated_jpeg() -> bytes:
     data = encode(solid((5, 5, 5), size=(64, 64)), "JPEG")
     return data[: len(data) // 2]
+
+
+def photo(seed: int, size: tuple[int, int] = (640, 480)) -> np.ndarray:
+    """A photo-like uint8 [h, w, 3] image of ``size`` (w, h): 1/f noise (a power
+    spectrum like natural images'), mostly in brightness, some in colour; a few
+    sharp-edged shapes; sensor grain.
+    At JPEG quality 90 it takes ~2-3 bits per pixel, as camera photos do."""
+    from PIL import ImageDraw
+
+    rng = np.random.default_rng([seed, *size])
+    w, h = size
+    acc = np.zeros((h, w, 3), np.float32)
+    for cells, amp in ((4, 50), (8, 36), (16, 26), (32, 19), (64, 14), (128, 10), (256, 8)):
+        gh, gw = max(2, h * cells // 512), max(2, w * cells // 512)
+        grid = rng.normal(0, 1, (gh, gw, 1)) + 0.4 * rng.normal(0, 1, (gh, gw, 3))
+        grid = grid.astype(np.float32)
+        acc += amp * np.stack([np.asarray(Image.fromarray(grid[..., c], "F").resize(
+            (w, h), Image.BICUBIC)) for c in range(3)], -1)
+    img = Image.fromarray(np.clip(128 + acc, 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(img)
+    for _ in range(int(rng.integers(3, 8))):
+        x0, y0 = int(rng.integers(0, w)), int(rng.integers(0, h))
+        x1, y1 = x0 + int(rng.integers(w // 16, w // 3)), y0 + int(rng.integers(h // 16, h // 3))
+        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+        (draw.ellipse if rng.random() < 0.5 else draw.rectangle)((x0, y0, x1, y1), fill=colour)
+    grain = rng.normal(0, 3, (h, w, 3))
+    return np.clip(np.asarray(img, np.float32) + grain, 0, 255).astype(np.uint8)
+
+
+def photo_jpeg(seed: int, size: tuple[int, int] = (640, 480), quality: int = 90) -> bytes:
+    """``photo(seed, size)`` as a baseline JPEG (4:2:0, Pillow's default)."""
+    return encode(Image.fromarray(photo(seed, size)), "JPEG", quality=quality)
+
+
+def camera_jpeg(scene: np.ndarray, size: tuple[int, int] = (640, 480), quality: int = 90,
+                seed: int = 0) -> bytes:
+    """A small square scene (uint8 [s, s, 3]) as a camera-size JPEG of ``size`` (w, h):
+    upscaled (bicubic) to the full height, centred, the side bands filled with the
+    scene's edge colours, sensor grain added. A model's resize and centre crop of
+    it see the scene again."""
+    w, h = size
+    big = np.asarray(Image.fromarray(scene).resize((h, h), Image.BICUBIC), np.float32)
+    left = (w - h) // 2
+    canvas = np.empty((h, w, 3), np.float32)
+    canvas[:, :left] = big[:, :1]
+    canvas[:, left + h:] = big[:, -1:]
+    canvas[:, left : left + h] = big
+    canvas += np.random.default_rng(seed).normal(0, 3, canvas.shape)
+    return encode(Image.fromarray(np.clip(canvas, 0, 255).astype(np.uint8)), "JPEG",
+                  quality=quality)

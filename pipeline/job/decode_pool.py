@@ -8,12 +8,21 @@ when the batch goes to a GPU). They differ in where the image work runs:
   compute, whose operations are long enough that sharing the GIL costs little.
 * ``ProcessDecoder``: processes of its own. Beside a GPU the compute thread
   launches thousands of short kernels per batch and every launch releases and
-  retakes the GIL; decode threads in the same process hold it for their Python
-  work (PIL's header parsing, array conversion), so the launcher can queue
-  behind them: the suspected cause of the mostly idle GPU in README
-  "Performance", not yet measured on a GPU. Worker processes share no GIL with
-  it. They also isolate the codecs: a row that crashes its decoding process
-  costs that row only (status ``bad_image``), not the worker.
+  retakes the GIL; decode threads in the same process would hold it for their
+  Python work, so the launcher could queue behind them. Worker processes share no
+  GIL with it. They also isolate the codecs: a row that crashes or hangs its
+  decoding process costs that row only (status ``bad_image``), not the worker.
+
+The processes are a ``concurrent.futures.ProcessPoolExecutor``. Their pixels come
+back through shared-memory buffers made once per pool, one per chunk that can be
+in flight, so a chunk's pixels are written once in the process and copied once
+into the batch. That took 10-15% less CPU per image than pickling them back
+(the decode bench's ``process_pool_pickled``) or returning tensors through
+torch's own sharing (a fresh segment per chunk: about the cost of pickling); a
+``DataLoader`` built per batch was slower still, and one with persistent
+workers needs its rows when they start (docs/performance.md, "Decoding"). Every
+wait is bounded: a chunk that does not come back in time has its processes
+killed and is replayed like a crashed one.
 """
 
 from __future__ import annotations
@@ -23,11 +32,14 @@ import logging
 import math
 import multiprocessing
 import os
+import queue
+import signal
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from multiprocessing import shared_memory
@@ -42,8 +54,17 @@ log = logging.getLogger(__name__)
 
 #: Seconds a decode process may take to start (import torch, unpickle the transform).
 START_TIMEOUT_S = 300
-#: The message of a row whose decoding killed its process twice.
-CRASHED = "decoding this image crashed its decode process twice (a codec crash); row skipped"
+#: Seconds one image may take to decode, far more than the largest image allowed
+#: needs; a chunk gets this per row, a replayed row this alone.
+ROW_TIMEOUT_S = 30.0
+#: Seconds ``close`` waits for the processes to exit before killing them.
+CLOSE_TIMEOUT_S = 30.0
+#: The message of a row whose decoding killed the process it had to itself.
+CRASHED = "decoding this image crashed its decode process (a codec crash); row skipped"
+#: The message of a row whose decoding did not end in time, alone in its process
+#: (formatted with the seconds it had).
+HUNG = ("decoding this image took over {:.0f} s alone in a decode process (a codec stuck); "
+        "row skipped")
 
 
 @dataclass
@@ -81,14 +102,21 @@ class Gather:
         return None if self.out is None else self.out[: self.at]
 
 
+Draft = Callable[[tuple[int, int]], tuple[int, int]]
+
+
 class ThreadDecoder:
     """Decodes rows in a thread pool of the calling process."""
 
     def __init__(self, preprocess: Callable, max_pixels: int, max_chars: int, threads: int,
-                 pin: bool = False, one_torch_thread: bool = False) -> None:
+                 pin: bool = False, one_torch_thread: bool = False,
+                 draft: Draft | None = None) -> None:
+        # ``draft``: passed to ``decode_pair`` (DCT-scaled JPEG decoding, data.decode=fast)
         self.preprocess, self.max_pixels, self.max_chars = preprocess, max_pixels, max_chars
+        self.draft = draft
         self.pin = pin
         self.threads = threads
+        self.tokenizes = False  # the caller tokenises
         self.pool = ThreadPoolExecutor(
             max_workers=threads, thread_name_prefix="nibt-decode",
             initializer=torch.set_num_threads if one_torch_thread else None,
@@ -99,7 +127,7 @@ class ThreadDecoder:
         """Decode one batch; every row gets a status."""
         rows = list(self.pool.map(
             lambda ic: decode_pair(ic[0], ic[1], self.preprocess, self.max_pixels,
-                                   self.max_chars),
+                                   self.max_chars, self.draft),
             zip(images, captions),
         ))
         out = DecodedRows(rows, [i for i, r in enumerate(rows) if r.status == OK])
@@ -126,15 +154,17 @@ def _exit_with_parent(parent: int) -> None:
     os._exit(0)
 
 
-def _init_worker(parent: int, started: Any, buffers: list[str], preprocess: Callable,
-                 max_pixels: int, max_chars: int, tokenize: Callable | None) -> None:
+def _init_worker(parent: int, started: Any, pids: Any, buffers: list[str], preprocess: Callable,
+                 max_pixels: int, max_chars: int, tokenize: Callable | None,
+                 draft: Draft | None) -> None:
     # ``parent`` is passed, not read here: the parent may already be gone
     threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
     torch.set_num_threads(1)
     # attached before the parent unlinks their names (it waits on ``started``)
     shm = [shared_memory.SharedMemory(name=n) for n in buffers]
-    _WORKER.update(preprocess=preprocess, max_pixels=max_pixels, max_chars=max_chars, shm=shm,
-                   tokenize=tokenize)
+    _WORKER.update(preprocess=preprocess, max_pixels=max_pixels, max_chars=max_chars,
+                   tokenize=tokenize, draft=draft, shm=shm)
+    pids.put(os.getpid())
     started.wait(timeout=START_TIMEOUT_S)
 
 
@@ -149,7 +179,7 @@ def _decode_chunk(
     rows, arrays, texts = [], [], []
     for image, caption in zip(images, captions):
         d = decode_pair(image, caption, _WORKER["preprocess"], _WORKER["max_pixels"],
-                        _WORKER["max_chars"])
+                        _WORKER["max_chars"], _WORKER["draft"])
         if d.status == OK:
             arrays.append(np.asarray(d.pixels))
             texts.append(d.caption)
@@ -165,13 +195,19 @@ def _decode_chunk(
     return rows, np.stack(arrays), tokens
 
 
-def _probe(preprocess: Callable) -> np.ndarray | None:
-    """What ``preprocess`` makes of a plain photo-sized image (its output shape and
+def _probe(preprocess: Callable, draft: Draft | None) -> np.ndarray | None:
+    """What ``preprocess`` makes of a plain photo-sized JPEG (its output shape and
     dtype, when it does not depend on the input's size), or None if it fails."""
+    import io
+
     from PIL import Image
 
+    from pipeline.io.images import decode_image
+
     try:
-        return np.asarray(preprocess(Image.new("RGB", (640, 480), (128, 128, 128))))
+        buf = io.BytesIO()
+        Image.new("RGB", (640, 480), (128, 128, 128)).save(buf, format="JPEG")
+        return np.asarray(preprocess(decode_image(buf.getvalue(), draft=draft)))
     except Exception:
         return None
 
@@ -200,7 +236,9 @@ class _Buffers:
         with self.lock:
             return None if self.retired or not self.free else self.free.pop()
 
-    def give(self, slot: int) -> None:
+    def give(self, slot: int | None) -> None:
+        if slot is None:
+            return
         with self.lock:
             self.free.append(slot)
             if self.retired and len(self.free) == len(self.shm):
@@ -219,146 +257,224 @@ class _Buffers:
                 m.close()
 
 
+# ---------------------------------------------------------------- parent side
+def _started_at(pid: int) -> int | None:
+    """When ``pid`` started (clock ticks since boot), None once it has ended: with
+    the id, it names one process even after the id is reused."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[-1].split()
+    except OSError:
+        return None
+    return None if fields[0] in ("Z", "X") else int(fields[19])
+
+
+class _Pool(NamedTuple):
+    """A started process pool, its processes as (id, start time), its buffers."""
+
+    executor: ProcessPoolExecutor
+    procs: list[tuple[int, int | None]]
+    buffers: _Buffers | None = None
+
+    def alive(self) -> list[tuple[int, int | None]]:
+        return [(p, t) for p, t in self.procs if t is not None and _started_at(p) == t]
+
+    def kill(self) -> None:
+        """SIGKILL those of its processes still running (never another process
+        that got one of their ids since)."""
+        for pid, _ in self.alive():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Shut the pool down; processes still running after ``timeout`` seconds
+        (default ``CLOSE_TIMEOUT_S``) are killed."""
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        deadline = time.monotonic() + (CLOSE_TIMEOUT_S if timeout is None else timeout)
+        while time.monotonic() < deadline and self.alive():
+            time.sleep(0.05)
+        self.kill()
+        if self.buffers is not None:
+            self.buffers.retire()
+
+
 class _Chunk(NamedTuple):
-    """One submitted chunk: its rows, the pool and buffers it went to, its buffer
-    slot (None: pixels pickled back) and its future."""
+    """One submitted chunk: its rows, the pool it went to, its buffer slot (None:
+    pixels pickled back), its future and deadline."""
 
     images: list
     captions: list
-    pool: ProcessPoolExecutor
-    buffers: _Buffers | None
+    pool: _Pool
     slot: int | None
     future: Future
+    deadline: float
 
-
-def _release(buffers: _Buffers | None, slot: int | None) -> None:
-    """Give a chunk's buffer slot back (a chunk that had none needs nothing)."""
-    if slot is not None and buffers is not None:
-        buffers.give(slot)
+    def release(self) -> None:
+        if self.pool.buffers is not None:
+            self.pool.buffers.give(self.slot)
 
 
 class ProcessDecoder:
     """Decodes rows in worker processes (spawned: the caller has threads, Ray's among
-    them, and forking a threaded process can deadlock). Pixels come back through
-    shared memory, so the caller's only per-image work is one copy into the batch
-    (which releases the GIL); a batch keeps at most two chunks per process in flight."""
+    them, and forking a threaded process can deadlock). A batch is cut in chunks,
+    at most two per process in flight.
+
+    A chunk whose process died or did not answer in time (its pool's processes are
+    then killed and the pool restarted) is replayed row by row in a process of its
+    own, so only a row that crashes or hangs a process that holds nothing else is
+    reported (``CRASHED``, ``HUNG``), never a row that happened to share the pool."""
 
     def __init__(self, preprocess: Callable, max_pixels: int, max_chars: int, processes: int,
-                 pin: bool = False, chunk_rows: int = 32, shared: bool = True,
-                 tokenize: Callable | None = None) -> None:
+                 pin: bool = False, chunk_rows: int = 32, tokenize: Callable | None = None,
+                 draft: Draft | None = None, row_timeout_s: float = ROW_TIMEOUT_S,
+                 readers: int = 1, shared: bool = True) -> None:
         # ``tokenize``: captions -> (int64 ids [B, context], truncated flags), picklable
-        # (model.CaptionEncoder); the processes then tokenise too
-        self.init_args = (preprocess, max_pixels, max_chars, tokenize)
+        # (model.CaptionEncoder); the processes then tokenise too. ``readers``: decode
+        # calls at once the buffers are sized for (a worker has one reader thread);
+        # a chunk that finds no free buffer has its pixels pickled back instead.
+        self.init_args = (preprocess, max_pixels, max_chars, tokenize, draft)
         self.tokenizes = tokenize is not None
         self.processes = max(1, int(processes))
         self.pin = pin
         self.chunk_rows = chunk_rows
+        self.row_timeout_s = float(row_timeout_s)
         self.in_flight = 2 * self.processes
+        self.slots = self.in_flight * max(1, int(readers))
         self._lock = threading.Lock()
         self.restarts = 0
         self.buffer_bytes = 0
-        probe = _probe(preprocess) if shared else None
+        probe = _probe(preprocess, draft) if shared else None
         if probe is not None:
             self.shape, self.dtype = tuple(probe.shape), str(probe.dtype)
             nbytes = chunk_rows * probe.nbytes
             st = os.statvfs("/dev/shm") if os.path.isdir("/dev/shm") else None
-            # buffers for two decode calls (two tasks) in flight, with room to spare
-            if st is not None and st.f_bavail * st.f_frsize > 2 * self._buffers() * nbytes:
+            # room for a restarted pool's buffers while the old ones drain
+            if st is not None and st.f_bavail * st.f_frsize > 2 * self.slots * nbytes:
                 self.buffer_bytes = nbytes
             else:
                 log.warning("/dev/shm is too small for decode buffers; pixels are pickled")
-        self.pool: ProcessPoolExecutor | None
-        self.buffers: _Buffers | None
-        self.pool, self.buffers = self._start()
+        self.pool: _Pool | None = self._start(self.processes, shared=True)
 
-    def _buffers(self) -> int:
-        return 2 * self.in_flight  # two decode calls (two tasks in flight) at a time
-
-    def _start(self) -> tuple[ProcessPoolExecutor, _Buffers | None]:
+    def _start(self, processes: int, shared: bool) -> _Pool:
+        """A pool of ``processes``, each started and initialised (their imports take
+        seconds, which belong to the worker's start, not to its first batch), with
+        its buffers when ``shared`` (and /dev/shm has room)."""
         ctx = multiprocessing.get_context("spawn")
-        started = ctx.Barrier(self.processes + 1)
-        buffers = _Buffers(self._buffers(), self.buffer_bytes) if self.buffer_bytes else None
-        pool = ProcessPoolExecutor(
-            max_workers=self.processes, mp_context=ctx, initializer=_init_worker,
-            initargs=(os.getpid(), started, buffers.names if buffers else [], *self.init_args),
+        started, pids = ctx.Barrier(processes + 1), ctx.Queue()
+        buffers = (_Buffers(self.slots, self.buffer_bytes) if shared and self.buffer_bytes
+                   else None)
+        executor = ProcessPoolExecutor(
+            max_workers=processes, mp_context=ctx, initializer=_init_worker,
+            initargs=(os.getpid(), started, pids, buffers.names if buffers else [],
+                      *self.init_args),
         )
-        # start every process now and wait until each has initialised: their
-        # imports take seconds, which belong to the worker's start, not to its first
-        # batch (a pool starts its processes as tasks arrive: send one each)
-        futures = [pool.submit(int) for _ in range(self.processes)]
+        # a pool starts its processes as tasks arrive: send one each
+        futures = [executor.submit(int) for _ in range(processes)]
+        pool = _Pool(executor, [], buffers)
+        deadline = time.monotonic() + START_TIMEOUT_S
         try:
-            started.wait(timeout=START_TIMEOUT_S)
-        except threading.BrokenBarrierError:
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise RuntimeError(f"decode processes did not start within {START_TIMEOUT_S} s") from None
+            while len(pool.procs) < processes:  # each then waits at the barrier: alive
+                if time.monotonic() > deadline:
+                    raise FutureTimeout
+                try:
+                    pid = pids.get(timeout=0.2)
+                except queue.Empty:
+                    for f in futures:  # done before the barrier: the pool broke
+                        if f.done():
+                            f.result()
+                    continue
+                pool.procs.append((pid, _started_at(pid)))
+            started.wait(timeout=max(0.0, deadline - time.monotonic()))
+            for f in futures:
+                f.result(timeout=max(0.0, deadline - time.monotonic()))
+        except (threading.BrokenBarrierError, FutureTimeout, BrokenProcessPool) as e:
+            pool.stop(timeout=0)
+            why = ("a process died while starting" if isinstance(e, BrokenProcessPool)
+                   else f"not started within {START_TIMEOUT_S} s")
+            raise RuntimeError(f"decode processes failed to start: {why}") from None
         finally:
-            if buffers is not None:
+            if buffers is not None:  # attached by every process by now, or never needed
                 buffers.unlink()
-        for f in futures:
-            f.result()
-        return pool, buffers
+        return pool
 
-    def _restart(self, broken: ProcessPoolExecutor) -> ProcessPoolExecutor:
+    def _restart(self, broken: _Pool) -> None:
         """A fresh pool in place of ``broken`` (once, however many callers saw it break)."""
         with self._lock:
             if self.pool is broken:
-                broken.shutdown(wait=False, cancel_futures=True)
-                if self.buffers is not None:
-                    self.buffers.retire()
+                broken.stop(timeout=0)  # dead already, or stuck
                 self.restarts += 1
-                log.warning("a decode process died; starting a new pool (restart %d)",
+                log.warning("a decode process died or hung; starting a new pool (restart %d)",
                             self.restarts)
-                self.pool, self.buffers = self._start()
-            return self.pool
+                self.pool = self._start(self.processes, shared=True)
 
     def _submit(self, images: list, captions: list) -> _Chunk:
-        """Submit one chunk to the current pool, with a buffer slot when one is free."""
         with self._lock:
-            pool, buffers = self.pool, self.buffers
-        slot = buffers.take() if buffers is not None else None
+            pool = self.pool
+        if pool is None:
+            raise RuntimeError("the decoder is closed")
+        deadline = time.monotonic() + self.row_timeout_s * max(1, len(images))
+        slot = pool.buffers.take() if pool.buffers is not None else None
         args = (images, captions) + ((slot, self.shape, self.dtype) if slot is not None else ())
         try:
-            return _Chunk(images, captions, pool, buffers, slot, pool.submit(_decode_chunk, *args))
+            return _Chunk(images, captions, pool, slot,
+                          pool.executor.submit(_decode_chunk, *args), deadline)
         except BrokenProcessPool:
-            _release(buffers, slot)
+            if pool.buffers is not None:
+                pool.buffers.give(slot)
             self._restart(pool)
             return self._submit(images, captions)
 
-    def _one_by_one(self, images: list, captions: list) -> list[tuple]:
-        """A chunk whose process died: each row alone; a row that kills its process
-        again is reported instead of retried."""
-        out = []
+    def _wait(self, c: _Chunk) -> tuple | None:
+        """The chunk's result, or None when its pool broke or it ran past its deadline
+        (that pool's processes are then killed and the pool restarted)."""
+        try:
+            return c.future.result(timeout=max(0.0, c.deadline - time.monotonic()))
+        except BrokenProcessPool:
+            pass
+        except FutureTimeout:
+            log.warning("a decode chunk of %d rows ran past its %.0f s", len(c.images),
+                        self.row_timeout_s * len(c.images))
+        self._restart(c.pool)
+        return None
+
+    def _replay(self, images: list, captions: list, solo: list[_Pool]) -> list[tuple]:
+        """Rows of a chunk whose pool broke or stalled, each alone in a process of
+        their own (``solo``: the one this decode call started, if any): a row that
+        kills or stalls it is the one to blame."""
+        out: list[tuple] = []
         for image, caption in zip(images, captions):
-            c = self._submit([image], [caption])
+            if not solo:
+                solo.append(self._start(1, shared=False))
+            f = solo[0].executor.submit(_decode_chunk, [image], [caption])
             try:
-                out.append((c.future.result(), c.buffers, c.slot))
+                out.append(f.result(timeout=self.row_timeout_s))
+                continue
             except BrokenProcessPool:
-                _release(c.buffers, c.slot)
-                self._restart(c.pool)
-                out.append((([(BAD_IMAGE, CRASHED, "")], None, None), None, None))
+                out.append(([(BAD_IMAGE, CRASHED, "")], None, None))
+            except FutureTimeout:
+                out.append(([(BAD_IMAGE, HUNG.format(self.row_timeout_s), "")], None, None))
+            solo.pop().stop(timeout=0)
         return out
 
-    def _collect(self, c: _Chunk, out: list[Decoded], pixels: Gather, tokens: list) -> None:
-        try:
-            results = [(c.future.result(), c.buffers, c.slot)]
-        except BrokenProcessPool:
-            _release(c.buffers, c.slot)
-            self._restart(c.pool)
-            results = self._one_by_one(c.images, c.captions)
-        except BaseException:
-            _release(c.buffers, c.slot)
-            raise
-        for (chunk_rows, arr, toks), bufs, sl in results:
-            try:
+    def _collect(self, c: _Chunk, out: list[Decoded], pixels: Gather, tokens: list,
+                 solo: list[_Pool]) -> None:
+        try:  # the slot comes back however this ends (a broken pool's processes are gone)
+            result = self._wait(c)
+            if result is None and self.pool is None:
+                raise RuntimeError("the decoder was closed while decoding")
+            results = ([result] if result is not None
+                       else self._replay(c.images, c.captions, solo))
+            for chunk_rows, arr, toks in results:
                 out.extend(Decoded(st, err, None, cap) for st, err, cap in chunk_rows)
                 if toks is not None:
                     tokens.append(toks)
-                if isinstance(arr, int):  # that many rows in the shared buffer
-                    pixels.add(np.ndarray((arr, *self.shape), self.dtype, buffer=bufs.shm[sl].buf))
+                if isinstance(arr, int):  # that many rows in the chunk's shared buffer
+                    buf = c.pool.buffers.shm[c.slot].buf
+                    pixels.add(np.ndarray((arr, *self.shape), self.dtype, buffer=buf))
                 elif arr is not None:
                     pixels.add(arr)
-            finally:
-                _release(bufs, sl)
+        finally:
+            c.release()
 
     def decode(self, images: Sequence[Any], captions: Sequence[Any]) -> DecodedRows:
         """Decode one batch in chunks spread over the processes; every row gets a status."""
@@ -369,18 +485,20 @@ class ProcessDecoder:
         pixels = Gather(n, self.pin)
         tokens: list[tuple[np.ndarray, list[bool]]] = []
         jobs: deque[_Chunk] = deque()
+        solo: list[_Pool] = []  # the process replaying broken chunks' rows, once needed
         try:
             for s in range(0, n, size):
                 if len(jobs) >= self.in_flight:
-                    self._collect(jobs.popleft(), rows, pixels, tokens)
+                    self._collect(jobs.popleft(), rows, pixels, tokens, solo)
                 jobs.append(self._submit(images[s : s + size], captions[s : s + size]))
             while jobs:
-                self._collect(jobs.popleft(), rows, pixels, tokens)
+                self._collect(jobs.popleft(), rows, pixels, tokens, solo)
         finally:
-            for c in jobs:  # an error left these: wait for them, then free their slots
-                with contextlib.suppress(Exception):
-                    c.future.result()
-                _release(c.buffers, c.slot)
+            for c in jobs:  # an error left these: their slots come back when they end
+                c.future.cancel()
+                c.future.add_done_callback(lambda _, c=c: c.release())
+            for p in solo:
+                p.stop()
         out = DecodedRows(rows, [i for i, r in enumerate(rows) if r.status == OK],
                           pixels.result())
         if self.tokenizes and out.ok:
@@ -389,10 +507,10 @@ class ProcessDecoder:
         return out
 
     def close(self) -> None:
-        """Stop the processes; once this object's pool is collected, multiprocessing
-        unlinks its named semaphores (a SIGKILLed owner leaves those few behind)."""
-        if self.pool is not None:
-            self.pool.shutdown(wait=True, cancel_futures=True)
-        if self.buffers is not None:
-            self.buffers.retire()
-        self.pool, self.buffers = None, None
+        """Stop the processes: they get ``CLOSE_TIMEOUT_S`` to exit, then are killed.
+        Once this object's pool is collected, multiprocessing unlinks its named
+        semaphores (a SIGKILLed owner leaves those few behind)."""
+        with self._lock:
+            pool, self.pool = self.pool, None
+        if pool is not None:
+            pool.stop()

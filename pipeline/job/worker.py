@@ -37,8 +37,9 @@ from pipeline.io.weights import weights_fetcher
 from pipeline.job import faults
 from pipeline.job.attribute import Attributor, auto_batch_size
 from pipeline.job.decode_pool import ProcessDecoder, ThreadDecoder
+from pipeline.job.device_decode import DeviceDecoder
 from pipeline.job.plan import Task
-from pipeline.job.preprocess import split_preprocess
+from pipeline.job.preprocess import fast_preprocess, split_preprocess
 from pipeline.job.procstats import cap_data_memory, peak_rss_mb
 from pipeline.job.provenance import library_versions
 
@@ -197,21 +198,32 @@ class TaskRunner:
         log.info("batch size %d pairs%s", self.batch_size, "" if model.batch_size else " (auto)")
         # Decoding stops at uint8 pixels; the batch is normalised on the device.
         self.split = split_preprocess(self.clip.preprocess)
-        self.preprocess = self.split.image if self.split else self.clip.preprocess
+        fast = fast_preprocess(self.clip.preprocess) if data.decode != "exact" else None
+        if data.decode != "exact" and fast is None:
+            log.warning("data.decode=%s: the model's transform is not a resize and centre "
+                        "crop; images are decoded exactly", data.decode)
+        self.preprocess = fast or (self.split.image if self.split else self.clip.preprocess)
+        draft = fast.draft_size if fast else None
         self.output = output
         # what this worker runs with, as used: over the job's values
         self.metadata = {**metadata, **self.engine.config(), "batch_size": self.batch_size,
                          **library_versions()}
         d = data
         if decode_processes > 0:  # beside a GPU: no decoding under the compute thread's GIL
-            self.decoder: ThreadDecoder | ProcessDecoder = ProcessDecoder(
+            self.decoder: ThreadDecoder | ProcessDecoder | DeviceDecoder = ProcessDecoder(
                 self.preprocess, d.max_pixels, d.max_caption_chars, decode_processes, pin=gpu,
-                tokenize=_picklable(self.clip.caption_encoder()))
+                tokenize=_picklable(self.clip.caption_encoder()), draft=draft)
         else:
             if decode_threads is None:
                 decode_threads = max(2, int(threads or 2) - 1) if gpu else 2
             self.decoder = ThreadDecoder(self.preprocess, d.max_pixels, d.max_caption_chars,
-                                         decode_threads, pin=gpu, one_torch_thread=gpu)
+                                         decode_threads, pin=gpu, one_torch_thread=True,
+                                         draft=draft)
+        cpu_decoder = self.decoder
+        if data.decode == "device" and fast is not None:  # JPEGs on the device, the rest as fast
+            tokenize = self.clip.caption_encoder() if cpu_decoder.tokenizes else None
+            self.decoder = DeviceDecoder(cpu_decoder, fast.geometry, d.max_pixels,
+                                         d.max_caption_chars, self.clip.device, tokenize)
         self.reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nibt-read")
         self.grid = self.clip.image.grid
         self._warm_up()
@@ -220,8 +232,8 @@ class TaskRunner:
             out_fs.exists(out_path)
         self._compute = threading.Lock()
         if memory_headroom_mb:
-            if isinstance(self.decoder, ThreadDecoder):
-                _start_threads(self.decoder.pool, self.decoder.threads)
+            if isinstance(cpu_decoder, ThreadDecoder):
+                _start_threads(cpu_decoder.pool, cpu_decoder.threads)
             _start_threads(self.reader, 1)
             cap_data_memory(memory_headroom_mb)
 

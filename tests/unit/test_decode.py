@@ -129,3 +129,144 @@ def test_split_preprocess_refuses_other_transforms():
                                                                  inplace=True)])) is None
     assert split_preprocess(lambda img: img) is None
     assert split_preprocess(T.Compose([T.Resize(8), T.ToTensor(), norm])) is not None
+
+
+# ------------------------------------------------------------------- fast path
+def vit_b_32_transform():
+    import open_clip
+
+    return open_clip.create_model_and_transforms("ViT-B-32")[2]
+
+
+def test_draft_decodes_plain_jpegs_smaller_and_nothing_else():
+    """Oracle: the stored sizes and PIL's exact decode. A plain JPEG comes back at the
+    coarsest DCT scale that still covers the asked size, tagged with its stored size;
+    other images (CMYK, rotated, PNG, GIF) come back exactly as without ``draft``."""
+    from pipeline.io.images import SOURCE_SIZE
+
+    def ask(size):
+        return (size[0] // 3, size[1] // 3)
+
+    img = decode_image(im.photo_jpeg(1, (640, 480)), draft=ask)  # asks 213x160: 1/2 fits
+    assert img.size == (320, 240) and img.info[SOURCE_SIZE] == (640, 480, 2)
+    grey = im.encode(im.Image.fromarray(im.photo(2, (400, 304))[..., 0]), "JPEG")
+    g = decode_image(grey, draft=lambda s: (50, 38))  # 1/8 fits
+    assert g.mode == "RGB" and g.size == (50, 38) and g.info[SOURCE_SIZE] == (400, 304, 8)
+    odd = decode_image(im.photo_jpeg(3, (641, 479)), draft=lambda s: (160, 119))  # 1/4 fits
+    assert odd.size == (161, 120) and odd.info[SOURCE_SIZE] == (641, 479, 4)
+    exif, upright = im.exif_rotated_jpeg()
+    for data in (im.cmyk_jpeg(), exif, im.rgba_png(), im.animated_gif(), im.gray16_png()):
+        exact = decode_image(data)
+        drafted = decode_image(data, draft=lambda s: (1, 1))
+        assert SOURCE_SIZE not in drafted.info and drafted.size == exact.size
+        assert np.array_equal(np.asarray(drafted), np.asarray(exact))
+    assert decode_image(exif, draft=lambda s: (1, 1)).size == upright
+
+
+@pytest.mark.parametrize("data", [None, b"", b"hello", im.truncated_jpeg(), im.bomb_png()],
+                         ids=["null", "empty", "junk", "truncated", "bomb"])
+def test_draft_fails_as_the_exact_path(data):
+    """Oracle: the exact path's own error; with ``draft`` the status and message are the same."""
+    with pytest.raises(RowError) as exact:
+        decode_image(data)
+    with pytest.raises(RowError) as drafted:
+        decode_image(data, draft=lambda s: (8, 8))
+    assert (drafted.value.status, str(drafted.value)) == (exact.value.status, str(exact.value))
+
+
+def test_geometry_is_torchvisions():
+    """Oracle: torchvision's Resize and CenterCrop on PIL images of many shapes: the
+    resized size and the crop's place (found by matching pixels) are the same."""
+    from torchvision import transforms as T
+
+    from pipeline.job.preprocess import geometry_of
+
+    for size, crop in ((224, 224), (64, 64), ((200, 150), (100, 120)), (96, (80, 60))):
+        steps = [T.Resize(size, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(crop)]
+        g = geometry_of(steps)
+        assert g is not None
+        for w, h in ((640, 480), (480, 640), (641, 479), (5, 7), (224, 224), (1000, 3)):
+            img = im.Image.fromarray(np.random.default_rng(w * h).integers(
+                0, 256, (h, w, 3), dtype=np.uint8))
+            resized = steps[0](img)
+            assert g.resized(w, h) == resized.size
+            top, left = g.crop_origin(*resized.size)
+            ch, cw = g.crop
+            assert np.array_equal(np.asarray(steps[1](resized)),
+                                  np.asarray(resized)[top : top + ch, left : left + cw])
+
+
+def test_geometry_refuses_other_transforms():
+    from torchvision import transforms as T
+
+    from pipeline.job.preprocess import fast_preprocess, geometry_of
+
+    bicubic = T.InterpolationMode.BICUBIC
+    assert geometry_of([T.Resize(8, interpolation=T.InterpolationMode.NEAREST),
+                        T.CenterCrop(8)]) is None
+    assert geometry_of([T.Resize(8, max_size=20), T.CenterCrop(8)]) is None
+    assert geometry_of([T.Resize(8, interpolation=bicubic), T.CenterCrop(9)]) is None  # pads
+    assert geometry_of([T.CenterCrop(8), T.Resize(8)]) is None
+    assert geometry_of([T.Resize(8, interpolation=bicubic), T.CenterCrop(8),
+                        T.Grayscale()]) is None
+    norm = T.Normalize((0.5,) * 3, (0.5,) * 3)
+    assert fast_preprocess(T.Compose([T.Resize(8), T.ToTensor(), norm])) is None
+    assert fast_preprocess(vit_b_32_transform()) is not None
+
+
+def test_resize_crop_is_pils_bicubic_within_a_level():
+    """Oracle: PIL's bicubic resize then crop (open_clip's PIL steps), on full-size
+    images of many shapes: torch's antialiased uint8 bicubic differs by at most 2
+    levels and by under a quarter level on average; the same size stays the same."""
+    import torch
+
+    from pipeline.job.preprocess import fast_preprocess, resize_crop
+
+    fast = fast_preprocess(vit_b_32_transform())
+    for w, h in ((640, 480), (300, 500), (224, 224), (225, 1000), (5, 7), (1024, 768)):
+        arr = im.photo(w + h, (w, h))
+        want = fast.split.image(im.Image.fromarray(arr)).astype(int)
+        got = resize_crop(torch.from_numpy(arr), fast.geometry).numpy().astype(int)
+        diff = np.abs(got - want)
+        assert got.shape == want.shape == (224, 224, 3)
+        assert diff.max() <= 2 and diff.mean() < 0.25, ((w, h), diff.max(), diff.mean())
+        if (w, h) == (224, 224):
+            assert diff.max() == 0
+
+
+def test_resize_crop_of_a_scaled_decode_keeps_the_geometry():
+    """Oracle: the exact path on the stored image. A scaled decode whose last row and
+    column are partial (641x479 at 1/2 and 1/4) must not shift or stretch the crop:
+    a one-pixel shift of this image's sharp edges would leave max differences of
+    ~100 levels; a scaled decode's smoothing leaves a few levels on average."""
+    from pipeline.job.preprocess import fast_preprocess
+
+    fast = fast_preprocess(vit_b_32_transform())
+    for size in ((641, 479), (1283, 963), (640, 480)):
+        data = im.photo_jpeg(7, size)
+        want = fast.split.image(decode_image(data)).astype(int)
+        img = decode_image(data, draft=fast.draft_size)
+        got = np.asarray(fast(img)).astype(int)
+        assert img.size[0] < size[0]
+        diff = np.abs(got - want)
+        assert diff.mean() < 2.0 and np.percentile(diff, 99) < 12, (size, diff.mean())
+
+
+def test_fast_preprocess_runs_the_exact_steps_on_other_images():
+    """Oracle: SplitPreprocess.image (bit for bit open_clip's PIL steps)."""
+    from pipeline.job.preprocess import fast_preprocess
+
+    fast = fast_preprocess(vit_b_32_transform())
+    for data in (im.rgba_png(), im.cmyk_jpeg(), im.exif_rotated_jpeg()[0],
+                 im.encode(im.Image.fromarray(im.photo(5, (320, 200))), "PNG")):
+        img = decode_image(data, draft=fast.draft_size)
+        assert np.array_equal(np.asarray(fast(img)), fast.split.image(decode_image(data)))
+
+
+def test_decode_setting_is_checked():
+    from pipeline.config import ConfigError, DataSettings
+
+    assert DataSettings().decode == "fast"
+    assert DataSettings(decode="exact").decode == "exact"
+    with pytest.raises(ConfigError, match="data.decode: must be one of exact, fast, device"):
+        DataSettings(decode="nvjpeg")
