@@ -214,7 +214,7 @@ def _run(s: JobSettings, stop: StopSignals, started: str) -> tuple[int, dict[str
     log.info("%d files, %d tasks (%d rows): %d to run (%d of them committed with error rows), "
              "%d already committed, %d unreadable", len(files), len(tasks), rows_in, len(todo),
              len(committed) - len(skipped), len(skipped), len(broken))
-    metadata = provenance(s.model, rm, fp)
+    metadata = provenance(s.model, rm, fp, s.data.decode)
 
     stop.interruptible = False  # from here a stop abandons tasks and commits what was done
     pool, not_run = PoolRun(), {t.task_id for t in todo}

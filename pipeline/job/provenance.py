@@ -114,12 +114,13 @@ def results_fingerprint(
     return fingerprint(parts), parts
 
 
-def provenance(m: ModelSettings, rm: ResolvedModel, fp: str) -> dict[str, Any]:
+def provenance(m: ModelSettings, rm: ResolvedModel, fp: str, decode: str) -> dict[str, Any]:
     """The resolved values that produce a run's results: recorded in every part's
     metadata (each worker overwrites what it decides itself, e.g. ``batch_size``),
-    the manifest and the summary."""
+    the manifest and the summary. ``decode`` is the image decoding path (``data.decode``)."""
     return {"model": m.name, "weights": rm.weights, "image_layer": rm.image_layer,
             "text_layer": rm.text_layer, "steps": m.steps, "schedule": m.schedule,
-            "precision": m.precision, "batch_size": m.batch_size, **library_versions(),
+            "precision": m.precision, "batch_size": m.batch_size, "decode": decode,
+            **library_versions(),
             "engine_results_version": RESULTS_VERSION, "schema_version": SCHEMA_VERSION,
             "fingerprint": fp}

@@ -73,7 +73,8 @@ SETTINGS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("data", "data columns and limits", EVERYTHING),
 )
 #: The part of the result settings that decides which rows fail and what a caption is.
-DATA_KEYS = ("image_column", "caption_column", "id_column", "max_pixels", "max_caption_chars")
+DATA_KEYS = ("image_column", "caption_column", "id_column", "max_pixels", "max_caption_chars",
+             "decode")
 #: Which numbers each kind of finding rests on (for its caveat).
 KIND_RESTS_ON = {"shortcut": ATTR, "group_gap": None, "status": STATUS, "score": SCORE,
                  "group_share": STATUS, "word": ATTR}

@@ -62,7 +62,7 @@ def has_alnum(word: str) -> bool:
 #: What ``run_info`` takes from the manifest's metadata: the resolved values that
 #: produced the results (see docs/output.md).
 RUN_KEYS = ("model", "weights", "image_layer", "text_layer", "steps", "schedule", "precision",
-            "batch_size", "torch", "torchvision", "open_clip", "pillow",
+            "batch_size", "decode", "torch", "torchvision", "open_clip", "pillow",
             "engine_results_version", "schema_version")
 
 

@@ -55,7 +55,8 @@ def expected() -> dict:
             "steps": STEPS, "schedule": "uniform",
             "precision": "bf16" if torch.cuda.is_available() else "fp32",
             "torch": torch.__version__, "open_clip": open_clip.__version__,
-            "torchvision": torchvision.__version__, "pillow": PIL.__version__}
+            "torchvision": torchvision.__version__, "pillow": PIL.__version__,
+            "decode": "fast"}  # data.decode's default
 
 
 def test_parts_manifest_and_summary_record_the_resolved_values(run):
