@@ -68,13 +68,13 @@ bench: install
 bench-gpu: install
 	$(BIN)/python -m benchmarks.gpu --out bench-results/gpu.json
 
-# The report as a person sees it: a small demo-like report from hand-built results (no model)
-# and its comparison with an earlier night, screenshotted in headless Chromium (Debian:
-# apt-get install -y chromium) to bench-results/report.png and report-compare.png.
+# The reports as a person sees them: the demo's report and its comparison of two nights (made by
+# `make demo-compare` when missing), screenshotted in headless Chromium (Debian: apt-get install -y
+# chromium) to docs/img/report.png and docs/img/report-compare.png (the README shows the first).
 report-screenshot: install
-	$(BIN)/python -m tests.report.demo bench-results/report-demo --compare
-	$(BIN)/python -m pipeline.devtools.screenshot bench-results/report-demo/report/report.html bench-results/report.png
-	$(BIN)/python -m pipeline.devtools.screenshot bench-results/report-demo/compare/report.html bench-results/report-compare.png
+	test -f demo-output/compare.html || $(BIN)/python -m pipeline.demo.run --compare $(DEMO_ARGS)
+	$(BIN)/python -m pipeline.devtools.screenshot demo-output/report.html docs/img/report.png --height 2200 --no-trim
+	$(BIN)/python -m pipeline.devtools.screenshot demo-output/compare.html docs/img/report-compare.png --height 2200 --no-trim
 
 clean:
 	rm -rf $(VENV) jobs/airflow/.venv-airflow .pytest_cache build *.egg-info

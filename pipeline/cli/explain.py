@@ -33,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nibt-explain", description=__doc__.split("\n\n")[0])
     p.add_argument("image", help="path to an image file")
     p.add_argument("caption", help="the caption to explain")
-    p.add_argument("--model", default="nibt-demo", help="open_clip model name (default: the demo model)")
+    p.add_argument("--model", required=True,
+                   help="open_clip model name, e.g. ViT-B-32; nibt-demo is the shipped offline model")
     p.add_argument(
         "--pretrained",
         default=None,

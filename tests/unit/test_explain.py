@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from PIL import Image
 
 from pipeline.cli.explain import main
@@ -15,7 +16,7 @@ def test_explain_one_pair(tmp_path, capsys):
     img = tmp_path / "scene.png"
     img.write_bytes(png_bytes(pair.image))
     out = tmp_path / "heat.png"
-    assert main([str(img), pair.caption, "--out", str(out), "--json"]) == 0
+    assert main([str(img), pair.caption, "--model", "nibt-demo", "--out", str(out), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     # the 64 px scene at 384 px, the map alone and the overlay beside it, the caption below
     w, h = Image.open(out).size
@@ -29,5 +30,13 @@ def test_explain_one_pair(tmp_path, capsys):
 
 
 def test_explain_names_a_missing_file(tmp_path, capsys):
-    assert main([str(tmp_path / "nope.png"), "a caption"]) == 2
+    assert main([str(tmp_path / "nope.png"), "a caption", "--model", "nibt-demo"]) == 2
     assert "nope.png" in capsys.readouterr().err
+
+
+def test_explain_has_no_default_model(tmp_path, capsys):
+    """No silent toy model: without --model it exits 2 and says so."""
+    with pytest.raises(SystemExit) as e:
+        main([str(tmp_path / "x.png"), "a caption"])
+    assert e.value.code == 2
+    assert "--model" in capsys.readouterr().err
