@@ -62,7 +62,7 @@ format: install
 
 # Speed and memory, each figure beside its peer from the same run (JSON on stdout).
 bench: install
-	$(BIN)/python -m benchmarks
+	$(BIN)/python -m benchmarks --out bench-results
 
 # On a machine with a GPU: engine and job pairs/s, TFLOP/s, GPU utilisation (< 5 minutes).
 bench-gpu: install
