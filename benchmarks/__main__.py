@@ -19,8 +19,8 @@ from pathlib import Path
 
 from benchmarks.common import machine, run_child
 
-SECTIONS = ("engine", "models", "job", "scale", "overlap", "decode", "decode_job", "decoders",
-            "report")
+SECTIONS = ("engine", "completeness", "models", "job", "scale", "overlap", "decode", "decode_job",
+            "decoders", "report")
 
 
 def main(argv: list[str]) -> int:
