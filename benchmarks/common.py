@@ -15,6 +15,8 @@ import torch
 from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
+from pipeline.devtools.machine import machine  # noqa: F401  (re-exported: the stamp)
+
 WORDS = ["red", "blue", "green", "circle", "square", "photo", "small", "dog", "beach", "vintage"]
 
 
@@ -101,33 +103,3 @@ def run_child(code: str, timeout: float = 900) -> dict:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, check=True
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def machine(command: str) -> dict:
-    """When, where and how a figure was made: date (UTC), CPU, cores, memory, GPU, the
-    command, the commit and the library versions."""
-    import datetime
-    import os
-    import platform
-    import subprocess
-
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            names = [ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")]
-        cpu = names[0] if names else cpu
-    except OSError:
-        pass
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                text=True, timeout=10).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        commit = None
-    return {"date": datetime.datetime.now(datetime.timezone.utc).date().isoformat(),
-            "cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(mem, 1), "gpu": gpu,
-            "command": command, "commit": commit, "python": platform.python_version(),
-            "torch": torch.__version__}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -56,13 +57,35 @@ def guarded(prog: str, cfg: DictConfig, body: Callable[[], int]) -> int:
         return EXIT_CRASH
 
 
+#: ``key=value`` on the command line, key as Hydra spells one (``+``/``++``/``~`` prefixes).
+OVERRIDE = re.compile(r"^([+~]{0,2}[A-Za-z_][\w./@-]*)=(.*)$", re.S)
+
+
+def quote_override(arg: str) -> str:
+    """``results=s3://x/dt=2026-12-01`` -> ``results='s3://x/dt=2026-12-01'``.
+
+    Hydra's override grammar refuses a bare ``=`` inside a value, and every date-partitioned
+    path has one. A value holding ``=`` is single-quoted for Hydra unless the user quoted it
+    already or wrote a list or dict (``[``, ``{``) or a quote inside; anything else passes as is.
+    """
+    m = OVERRIDE.match(arg)
+    if not m or "=" not in m.group(2):
+        return arg
+    value = m.group(2)
+    if value[:1] in ("'", '"', "[", "{") or "'" in value or "\\" in value:
+        return arg
+    return f"{m.group(1)}='{value}'"
+
+
 def run_app(config_name: str, run: Callable[[DictConfig], int]) -> NoReturn:
     """Compose ``conf/<config_name>.yaml`` with the command line, run, exit with its code.
 
     Hydra's own errors (an unknown key, a bad override) exit 1 inside Hydra,
-    before ``run`` is entered; they are configuration errors, so exit 2.
+    before ``run`` is entered; they are configuration errors, so exit 2. When Hydra
+    answers by itself (``--help``, ``--cfg job``) and returns, that is exit 0.
     """
-    state = {"entered": False, "code": EXIT_CRASH}
+    sys.argv[1:] = [quote_override(a) for a in sys.argv[1:]]
+    state = {"entered": False, "code": EXIT_OK}
 
     @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name=config_name)
     def _main(cfg: DictConfig) -> None:

@@ -46,6 +46,7 @@ import torch
 
 from pipeline.demo.scenes import Pair, Settings, make_pair, make_twins
 from pipeline.demo.train import IMAGE_LAYER, TEXT_LAYER, pixels, twin_accuracy
+from pipeline.devtools.machine import machine
 from pipeline.engine.metrics import confidence
 from pipeline.engine.model import SHIPPED_WEIGHTS, Clip, load_clip
 from pipeline.engine.nibt import NIBT, Attribution
@@ -424,6 +425,7 @@ def main(argv: list[str] | None = None) -> int:
     res = evaluate(clip, li, lt, n=a.n, n_shortcut=a.n_shortcut, seed=a.seed, steps=a.steps)
     res["weights"] = clip.weights
     res["seconds"] = round(time.perf_counter() - t0, 1)
+    res["machine"] = machine("python -m pipeline.demo.evaluate")
     print(tables(res))
     print(f"\n({res['seconds']} s)")
     if a.out:

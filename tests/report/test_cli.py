@@ -63,6 +63,33 @@ def test_bad_override_is_exit_2(results, tmp_path, monkeypatch):
     assert e.value.code == 2
 
 
+def test_date_partitioned_paths_need_no_quotes(results, tmp_path):
+    """``results=<root>/dt=2026-12-01`` as a user types it (Hydra alone refuses the bare
+    ``=`` in the value): the report is read from and written to those very paths."""
+    import shutil
+
+    dated = tmp_path / "audits" / "dt=2026-12-01"
+    shutil.copytree(results / "res", dated)
+    out = tmp_path / "reports" / "dt=2026-12-01"
+    r = _report(f"results={dated}", f"output={out}", "report.words_min_count=2", tmp=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads(r.stdout)["rows"] == 60
+    assert (out / "report.html").is_file() and (out / "report.json").is_file()
+
+
+def test_hydra_answering_by_itself_is_exit_0(tmp_path, monkeypatch, capsys):
+    """``--cfg job`` prints the composed settings (the dated path quoted for Hydra) and
+    exits 0, not 1."""
+    from pipeline.cli import report as cli
+
+    monkeypatch.setattr(sys, "argv", ["nibt-report", "results=s3://b/a/dt=2026-12-01",
+                                      f"output={tmp_path}/o", "--cfg", "job"])
+    with pytest.raises(SystemExit) as e:
+        cli.main()
+    assert e.value.code == 0
+    assert "results: s3://b/a/dt=2026-12-01" in capsys.readouterr().out
+
+
 def test_config_errors_are_exit_2(results, tmp_path):
     assert run_from_config(_compose(f"results={tmp_path}/none", f"output={tmp_path}/o")) == 2
     assert run_from_config(_compose(f"output={tmp_path}/o")) == 2

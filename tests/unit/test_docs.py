@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import subprocess
 from pathlib import Path
@@ -97,3 +98,30 @@ def test_no_tracked_file_points_outside_the_repository():
         text = path.read_text(errors="replace")
         hits += [f"{name}: {m.group(0)}" for m in outside.finditer(text)]
     assert not hits, hits
+
+
+def test_measured_tables_match_their_json():
+    """Every measured table in docs/ is what its JSON in docs/figures/ renders to (the JSON
+    written by the run that measured it: `python -m benchmarks.tables` redraws them)."""
+    from benchmarks.tables import BLOCK, FIGURES, PAGES, render
+
+    names = [m.group(2) for page in PAGES for m in BLOCK.finditer(page.read_text())]
+    assert {"engine", "job", "decode-224", "report", "evaluate"} <= set(names), names
+    for page in PAGES:
+        text = page.read_text()
+        assert render(text) == text, f"{page.name}: run python -m benchmarks.tables"
+    for section in {p.stem for p in FIGURES.glob("*.json")}:
+        assert json.loads((FIGURES / f"{section}.json").read_text())["machine"]["date"]
+
+
+def test_a_changed_figure_is_caught(tmp_path):
+    """The check can fail: one number changed in a copy of the JSON changes the page."""
+    from benchmarks.tables import FIGURES, PAGES, render
+
+    data = json.loads((FIGURES / "engine.json").read_text())
+    data["engine_fp32_pairs_per_s"] *= 2
+    for f in FIGURES.glob("*.json"):
+        (tmp_path / f.name).write_text(f.read_text())
+    (tmp_path / "engine.json").write_text(json.dumps(data))
+    text = PAGES[0].read_text()
+    assert render(text, tmp_path) != text

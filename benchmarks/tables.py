@@ -1,0 +1,362 @@
+"""The measured tables of docs/performance.md and docs/engine.md, drawn from JSON.
+
+Each such table sits between ``<!-- table: NAME -->`` and ``<!-- /table -->`` and is
+rendered from ``docs/figures/<section>.json`` (what ``make bench`` and ``make evaluate``
+write to ``bench-results/``), followed by the date, machine, command and commit stamped
+in that JSON. So a figure in the docs cannot drift from the run that measured it:
+``tests/unit/test_docs.py`` re-renders every table and compares.
+
+    python -m benchmarks.tables --copy bench-results   # take a new run's JSON, then render
+    python -m benchmarks.tables                        # re-render the pages
+    python -m benchmarks.tables --check                # exit 1 when a table differs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from statistics import mean, median
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGES = (ROOT / "docs" / "performance.md", ROOT / "docs" / "engine.md")
+FIGURES = ROOT / "docs" / "figures"
+BLOCK = re.compile(r"(<!-- table: ([a-z0-9_-]+) -->\n)(.*?)(<!-- /table -->)", re.S)
+
+
+# ------------------------------------------------------------------ formatting
+def num(x: float, digits: int = 3) -> str:
+    """``digits`` significant digits, thousands separated: 4906.2 -> 4,906; 0.8791 -> 0.879."""
+    if x == 0:
+        return "0"
+    mag = len(str(int(abs(x)))) if abs(x) >= 1 else 0
+    places = max(0, digits - mag) if abs(x) >= 1 else digits - 1 - int(f"{abs(x):e}".split("e")[1])
+    return f"{x:,.{max(0, places)}f}"
+
+
+def pct(x: float, places: int = 0) -> str:
+    return f"{100 * x:.{places}f}%"
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def stamp(m: dict) -> str:
+    """When, where and how: the line over every table."""
+    gpu = m.get("gpu") or "no GPU"
+    return (f"*{m['date']}; {m['cpu']}, {m['cores']} cores, {m['memory_gib']:g} GiB, {gpu}; "
+            f"Python {m['python']}, torch {m['torch']}; `.venv/bin/python -m "
+            f"{m['command'].removeprefix('python -m ')}` at commit {m['commit']}.*")
+
+
+# ------------------------------------------------------------------ renderers
+def engine(d: dict) -> str:
+    s, cap = d["setup"], d["captum_layer_ig_pairs_per_s"]
+    rows = [
+        ["this engine, fp32", f"**{num(d['engine_fp32_pairs_per_s'])}**",
+         f"**{d['engine_fp32_pairs_per_s'] / cap:.1f}x**"],
+        ["this engine, bf16 autocast", f"**{num(d['engine_bf16_pairs_per_s'])}**",
+         f"**{d['engine_bf16_pairs_per_s'] / cap:.1f}x**"],
+        ["naive per-step loop (the tests' oracle)", num(d["naive_loop_pairs_per_s"]),
+         f"{d['naive_loop_pairs_per_s'] / cap:.1f}x"],
+        [f"captum `LayerIntegratedGradients` (layer {s['layer']}, {s['steps']} steps, "
+         "riemann_right)", num(cap), "1x"],
+    ]
+    rss = d["peak_rss_mb"]
+    return "\n\n".join([
+        f"{s['model']}, {s['sides']}, layer {s['layer']}, {s['steps']} steps, batch "
+        f"{s['batch']}, {s['threads']} threads.",
+        table(["", "pairs/s", "vs captum"], rows),
+        f"fp32: {num(d['engine_fp32_gflop_per_pair'])} GFLOP per pair (torch's "
+        f"FlopCounterMode), {num(d['engine_fp32_achieved_gflops'])} GFLOP/s achieved = "
+        f"**{pct(d['engine_fp32_fraction_of_matmul_peak'])} of the machine's fp32 matmul rate** "
+        f"({num(d['matmul_fp32_gflops'])} GFLOP/s, measured in the same run). bf16 maps against "
+        f"fp32: Pearson {d['bf16_pearson_vs_fp32_image']} (image), "
+        f"{d['bf16_pearson_vs_fp32_text']} (text). Peak RSS: {rss['batch8_fp32']:,} MB at batch "
+        f"8, {rss['batch32_fp32']:,} MB at batch 32 (fp32), {rss['batch32_bf16']:,} MB (bf16, "
+        "batch 32).",
+        stamp(d["machine"]),
+    ])
+
+
+def completeness(d: dict) -> str:
+    rows = []
+    for key in ("uniform_10", "uniform_200", "log_10", "log_200"):
+        schedule, steps = key.split("_")
+        r = d[key]
+        rows.append([f"`{schedule}`", steps,
+                     f"{num(min(r['image_ratio']))} to {num(max(r['image_ratio']))}",
+                     f"{num(min(r['text_ratio']))} to {num(max(r['text_ratio']))}"])
+    return "\n\n".join([
+        f"{d['model']}, layer {d['layer']}, {d['pairs']} pairs; the ratio of the attributions' "
+        "sum to the score change `cos(S(h)) - cos(S(0))` (1 = complete), smallest to largest "
+        "over the pairs:",
+        table(["schedule", "steps", "image", "text"], rows),
+        stamp(d["machine"]),
+    ])
+
+
+def models(d: dict) -> str:
+    rows = []
+    for name in ("ViT-B-16", "ViT-L-14"):
+        m = d[name]
+        rows.append([f"{name} (layers {m['layers'][0]} / {m['layers'][1]})", str(m["batch"]),
+                     num(m["fp32_pairs_per_s"]),
+                     f"{num(m['bf16_pairs_per_s'])} ({m['bf16_speedup']:.2f}x)",
+                     num(m["gflop_per_pair"]), pct(m["fp32_fraction_of_matmul_peak"])])
+    return "\n\n".join([
+        table(["model (image / text layer)", "batch", "fp32 pairs/s", "bf16 pairs/s",
+               "GFLOP/pair", "fp32 share of matmul rate"], rows),
+        f"The machine's fp32 matmul rate in the same run: {num(d['matmul_fp32_gflops'])} GFLOP/s.",
+        stamp(d["machine"]),
+    ])
+
+
+def job(d: dict) -> str:
+    rows = []
+    for n in (256, 1024):
+        r = d[f"job_vit_b_32_{n}_pairs"]
+        e = r["engine"]
+        rows.append([f"{n:,}", f"**{num(r['job_pairs_per_s'])}**",
+                     num(r["engine_inside_job_pairs_per_s"]), pct(r["job_vs_engine_inside_job"], 1),
+                     f"{num(e['one_pass_pairs_per_s'])} ({e['one_pass_pairs']} pairs)",
+                     f"**{pct(r['job_vs_engine_one_pass'], 1)}**",
+                     num(e["attribute_and_metrics_pairs_per_s"]),
+                     pct(r["job_vs_engine_with_metrics"], 1),
+                     f"{r['worker_peak_rss_mb']:,.0f} / {r['driver_peak_rss_mb']:,.0f} MB"])
+    return "\n\n".join([
+        table(["pairs", "job pairs/s", "engine inside the job", "job / that",
+               "engine alone, one pass over the same pairs", "job / that",
+               "engine alone, best of 5 on one batch", "job / that",
+               "worker / driver peak RSS"], rows),
+        stamp(d["machine"]),
+    ])
+
+
+def scale(d: dict) -> str:
+    rows = []
+    for n, best in sorted(d["best_ms_per_pair"].items(), key=lambda kv: int(kv[0])):
+        runs = d["runs"][n]
+        rows.append([
+            f"{int(n):,}", f"**{best:.2f}**", ", ".join(f"{r['ms_per_pair']:.2f}" for r in runs),
+            ", ".join(f"{num(r['engine_inside_job_pairs_per_s'])}" for r in runs),
+            ", ".join(f"{r['overhead_ms_per_pair']:.2f}" for r in runs),
+            f"{max(r['driver_peak_rss_mb'] for r in runs):,.0f} MB",
+            f"{min(r['worker_peak_rss_mb'] for r in runs):,.0f}-"
+            f"{max(r['worker_peak_rss_mb'] for r in runs):,.0f} MB"])
+    return "\n\n".join([
+        table(["pairs", "ms per pair (best run)", "each run", "engine inside the job, pairs/s",
+               "job's own ms per pair", "driver peak RSS", "worker peak RSS"], rows),
+        f"Best ms per pair, largest over smallest: {d['ms_per_pair_max_over_min']:.3f}; "
+        f"driver peak RSS {d['driver_rss_max_over_min']:.3f}; worker "
+        f"{d['worker_rss_max_over_min']:.3f}.",
+        stamp(d["machine"]),
+    ])
+
+
+def overlap(d: dict) -> str:
+    rates, share = d["job_pairs_per_s"], d["engine_share_of_actor_time"]
+    rows = [[str(k), f"**{num(mean(rates[f'tasks_per_actor_{k}']))}**",
+             ", ".join(num(x) for x in rates[f"tasks_per_actor_{k}"]),
+             ", ".join(f"{x:.2f}" for x in share[f"tasks_per_actor_{k}"])] for k in (1, 2)]
+    return "\n\n".join([
+        f"The {d['model']} model, {d['image_px']}x{d['image_px']} JPEGs, {d['pairs']:,} pairs, "
+        f"{d['rows_per_task']} pairs per task, one CPU actor; runs alternated 1, 2, 2, 1.",
+        table(["tasks in flight", "pairs/s (mean)", "each run", "engine share of actor time"],
+              rows),
+        f"Two over one: {d['speedup_2_over_1']:.3f}.",
+        stamp(d["machine"]),
+    ])
+
+
+def _pixels(name: str) -> int:
+    """jpeg_640x480 -> 307200 (0 for a name without a size)."""
+    size = name.rsplit("_", 1)[-1]
+    w, _, h = size.partition("x")
+    return int(w) * int(h) if w.isdigit() and h.isdigit() else 0
+
+
+def decode_per_core(d: dict, target: str) -> str:
+    paths = ["open_clip", "exact", "fast", "device_cpu"]
+    rows = []
+    sets = d["per_core"][target]
+    for name in sorted(sets, key=lambda k: (k == "mix", k.startswith("png"), _pixels(k))):
+        r = sets[name]
+        label = name.replace("jpeg_", "JPEG ").replace("png_", "PNG ")
+        rows.append([label, *(num(r[p]["per_cpu_s"]["median"]) for p in paths),
+                     f"**{r['fast']['x_open_clip']:.2f}**"])
+    return "\n\n".join([
+        table(["images", "open_clip", "exact", "fast", "device (CPU)", "fast / open_clip"], rows),
+        stamp(d["machine"]),
+    ])
+
+
+def decode_224(d: dict) -> str:
+    return decode_per_core(d, "vit_b_32_224px")
+
+
+def decode_64(d: dict) -> str:
+    return decode_per_core(d, "demo_64px")
+
+
+def decode_parity(d: dict) -> str:
+    rows = []
+    for label, r in d["parity"].items():
+        paths = sorted((k for k in r if k not in ("images", "sizes")), key=lambda k: k != "fast")
+        for i, path in enumerate(paths):
+            p = r[path]
+            rows.append([f"{label}, {r['images']} images" if i == 0 else "",
+                         "device (CPU)" if path == "device_cpu" else path,
+                         f"{p['pixel_abs_diff_mean']:.3g}", str(p["pixel_abs_diff_max"]),
+                         f"{p['embedding_cosine_min']:.5f}", f"{p['attribution_pearson_min']:.4f}"])
+    return "\n\n".join([
+        table(["model, images", "path", "mean \\|Δ\\|", "max \\|Δ\\|", "embedding cosine",
+               "attribution Pearson"], rows),
+        stamp(d["machine"]),
+    ])
+
+
+POOLS = {
+    "threads": "threads",
+    "process_pool": "process pool, shared-memory buffers",
+    "process_pool_pickled": "process pool, pixels pickled back",
+    "dataloader_per_batch": "`DataLoader`, workers built per batch",
+    "dataloader_persistent_rows_known": "`DataLoader`, persistent workers, rows known up front",
+}
+
+
+def decode_pools(d: dict) -> str:
+    p = d["pools"]
+    rows = [[label, f"{num(p[k]['per_wall_s']['median'])} ({num(p[k]['per_wall_s']['range'][0])}"
+             f"-{num(p[k]['per_wall_s']['range'][1])})", num(p[k]["per_cpu_s"]["median"])]
+            for k, label in POOLS.items()]
+    return "\n\n".join([
+        f"{p['images']} {p['set'].replace('jpeg_', '')} JPEGs to 224 px on the {p['path']} path, "
+        f"{p['workers']} workers, batches of {p['batch']}; medians (range) of the runs.",
+        table(["decoder", "per wall second", "per CPU-second"], rows),
+        stamp(d["machine"]),
+    ])
+
+
+def decode_job(d: dict) -> str:
+    rate, over, over_all = d["pairs_per_s"], d["camera_over_64px"], d["camera_over_64px_all_runs"]
+    rows = []
+    for s in ("jpeg_64x64", "jpeg_640x480", "jpeg_1024x768"):
+        cells = [s.replace("jpeg_", "JPEG "),
+                 *(f"{num(median(rate[f'{s} {p}']))} ({', '.join(num(x) for x in rate[f'{s} {p}'])})"
+                   for p in ("exact", "fast"))]
+        if s == "jpeg_64x64":
+            cells += ["", ""]
+        else:
+            cells += [f"{over[f'{s} exact']:.2f} ({over_all[f'{s} exact']:.2f})",
+                      f"**{over[f'{s} fast']:.2f}** ({over_all[f'{s} fast']:.2f})"]
+        rows.append(cells)
+    return "\n\n".join([
+        f"{d['pairs']} pairs per set, {d['model']}, {d['rounds']} rounds.",
+        table(["images", "exact, pairs/s: median (runs)", "fast, pairs/s: median (runs)",
+               "exact / 64x64 (/ all 64x64 runs)", "fast / 64x64 (/ all 64x64 runs)"], rows),
+        stamp(d["machine"]),
+    ])
+
+
+def decoders(run: dict) -> str:
+    d = run["beside_engine"]
+    rows = [[kind, ", ".join(num(x["pairs_per_s"]) for x in d[kind]),
+             num(mean(x["pairs_per_s"] for x in d[kind])),
+             ", ".join(f"{x['engine_ms_per_pair']:.2f}" for x in d[kind])]
+            for kind in ("threads", "processes")]
+    return "\n\n".join([
+        f"{d['pairs']} pairs of {d['image_px'][0]}x{d['image_px'][1]} JPEGs, batch {d['batch']}; "
+        "runs in the order threads, processes, processes, threads, threads, processes.",
+        table(["decode worker", "worker pairs/s, each run", "mean", "engine ms per pair, each run"],
+              rows),
+        f"The engine alone on the same batches: "
+        f"{', '.join(f'{x:.2f}' for x in d['engine_alone_ms_per_pair'])} ms per pair. "
+        f"Processes over threads: {d['processes_over_threads_pairs_per_s']:.3f}. The engine's time "
+        f"per pair against the engine alone: {d['engine_slowdown_beside_decode_threads']:.2f}x "
+        f"beside a decode thread, {d['engine_slowdown_beside_decode_processes']:.2f}x beside a "
+        "decode process.",
+        stamp(run["machine"]),
+    ])
+
+
+def report(d: dict) -> str:
+    rows = [
+        ["report", f"{d['rows']:,} rows ({d['parts']} parts, {num(d['results_mb'])} MB)",
+         f"**{d['report_seconds']:.1f} s** ({d['report_rows_per_s']:,} rows/s)",
+         f"{d['report_peak_rss_mb']:,.0f} MB",
+         f"{d['findings']} findings; planted shortcut found: "
+         f"{'yes' if d['planted_shortcut_found'] else 'no'}"],
+        ["comparison (`baseline=`)", f"{d['compare_rows'][0]:,} against {d['compare_rows'][1]:,}",
+         f"**{d['compare_seconds']:.1f} s** ({d['compare_vs_report_seconds']:.2f}x the report)",
+         f"{d['compare_peak_rss_mb']:,.0f} MB",
+         f"{d['compare_findings']} findings; planted word change first: "
+         f"{'yes' if d['planted_word_change_found'] else 'no'}"],
+    ]
+    return "\n\n".join([table(["", "rows", "wall time", "peak RSS", "found"], rows),
+                        stamp(d["machine"])])
+
+
+def evaluate(d: dict) -> str:
+    from pipeline.demo.evaluate import tables
+
+    return f"{tables(d)}\n\n{stamp(d['machine'])}"
+
+
+RENDER: dict[str, tuple[str, Callable[[dict], str]]] = {
+    "engine": ("engine", engine), "completeness": ("completeness", completeness),
+    "models": ("models", models), "job": ("job", job), "scale": ("scale", scale),
+    "overlap": ("overlap", overlap), "decode-224": ("decode", decode_224),
+    "decode-64": ("decode", decode_64), "decode-parity": ("decode", decode_parity),
+    "decode-pools": ("decode", decode_pools), "decode-job": ("decode_job", decode_job),
+    "decoders": ("decoders", decoders), "report": ("report", report),
+    "evaluate": ("evaluate", evaluate),
+}
+
+
+def render(page: str, figures: Path = FIGURES) -> str:
+    """``page`` with every table block re-rendered from its JSON."""
+    def one(m: re.Match) -> str:
+        section, fn = RENDER[m.group(2)]
+        data = json.loads((figures / f"{section}.json").read_text())
+        return f"{m.group(1)}{fn(data)}\n{m.group(4)}"
+
+    return BLOCK.sub(one, page)
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.tables")
+    ap.add_argument("--copy", metavar="DIR", help="first copy DIR/<section>.json to docs/figures/")
+    ap.add_argument("--check", action="store_true", help="exit 1 when a table differs")
+    args = ap.parse_args(argv)
+    if args.copy:
+        FIGURES.mkdir(parents=True, exist_ok=True)
+        for section in sorted({s for s, _ in RENDER.values()}):
+            src = Path(args.copy) / f"{section}.json"
+            if src.exists():
+                shutil.copyfile(src, FIGURES / f"{section}.json")
+                print(f"copied {src}", file=sys.stderr)
+    differ = []
+    for page in PAGES:
+        text = page.read_text()
+        new = render(text)
+        if new != text:
+            differ.append(page)
+            if not args.check:
+                page.write_text(new)
+    if args.check and differ:
+        print(f"tables differ from {FIGURES} in {[str(p) for p in differ]}; "
+              "run python -m benchmarks.tables", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
