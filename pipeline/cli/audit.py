@@ -59,7 +59,7 @@ def run_from_config(cfg: DictConfig) -> int:
             "status", "rows_in", "rows_out", "tasks_total", "tasks_run", "tasks_skipped",
             "tasks_failed", "tasks_retried", "status_counts", "seconds", "pairs_per_second")}
         log.info("run summary: %s", json.dumps(brief))
-        print(json.dumps(summary, indent=2, sort_keys=True))
+        print(json.dumps(summary, sort_keys=True))  # one line: the last line of stdout
         return code
 
     return guarded("nibt-audit", cfg, body)

@@ -44,7 +44,7 @@ def default_gpu_share(cpus: float, gpus: float) -> float:
     the GPU has, 1 to 4 of them. Measured when actors decoded in threads: one
     process decoded at most ~1,900 images/s (the GIL), and the ViT-B-32 job on an
     H200 with 16 CPUs ran 855 pairs/s with one actor, 1,401 with two and 1,462 with
-    four (README "Performance"). Actors now decode in processes of their own, so one
+    four (docs/performance.md, "On a GPU"). Actors now decode in processes of their own, so one
     actor may do as well; until a GPU measures it (``make bench-gpu`` runs one
     actor beside this default) several actors also keep several host threads
     feeding the GPU."""
