@@ -17,7 +17,8 @@ import sys
 import warnings
 from pathlib import Path
 
-from benchmarks.common import machine, run_child
+from benchmarks.common import run_child
+from pipeline.devtools.machine import machine
 
 SECTIONS = ("engine", "completeness", "models", "job", "scale", "overlap", "decode", "decode_job",
             "decoders", "report")

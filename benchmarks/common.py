@@ -15,8 +15,6 @@ import torch
 from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
-from pipeline.devtools.machine import machine  # noqa: F401  (re-exported: the stamp)
-
 WORDS = ["red", "blue", "green", "circle", "square", "photo", "small", "dog", "beach", "vintage"]
 
 

@@ -49,7 +49,7 @@ def table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def stamp(m: dict) -> str:
-    """When, where and how: the line over every table."""
+    """When, where and how: the line under every table (``render`` adds it)."""
     gpu = m.get("gpu") or "no GPU"
     return (f"*{m['date']}; {m['cpu']}, {m['cores']} cores, {m['memory_gib']:g} GiB, {gpu}; "
             f"Python {m['python']}, torch {m['torch']}; `.venv/bin/python -m "
@@ -82,7 +82,6 @@ def engine(d: dict) -> str:
         f"{d['bf16_pearson_vs_fp32_text']} (text). Peak RSS: {rss['batch8_fp32']:,} MB at batch "
         f"8, {rss['batch32_fp32']:,} MB at batch 32 (fp32), {rss['batch32_bf16']:,} MB (bf16, "
         "batch 32).",
-        stamp(d["machine"]),
     ])
 
 
@@ -99,7 +98,6 @@ def completeness(d: dict) -> str:
         "sum to the score change `cos(S(h)) - cos(S(0))` (1 = complete), smallest to largest "
         "over the pairs:",
         table(["schedule", "steps", "image", "text"], rows),
-        stamp(d["machine"]),
     ])
 
 
@@ -115,7 +113,6 @@ def models(d: dict) -> str:
         table(["model (image / text layer)", "batch", "fp32 pairs/s", "bf16 pairs/s",
                "GFLOP/pair", "fp32 share of matmul rate"], rows),
         f"The machine's fp32 matmul rate in the same run: {num(d['matmul_fp32_gflops'])} GFLOP/s.",
-        stamp(d["machine"]),
     ])
 
 
@@ -131,13 +128,10 @@ def job(d: dict) -> str:
                      num(e["attribute_and_metrics_pairs_per_s"]),
                      pct(r["job_vs_engine_with_metrics"], 1),
                      f"{r['worker_peak_rss_mb']:,.0f} / {r['driver_peak_rss_mb']:,.0f} MB"])
-    return "\n\n".join([
-        table(["pairs", "job pairs/s", "engine inside the job", "job / that",
-               "engine alone, one pass over the same pairs", "job / that",
-               "engine alone, best of 5 on one batch", "job / that",
-               "worker / driver peak RSS"], rows),
-        stamp(d["machine"]),
-    ])
+    return table(["pairs", "job pairs/s", "engine inside the job", "job / that",
+                  "engine alone, one pass over the same pairs", "job / that",
+                  "engine alone, best of 5 on one batch", "job / that",
+                  "worker / driver peak RSS"], rows)
 
 
 def scale(d: dict) -> str:
@@ -157,7 +151,6 @@ def scale(d: dict) -> str:
         f"Best ms per pair, largest over smallest: {d['ms_per_pair_max_over_min']:.3f}; "
         f"driver peak RSS {d['driver_rss_max_over_min']:.3f}; worker "
         f"{d['worker_rss_max_over_min']:.3f}.",
-        stamp(d["machine"]),
     ])
 
 
@@ -172,7 +165,6 @@ def overlap(d: dict) -> str:
         table(["tasks in flight", "pairs/s (mean)", "each run", "engine share of actor time"],
               rows),
         f"Two over one: {d['speedup_2_over_1']:.3f}.",
-        stamp(d["machine"]),
     ])
 
 
@@ -192,10 +184,7 @@ def decode_per_core(d: dict, target: str) -> str:
         label = name.replace("jpeg_", "JPEG ").replace("png_", "PNG ")
         rows.append([label, *(num(r[p]["per_cpu_s"]["median"]) for p in paths),
                      f"**{r['fast']['x_open_clip']:.2f}**"])
-    return "\n\n".join([
-        table(["images", "open_clip", "exact", "fast", "device (CPU)", "fast / open_clip"], rows),
-        stamp(d["machine"]),
-    ])
+    return table(["images", "open_clip", "exact", "fast", "device (CPU)", "fast / open_clip"], rows)
 
 
 def decode_224(d: dict) -> str:
@@ -216,11 +205,8 @@ def decode_parity(d: dict) -> str:
                          "device (CPU)" if path == "device_cpu" else path,
                          f"{p['pixel_abs_diff_mean']:.3g}", str(p["pixel_abs_diff_max"]),
                          f"{p['embedding_cosine_min']:.5f}", f"{p['attribution_pearson_min']:.4f}"])
-    return "\n\n".join([
-        table(["model, images", "path", "mean \\|Δ\\|", "max \\|Δ\\|", "embedding cosine",
-               "attribution Pearson"], rows),
-        stamp(d["machine"]),
-    ])
+    return table(["model, images", "path", "mean \\|Δ\\|", "max \\|Δ\\|", "embedding cosine",
+                  "attribution Pearson"], rows)
 
 
 POOLS = {
@@ -241,7 +227,6 @@ def decode_pools(d: dict) -> str:
         f"{p['images']} {p['set'].replace('jpeg_', '')} JPEGs to 224 px on the {p['path']} path, "
         f"{p['workers']} workers, batches of {p['batch']}; medians (range) of the runs.",
         table(["decoder", "per wall second", "per CPU-second"], rows),
-        stamp(d["machine"]),
     ])
 
 
@@ -262,7 +247,6 @@ def decode_job(d: dict) -> str:
         f"{d['pairs']} pairs per set, {d['model']}, {d['rounds']} rounds.",
         table(["images", "exact, pairs/s: median (runs)", "fast, pairs/s: median (runs)",
                "exact / 64x64 (/ all 64x64 runs)", "fast / 64x64 (/ all 64x64 runs)"], rows),
-        stamp(d["machine"]),
     ])
 
 
@@ -283,7 +267,6 @@ def decoders(run: dict) -> str:
         f"per pair against the engine alone: {d['engine_slowdown_beside_decode_threads']:.2f}x "
         f"beside a decode thread, {d['engine_slowdown_beside_decode_processes']:.2f}x beside a "
         "decode process.",
-        stamp(run["machine"]),
     ])
 
 
@@ -300,14 +283,13 @@ def report(d: dict) -> str:
          f"{d['compare_findings']} findings; planted word change first: "
          f"{'yes' if d['planted_word_change_found'] else 'no'}"],
     ]
-    return "\n\n".join([table(["", "rows", "wall time", "peak RSS", "found"], rows),
-                        stamp(d["machine"])])
+    return table(["", "rows", "wall time", "peak RSS", "found"], rows)
 
 
 def evaluate(d: dict) -> str:
     from pipeline.demo.evaluate import tables
 
-    return f"{tables(d)}\n\n{stamp(d['machine'])}"
+    return tables(d)
 
 
 RENDER: dict[str, tuple[str, Callable[[dict], str]]] = {
@@ -326,7 +308,7 @@ def render(page: str, figures: Path = FIGURES) -> str:
     def one(m: re.Match) -> str:
         section, fn = RENDER[m.group(2)]
         data = json.loads((figures / f"{section}.json").read_text())
-        return f"{m.group(1)}{fn(data)}\n{m.group(4)}"
+        return f"{m.group(1)}{fn(data)}\n\n{stamp(data['machine'])}\n{m.group(4)}"
 
     return BLOCK.sub(one, page)
 
