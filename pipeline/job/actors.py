@@ -106,9 +106,14 @@ def run_on_actors(s: Any, todo: list[Task], metadata: dict[str, Any],
         outcome = dispatcher.run(todo)
         # not Ray's shutdown, which takes ~1.5 s here
         seconds = time.monotonic() - outcome.first_ready if outcome.first_ready else 0.0
-        if not outcome.stopped:  # a clean stop first: decode processes and their semaphores
+        # a clean stop first (decode processes and their semaphores), for the actors that
+        # answer: one still starting, or restarting after its node was lost, would hold
+        # this wait to its bound
+        up = [actors[i] for i in outcome.up]
+        if up and not outcome.stopped:  # all of them (one failing does not cut the wait)
             with contextlib.suppress(Exception):
-                ray.get([a.close.remote() for a in actors], timeout=CLOSE_TIMEOUT_S)
+                refs = [a.close.remote() for a in up]
+                ray.wait(refs, num_returns=len(refs), timeout=CLOSE_TIMEOUT_S)
         for a in actors:  # stopped: abandoned at once (decode processes exit with their actor)
             with contextlib.suppress(Exception):
                 ray.kill(a)

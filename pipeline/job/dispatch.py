@@ -94,6 +94,7 @@ class Outcome:
     stopped: bool = False
     first_ready: float | None = None  # clock time the first actor could take tasks
     actors_ready: int = 0  # actors that ever started
+    up: list[int] = field(default_factory=list)  # actors answering at the end (not restarting)
 
 
 class Dispatcher:
@@ -221,6 +222,7 @@ class Dispatcher:
                 out.results.append(self._failed(task, "no actor left to run it"))
         out.retries = sum(self.attempts.values())
         out.actors_ready = len(self.ready)
+        out.up = [a.index for a in self._up()]
         return out
 
     def _answered(self, ref: Hashable, call: _Call, pending: deque, calls: dict,

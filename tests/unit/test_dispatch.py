@@ -275,6 +275,18 @@ def test_an_actor_that_does_not_come_back_after_a_death_is_given_up():
     assert len(a.runs) == 1 and len(b.runs) == 30 and a.kills == [False]
 
 
+def test_only_actors_that_answer_at_the_end_are_reported_up():
+    """a dies in its first task and is still restarting (100 s) when b has done the
+    rest; c never starts: only b is up, so only b is asked to close."""
+    a = FakeActor("a", lambda t, f, m: (1.0, "die") if a.deaths == 0 else (1.0, ok(t)),
+                  restart_s=100.0)
+    b, c = FakeActor("b"), FakeActor("c", start_s=NEVER)
+    out, pool = dispatch([a, b, c], [task(i) for i in range(4)], start_timeout=500.0)
+    assert all(r.ok for r in out.results) and len(out.results) == 4
+    assert out.up == [1] and out.actors_ready == 2
+    assert pool.now < 100.0  # the restart was not waited for
+
+
 def test_a_stop_hands_out_nothing_more_and_reports_what_was_left():
     a = FakeActor("a", lambda t, f, m: (10.0, ok(t)))
     tasks = [task(i) for i in range(5)]
