@@ -16,7 +16,8 @@ config file reaches this hook. The file maps a fault to when it fires::
 A fault fires for task attempts whose source contains ``source`` and whose first
 row is ``row_start`` (both optional), at most ``times`` attempts over all workers
 (counted by files created with O_EXCL beside the JSON file, so a retry on another
-actor sees the count).
+actor sees the count). Each such file holds the pid of the worker the fault fired
+in, so that a test can tell which actors are inside a fault.
 """
 
 from __future__ import annotations
@@ -57,10 +58,14 @@ def _take(name: str, times: int) -> bool:
     os.makedirs(state, exist_ok=True)
     for i in range(int(times)):
         try:
-            os.close(os.open(os.path.join(state, f"{name}-{i}"), os.O_CREAT | os.O_EXCL))
-            return True
+            fd = os.open(os.path.join(state, f"{name}-{i}"), os.O_CREAT | os.O_EXCL | os.O_WRONLY)
         except FileExistsError:
             continue
+        try:
+            os.write(fd, str(os.getpid()).encode())
+        finally:
+            os.close(fd)
+        return True
     return False
 
 
