@@ -7,11 +7,14 @@ side bands from its edge colours, sensor grain; ``tests.images.camera_jpeg``),
 all at quality 90. Each set runs through the whole job (``run_job``: Ray,
 one actor on this machine's CPUs, local Parquet in and out) with the shipped demo
 model (``conf/model/demo.yaml``) and ``data.decode`` exact and fast; runs
-alternate set and path, three times, so the machine's drift spreads over all.
+alternate set and path, five times, so the machine's drift spreads over all.
 
 Reported: the job's pairs/s per run (from the actors being ready to the last
-result), and per path the camera-size rate over the 64x64 rate (medians), the
-latter of that path's runs and of all 64x64 runs (the same work on both paths).
+result), and per path the camera-size rate over the 64x64 rate three ways: the
+ratio of the medians, of that path's runs and of all 64x64 runs (the same work on
+both paths), and the median of the ratios round by round (each camera-size run over
+the same round's 64x64 run, a minute apart at most: the machine's slower drift
+cancels in the pair).
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ def write_sets(root: Path, pairs: int) -> dict[str, Path]:
     return out
 
 
-def run(pairs: int = PAIRS, rounds: int = 3) -> dict:
+def run(pairs: int = PAIRS, rounds: int = 5) -> dict:
     from pipeline.config import (
         ClusterSettings,
         DataSettings,
@@ -94,6 +97,9 @@ def run(pairs: int = PAIRS, rounds: int = 3) -> dict:
                              for s in SETS if s != "jpeg_64x64" for p in PATHS},
         "camera_over_64px_all_runs": {f"{s} {p}": round(med[s, p] / small, 3)
                                       for s in SETS if s != "jpeg_64x64" for p in PATHS},
+        "camera_over_64px_by_round": {
+            f"{s} {p}": [round(a / b, 3) for a, b in zip(rates[s, p], rates["jpeg_64x64", p])]
+            for s in SETS if s != "jpeg_64x64" for p in PATHS},
         "seconds": {"data": round(t_data, 1), "total": round(time.perf_counter() - t0, 1)},
     }
 

@@ -232,21 +232,27 @@ def decode_pools(d: dict) -> str:
 
 def decode_job(d: dict) -> str:
     rate, over, over_all = d["pairs_per_s"], d["camera_over_64px"], d["camera_over_64px_all_runs"]
+    by_round = d["camera_over_64px_by_round"]
     rows = []
     for s in ("jpeg_64x64", "jpeg_640x480", "jpeg_1024x768"):
         cells = [s.replace("jpeg_", "JPEG "),
                  *(f"{num(median(rate[f'{s} {p}']))} ({', '.join(num(x) for x in rate[f'{s} {p}'])})"
                    for p in ("exact", "fast"))]
         if s == "jpeg_64x64":
-            cells += ["", ""]
+            cells += [""] * 4
         else:
-            cells += [f"{over[f'{s} exact']:.2f} ({over_all[f'{s} exact']:.2f})",
-                      f"**{over[f'{s} fast']:.2f}** ({over_all[f'{s} fast']:.2f})"]
+            cells += [f"{over[f'{s} {p}']:.2f} ({over_all[f'{s} {p}']:.2f})" for p in ("exact", "fast")]
+            cells += [f"{'**' * bold}{median(by_round[f'{s} {p}']):.2f}{'**' * bold} "
+                      f"({', '.join(f'{x:.2f}' for x in by_round[f'{s} {p}'])})"
+                      for p, bold in (("exact", False), ("fast", True))]
         rows.append(cells)
     return "\n\n".join([
         f"{d['pairs']} pairs per set, {d['model']}, {d['rounds']} rounds.",
         table(["images", "exact, pairs/s: median (runs)", "fast, pairs/s: median (runs)",
-               "exact / 64x64 (/ all 64x64 runs)", "fast / 64x64 (/ all 64x64 runs)"], rows),
+               "exact / 64x64: of medians (/ all 64x64 runs)",
+               "fast / 64x64: of medians (/ all 64x64 runs)",
+               "exact / 64x64 by round: median (rounds)", "fast / 64x64 by round: median (rounds)"],
+              rows),
     ])
 
 
