@@ -19,7 +19,6 @@ import pytest
 
 from pipeline.io.results import read_results
 from pipeline.job import faults
-from pipeline.job.actors import CLOSE_TIMEOUT_S
 from pipeline.job.cluster import patched_env
 from tests.data import write_shards
 from tests.reliability.raycluster import ray_cluster
@@ -92,5 +91,3 @@ def test_lost_node(cluster, fault_file, tmp_path, figure):
     assert parts_before < 8
     assert sorted(ids) == expected and len(ids) == len(set(ids))
     assert summary["tasks_retried"] >= 1  # the lost node's task ran again elsewhere
-    # the end did not wait on the lost node's actor (restarting, with nowhere to go)
-    assert ended - t_kill < CLOSE_TIMEOUT_S
