@@ -52,9 +52,30 @@ def _spec() -> dict[str, Any]:
         return {}
 
 
+def marker_dir(spec: str | os.PathLike) -> str:
+    """Where the firings of the faults in the JSON file ``spec`` are counted."""
+    return f"{os.fspath(spec)}.fired"
+
+
+def fired_in(spec: str | os.PathLike, name: str) -> set[int]:
+    """The pids of the workers fault ``name`` of ``spec`` has fired in so far."""
+    try:
+        paths = [os.path.join(marker_dir(spec), f) for f in os.listdir(marker_dir(spec))
+                 if f.startswith(f"{name}-")]
+    except FileNotFoundError:
+        return set()
+    pids = set()
+    for path in paths:
+        with open(path) as f:
+            text = f.read()
+        if text:  # empty for the moment between its creation and its write
+            pids.add(int(text))
+    return pids
+
+
 def _take(name: str, times: int) -> bool:
     """Consume one of the ``times`` firings of fault ``name``; False once all are used."""
-    state = f"{os.environ[ENV]}.fired"
+    state = marker_dir(os.environ[ENV])
     os.makedirs(state, exist_ok=True)
     for i in range(int(times)):
         try:

@@ -40,12 +40,6 @@ def cluster(fault_file):
         yield c
 
 
-def stalled_pids(fault_file) -> set[str]:
-    """The workers that have started a stalled task attempt so far."""
-    fired = fault_file.parent / f"{fault_file.name}.fired"
-    return {p.read_text() for p in fired.glob("stall-*")} - {""} if fired.exists() else set()
-
-
 def test_lost_node(cluster, fault_file, tmp_path, figure):
     root = tmp_path / "in"
     root.mkdir()
@@ -63,10 +57,10 @@ def test_lost_node(cluster, fault_file, tmp_path, figure):
                               env=env)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and driver.poll() is None:
-        if len(stalled_pids(fault_file)) >= 2:  # both actors are inside a task
+        if len(faults.fired_in(fault_file, "stall")) >= 2:  # both actors are inside a task
             break
         time.sleep(0.05)
-    both_at_work = len(stalled_pids(fault_file)) >= 2
+    both_at_work = len(faults.fired_in(fault_file, "stall")) >= 2
     parts_before = len(list((out / "parts").glob("*.parquet")))
     t_kill = time.monotonic()
     cluster.kill_worker(0)

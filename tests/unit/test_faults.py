@@ -28,12 +28,17 @@ def test_a_fault_fires_the_given_times_over_all_processes(monkeypatch, tmp_path)
     monkeypatch.setenv(faults.ENV, str(spec))
     assert faults.fired("s3://in/a.parquet", 0) == {}  # neither matches
     assert list(faults.fired("s3://in/b.parquet", 0)) == ["engine_error"]
-    code = ("from pipeline.job import faults; "
-            "print(sorted(faults.fired('s3://in/b.parquet', 8)))")
+    code = ("import os; from pipeline.job import faults; "
+            "print(sorted(faults.fired('s3://in/b.parquet', 8))); print(os.getpid())")
     other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                            env=dict(os.environ), check=True)
-    assert other.stdout.strip() == "['engine_error', 'stall']"  # the second of two
+    fired, other_pid = other.stdout.split("\n")[:2]
+    assert fired == "['engine_error', 'stall']"  # the second of two
     assert list(faults.fired("s3://in/b.parquet", 8)) == ["stall"]  # engine_error used up
+    # each firing is marked with the process it fired in
+    assert faults.fired_in(spec, "engine_error") == {os.getpid(), int(other_pid)}
+    assert faults.fired_in(spec, "stall") == {os.getpid(), int(other_pid)}
+    assert faults.fired_in(tmp_path / "none.json", "stall") == set()
 
 
 def test_an_engine_error_fails_only_inside_its_task(monkeypatch, tmp_path):
