@@ -1,18 +1,24 @@
 """A real S3 endpoint on 127.0.0.1 (moto in server mode), for tests, the demo and benchmarks.
 
-Starts ``python -m moto.server`` as a child process on loopback only, waits until
-it answers, and stops it afterwards. Needs the ``dev`` extra (moto[server]).
+Starts moto's server (``pipeline.devtools.s3server``: moto's own application,
+behind a delay per request and a count of requests) as a child process on
+loopback only, waits until it answers, and stops it afterwards. ``delay_ms``
+makes it a store that is far away, as real object storage is (20-50 ms a
+request); ``StoreControl`` reads the counts and changes the delay. Needs the
+``dev`` extra (moto[server]).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
+from collections import Counter
 from collections.abc import Iterator
 
 #: Dummy credentials for the local endpoint (moto accepts any).
@@ -29,13 +35,55 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+class StoreControl:
+    """The local store's counts of requests and its delay, read and set over HTTP."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url.rstrip("/")
+
+    def _call(self, method: str, path: str) -> dict:
+        req = urllib.request.Request(f"{self.url}/_nibt/{path}", method=method)
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return json.loads(r.read())
+
+    def set_delay(self, ms: float) -> None:
+        """Every later request waits ``ms`` milliseconds before moto answers it."""
+        self._call("PUT", f"delay?ms={ms:g}")
+
+    def reset(self) -> None:
+        """Forget the requests counted so far."""
+        self._call("DELETE", "stats")
+
+    def requests(self) -> Counter:
+        """Requests since the last reset by (operation, bucket/key): operations are GET,
+        HEAD, PUT, DELETE and LIST (whose key is the listed prefix)."""
+        return Counter({(op, key): n for op, key, n in self._call("GET", "stats")["counts"]})
+
+    def count(self, op: str | None = None, prefix: str = "") -> int:
+        """Requests of operation ``op`` (any when None) on keys under ``prefix``
+        (``bucket/key prefix``)."""
+        return sum(n for (o, key), n in self.requests().items()
+                   if (op is None or o == op) and key.startswith(prefix))
+
+    def by_operation(self, prefix: str = "") -> dict[str, int]:
+        """Requests under ``prefix`` by operation."""
+        out: Counter = Counter()
+        for (o, key), n in self.requests().items():
+            if key.startswith(prefix):
+                out[o] += n
+        return dict(sorted(out.items()))
+
+
 @contextlib.contextmanager
-def local_s3(port: int | None = None, timeout: float = 30.0) -> Iterator[str]:
-    """Run a moto S3 server on 127.0.0.1; yields its endpoint URL."""
+def local_s3(port: int | None = None, timeout: float = 30.0,
+             delay_ms: float = 0.0) -> Iterator[str]:
+    """Run a moto S3 server on 127.0.0.1, each request delayed ``delay_ms``; yields its
+    endpoint URL (``StoreControl(url)`` counts its requests and changes the delay)."""
     port = port or free_port()
     env = dict(os.environ, **LOCAL_S3_ENV)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        [sys.executable, "-m", "pipeline.devtools.s3server", "-H", "127.0.0.1", "-p", str(port),
+         "--delay-ms", f"{delay_ms:g}"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
     )
     url = f"http://127.0.0.1:{port}"
@@ -43,7 +91,7 @@ def local_s3(port: int | None = None, timeout: float = 30.0) -> Iterator[str]:
         deadline = time.time() + timeout
         while True:
             try:
-                urllib.request.urlopen(f"{url}/moto-api/", timeout=1).close()
+                urllib.request.urlopen(f"{url}/_nibt/stats", timeout=1).close()
                 break
             except Exception:
                 if proc.poll() is not None or time.time() > deadline:
