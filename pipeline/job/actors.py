@@ -12,14 +12,14 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.job.cluster import plan_actors, ray_session
 from pipeline.job.dispatch import ActorLost, Dispatcher, Outcome
 from pipeline.job.plan import Task
-from pipeline.job.worker import TaskRunner
+from pipeline.job.results import TaskResult
 
 log = logging.getLogger("nibt-audit")
 
@@ -75,14 +75,24 @@ class PoolRun:
 
 
 def run_on_actors(s: Any, todo: list[Task], metadata: dict[str, Any],
-                  stop: threading.Event, progress: Any) -> PoolRun:
-    """Run ``todo`` on a pool of actors sized for the cluster (``s``: ``JobSettings``)."""
+                  stop: threading.Event, progress: Any,
+                  on_result: Callable[[Task, TaskResult], None] | None = None,
+                  on_tick: Callable[[Dispatcher], None] | None = None,
+                  runner: type | None = None) -> PoolRun:
+    """Run ``todo`` on a pool of actors sized for the cluster (``s``: ``JobSettings``).
+
+    Each finished task goes to ``on_result``; ``on_tick`` gets the dispatcher at least
+    every second; ``runner`` is the actor class (``TaskRunner``, the engine; or one that
+    runs none, to measure the control plane).
+    """
+    if runner is None:
+        from pipeline.job.worker import TaskRunner as runner
     with ray_session(s.cluster, num_cpus=None):
         import ray
 
         nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
         ap = plan_actors(s.cluster, ray.cluster_resources(), len(todo), nodes=nodes)
-        actor_cls = ray.remote(TaskRunner).options(
+        actor_cls = ray.remote(runner).options(
             num_cpus=ap.num_cpus, num_gpus=ap.num_gpus, max_restarts=-1, max_task_retries=0,
             max_concurrency=ap.slots,
         )
@@ -101,7 +111,7 @@ def run_on_actors(s: Any, todo: list[Task], metadata: dict[str, Any],
             actors, RayActorPool(), s.run.max_task_retries, slots=ap.slots,
             start_timeout_s=s.cluster.actor_start_timeout_s,
             timeout_for=lambda task, slowest: s.run.task_timeout(task.rows, slowest),
-            progress=progress, stop=stop,
+            progress=progress, stop=stop, on_result=on_result, on_tick=on_tick,
         )
         outcome = dispatcher.run(todo)
         # not Ray's shutdown, which takes ~1.5 s here

@@ -19,7 +19,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
@@ -31,8 +31,8 @@ from pipeline.engine.model import load_clip
 from pipeline.engine.nibt import NIBT, default_budget_mb
 from pipeline.io.images import ERROR, Decoded
 from pipeline.io.parts import PartBuilder, commit_part, normalise_carried
-from pipeline.io.shards import TaskError, check_unchanged, iter_batches
-from pipeline.io.storage import file_tag, filesystem
+from pipeline.io.shards import TaskError, iter_batches
+from pipeline.io.storage import filesystem
 from pipeline.io.weights import weights_fetcher
 from pipeline.job import faults
 from pipeline.job.attribute import Attributor, auto_batch_size
@@ -42,34 +42,9 @@ from pipeline.job.plan import Task
 from pipeline.job.preprocess import fast_preprocess, split_preprocess
 from pipeline.job.procstats import cap_data_memory, peak_rss_mb
 from pipeline.job.provenance import library_versions
+from pipeline.job.results import TaskResult
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class TaskResult:
-    """What a worker reports for one task (small: travels back to the driver)."""
-
-    task_id: str
-    uri: str
-    row_start: int
-    row_end: int
-    ok: bool
-    rows_out: int = 0
-    status_counts: dict[str, int] = field(default_factory=dict)
-    seconds: float = 0.0
-    part: str | None = None
-    error: str | None = None
-    retryable: bool = False
-    pid: int = 0
-    peak_rss_mb: float = 0.0
-    batch_splits: int = 0  # batches split in halves after running out of memory
-    compute_seconds: float = 0.0  # time spent attributing and scoring (the engine's share)
-    batch_size: int = 0  # pairs per batch the actor used (set, or chosen for its memory)
-    error_rows: int = 0  # rows that failed in the engine (status ``error``)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass
@@ -304,7 +279,7 @@ class TaskRunner:
                 truncated[i] = t
         gh, gw = self.grid
         for i, dec in enumerate(batch.rows):
-            row = {"id": batch.ids[i], "source": None, "row": batch.first_row + i,
+            row = {"id": batch.ids[i], "row": batch.first_row + i,
                    "status": dec.status, "error": dec.error}
             r = results.get(i)
             if isinstance(r, Exception):
@@ -314,6 +289,7 @@ class TaskRunner:
                 row.update(grid_h=gh, grid_w=gw, caption_truncated=truncated[i])
             counts[row["status"]] += 1
             part.add(row)
+        part.seal(ERROR)
         return spent, splits
 
     # ------------------------------------------------------------------- task
@@ -335,8 +311,7 @@ class TaskRunner:
         try:
             with faults.task_scope(task.uri, task.row_start):  # inert unless the test hook is on
                 fs, path = filesystem(task.uri, self.storage)
-                check_unchanged(fs, path, task, file_tag)
-                part = PartBuilder()
+                part = PartBuilder(task.uri)
                 counts: Counter = Counter()
                 for batch in _prefetch(self._batches(task, fs, path), 2, self.reader):
                     if batch.carried is not None:
@@ -345,13 +320,10 @@ class TaskRunner:
                     compute, splits = compute + spent, splits + split
             errors = counts.get(ERROR, 0)
             if errors and not final:
-                first_error = next(e for e, st in zip(part.columns["error"], part.columns["status"])
-                             if st == ERROR)
                 return TaskResult(ok=False, retryable=True, error_rows=errors,
                                   error=f"{errors} of {part.rows} rows failed in the engine "
-                                        f"({first_error}); nothing committed",
+                                        f"({part.first_error}); nothing committed",
                                   seconds=time.perf_counter() - t0, **base)
-            part.columns["source"] = [task.uri] * part.rows
             carried_schema = None
             if self.data.keep_columns:
                 first = part.carried[0].schema if part.carried else None
@@ -362,11 +334,12 @@ class TaskRunner:
                         input_fingerprint=task.input_fingerprint, status_counts=dict(counts))
             out_fs, out_path = filesystem(self.output, self.storage)
             table = part.table(meta, carried_schema)
-            path_written = commit_part(out_fs, out_path, task.task_id, table)
+            path_written, size = commit_part(out_fs, out_path, task.task_id, table)
             secs = time.perf_counter() - t0
             log.info("task %s: %d rows in %.1fs (%s)", task.task_id, part.rows, secs, dict(counts))
             return TaskResult(ok=True, rows_out=part.rows, status_counts=dict(counts),
-                              seconds=secs, part=path_written, peak_rss_mb=peak_rss_mb(),
+                              seconds=secs, part=path_written, part_bytes=size,
+                              peak_rss_mb=peak_rss_mb(),
                               batch_splits=splits, compute_seconds=compute,
                               batch_size=self.batch_size, error_rows=errors, **base)
         except TaskError as e:
