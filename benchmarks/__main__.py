@@ -21,7 +21,7 @@ from benchmarks.common import run_child
 from pipeline.devtools.machine import machine
 
 SECTIONS = ("engine", "completeness", "models", "job", "scale", "overlap", "decode", "decode_job",
-            "decoders", "report")
+            "decoders", "report", "controlplane")
 
 
 def main(argv: list[str]) -> int:

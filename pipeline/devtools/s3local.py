@@ -74,6 +74,11 @@ class StoreControl:
         return sum(n for (o, key), n in self.requests().items()
                    if (op is None or o == op) and key.startswith(prefix))
 
+    def cpu_seconds(self) -> float:
+        """CPU time the store's process has used so far (moto's own cost, which real
+        object storage does not put on the machine under test)."""
+        return float(self._call("GET", "stats")["cpu_s"])
+
     def by_operation(self, prefix: str = "") -> dict[str, int]:
         """Requests under ``prefix`` by operation."""
         out: Counter = Counter()
@@ -85,15 +90,16 @@ class StoreControl:
 
 @contextlib.contextmanager
 def local_s3(port: int | None = None, timeout: float = 30.0, delay_ms: float = 0.0,
-             moto_listing: bool = False) -> Iterator[str]:
+             moto_only: bool = False) -> Iterator[str]:
     """Run a moto S3 server on 127.0.0.1, each request delayed ``delay_ms``; yields its
     endpoint URL (``StoreControl(url)`` counts its requests and changes the delay).
-    ``moto_listing``: listings answered by moto's own code (see ``s3server``)."""
+    ``moto_only``: listings and object reads answered by moto's own code (see
+    ``s3server``)."""
     port = port or free_port()
     env = dict(os.environ, **LOCAL_S3_ENV)
     proc = subprocess.Popen(
         [sys.executable, "-m", "pipeline.devtools.s3server", "-H", "127.0.0.1", "-p", str(port),
-         "--delay-ms", f"{delay_ms:g}", *(["--moto-listing"] if moto_listing else [])],
+         "--delay-ms", f"{delay_ms:g}", *(["--moto-only"] if moto_only else [])],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
     )
     url = f"http://127.0.0.1:{port}"

@@ -15,7 +15,6 @@ mtime: a rerun over unchanged inputs reads no input footer at all.
 from __future__ import annotations
 
 import logging
-import os
 import struct
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -25,7 +24,9 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.io.storage import InputFile, is_local, join, put_atomic, read_bytes
+from pipeline.config import StorageSettings
+from pipeline.io.bulk import read_tails
+from pipeline.io.storage import InputFile, join, put_atomic, read_bytes
 
 log = logging.getLogger("nibt-audit")
 
@@ -71,39 +72,17 @@ def parse_footer(tail: bytes) -> Footer:
                   meta.schema.to_arrow_schema().remove_metadata())
 
 
-def _tails(fs: fsspec.AbstractFileSystem, files: Sequence[tuple[str, int | None]],
-           lengths: Sequence[int], in_flight: int) -> list[bytes | BaseException]:
-    """The last ``length`` bytes of each (path, size) file (a file's size may be None:
-    then one suffix request asks for them); an exception for each that failed."""
-    if is_local(fs):
-        out: list[bytes | BaseException] = []
-        for (p, _), n in zip(files, lengths):
-            try:
-                with open(p, "rb") as f:
-                    f.seek(max(0, os.fstat(f.fileno()).st_size - n))
-                    out.append(f.read())
-            except Exception as err:
-                out.append(err)
-        return out
-    paths = [p for p, _ in files]
-    starts = [-n if size is None else max(0, size - n) for (_, size), n in zip(files, lengths)]
-    ends = [size for _, size in files]
-    if getattr(fs, "async_impl", False):
-        return fs.cat_ranges(paths, starts, ends, on_error="return", batch_size=in_flight)
-    return fs.cat_ranges(paths, starts, ends, on_error="return")
-
-
 def read_footers(
-    fs: fsspec.AbstractFileSystem, files: Sequence[tuple[str, int | None]], in_flight: int = 64,
+    files: Sequence[tuple[str, int | None]], storage: StorageSettings, in_flight: int = 64,
     parse: Callable[[bytes], Any] = parse_footer,
 ) -> Iterator[Any]:
-    """``parse`` of the footer of each (path, size) on ``fs`` (a ``Footer`` by default),
-    in order; an exception for a file whose footer cannot be read (``FileNotFoundError``
-    for one that is not there). One request per file unless its footer is over
-    ``TAIL_BYTES``; a size of None costs nothing more (a suffix range)."""
+    """``parse`` of the footer of each (uri, size) (a ``Footer`` by default), in order; an
+    exception for a file whose footer cannot be read (``FileNotFoundError`` for one that
+    is not there). One request per file unless its footer is over ``TAIL_BYTES``; a size
+    of None costs nothing more (a suffix range)."""
     for lo in range(0, len(files), CALL_FILES):
         chunk = files[lo:lo + CALL_FILES]
-        tails = _tails(fs, chunk, [TAIL_BYTES] * len(chunk), in_flight)
+        tails = read_tails([(u, size, TAIL_BYTES) for u, size in chunk], storage, in_flight)
         longer: dict[int, int] = {}  # index in chunk -> footer length, footers over the tail
         out: list[Any] = []
         for i, ((_, size), tail) in enumerate(zip(chunk, tails)):
@@ -121,7 +100,8 @@ def read_footers(
                 out.append(err)
         if longer:
             idx = sorted(longer)
-            rest = _tails(fs, [chunk[i] for i in idx], [longer[i] for i in idx], in_flight)
+            rest = read_tails([(chunk[i][0], chunk[i][1], longer[i]) for i in idx], storage,
+                              in_flight)
             for i, tail in zip(idx, rest):
                 try:
                     out[i] = tail if isinstance(tail, BaseException) else parse(tail)
@@ -211,24 +191,19 @@ class FooterCache:
 
 
 def footers_of(
-    files: Sequence[InputFile], open_fs: Callable[[str], tuple[fsspec.AbstractFileSystem, str]],
-    cache: FooterCache | None = None, in_flight: int = 64,
+    files: Sequence[InputFile], storage: StorageSettings, cache: FooterCache | None = None,
+    in_flight: int = 64,
 ) -> list[Footer | BaseException]:
     """The footer of each input file: from ``cache`` when the file is unchanged, else one
-    ranged read (``in_flight`` at a time per filesystem), then kept in ``cache``."""
+    ranged read (``in_flight`` at a time), then kept in ``cache``."""
     out: list[Footer | BaseException | None] = [cache.get(f) if cache else None for f in files]
     shared: dict[pa.Schema, pa.Schema] = {}  # equal schemas held once
-    by_fs: dict[int, tuple[fsspec.AbstractFileSystem, list[tuple[int, str, int]]]] = {}
-    for i, f in enumerate(files):
-        if out[i] is None:
-            fs, path = open_fs(f.uri)
-            by_fs.setdefault(id(fs), (fs, []))[1].append((i, path, f.size))
-    for fs, todo in by_fs.values():
-        for (i, _, _), footer in zip(todo, read_footers(fs, [(p, s) for _, p, s in todo],
-                                                        in_flight)):
-            if isinstance(footer, Footer):
-                footer = Footer(footer.row_groups, shared.setdefault(footer.schema, footer.schema))
-                if cache is not None:
-                    cache.put(files[i], footer)
-            out[i] = footer
+    todo = [i for i, got in enumerate(out) if got is None]
+    for i, footer in zip(todo, read_footers([(files[i].uri, files[i].size) for i in todo],
+                                            storage, in_flight)):
+        if isinstance(footer, Footer):
+            footer = Footer(footer.row_groups, shared.setdefault(footer.schema, footer.schema))
+            if cache is not None:
+                cache.put(files[i], footer)
+        out[i] = footer
     return out  # type: ignore[return-value]

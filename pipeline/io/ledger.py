@@ -47,7 +47,7 @@ import pyarrow.parquet as pq
 
 from pipeline.io.images import STATUSES
 from pipeline.io.manifest import STATUS_COUNTS
-from pipeline.io.storage import is_local, join, list_names, put_atomic
+from pipeline.io.storage import join, list_names, put_atomic, read_many
 
 log = logging.getLogger("nibt-audit")
 
@@ -127,24 +127,6 @@ def _covered(f: _File, files: list[_File]) -> bool:
     """Whether another file's range holds ``f``'s (``f`` was merged into it)."""
     return any(g is not f and g.lo <= f.lo and f.hi <= g.hi and (g.lo, g.hi) != (f.lo, f.hi)
                for g in files)
-
-
-def read_many(fs: fsspec.AbstractFileSystem, paths: list[str],
-              in_flight: int) -> list[bytes | BaseException]:
-    """Whole objects, ``in_flight`` at a time on object storage; an exception for each
-    that could not be read."""
-    if not paths:
-        return []
-    if is_local(fs) or not getattr(fs, "async_impl", False):
-        out: list[bytes | BaseException] = []
-        for p in paths:
-            try:
-                out.append(fs.cat_file(p))
-            except Exception as e:
-                out.append(e)
-        return out
-    got = fs.cat(paths, on_error="return", batch_size=in_flight)
-    return [got.get(p, FileNotFoundError(p)) for p in paths]
 
 
 FRONTIER_KEY = b"nibt.frontier"

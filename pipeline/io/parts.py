@@ -22,6 +22,7 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.config import StorageSettings
 from pipeline.io.footers import read_footers
 from pipeline.io.schema import RESULT_FIELDS, decode_metadata, result_schema
 from pipeline.io.storage import join, put_atomic
@@ -145,11 +146,11 @@ def part_footer(tail: bytes) -> tuple[int, dict[str, Any]]:
 
 
 def read_part_footers(
-    fs: fsspec.AbstractFileSystem, parts: Sequence[tuple[str, int | None]], in_flight: int = 64,
+    parts: Sequence[tuple[str, int | None]], storage: StorageSettings, in_flight: int = 64,
 ) -> list[tuple[int, dict[str, Any]] | BaseException]:
-    """Row count and metadata of each (path, size) part (size None when not known): one
+    """Row count and metadata of each (uri, size) part (size None when not known): one
     ranged read each; ``FileNotFoundError`` in the place of a part that is not there."""
-    return list(read_footers(fs, parts, in_flight, parse=part_footer))
+    return list(read_footers(parts, storage, in_flight, parse=part_footer))
 
 
 def list_parts(fs: fsspec.AbstractFileSystem, output_path: str) -> set[str]:

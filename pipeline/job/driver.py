@@ -201,7 +201,7 @@ def _plan(s: JobSettings, fp: str, out_fs: fsspec.AbstractFileSystem, out_path: 
     cache = FooterCache(out_fs, out_path).load()
     reused = sum(cache.get(f) is not None for f in files)
     rows_per_task = int(s.run.rows_per_task or 0)  # resolved by _resolve
-    tasks = plan(files, lambda uri: filesystem(uri, s.storage), rows_per_task, fp,
+    tasks = plan(files, s.storage, rows_per_task, fp,
                  in_flight=s.storage.requests_in_flight, cache=cache,
                  check=lambda schema: schema_problem(
                      schema, d.image_column, d.caption_column,
@@ -230,8 +230,7 @@ def _run(s: JobSettings, stop: StopSignals, started: str,
     r = s.run
     ledger = Ledger(out_fs, out_path, fp, r.checkpoint_every_s, r.checkpoint_every_tasks,
                     in_flight=s.storage.requests_in_flight)
-    todo = resume(tasks, ledger, out_fs, out_path, fp, r.overwrite, s.storage.requests_in_flight,
-                  verify=r.verify_parts)
+    todo = resume(tasks, ledger, s.output, s.storage, fp, r.overwrite, verify=r.verify_parts)
     broken = sum(1 for t in tasks if t.error)
     rows_in = sum(t.rows for t in tasks)
     log.info("%d files, %d tasks (%d rows): %d to run (%d of them committed with error rows), "

@@ -18,10 +18,9 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
-import fsspec
 import pyarrow as pa
 
-from pipeline.config import ConfigError
+from pipeline.config import ConfigError, StorageSettings
 from pipeline.io.footers import Footer, FooterCache, footers_of
 from pipeline.io.storage import InputFile
 
@@ -102,7 +101,7 @@ def plan_file(
 
 def plan(
     files: Sequence[InputFile],
-    open_fs: Callable[[str], tuple[fsspec.AbstractFileSystem, str]],
+    storage: StorageSettings,
     rows_per_task: int,
     fp: str,
     in_flight: int = 64,
@@ -115,7 +114,7 @@ def plan(
     (``in_flight`` at a time). Raises ``ConfigError`` naming the files (up to five)
     whose schema ``check`` refuses.
     """
-    footers = footers_of(files, open_fs, cache, in_flight)
+    footers = footers_of(files, storage, cache, in_flight)
     planned = [plan_file(f, footer, rows_per_task, fp, check) for f, footer in zip(files, footers)]
     bad = [(f.uri, problem) for f, (_, problem) in zip(files, planned) if problem]
     if bad:

@@ -21,11 +21,12 @@ import fsspec
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipeline.config import StorageSettings
 from pipeline.io.images import ERROR
 from pipeline.io.ledger import ENTRY_SCHEMA, Commit, Ledger, latest, to_table
 from pipeline.io.manifest import MANIFEST
-from pipeline.io.parts import list_parts, read_part_footers
-from pipeline.io.storage import join, read_bytes
+from pipeline.io.parts import list_parts, part_path, read_part_footers
+from pipeline.io.storage import filesystem, join, read_bytes
 from pipeline.job.plan import Task
 
 log = logging.getLogger("nibt-audit")
@@ -51,13 +52,11 @@ def commit_of(task: Task, rows: int, counts: dict[str, int], batch_size: int,
                   int(rows), size, int(batch_size or 0), dict(counts))
 
 
-def _found(tasks: list[Task], fs: fsspec.AbstractFileSystem, out_path: str, fp: str,
+def _found(tasks: list[Task], output: str, storage: StorageSettings, fp: str,
            in_flight: int) -> list[Commit]:
     """Commits of ``tasks`` whose parts are there, from one footer read each."""
-    from pipeline.io.parts import part_path
-
-    footers = read_part_footers(fs, [(part_path(out_path, t.task_id), None) for t in tasks],
-                                in_flight)
+    footers = read_part_footers([(part_path(output, t.task_id), None) for t in tasks],
+                                storage, in_flight)
     out = []
     for t, footer in zip(tasks, footers):
         if isinstance(footer, FileNotFoundError):
@@ -96,12 +95,13 @@ def _imported(tasks: list[Task], fs: fsspec.AbstractFileSystem, out_path: str,
             for p in header["parts"] if p.get("task_id") in by_id]
 
 
-def resume(tasks: list[Task], ledger: Ledger, fs: fsspec.AbstractFileSystem, out_path: str,
-           fp: str, overwrite: bool, in_flight: int = 64, verify: bool = False) -> Resume:
+def resume(tasks: list[Task], ledger: Ledger, output: str, storage: StorageSettings, fp: str,
+           overwrite: bool, verify: bool = False) -> Resume:
     """Split ``tasks`` (failed plans left out) into those to run and those committed.
 
     ``verify``: the parts are also listed, and a task whose part is gone runs again.
     """
+    fs, out_path = filesystem(output, storage)
     runnable = [t for t in tasks if not t.error]
     if overwrite:
         ledger.reset()
@@ -117,7 +117,7 @@ def resume(tasks: list[Task], ledger: Ledger, fs: fsspec.AbstractFileSystem, out
         frontier, value_set=entries.column("task_id")))).to_pylist())
     probe = [t for t in runnable if t.task_id in frontier]
     if probe:
-        commits += _found(probe, fs, out_path, fp, in_flight)
+        commits += _found(probe, output, storage, fp, storage.requests_in_flight)
     if commits:
         entries = latest([entries, to_table(commits, ledger.next_seq)])
     ids = pa.array([t.task_id for t in runnable], pa.string())

@@ -28,7 +28,9 @@ from tests.jobutil import settings
 from tests.procs import own_workers
 from tests.reliability.proxy import FaultProxy
 
-KEY = re.compile(r"^(parts/[0-9a-f]{24}\.parquet|_manifest\.json|_summary\.json|_SUCCESS)$")
+KEY = re.compile(r"^(parts/[0-9a-f]{24}\.parquet|_manifest\.json|_summary\.json|_SUCCESS"
+                 r"|_manifest/parts-\d{8}T\d{6}Z-[0-9a-f]{8}\.parquet|_ledger/inputs\.parquet"
+                 r"|_ledger/[0-9a-f]{16}/L\d+-\d{12}-\d{12}\.parquet)$")
 
 
 def ids_of(out: str, storage=None) -> list[str]:

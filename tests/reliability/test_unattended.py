@@ -265,3 +265,91 @@ def test_stop_signal(shards, tmp_path, figure):
     assert final.returncode == EXIT_OK, final.stderr[-3000:]
     assert last["tasks_skipped"] >= 2 and last["tasks_run"] == 8 - last["tasks_skipped"]
     assert sorted(got) == all_ids(tables)
+
+
+# driver killed ----------------------------------------------------------------------------
+def _ledger_state(fs, out: str) -> tuple[set[str], list[str]]:
+    """What the ledger on storage records (read here with pyarrow, not the job's code): the
+    task ids, and the frontier of its newest file."""
+    import pyarrow.parquet as pq
+
+    files = sorted(fs.find(f"{out}/_ledger"), key=lambda p: p.rsplit("-", 1)[-1])
+    files = [f for f in files if f.rsplit("/", 1)[-1].startswith("L")]
+    ids: set[str] = set()
+    for f in files:
+        ids |= set(pq.read_table(fs.open(f)).column("task_id").to_pylist())
+    newest = pq.read_schema(fs.open(files[-1])).metadata if files else {}
+    return ids, json.loads(newest.get(b"nibt.frontier", b"[]")) if files else []
+
+
+def test_driver_killed_after_a_checkpoint(s3_endpoint, tmp_path, figure):
+    """SIGKILL the driver once parts were committed after its last checkpoint: the rerun
+    reads the ledger, finds those parts from one footer read each (the frontier's), runs
+    only the rest, and the output holds every row once."""
+    import s3fs
+
+    from pipeline.devtools.s3local import StoreControl
+
+    fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_endpoint})
+    fs.mkdir("killed")
+    tables = write_s3_shards(fs, "killed/in", 4, 16, seed=140)  # 4-row groups: 16 tasks
+    ray_tmp = f"/tmp/nibt-killed-{os.getpid()}"
+    args = [sys.executable, "-m", "pipeline", "input=s3://killed/in/", "output=s3://killed/out",
+            "storage=s3", f"storage.endpoint_url={s3_endpoint}", *TINY_CLI, "model.steps=12",
+            "run.rows_per_task=4", "run.checkpoint_every_tasks=2", "run.checkpoint_every_s=600",
+            f"cluster.temp_dir={ray_tmp}"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env=cli_env(tmp_path))
+    deadline, ledger, frontier, parts = time.monotonic() + 300, set(), [], set()
+    while time.monotonic() < deadline and proc.poll() is None:
+        fs.invalidate_cache()
+        parts = {p.rsplit("/", 1)[1][:-8] for p in fs.find("killed/out/parts")
+                 if p.endswith(".parquet") and "/." not in p}
+        ledger, frontier = _ledger_state(fs, "killed/out")
+        if ledger and parts - ledger:  # a checkpoint written, and a part committed after it
+            break
+        time.sleep(0.1)
+    proc.kill()
+    proc.communicate(timeout=60)
+    for pid in _ray_processes(ray_tmp):  # a killed driver leaves Ray's helpers behind
+        os.kill(pid, signal.SIGKILL)
+    shutil.rmtree(ray_tmp, ignore_errors=True)
+    fs.invalidate_cache()
+    parts = {p.rsplit("/", 1)[1][:-8] for p in fs.find("killed/out/parts")
+             if p.endswith(".parquet") and "/." not in p}
+    ledger, frontier = _ledger_state(fs, "killed/out")
+    late = parts - ledger
+    assert ledger and late, "the driver was not caught between a checkpoint and the next"
+    assert late <= set(frontier)  # every part committed after the checkpoint is in it
+
+    store = StoreControl(s3_endpoint)
+    store.reset()
+    rerun = subprocess.run(args, capture_output=True, text=True, env=cli_env(tmp_path),
+                           timeout=600)
+    code, s = rerun.returncode, json.loads(rerun.stdout.strip().splitlines()[-1])
+    reads = {k: n for (op, k), n in store.requests().items() if k.startswith("killed/out/parts/")
+             and op in ("GET", "HEAD", "LIST")}
+    shutil.rmtree(ray_tmp, ignore_errors=True)
+    storage = settings("x", "y", endpoint=s3_endpoint).storage
+    got = read_results("s3://killed/out", storage, columns=["id"]).column("id").to_pylist()
+    figure(tasks=s["tasks_total"], committed_in_ledger=len(ledger), committed_after_checkpoint=len(late),
+           frontier=len(frontier), rerun_part_reads=sum(reads.values()),
+           rerun_tasks_skipped=s["tasks_skipped"], rerun_tasks_recovered=s["tasks_recovered"],
+           rerun_tasks_run=s["tasks_run"], rows_out=len(got),
+           duplicates=len(got) - len(set(got)))
+    assert code == EXIT_OK, rerun.stderr[-3000:]
+    assert s["tasks_recovered"] == len(late)
+    assert s["tasks_skipped"] == len(ledger | late)
+    assert s["tasks_run"] == s["tasks_total"] - len(ledger | late)
+    # one footer read for each frontier task the ledger did not hold, and nothing else
+    assert reads == {f"killed/out/parts/{t}.parquet": 1 for t in set(frontier) - ledger}
+    assert sorted(got) == all_ids(tables)
+
+
+def write_s3_shards(fs, prefix: str, shards: int, rows: int, seed: int):
+    from tests.data import pairs_table, write_table
+
+    tables = [pairs_table(rows, seed=seed + s) for s in range(shards)]
+    for s, t in enumerate(tables):
+        write_table(t, f"{prefix}/shard-{s}.parquet", fs=fs, row_group_size=4)
+    return tables

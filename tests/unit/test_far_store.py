@@ -1,5 +1,5 @@
-"""The far-away store (pipeline.devtools.s3server): its listings against moto's own, its
-delay and its counts."""
+"""The far-away store (pipeline.devtools.s3server): its listings and object reads against
+moto's own, its delay and its counts."""
 
 from __future__ import annotations
 
@@ -38,11 +38,15 @@ def _listing(client, **kw) -> list:
 
 @pytest.fixture(scope="module")
 def stores():
-    with local_s3() as fast, local_s3(moto_listing=True) as slow:
+    with local_s3() as fast, local_s3(moto_only=True) as slow:
         for url in (fast, slow):
             c = _client(url)
             c.create_bucket(Bucket="bkt")
             StoreControl(url).seed("bkt", KEYS, b"0123456789")
+            # written as a client writes: a checksum, user metadata and a content type
+            c.put_object(Bucket="bkt", Key="out/_manifest.json", Body=b"0123456789",
+                         ChecksumAlgorithm="CRC32", Metadata={"who": "test"},
+                         ContentType="application/json")
         yield fast, slow
 
 
@@ -55,6 +59,39 @@ def test_listing_pages_are_moto_s_own(stores, kw):
     assert listed == sorted(k for k in KEYS if k.startswith(kw["Prefix"]) and k > kw.get(
         "StartAfter", "") and ("Delimiter" not in kw or "/" not in k[len(kw["Prefix"]):])) \
         or kw.get("MaxKeys") == 0
+
+
+READS = [{}, {"Range": "bytes=0-3"}, {"Range": "bytes=4-"}, {"Range": "bytes=-3"},
+         {"Range": "bytes=-100"}, {"Range": "bytes=2-100"}, {"IfMatch": "ETAG"},
+         {"IfMatch": '"0123"'}, {"Range": "bytes=50-60"}, {"IfNoneMatch": "ETAG"}]
+
+
+def _read(client, key: str, head: bool = False, **kw) -> dict:
+    """What boto3 makes of a GET (or HEAD) answer: status, body, the headers that matter."""
+    try:
+        r = (client.head_object if head else client.get_object)(Bucket="bkt", Key=key, **kw)
+    except client.exceptions.ClientError as e:
+        return {"error": e.response["Error"]["Code"],
+                "status": e.response["ResponseMetadata"]["HTTPStatusCode"]}
+    return {"status": r["ResponseMetadata"]["HTTPStatusCode"],
+            "body": b"" if head else r["Body"].read(), "etag": r["ETag"],
+            "length": r["ContentLength"], "range": r.get("ContentRange"),
+            "type": r.get("ContentType"), "modified": type(r["LastModified"]),
+            "metadata": r.get("Metadata"), "crc": r.get("ChecksumCRC32"),
+            "accept": r.get("AcceptRanges"), "version": r.get("VersionId")}
+
+
+@pytest.mark.parametrize("kw", READS, ids=[str(r) for r in READS])
+def test_object_reads_are_moto_s_own(stores, kw):
+    fast, slow = stores
+    key = "out/_manifest.json"
+    etag = _client(slow).head_object(Bucket="bkt", Key=key)["ETag"]
+    kw = {k: (etag if v == "ETAG" else v) for k, v in kw.items()}
+    for head in (False, True):
+        for extra in ({}, {"ChecksumMode": "ENABLED"}):
+            got = _read(_client(fast), key, head, **kw, **extra)
+            assert got == _read(_client(slow), key, head, **kw, **extra)
+    assert _read(_client(fast), "out/no such key") == _read(_client(slow), "out/no such key")
 
 
 def test_a_listing_after_a_put_and_a_delete_sees_both(stores):

@@ -6,7 +6,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.config import StorageSettings
-from pipeline.io.storage import InputFile, filesystem, list_inputs
+from pipeline.io.storage import InputFile, list_inputs
 from pipeline.job.plan import plan, split_row_groups, task_id
 
 
@@ -53,7 +53,7 @@ def test_plan_local_files(tmp_path):
     storage = StorageSettings()
     files = list_inputs(str(tmp_path), storage)
     assert [f.uri.rsplit("/", 1)[1] for f in files] == ["bad.parquet", "empty.parquet", "one.parquet"]
-    tasks = plan(files, lambda u: filesystem(u, storage), 20, "fp")
+    tasks = plan(files, storage, 20, "fp")
     assert [(t.row_start, t.row_end) for t in tasks if not t.error] == [(0, 20), (20, 40), (40, 50)]
     bad = [t for t in tasks if t.error]
     assert len(bad) == 1 and "bad.parquet" in bad[0].error
