@@ -152,7 +152,7 @@ t = time.perf_counter()
 code, summary = run_job(s, runner=NullRunner)
 r1 = resource.getrusage(resource.RUSAGE_SELF)
 print(json.dumps(dict(code=code, seconds=time.perf_counter() - t, rss_before_mb=before,
-    peak_rss_mb=peak_rss_mb(), cpu_s=r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime,
+    peak_rss_mb=peak_rss_mb(), rss_after_mb=rss(), cpu_s=r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime,
     summary={{k: summary[k] for k in ("tasks_run", "pairs_per_second", "actors", "seconds",
              "tasks_failed", "ledger")}})))
 """

@@ -292,6 +292,91 @@ def report(d: dict) -> str:
     return table(["", "rows", "wall time", "peak RSS", "found"], rows)
 
 
+def _requests(counts: dict, per: int = 0) -> str:
+    """Requests by operation: in all, or per unit when ``per`` is given."""
+    if not counts:
+        return "none"
+    return ", ".join(f"{op} {n / per:.2f}" if per else f"{op} {n:,}"
+                     for op, n in sorted(counts.items()))
+
+
+def controlplane_planning(d: dict) -> str:
+    p, rows = d["planning"], []
+    for n, r in sorted(p["sizes"].items(), key=lambda kv: int(kv[0])):
+        f, again, k = r["first"], r["rerun"], int(n)
+        rows.append([f"{k:,}", f"**{f['seconds']:.1f} s** ({f['ms_per_file']:.2f} ms/file)",
+                     f"{1000 * f['cpu_s'] / k:.2f} / {1000 * f['store_cpu_s'] / k:.2f}",
+                     _requests(f["requests"], k),
+                     f"{again['seconds']:.1f} s", _requests(again["requests"])])
+    prev = p["previous_planner"]
+    rows.append([f"{prev['files']:,}, the previous planner",
+                 f"{prev['seconds']:.1f} s ({prev['ms_per_file']:.2f} ms/file)",
+                 f"{1000 * prev['cpu_s'] / prev['files']:.2f} / "
+                 f"{1000 * prev['store_cpu_s'] / prev['files']:.2f}",
+                 _requests(prev["requests"], prev["files"]), "", ""])
+    return "\n\n".join([
+        f"Input files listed and planned through the local store at {d['delay_ms']} ms a "
+        "request; then again from the saved plan.",
+        table(["input files", "planning", "CPU ms per file: driver / store", "requests per file",
+               "rerun", "rerun requests"], rows),
+        f"Time per file, largest size over smallest: {p['ms_per_file_largest_over_smallest']:.2f}."
+        f" At 230,000 files, at the largest size's cost per file: "
+        f"**{p['extrapolated_230k_files_s']:,.0f} s** to plan, "
+        f"{p['extrapolated_230k_files_rerun_s']:,.0f} s from the saved plan.",
+    ])
+
+
+def controlplane_dispatch(d: dict) -> str:
+    p, rows = d["dispatch"], []
+    for n, r in sorted(p["sizes"].items(), key=lambda kv: int(kv[0])):
+        rows.append([f"{int(n):,}", f"**{num(r['completions_per_s'])}**",
+                     f"{r['driver_cpu_ms_per_task']:.3f}",
+                     f"{r['driver_rss_before_mb']:,.0f} / {r['driver_peak_rss_mb']:,.0f} MB",
+                     str(r["ledger_segments"]), _requests(r["requests"]),
+                     f"{r['run_seconds']:,.0f} s"])
+    return "\n\n".join([
+        f"One-row tasks over {p['actors']} actors that run no engine, a whole `run_job` each "
+        "(planning, ledger, manifest, summary) in a fresh process.",
+        table(["tasks", "completions/s", "driver CPU ms per task",
+               "driver RSS before / peak", "ledger segments", "requests", "run"], rows),
+        f"Driver memory per task (peak RSS, largest size less smallest, over the tasks between): "
+        f"**{p['driver_kb_per_task_slope']:.2f} KB**. CPU per task, largest size over smallest: "
+        f"{p['cpu_per_task_largest_over_smallest']:.2f}. At 2.25 million tasks: "
+        f"{p['extrapolated_2_25m_tasks_driver_cpu_s']:,.0f} s of driver CPU, "
+        f"{p['extrapolated_2_25m_tasks_driver_gb']:.1f} GB of driver memory.",
+    ])
+
+
+def controlplane_resume(d: dict) -> str:
+    p, rows = d["resume"], []
+    for n, r in sorted(p["sizes"].items(), key=lambda kv: int(kv[0])):
+        rows.append([f"{int(n):,}", f"**{r['seconds']:.1f} s**",
+                     f"{r['cpu_s']:.1f} / {r['store_cpu_s']:.1f} s", _requests(r["requests"]),
+                     str(r["ledger_files"])])
+    prev = p["previous_resume"]
+    rows.append([f"{prev['committed_parts']:,}, the previous resume",
+                 f"{prev['seconds']:.1f} s", f"{prev['cpu_s']:.1f} / {prev['store_cpu_s']:.1f} s",
+                 _requests(prev["requests"]), ""])
+    return "\n\n".join([
+        f"An output whose driver died after its last checkpoint, {p['after_checkpoint']:,} parts "
+        "committed after it; the time to decide what is left to run.",
+        table(["committed parts", "resume", "CPU: driver / store", "requests", "ledger files"],
+              rows),
+        f"At 2.25 million committed parts, at the largest size's cost per part: "
+        f"**{p['extrapolated_2_25m_parts_s']:,.0f} s**.",
+    ])
+
+
+def controlplane_encoding(d: dict) -> str:
+    rows = []
+    for key, r in d["encoding"].items():
+        grid, n = key.split("_")
+        rows.append([grid, f"{int(n):,}", f"**{num(r['bytes_per_row'])}**",
+                     num(r["previous_bytes_per_row"]), f"{r['previous_over_now']:.2f}x"])
+    return table(["grid", "rows per part", "bytes per row", "dictionary-encoded floats",
+                  "that / this"], rows)
+
+
 def evaluate(d: dict) -> str:
     from pipeline.demo.evaluate import tables
 
@@ -306,6 +391,10 @@ RENDER: dict[str, tuple[str, Callable[[dict], str]]] = {
     "decode-pools": ("decode", decode_pools), "decode-job": ("decode_job", decode_job),
     "decoders": ("decoders", decoders), "report": ("report", report),
     "evaluate": ("evaluate", evaluate),
+    "controlplane-planning": ("controlplane", controlplane_planning),
+    "controlplane-dispatch": ("controlplane", controlplane_dispatch),
+    "controlplane-resume": ("controlplane", controlplane_resume),
+    "controlplane-encoding": ("controlplane", controlplane_encoding),
 }
 
 

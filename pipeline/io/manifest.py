@@ -21,7 +21,7 @@ import json
 import os
 import posixpath
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -96,13 +96,21 @@ def _put_json(fs: fsspec.AbstractFileSystem, path: str, obj: Any) -> None:
     put_atomic(fs, path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
-def _write_streaming(fs: fsspec.AbstractFileSystem, path: str, table: pa.Table) -> None:
-    """``table`` to ``path`` one row group at a time, visible only once complete (a
-    renamed temporary file locally; on object storage an upload completed at close)."""
+def _write_streaming(fs: fsspec.AbstractFileSystem, path: str,
+                     batches: Iterable[pa.RecordBatch]) -> tuple[int, int]:
+    """``batches`` to ``path`` as they come, visible only once complete (a renamed
+    temporary file locally; on object storage an upload completed at close); returns
+    the parts and rows written."""
+    n = rows = 0
+
     def write(sink: Any) -> None:
+        nonlocal n, rows
         with pq.ParquetWriter(sink, PARTS_SCHEMA, compression="zstd") as w:
-            for batch in table.to_batches(max_chunksize=TABLE_ROW_GROUP):
-                w.write_batch(batch, row_group_size=TABLE_ROW_GROUP)
+            for batch in batches:
+                w.write_batch(batch.select(PARTS_SCHEMA.names).cast(PARTS_SCHEMA),
+                              row_group_size=TABLE_ROW_GROUP)
+                n += batch.num_rows
+                rows += int(pc.sum(batch.column("rows")).as_py() or 0)
 
     if is_local(fs):
         os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -120,24 +128,29 @@ def _write_streaming(fs: fsspec.AbstractFileSystem, path: str, table: pa.Table) 
     else:
         with fs.open(path, "wb") as f:
             write(f)
+    return n, rows
 
 
 def write_manifest(
     fs: fsspec.AbstractFileSystem, out_path: str, header: dict[str, Any],
-    parts: Sequence[PartEntry] | pa.Table,
+    parts: Sequence[PartEntry] | pa.Table | Iterable[pa.RecordBatch],
 ) -> None:
-    """The parts table, then the header naming it; older tables but the previous one go."""
-    table = parts if isinstance(parts, pa.Table) else parts_table(parts)
-    table = table.select(PARTS_SCHEMA.names).cast(PARTS_SCHEMA)
+    """The parts table (written as ``parts`` yields its batches), then the header naming
+    it; older tables but the previous one go."""
+    if isinstance(parts, pa.Table):
+        batches: Iterable[pa.RecordBatch] = parts.to_batches(max_chunksize=TABLE_ROW_GROUP)
+    elif isinstance(parts, Sequence):
+        batches = parts_table(parts).to_batches(max_chunksize=TABLE_ROW_GROUP)
+    else:
+        batches = parts
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     name = f"{MANIFEST_TABLES}/parts-{stamp}-{uuid.uuid4().hex[:8]}.parquet"
     previous = None
     with contextlib.suppress(Exception):  # none, or not readable: nothing to keep for readers
         previous = json.loads(read_bytes(fs, join(out_path, MANIFEST))).get("parts_file")
-    _write_streaming(fs, join(out_path, name), table)
-    rows = int(pc.sum(table.column("rows")).as_py() or 0)
+    count, rows = _write_streaming(fs, join(out_path, name), batches)
     _put_json(fs, join(out_path, MANIFEST), {**header, "parts_file": name,
-                                             "parts_count": table.num_rows, "rows": rows})
+                                             "parts_count": count, "rows": rows})
     keep = {posixpath.basename(n) for n in (name, previous) if n}
     for old in list_names(fs, join(out_path, MANIFEST_TABLES)):
         if old not in keep and old.endswith(".parquet"):

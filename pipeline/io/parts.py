@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 from pipeline.config import StorageSettings
 from pipeline.io.footers import read_footers
 from pipeline.io.schema import RESULT_FIELDS, decode_metadata, result_schema
-from pipeline.io.storage import join, put_atomic
+from pipeline.io.storage import join, put_atomic, read_bytes
 
 PARTS_DIR = "parts"
 
@@ -166,6 +166,5 @@ def list_parts(fs: fsspec.AbstractFileSystem, output_path: str) -> set[str]:
 
 def error_counts(fs: fsspec.AbstractFileSystem, path: str) -> Counter:
     """How often each message occurs in the ``error`` column of a committed part."""
-    with fs.open(path, "rb") as f:
-        column = pq.read_table(f, columns=["error"]).column("error")
-    return Counter(v for v in column.to_pylist() if v is not None)
+    column = pq.read_table(pa.BufferReader(read_bytes(fs, path)), columns=["error"])
+    return Counter(v for v in column.column("error").to_pylist() if v is not None)

@@ -42,9 +42,19 @@ def filesystem(uri: str, storage: StorageSettings) -> tuple[fsspec.AbstractFileS
         fs, path = fsspec.core.url_to_fs(uri, **storage.options(uri))
         if hasattr(fs, "retries"):  # s3fs: a class attribute, not a constructor option
             fs.retries = S3FS_CALL_TRIES
+            _without_expect_continue(fs)
         return fs, path
     path = uri[len("file://") :] if uri.startswith("file://") else uri
     return fsspec.filesystem("file"), os.path.abspath(os.path.expanduser(path))
+
+
+def _without_expect_continue(fs: fsspec.AbstractFileSystem) -> None:
+    """botocore asks S3 to accept a PUT before sending its body (``Expect: 100-continue``),
+    and aiohttp waits for that answer with no timeout: a PUT to an endpoint that stops
+    answering would hang for ever. Without the header, the read timeout bounds it."""
+    from botocore.handlers import add_expect_header
+
+    fs.connect().meta.events.unregister("before-call.s3", add_expect_header)
 
 
 def to_uri(fs: fsspec.AbstractFileSystem, path: str) -> str:
@@ -165,7 +175,8 @@ def put_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
         fs.pipe_file(path, data)
 
 
-def check_writable(fs: fsspec.AbstractFileSystem, directory: str, uri: str) -> None:
+def check_writable(fs: fsspec.AbstractFileSystem, directory: str, uri: str,
+                   storage: StorageSettings | None = None) -> None:
     """Write and remove a small probe under ``directory``; ``ConfigError`` naming
     ``uri`` when that fails (a read-only path, a missing bucket, no permission).
 
@@ -177,7 +188,8 @@ def check_writable(fs: fsspec.AbstractFileSystem, directory: str, uri: str) -> N
         put_atomic(fs, probe, b"")
         fs.rm(probe)
     except Exception as e:
-        raise ConfigError(f"output: cannot write to {uri}: {type(e).__name__}: {e}") from None
+        raise ConfigError(f"output: cannot write to {uri}: "
+                          f"{describe_error(e, storage or StorageSettings(), uri)}") from None
 
 
 def remove_stale_temps(fs: fsspec.AbstractFileSystem, directory: str) -> int:

@@ -48,7 +48,7 @@ from pipeline.io.shards import schema_problem
 from pipeline.io.storage import check_writable, filesystem, join, list_inputs, remove_stale_temps
 from pipeline.job.actors import PoolRun, run_on_actors
 from pipeline.job.cluster import ray_session
-from pipeline.job.commit import manifest_table, totals, unusable_files
+from pipeline.job.commit import Committed
 from pipeline.job.dispatch import Dispatcher
 from pipeline.job.plan import Task, plan
 from pipeline.job.procstats import peak_rss_mb
@@ -225,7 +225,7 @@ def _run(s: JobSettings, stop: StopSignals, started: str,
     s, rm, fp = _resolve(s)
     out_fs, out_path = filesystem(s.output, s.storage)
     remove_stale_temps(out_fs, join(out_path, PARTS_DIR))  # left by writers killed mid-write
-    check_writable(out_fs, join(out_path, PARTS_DIR), s.output)
+    check_writable(out_fs, join(out_path, PARTS_DIR), s.output, s.storage)
     files, tasks = _plan(s, fp, out_fs, out_path)
     r = s.run
     ledger = Ledger(out_fs, out_path, fp, r.checkpoint_every_s, r.checkpoint_every_tasks,
@@ -243,17 +243,17 @@ def _run(s: JobSettings, stop: StopSignals, started: str,
     pool, tally = _dispatch(s, todo, ledger, metadata, stop, runner)
     not_run = [t.task_id for t in pool.outcome.not_run]
     written = ledger.close(frontier=not_run)
-    table = manifest_table(latest([todo.committed, ledger.recorded()]), tasks)
+    done = Committed.of(latest([todo.committed, ledger.recorded()]), tasks)
     settings = _settings(given)
-    metadata = dict(metadata, batch_size=totals(table)["batch_size"] or s.model.batch_size)
+    metadata = dict(metadata, batch_size=done.totals()["batch_size"] or s.model.batch_size)
     write_manifest(out_fs, out_path, {"fingerprint": fp, "metadata": metadata,
-                                      "settings": settings}, table)
+                                      "settings": settings}, done.batches())
     for t in tasks:  # unplannable files: failures of the run, not of a task
         if t.error:
             tally.add(t, TaskResult(t.task_id, t.uri, 0, 0, ok=False, error=t.error))
-    summary = _summary(s, given, started, t0, files, tasks, todo, pool, tally, table, fp,
-                       metadata, stop, ledger, written, bad_files=unusable_files(
-                           out_fs, out_path, table))
+    summary = _summary(s, given, started, t0, files, tasks, todo, pool, tally, done, fp,
+                       metadata, stop, ledger, written,
+                       bad_files=done.unusable_files(out_fs, out_path))
     if not stop.signum and s.report is not None and getattr(s.report, "enabled", False):
         summary["report"] = _build_report(s)
         if summary["exit_code"] == EXIT_OK and "error" in summary["report"]:
@@ -294,11 +294,11 @@ def _dispatch(s: JobSettings, todo: Resume, ledger: Ledger, metadata: dict[str, 
 
 
 def _summary(s: JobSettings, given: JobSettings, started: str, t0: float, files: list,
-             tasks: list[Task], todo: Resume, pool: PoolRun, tally: Tally, table: Any,
+             tasks: list[Task], todo: Resume, pool: PoolRun, tally: Tally, committed: Committed,
              fp: str, metadata: dict[str, Any], stop: StopSignals, ledger: Ledger,
              ledger_written: bool, bad_files: list[dict[str, Any]]) -> dict[str, Any]:
     """The run summary (``_summary.json``, the last line of stdout)."""
-    done = totals(table)
+    done = committed.totals()
     failed = tally.failed
     partial = bool(failed or done["status_counts"].get(ERROR))
     code = stop.exit_code if stop.signum else EXIT_PARTIAL if partial else EXIT_OK

@@ -48,8 +48,7 @@ class Resume:
 def commit_of(task: Task, rows: int, counts: dict[str, int], batch_size: int,
               size: int | None) -> Commit:
     """The ledger entry of ``task`` committed with ``rows`` rows."""
-    return Commit(task.task_id, task.uri, task.size, task.tag, task.row_start, task.row_end,
-                  int(rows), size, int(batch_size or 0), dict(counts))
+    return Commit(task.task_id, int(rows), size, int(batch_size or 0), dict(counts))
 
 
 def _found(tasks: list[Task], output: str, storage: StorageSettings, fp: str,

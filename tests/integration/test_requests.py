@@ -17,6 +17,7 @@ from pipeline.devtools.s3local import StoreControl, local_s3
 from pipeline.io.manifest import read_manifest
 from pipeline.job.driver import EXIT_OK, run_job
 from pipeline.job.null import NullRunner
+from tests.data import pairs_table, write_table
 from tests.jobutil import settings
 
 FILES, ROWS, GROUP = 20, 16, 8
@@ -98,3 +99,52 @@ def test_changed_input_is_planned_again(ray_local, far):
     assert second["tasks_run"] == 2  # 12 rows in groups of 4, tasks of 8 rows: 8 + 4
     summary = json.loads(fs.cat_file("far/changed/_summary.json"))
     assert summary["rows_out"] == (FILES - 1) * ROWS + 12
+
+
+def test_a_task_reads_its_input_pinned_and_writes_one_part(ray_local, far):
+    """The real worker: its input read with GETs only (no HEAD: the size comes from the
+    plan), each pinned to the planned ETag; one PUT for its part."""
+    url, store = far
+    fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": url})
+    write_table(pairs_table(ROWS, seed=3), "far/one/000.parquet", fs=fs, row_group_size=GROUP)
+    store.reset()
+    s = settings("s3://far/one/", "s3://far/worker", endpoint=url,
+                 run={"rows_per_task": GROUP}, data={"keep_columns": []})
+    code, summary = run_job(s)
+    assert code == EXIT_OK and summary["tasks_run"] == ROWS // GROUP
+    assert summary["status_counts"] == {"ok": ROWS}
+    counts = store.requests()
+    on_input = {op: n for (op, k), n in counts.items() if k == "far/one/000.parquet"}
+    # the planner's footer read, then each task's reads: a footer and its row group
+    assert set(on_input) == {"GET"} and on_input["GET"] <= 1 + 2 * summary["tasks_run"]
+    puts = [k for (op, k) in counts if op == "PUT" and k.startswith("far/worker/parts/")
+            and "write-probe" not in k]
+    assert len(puts) == summary["tasks_run"]
+    assert not [k for (op, k) in counts if op == "HEAD" and k.startswith("far/worker/parts/")]
+
+
+def test_an_input_replaced_after_planning_fails_its_task_by_name(far):
+    """A file replaced between the plan and the read: the read (pinned to the planned ETag)
+    fails, the task is not retried, and the message names the file."""
+    from pipeline.io.shards import TaskError, iter_batches
+    from pipeline.io.storage import file_tag, filesystem
+    from pipeline.job.plan import Task
+
+    url, _ = far
+    fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": url})
+    original = fs.cat_file("far/in/005.parquet")
+    info = fs.info("far/in/005.parquet")
+    task = Task("t", "s3://far/in/005.parquet", info["size"], file_tag(info), (0,), 0, GROUP)
+    storage = settings("x", "y", endpoint=url).storage
+    sfs, path = filesystem(task.uri, storage)
+    assert sum(b.num_rows for b in iter_batches(sfs, path, task, ["id"], 4)) == GROUP
+    table = pq.read_table(pa.BufferReader(original))
+    with fs.open("far/in/005.parquet", "wb") as f:  # the same size, other bytes
+        pq.write_table(table.set_column(0, "id", pa.array([f"x{i}" for i in range(ROWS)])),
+                       f, row_group_size=GROUP)
+    try:
+        with pytest.raises(TaskError, match="far/in/005.parquet changed") as e:
+            list(iter_batches(sfs, path, task, ["id"], 4))
+        assert not e.value.retryable
+    finally:
+        fs.pipe_file("far/in/005.parquet", original)

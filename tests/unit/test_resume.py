@@ -16,7 +16,7 @@ from pipeline.io.manifest import read_manifest, write_manifest
 from pipeline.io.parts import commit_part
 from pipeline.io.schema import RESULT_FIELDS, result_schema
 from pipeline.io.storage import filesystem
-from pipeline.job.commit import manifest_table, totals
+from pipeline.job.commit import Committed
 from pipeline.job.plan import Task
 from pipeline.job.resume import resume
 
@@ -29,8 +29,7 @@ def tasks(n: int) -> list[Task]:
 
 
 def commit(t: Task, error: int = 0) -> Commit:
-    return Commit(t.task_id, t.uri, t.size, t.tag, t.row_start, t.row_end, t.rows, 999, 8,
-                  {"ok": t.rows - error, "error": error})
+    return Commit(t.task_id, t.rows, 999, 8, {"ok": t.rows - error, "error": error})
 
 
 def write_part(fs, root: str, t: Task, fp: str = FP, task_id: str | None = None) -> None:
@@ -121,20 +120,22 @@ def test_an_output_without_a_ledger_takes_its_manifest_s_parts(tmp_path):
     assert len(other.todo) == 4
 
 
-def test_manifest_table_lists_planned_parts_in_plan_order(tmp_path):
+def test_manifest_lists_planned_parts_in_plan_order(tmp_path, monkeypatch):
+    monkeypatch.setattr("pipeline.job.commit.SLICE", 2)  # several slices
     ts = tasks(6)
     entries = latest([to_table([commit(ts[4]), commit(ts[1]), commit(ts[3], error=2)], 0),
                       to_table([commit(Task("z" * 24, "/x", 1, "t", (0,), 0, 1))], 1)])
-    table = manifest_table(entries, ts)
+    done = Committed.of(entries, ts)
+    table = pa.Table.from_batches(list(done.batches()))
     assert table.column("task_id").to_pylist() == [ts[1].task_id, ts[3].task_id, ts[4].task_id]
     t = ts[3]
     row = table.to_pylist()[1]
     assert row["path"] == f"parts/{t.task_id}.parquet"
     assert row["input_fingerprint"] == f"{t.uri}|{t.size}|{t.tag}|{t.row_start}:{t.row_end}"
-    assert totals(table) == {"rows_out": 12, "status_counts": {"error": 2, "ok": 10},
+    assert done.totals() == {"rows_out": 12, "status_counts": {"error": 2, "ok": 10},
                              "tasks_with_error_rows": 1, "batch_size": 8}
     fs, root = filesystem(str(tmp_path / "out"), StorageSettings())
-    write_manifest(fs, root, {"fingerprint": FP}, table)
+    write_manifest(fs, root, {"fingerprint": FP}, Committed.of(entries, ts).batches())
     back = read_manifest(str(tmp_path / "out"))
     assert [p["task_id"] for p in back["parts"]] == table.column("task_id").to_pylist()
     assert back["parts"][1]["status_counts"] == {"ok": 2, "error": 2}
