@@ -35,6 +35,7 @@ class RayActorPool:
         from ray.exceptions import RayActorError
 
         self.ray, self.actor_error = ray, RayActorError
+        self._got: dict[Hashable, Any] = {}  # answers fetched with others, by ref
 
     def probe(self, actor: Any) -> Hashable:
         return actor.ready.remote()
@@ -43,16 +44,23 @@ class RayActorPool:
         return actor.run.remote(task, final)
 
     def wait(self, refs: list[Hashable], timeout: float) -> list[Hashable]:
+        """Those of ``refs`` that answered: all that have, at once when any has (one call
+        while answers keep coming), else the first within ``timeout``; their answers are
+        fetched together."""
         if not refs:
             time.sleep(timeout)
             return []
-        done, rest = self.ray.wait(refs, num_returns=1, timeout=timeout)
-        if done and rest:  # whatever else has answered meanwhile
-            more, _ = self.ray.wait(rest, num_returns=len(rest), timeout=0)
-            done += more
+        done, _ = self.ray.wait(refs, num_returns=len(refs), timeout=0, fetch_local=False)
+        if not done:
+            done, _ = self.ray.wait(refs, num_returns=1, timeout=timeout, fetch_local=False)
+        if len(done) > 1:  # one failed: each is fetched on its own by ``result``
+            with contextlib.suppress(Exception):
+                self._got.update(zip(done, self.ray.get(done)))
         return done
 
     def result(self, ref: Hashable) -> Any:
+        if ref in self._got:
+            return self._got.pop(ref)
         try:
             return self.ray.get(ref)
         except self.actor_error as e:
