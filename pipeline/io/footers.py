@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import struct
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -125,8 +125,9 @@ class FooterCache:
     by 230,000 files is stored once per row group).
     """
 
-    def __init__(self, fs: fsspec.AbstractFileSystem, out_path: str) -> None:
-        self.fs, self.path = fs, join(out_path, CACHE_PATH)
+    def __init__(self, fs: fsspec.AbstractFileSystem, out_path: str,
+                 name: str = CACHE_PATH) -> None:
+        self.fs, self.path = fs, join(out_path, name)
         self.entries: dict[str, tuple[int, str, Footer]] = {}
         self.changed = False
 
@@ -190,17 +191,22 @@ class FooterCache:
         self.changed = False
 
 
+#: ``read(files, storage, in_flight)``: what planning needs of each (uri, size), in order.
+Reader = Callable[[Sequence[tuple[str, int]], StorageSettings, int],
+                  Iterable["Footer | BaseException"]]
+
+
 def footers_of(
     files: Sequence[InputFile], storage: StorageSettings, cache: FooterCache | None = None,
-    in_flight: int = 64,
+    in_flight: int = 64, read: Reader = read_footers,
 ) -> list[Footer | BaseException]:
-    """The footer of each input file: from ``cache`` when the file is unchanged, else one
-    ranged read (``in_flight`` at a time), then kept in ``cache``."""
+    """The footer of each input file: from ``cache`` when the file is unchanged, else
+    ``read`` (one ranged read each, ``in_flight`` at a time), then kept in ``cache``."""
     out: list[Footer | BaseException | None] = [cache.get(f) if cache else None for f in files]
     shared: dict[pa.Schema, pa.Schema] = {}  # equal schemas held once
     todo = [i for i, got in enumerate(out) if got is None]
-    for i, footer in zip(todo, read_footers([(files[i].uri, files[i].size) for i in todo],
-                                            storage, in_flight)):
+    for i, footer in zip(todo, read([(files[i].uri, files[i].size) for i in todo],
+                                    storage, in_flight)):
         if isinstance(footer, Footer):
             footer = Footer(footer.row_groups, shared.setdefault(footer.schema, footer.schema))
             if cache is not None:

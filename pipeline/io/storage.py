@@ -24,7 +24,8 @@ _GLOB_CHARS = set("*?[")
 
 @dataclass(frozen=True)
 class InputFile:
-    """One input Parquet file, and the tag that changes when its content does."""
+    """One input file (a Parquet table or a tar shard), and the tag that changes when its
+    content does."""
 
     uri: str
     size: int
@@ -97,21 +98,25 @@ def _hidden(path: str) -> bool:
     return posixpath.basename(path).startswith(("_", "."))
 
 
-def _is_data_file(path: str) -> bool:
-    return path.endswith(".parquet") and not _hidden(path)
+#: What a prefix lists, by ``data.format``: the files' suffix and what they are called.
+SUFFIXES = {"parquet": (".parquet", "Parquet files"),
+            "webdataset": (".tar", "WebDataset shards (*.tar)")}
 
 
-def list_inputs(inputs: str | Sequence[str], storage: StorageSettings) -> list[InputFile]:
-    """Expand a prefix, a glob, a file, or a list of them into Parquet files.
+def list_inputs(inputs: str | Sequence[str], storage: StorageSettings,
+                format: str = "parquet") -> list[InputFile]:
+    """Expand a prefix, a glob, a file, or a list of them into input files.
 
-    A prefix means every ``*.parquet`` below it; a glob, what it matches. Names
-    starting with ``_`` or ``.`` (markers, temporary files) are skipped in both.
+    A prefix means every ``*.parquet`` below it (``*.tar`` for ``format="webdataset"``);
+    a glob, what it matches. Names starting with ``_`` or ``.`` (markers, temporary
+    files) are skipped in both.
 
     Raises ``ConfigError`` when a location cannot be listed or matches nothing.
     """
     items = [inputs] if isinstance(inputs, str) else list(inputs)
     if not items:
         raise ConfigError("input: no input location given")
+    suffix, called = SUFFIXES[format]
     found: dict[str, InputFile] = {}
     for item in items:
         item = str(item)
@@ -123,7 +128,8 @@ def list_inputs(inputs: str | Sequence[str], storage: StorageSettings) -> list[I
                          if i.get("type") != "directory" and not _hidden(p)}
             elif fs.isdir(path):
                 infos = fs.find(path, detail=True)
-                infos = {p: i for p, i in infos.items() if _is_data_file(p)}
+                infos = {p: i for p, i in infos.items()
+                         if p.endswith(suffix) and not _hidden(p)}
             elif fs.exists(path):
                 infos = {path: fs.info(path)}
             else:
@@ -134,7 +140,7 @@ def list_inputs(inputs: str | Sequence[str], storage: StorageSettings) -> list[I
             raise ConfigError(f"input: cannot list {item}: {describe_error(e, storage, item)}") \
                 from None
         if not infos:
-            raise ConfigError(f"input: no Parquet files under {item}")
+            raise ConfigError(f"input: no {called} under {item}")
         for p, info in infos.items():
             uri = to_uri(fs, p)
             found[uri] = InputFile(uri=uri, size=int(info.get("size") or 0), tag=file_tag(info))
