@@ -60,6 +60,14 @@ def caption_column_ok(t: pa.DataType) -> bool:
     return _text(t) or _binary(t)
 
 
+def url_only(types: dict[str, pa.DataType]) -> list[str]:
+    """The text columns named like URLs (``url``, ``URL``, ``image_url``) of a table with no
+    column that can hold encoded images (LAION's or DataComp's metadata); [] otherwise."""
+    if any(image_column_ok(t) for t in types.values()):
+        return []
+    return [n for n, t in types.items() if "url" in n.lower() and _text(t)]
+
+
 def schema_problem(
     schema: pa.Schema, image_column: str, caption_column: str, other_columns: Sequence[str] = ()
 ) -> str | None:
@@ -71,6 +79,14 @@ def schema_problem(
         there += f", ... ({len(types)} columns)"
     wanted = [("data.image_column", image_column), ("data.caption_column", caption_column),
               *(("data.id_column / data.keep_columns", c) for c in other_columns)]
+    if image_column not in types:
+        urls = url_only(types)
+        if urls:
+            return (f"no image bytes: the table has image URLs ({', '.join(urls)}) but no "
+                    "column of encoded images; the images must be downloaded first "
+                    "(img2dataset writes them as Parquet, data=img2dataset, or as WebDataset "
+                    "shards, data=webdataset; img2dataset's own .parquet beside its .tar "
+                    f"shards holds no images either); the file's columns: {there}")
     for setting, col in wanted:
         if col not in types:
             return f"{setting}: no column {col!r}; the file's columns: {there}"

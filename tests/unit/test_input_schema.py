@@ -95,3 +95,32 @@ def test_an_unreadable_footer_still_fails_only_its_task(tmp_path):
     (tmp_path / "broken.parquet").write_bytes(b"PAR1 not parquet")
     tasks = plan_with(tmp_path, DataSettings())
     assert [bool(t.error) for t in tasks] == [True, False]
+
+
+@pytest.mark.parametrize(("columns", "urls"), [
+    # LAION-400M's metadata
+    ({"SAMPLE_ID": pa.array([1], pa.int64()), "URL": pa.array(["http://a/1.jpg"]),
+      "TEXT": pa.array(["a dog"]), "WIDTH": pa.array([640]), "similarity": pa.array([0.3])},
+     "URL"),
+    # DataComp's metadata
+    ({"uid": pa.array(["0a1b"]), "url": pa.array(["http://a/1.jpg"]),
+      "text": pa.array(["a dog"]), "original_width": pa.array([640])}, "url"),
+], ids=["laion", "datacomp"])
+def test_a_table_of_urls_without_images_says_to_download_them_first(tmp_path, columns, urls):
+    write(tmp_path / "meta.parquet", **columns)
+    for data in (DataSettings(), DataSettings(image_column="jpg", caption_column="txt")):
+        with pytest.raises(ConfigError) as e:
+            plan_with(tmp_path, data)
+        msg = str(e.value)
+        assert f"meta.parquet: no image bytes: the table has image URLs ({urls})" in msg
+        assert "downloaded first (img2dataset" in msg
+        assert ", ".join(f"{n} ({columns[n].type})" for n in columns) in msg
+
+
+def test_a_table_with_image_bytes_beside_its_urls_gets_the_column_message(tmp_path):
+    write(tmp_path / "in.parquet", url=pa.array(["http://a"]), jpg=pa.array([b"x"]),
+          txt=pa.array(["a"]))
+    with pytest.raises(ConfigError) as e:
+        plan_with(tmp_path, DataSettings())
+    assert "data.image_column: no column 'image'" in str(e.value)
+    assert "download" not in str(e.value)
