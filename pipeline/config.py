@@ -88,12 +88,26 @@ class ModelSettings:
 
 #: Values of ``data.decode``.
 DECODE_PATHS = ("exact", "fast", "device")
+#: Values of ``data.format``: Parquet tables, or WebDataset tar shards.
+INPUT_FORMATS = ("parquet", "webdataset")
+#: Settings read only under ``format: webdataset``, and only under ``format: parquet``.
+WEBDATASET_KEYS = ("image_extensions", "caption_extension", "caption_json_field")
+PARQUET_KEYS = ("image_column", "caption_column", "id_column")
 
 
 @dataclass
 class DataSettings:
-    """Which input columns hold what (``data/`` group)."""
+    """What the input is and which of its columns (or tar members) hold what (``data/`` group).
 
+    ``format: parquet``: tables with an image column and a caption column.
+    ``format: webdataset``: tar shards whose members sharing a key are one sample
+    (``pipeline.io.webdataset``): the image is the first of ``image_extensions``
+    present, the caption the ``caption_extension`` member or, when
+    ``caption_json_field`` is set, that field of the ``json`` member; the id is the
+    key, and ``keep_columns`` names top-level fields of the ``json`` member.
+    """
+
+    format: str = "parquet"
     image_column: str = "image"
     caption_column: str = "caption"
     id_column: str | None = None
@@ -107,13 +121,45 @@ class DataSettings:
     # device: JPEGs decoded in batches by torchvision on the actor's device (nvJPEG
     #   on a GPU) and resized there, other images as fast.
     decode: str = "fast"
+    image_extensions: list[str] = field(default_factory=lambda: ["jpg", "jpeg", "png", "webp"])
+    caption_extension: str = "txt"
+    caption_json_field: str | None = None
 
     def __post_init__(self) -> None:
         self.keep_columns = list(self.keep_columns or [])
+        self.image_extensions = [str(e).lower().lstrip(".") for e in self.image_extensions or []]
+        self.caption_extension = str(self.caption_extension or "").lower().lstrip(".")
+        _require(self.format in INPUT_FORMATS, "data.format",
+                 f"must be one of {', '.join(INPUT_FORMATS)}, got {self.format!r}")
         _require(self.max_pixels > 0, "data.max_pixels", "must be > 0")
         _require(self.max_caption_chars > 0, "data.max_caption_chars", "must be > 0")
         _require(self.decode in DECODE_PATHS, "data.decode",
                  f"must be one of {', '.join(DECODE_PATHS)}, got {self.decode!r}")
+        if self.format == "webdataset":
+            self._check_webdataset()
+
+    def _check_webdataset(self) -> None:
+        _require(bool(self.image_extensions), "data.image_extensions",
+                 "must name at least one member extension (jpg, png, ...)")
+        _require(bool(self.caption_extension) or bool(self.caption_json_field),
+                 "data.caption_extension", "must name the caption's member (txt), or set "
+                 "data.caption_json_field")
+        _require(self.id_column is None, "data.id_column",
+                 "WebDataset samples are identified by their key; carry fields of the json "
+                 "member with data.keep_columns")
+        _require(self.caption_extension not in self.image_extensions,
+                 "data.caption_extension",
+                 f"{self.caption_extension!r} is also one of data.image_extensions")
+
+    def fingerprinted(self) -> dict[str, Any]:
+        """The settings that can change results, for the results fingerprint: under
+        ``parquet`` the WebDataset members are never read (and the format and those keys
+        are left out, so a Parquet audit keeps its fingerprint); under ``webdataset``
+        no column is read by name."""
+        out = {f.name: public(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        unused = (("format", *WEBDATASET_KEYS) if self.format == "parquet"
+                  else PARQUET_KEYS)
+        return {k: v for k, v in out.items() if k not in unused}
 
     def read_columns(self) -> list[str]:
         cols = [self.image_column, self.caption_column]

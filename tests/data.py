@@ -61,3 +61,30 @@ def write_shards(root, shards: int, rows: int, seed: int) -> list[pa.Table]:
     for s, t in enumerate(tables):
         write_table(t, f"{root}/shard-{s}.parquet")
     return tables
+
+
+def tar_bytes(members: Sequence[tuple[str, bytes]]) -> bytes:
+    """A plain tar archive of ``members`` (name, bytes) in order, written by the standard
+    library (the oracle of the WebDataset tests: what any tar writer produces)."""
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def member_offsets(archive: bytes) -> dict[str, tuple[int, int]]:
+    """(header offset, data offset) of each member, walked block by block from the ustar
+    headers (size at bytes 124-136, octal): independent of the reader under test."""
+    out, pos = {}, 0
+    while pos + 512 <= len(archive) and archive[pos:pos + 512] != bytes(512):
+        header = archive[pos:pos + 512]
+        name = header[:100].rstrip(b"\0").decode()
+        size = int(header[124:136].rstrip(b"\0 ") or b"0", 8)
+        out[name] = (pos, pos + 512)
+        pos += 512 + -(-size // 512) * 512
+    return out

@@ -118,7 +118,7 @@ def run_on_actors(s: Any, todo: list[Task], metadata: dict[str, Any],
         dispatcher = Dispatcher(
             actors, RayActorPool(), s.run.max_task_retries, slots=ap.slots,
             start_timeout_s=s.cluster.actor_start_timeout_s,
-            timeout_for=lambda task, slowest: s.run.task_timeout(task.rows, slowest),
+            timeout_for=lambda task, slowest: s.run.task_timeout(task.timeout_rows, slowest),
             progress=progress, stop=stop, on_result=on_result, on_tick=on_tick,
         )
         outcome = dispatcher.run(todo)

@@ -67,13 +67,16 @@ class Committed:
         for lo in range(0, self.entries.num_rows, SLICE):
             e = self.entries.slice(lo, SLICE)
             ts = [self.tasks[int(i)] for i in self.order[lo:lo + SLICE]]
+            rows = e.column("rows").combine_chunks()
             yield pa.record_batch([
                 e.column("task_id").combine_chunks(),
                 pa.array([f"{PARTS_DIR}/{t.task_id}.parquet" for t in ts], pa.string()),
-                e.column("rows").combine_chunks(),
+                rows,
                 pa.array([t.uri for t in ts], pa.string()),
                 pa.array([t.row_start for t in ts], pa.int64()),
-                pa.array([t.row_end for t in ts], pa.int64()),
+                # a shard's rows are known once read: its part holds all of them
+                pa.array([t.row_start + n if t.shard else t.row_end
+                          for t, n in zip(ts, rows.to_pylist())], pa.int64()),
                 pa.array([t.input_fingerprint for t in ts], pa.string()),
                 e.column("status_counts").combine_chunks(),
                 e.column("batch_size").combine_chunks(),

@@ -288,9 +288,9 @@ class Dispatcher:
         except Exception as e:
             res = self._failed(task, f"{type(e).__name__}: {e}")
             actor.free += 1
-        if res.ok and task.rows:
+        if res.ok and res.rows_out:  # rows done: a shard's are known only once read
             spent = self.clock() - call.started
-            self.slowest_s_per_row = max(self.slowest_s_per_row, spent / task.rows)
+            self.slowest_s_per_row = max(self.slowest_s_per_row, spent / res.rows_out)
         self._record(task, actor, res, pending, out)
 
     def _expire(self, pending: deque, calls: dict, out: Outcome) -> None:

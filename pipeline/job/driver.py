@@ -38,7 +38,7 @@ from pipeline.config import (
     check_no_credentials,
     public,
 )
-from pipeline.io.footers import FooterCache
+from pipeline.io.footers import CACHE_PATH, FooterCache
 from pipeline.io.images import ERROR
 from pipeline.io.ledger import Ledger, latest
 from pipeline.io.manifest import write_manifest, write_summary
@@ -50,7 +50,7 @@ from pipeline.job.actors import PoolRun, run_on_actors
 from pipeline.job.cluster import ray_session
 from pipeline.job.commit import Committed
 from pipeline.job.dispatch import Dispatcher
-from pipeline.job.plan import Task, plan
+from pipeline.job.plan import Task, plan, plan_shards
 from pipeline.job.procstats import peak_rss_mb
 from pipeline.job.progress import Tally
 from pipeline.job.provenance import (
@@ -132,7 +132,12 @@ def actors_get_gpus(s: JobSettings) -> bool:
     return torch.cuda.is_available()
 
 
-def _progress(total: int, enabled: bool):
+def _shards(tasks: list[Task]) -> bool:
+    """Whether the plan is of WebDataset shards (one format per run)."""
+    return bool(tasks) and tasks[0].shard
+
+
+def _progress(total: int | None, enabled: bool):
     from tqdm import tqdm
 
     return tqdm(total=total, unit="pair", desc="nibt-audit", disable=not enabled,
@@ -193,26 +198,37 @@ def _resolve(s: JobSettings) -> tuple[JobSettings, Any, str]:
     return s, rm, fp
 
 
+#: The saved plan of WebDataset shards (their first blocks), beside Parquet's footers.
+SHARDS_CACHE_PATH = "_ledger/shards.parquet"
+
+
 def _plan(s: JobSettings, fp: str, out_fs: fsspec.AbstractFileSystem, out_path: str) -> tuple:
-    """List the inputs and plan their tasks, with the footers saved by the last run."""
+    """List the inputs and plan their tasks, with the footers (or the shards' first
+    blocks) saved by the last run."""
     t0 = time.monotonic()
-    files = list_inputs(s.input, s.storage)
     d = s.data
-    cache = FooterCache(out_fs, out_path).load()
+    files = list_inputs(s.input, s.storage, d.format)
+    shards = d.format == "webdataset"
+    cache = FooterCache(out_fs, out_path, SHARDS_CACHE_PATH if shards else CACHE_PATH).load()
     reused = sum(cache.get(f) is not None for f in files)
     rows_per_task = int(s.run.rows_per_task or 0)  # resolved by _resolve
-    tasks = plan(files, s.storage, rows_per_task, fp,
-                 in_flight=s.storage.requests_in_flight, cache=cache,
-                 check=lambda schema: schema_problem(
-                     schema, d.image_column, d.caption_column,
-                     [c for c in d.read_columns() if c not in (d.image_column, d.caption_column)]))
+    if shards:
+        tasks = plan_shards(files, s.storage, fp, s.storage.requests_in_flight, cache)
+    else:
+        tasks = plan(files, s.storage, rows_per_task, fp,
+                     in_flight=s.storage.requests_in_flight, cache=cache,
+                     check=lambda schema: schema_problem(
+                         schema, d.image_column, d.caption_column,
+                         [c for c in d.read_columns()
+                          if c not in (d.image_column, d.caption_column)]))
     cache.keep_only({f.uri for f in files})
     try:
         cache.save()
     except Exception as e:  # the next run reads the footers again
         log.warning("saved plan not written: %s: %s", type(e).__name__, e)
-    log.info("planned %d files (%d footers read, %d from the saved plan) into %d tasks in "
-             "%.1f s", len(files), len(files) - reused, reused, len(tasks),
+    log.info("planned %d files (%d %s read, %d from the saved plan) into %d tasks in "
+             "%.1f s", len(files), len(files) - reused,
+             "shard heads" if shards else "footers", reused, len(tasks),
              time.monotonic() - t0)
     return files, tasks
 
@@ -233,7 +249,7 @@ def _run(s: JobSettings, stop: StopSignals, started: str,
     todo = resume(tasks, ledger, s.output, s.storage, fp, r.overwrite, verify=r.verify_parts)
     broken = sum(1 for t in tasks if t.error)
     rows_in = sum(t.rows for t in tasks)
-    log.info("%d files, %d tasks (%d rows): %d to run (%d of them committed with error rows), "
+    log.info("%d files, %d tasks (%d rows planned; a shard's are known once read): %d to run (%d of them committed with error rows), "
              "%d already committed, %d unreadable; %d committed after the last checkpoint "
              "found (%d parts looked for)", len(files), len(tasks), rows_in, len(todo.todo),
              todo.redo_error_rows, todo.committed.num_rows, broken, todo.recovered, todo.probed)
@@ -285,7 +301,8 @@ def _dispatch(s: JobSettings, todo: Resume, ledger: Ledger, metadata: dict[str, 
 
     pool = PoolRun()
     if todo.todo and not stop.event.is_set():
-        with _progress(sum(t.rows for t in todo.todo), s.run.progress) as bar:
+        total = None if _shards(todo.todo) else sum(t.rows for t in todo.todo)
+        with _progress(total, s.run.progress) as bar:
             pool = run_on_actors(s, todo.todo, metadata, stop.event, bar, on_result=on_result,
                                  on_tick=on_tick, runner=runner)
     elif todo.todo:  # stopped before dispatch: every task is left for the next run
@@ -309,7 +326,9 @@ def _summary(s: JobSettings, given: JobSettings, started: str, t0: float, files:
         "status": "stopped" if stop.signum else "partial" if partial else "succeeded",
         "started_at": started,
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "rows_in": sum(t.rows for t in tasks),
+        # Parquet rows from the footers; a shard's samples once it is read (one not read,
+        # or failed, adds none: it is among the failures)
+        "rows_in": sum(t.rows for t in tasks) + (done["rows_out"] if _shards(tasks) else 0),
         "rows_out": done["rows_out"],
         "rows_run": rows_run,
         "files_total": len(files),

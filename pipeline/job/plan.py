@@ -1,4 +1,4 @@
-"""Input files -> tasks of about ``rows_per_task`` rows along row-group boundaries.
+"""Input files -> tasks: Parquet files along row-group boundaries, WebDataset shards whole.
 
 A task's id is a hash of the file's URI, size and modification tag, the row
 range and the results fingerprint, so the same input under the same settings
@@ -9,6 +9,12 @@ The footers read here also give each file's schema: a file whose columns cannot
 feed the audit is refused before any worker starts (``ConfigError``, exit 2).
 Footers come from ``pipeline.io.footers``: one ranged read per file, many in
 flight, none for a file the saved plan already holds unchanged.
+
+A WebDataset shard is one task (``plan_shards``): a tar has no index, so where its
+samples start is known only by reading it, and its samples only once read. Its
+first block is read instead of a footer (a file that is no tar archive is refused,
+exit 2), and saved the same way. Its task has no row range (``rows`` is 0 until
+read); ``timeout_rows`` sizes its timeout from its bytes.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import pyarrow as pa
 from pipeline.config import ConfigError, StorageSettings
 from pipeline.io.footers import Footer, FooterCache, footers_of
 from pipeline.io.storage import InputFile
+from pipeline.io.webdataset import NotATar, ShardError, read_shard_heads
 
 #: ``check(schema)``: why a file with this schema cannot be audited, or None.
 SchemaCheck = Callable[[pa.Schema], "str | None"]
@@ -40,21 +47,46 @@ class Task:
     row_start: int
     row_end: int
     error: str | None = None  # set when the file could not even be planned
+    shard: bool = False  # a WebDataset shard, read whole: its rows are known once read
 
     @property
     def rows(self) -> int:
+        """Rows planned: the row range of a Parquet task, 0 for a shard (not read yet)."""
         return self.row_end - self.row_start
 
     @property
+    def timeout_rows(self) -> int:
+        """Rows the task's timeout is sized for: its rows, or for a shard as many as its
+        bytes hold at ``SHARD_BYTES_PER_ROW`` a sample."""
+        if self.shard:
+            return max(1, -(-self.size // SHARD_BYTES_PER_ROW))
+        return self.rows
+
+    @property
     def input_fingerprint(self) -> str:
+        if self.shard:
+            return f"{self.uri}|{self.size}|{self.tag}|tar"
         return f"{self.uri}|{self.size}|{self.tag}|{self.row_start}:{self.row_end}"
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
+#: Bytes per sample a shard's task timeout assumes: a small image (img2dataset's 256-px
+#: JPEGs are 10-15 KB) with its caption and JSON, each member a 512-byte header and
+#: data padded to 512 bytes. Smaller samples make the timeout shorter per sample.
+SHARD_BYTES_PER_ROW = 8192
+
+
 def task_id(f: InputFile, row_start: int, row_end: int, fp: str) -> str:
     blob = json.dumps([f.uri, f.size, f.tag, row_start, row_end, fp]).encode()
+    return hashlib.sha256(blob).hexdigest()[:24]
+
+
+def shard_task_id(f: InputFile, fp: str) -> str:
+    """The id of a shard's task: its file and the fingerprint, hashed in a form no
+    Parquet task's id is made from."""
+    blob = json.dumps([f.uri, f.size, f.tag, "tar", fp]).encode()
     return hashlib.sha256(blob).hexdigest()[:24]
 
 
@@ -121,3 +153,36 @@ def plan(
         more = f" (and {len(bad) - 5} more files)" if len(bad) > 5 else ""
         raise ConfigError("input: " + "; ".join(f"{uri}: {p}" for uri, p in bad[:5]) + more)
     return [t for tasks, _ in planned for t in tasks]
+
+
+def plan_shards(
+    files: Sequence[InputFile],
+    storage: StorageSettings,
+    fp: str,
+    in_flight: int = 64,
+    cache: FooterCache | None = None,
+) -> list[Task]:
+    """One task per WebDataset shard, in file order.
+
+    The first block of each shard is read (``in_flight`` at a time; none for a shard
+    ``cache`` holds unchanged). Raises ``ConfigError`` naming the files (up to five)
+    that are not tar archives; a shard whose first bytes cannot be read, or whose size
+    says it is cut short, becomes a failed task.
+    """
+    heads = footers_of(files, storage, cache, in_flight, read=read_shard_heads)
+    bad = [(f.uri, str(h)) for f, h in zip(files, heads) if isinstance(h, NotATar)]
+    if bad:
+        more = f" (and {len(bad) - 5} more files)" if len(bad) > 5 else ""
+        raise ConfigError("input (data.format=webdataset): "
+                          + "; ".join(f"{uri}: {p}" for uri, p in bad[:5]) + more)
+    tasks = []
+    for f, head in zip(files, heads):
+        error = None
+        if isinstance(head, ShardError):
+            error = str(head)
+        elif isinstance(head, BaseException):
+            error = (f"cannot read the first block of shard {f.uri}: "
+                     f"{type(head).__name__}: {head}")
+        tasks.append(Task(shard_task_id(f, fp), f.uri, f.size, f.tag, (), 0, 0, error=error,
+                          shard=True))
+    return tasks

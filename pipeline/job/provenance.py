@@ -20,7 +20,6 @@ from pipeline.config import (
     ModelSettings,
     StorageSettings,
     fingerprint,
-    public,
 )
 from pipeline.engine import RESULTS_VERSION
 from pipeline.io.weights import weights_fetcher
@@ -106,7 +105,7 @@ def results_fingerprint(
         "steps": m.steps,
         "schedule": m.schedule,
         "precision": m.precision,
-        "data": dict(public(data)),
+        "data": data.fingerprinted(),
         "libraries": library_versions(),
         "engine_results_version": RESULTS_VERSION,
         "schema_version": SCHEMA_VERSION,

@@ -29,7 +29,8 @@ from pipeline.config import DataSettings, ModelSettings, StorageSettings
 from pipeline.engine.layers import bottleneck_layers
 from pipeline.engine.model import load_clip
 from pipeline.engine.nibt import NIBT, default_budget_mb
-from pipeline.io.images import ERROR, Decoded
+from pipeline.io import webdataset as wds
+from pipeline.io.images import ERROR, OK, Decoded
 from pipeline.io.parts import PartBuilder, commit_part, normalise_carried
 from pipeline.io.shards import TaskError, iter_batches
 from pipeline.io.storage import filesystem
@@ -97,6 +98,13 @@ def _prefetch(it: Iterator[Any], depth: int, pool: ThreadPoolExecutor) -> Iterat
             while True:  # unblock a producer waiting on a full queue
                 q.get_nowait()
         future.result()
+
+
+def _explain(rows: list[Decoded], notes: list[str | None]) -> None:
+    """Add to each failed row's error why its shard member was missing (``notes``)."""
+    for dec, why in zip(rows, notes):
+        if why and dec.status != OK:
+            dec.error = f"{dec.error} ({why})" if dec.error else why
 
 
 def _picklable(obj: Any) -> Any:
@@ -233,15 +241,29 @@ class TaskRunner:
         return os.getpid()
 
     # ------------------------------------------------------------------ steps
+    def _read(self, task: Task, fs, path: str) -> tuple[Iterator[pa.RecordBatch], str, str,
+                                                        str | None, str | None]:
+        """The task's input batches, and the columns of image, caption, id and the note
+        that says why a shard's member is missing (None: no such column)."""
+        d = self.data
+        if task.shard:
+            return (wds.iter_sample_batches(fs, path, task, d, self.batch_size), wds.IMAGE,
+                    wds.CAPTION, wds.KEY, wds.NOTE)
+        return (iter_batches(fs, path, task, d.read_columns(), self.batch_size),
+                d.image_column, d.caption_column, d.id_column, None)
+
     def _batches(self, task: Task, fs, path: str) -> Iterator[_Batch]:
         d = self.data
         row = task.row_start
-        for rb in iter_batches(fs, path, task, d.read_columns(), self.batch_size):
-            decoded = self.decoder.decode(rb.column(d.image_column).to_pylist(),
-                                          rb.column(d.caption_column).to_pylist())
+        batches, image, caption, id_column, note = self._read(task, fs, path)
+        for rb in batches:
+            decoded = self.decoder.decode(rb.column(image).to_pylist(),
+                                          rb.column(caption).to_pylist())
+            if note is not None:
+                _explain(decoded.rows, rb.column(note).to_pylist())
             ids = [f"{task.uri}#{row + i}" for i in range(rb.num_rows)]
-            if d.id_column:
-                for i, v in enumerate(rb.column(d.id_column).to_pylist()):
+            if id_column:
+                for i, v in enumerate(rb.column(id_column).to_pylist()):
                     if v is not None:
                         ids[i] = v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
             carried = rb.select(d.keep_columns) if d.keep_columns else None
@@ -329,8 +351,9 @@ class TaskRunner:
                 first = part.carried[0].schema if part.carried else None
                 carried_schema = normalise_carried(first, self.data.keep_columns) if first else None
                 part.carried = [b.cast(carried_schema) for b in part.carried]
+            row_end = task.row_start + part.rows if task.shard else task.row_end
             meta = dict(self.metadata, task_id=task.task_id, source=task.uri,
-                        row_start=task.row_start, row_end=task.row_end,
+                        row_start=task.row_start, row_end=row_end,
                         input_fingerprint=task.input_fingerprint, status_counts=dict(counts))
             out_fs, out_path = filesystem(self.output, self.storage)
             table = part.table(meta, carried_schema)

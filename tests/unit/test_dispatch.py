@@ -306,3 +306,17 @@ def test_slowest_rate_feeds_the_timeout():
                    stop=stop, clock=pool.clock)
     d.run([task(0, rows=10), task(1, rows=4)])
     assert seen == [0.0, 0.5]  # the second task knows the first ran 0.5 s per row
+
+
+def test_a_shards_rows_feed_the_slowest_rate_once_read():
+    """A shard's task plans no rows (they are known once read): the rate comes from the
+    rows it did, and its own timeout from its bytes."""
+    seen = []
+    shard = Task("s0", "s3://in/0.tar", 8192 * 3, "tag", (), 0, 0, shard=True)
+    a = FakeActor("a", lambda t, f, m: (5.0, TaskResult(t.task_id, t.uri, 0, 0, ok=True,
+                                                          rows_out=10)))
+    pool = FakePool()
+    d = Dispatcher([a], pool, 0, stop=threading.Event(), clock=pool.clock,
+                   timeout_for=lambda t, slowest: seen.append((t.timeout_rows, slowest)) or 99.0)
+    d.run([shard, task(1, rows=4)])
+    assert seen == [(3, 0.0), (4, 0.5)]
