@@ -31,6 +31,9 @@ from __future__ import annotations
 import argparse
 import functools
 import io
+import json
+import tarfile
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -461,6 +464,17 @@ def arrow_schema():  # -> pyarrow.Schema
     )
 
 
+def _shard_rows(n_pairs: int, n_shards: int, seed: int,
+                st: Settings) -> Iterator[tuple[int, list[Pair]]]:
+    """(k, rows of shard k): ``make_pair(seed, 0..n_pairs-1)`` cut into ``n_shards``
+    contiguous blocks."""
+    if n_shards < 1 or n_pairs < n_shards:
+        raise ValueError("need n_shards >= 1 and at least one row per shard")
+    bounds = np.linspace(0, n_pairs, n_shards + 1).round().astype(int)
+    for k in range(n_shards):
+        yield k, [make_pair(seed, i, st) for i in range(bounds[k], bounds[k + 1])]
+
+
 def write_shards(
     out_dir: str | Path,
     n_pairs: int,
@@ -478,32 +492,64 @@ def write_shards(
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    if n_shards < 1 or n_pairs < n_shards:
-        raise ValueError("need n_shards >= 1 and at least one row per shard")
-    st = settings or Settings()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     schema = arrow_schema()
-    bounds = np.linspace(0, n_pairs, n_shards + 1).round().astype(int)
     paths = []
-    for k in range(n_shards):
-        rows = [make_pair(seed, i, st) for i in range(bounds[k], bounds[k + 1])]
+    for k, rows in _shard_rows(n_pairs, n_shards, seed, settings or Settings()):
         table = pa.table(
             {
                 "id": [r.id for r in rows],
                 "image": [png_bytes(r.image) for r in rows],
                 "caption": [r.caption for r in rows],
-                "gt_boxes": [r.boxes for r in rows],
-                "gt_word_index": [r.word_index for r in rows],
-                "gt_names": [r.names for r in rows],
-                "n_objects": [r.n_objects for r in rows],
-                "has_mark": [r.has_mark for r in rows],
-                "has_shortcut_word": [r.has_word for r in rows],
+                **{name: [truth[name] for truth in map(ground_truth, rows)]
+                   for name in GROUND_TRUTH},
             },
             schema=schema,
         )
         path = out / f"part-{k:05d}.parquet"
         pq.write_table(table, path, row_group_size=row_group_size)
+        paths.append(path)
+    return paths
+
+
+#: The ground-truth fields each pair carries (columns of the Parquet shards, fields of the
+#: WebDataset samples' JSON).
+GROUND_TRUTH = ("gt_boxes", "gt_word_index", "gt_names", "n_objects", "has_mark",
+                "has_shortcut_word")
+
+
+def ground_truth(r: Pair) -> dict:
+    """A pair's ground truth, by ``GROUND_TRUTH`` name."""
+    return {"gt_boxes": r.boxes, "gt_word_index": r.word_index, "gt_names": r.names,
+            "n_objects": r.n_objects, "has_mark": r.has_mark, "has_shortcut_word": r.has_word}
+
+
+def add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    """Append one member with fixed metadata (the same bytes give the same archive)."""
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = len(data), 0, 0o644
+    tar.addfile(info, io.BytesIO(data))
+
+
+def write_webdataset_shards(
+    out_dir: str | Path, n_pairs: int, n_shards: int, seed: int,
+    settings: Settings | None = None,
+) -> list[Path]:
+    """The same pairs as ``write_shards``, as WebDataset tar shards ``part-<k>.tar``: per
+    pair ``<id>.png``, ``<id>.txt`` (the caption) and ``<id>.json`` (its id and ground
+    truth). Returns the paths in order."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for k, rows in _shard_rows(n_pairs, n_shards, seed, settings or Settings()):
+        path = out / f"part-{k:05d}.tar"
+        with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
+            for r in rows:
+                add_member(tar, f"{r.id}.png", png_bytes(r.image))
+                add_member(tar, f"{r.id}.txt", r.caption.encode("utf-8"))
+                add_member(tar, f"{r.id}.json",
+                           json.dumps({"id": r.id, **ground_truth(r)}).encode("utf-8"))
         paths.append(path)
     return paths
 
@@ -519,12 +565,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--corner", default=Settings.corner, choices=CORNERS)
     p.add_argument("--word-rate", type=float, default=Settings.word_rate)
     p.add_argument("--mark-rate", type=float, default=Settings.mark_rate_with_word)
+    p.add_argument("--format", default="parquet", choices=("parquet", "webdataset"),
+                   help="Parquet files, or WebDataset tar shards (audited with data=webdataset)")
     a = p.parse_args(argv)
     st = replace(
         Settings(), word=a.word, corner=a.corner, word_rate=a.word_rate,
         mark_rate_with_word=a.mark_rate,
     )
-    for path in write_shards(a.out, a.pairs, a.shards, a.seed, st):
+    write = write_webdataset_shards if a.format == "webdataset" else write_shards
+    for path in write(a.out, a.pairs, a.shards, a.seed, st):
         print(path)
 
 
@@ -534,5 +583,6 @@ if __name__ == "__main__":
 
 __all__ = [
     "COLOURS", "FANCY", "SHAPES", "Settings", "Obj", "Pair", "make_pair", "make_twins", "render",
-    "write_shards", "arrow_schema", "png_bytes", "draw_mark", "fancy",
+    "write_shards", "write_webdataset_shards", "arrow_schema", "png_bytes", "draw_mark", "fancy",
+    "ground_truth", "GROUND_TRUTH",
 ]

@@ -150,3 +150,29 @@ def test_parquet_shards_schema_and_rows(tmp_path):
         assert r["caption"] == ref.caption and r["gt_boxes"] == ref.boxes
         assert r["gt_word_index"] == ref.word_index and r["gt_names"] == ref.names
         assert r["has_mark"] == ref.has_mark and r["has_shortcut_word"] == ref.has_word
+
+
+def test_webdataset_shards_hold_the_same_pairs_as_the_parquet_shards(tmp_path):
+    """Read back with the standard library's tarfile: per pair a PNG, its caption and its
+    ground truth as JSON, keyed by its id, in the Parquet shards' order and cut."""
+    import json
+    import tarfile
+
+    from pipeline.demo.scenes import write_webdataset_shards
+
+    paths = write_webdataset_shards(tmp_path / "w", 10, 2, seed=5)
+    assert [p.name for p in paths] == ["part-00000.tar", "part-00001.tar"]
+    assert [p.read_bytes() for p in paths] == [
+        p.read_bytes() for p in write_webdataset_shards(tmp_path / "again", 10, 2, seed=5)]
+    parquet = [pq.read_table(p) for p in write_shards(tmp_path / "p", 10, 2, seed=5)]
+    for tar_path, table in zip(paths, parquet):
+        with tarfile.open(tar_path) as tar:
+            members = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+        ids = table.column("id").to_pylist()
+        assert list(members) == [f"{i}.{ext}" for i in ids for ext in ("png", "txt", "json")]
+        for row in table.to_pylist():
+            assert members[f"{row['id']}.png"] == row["image"]
+            assert members[f"{row['id']}.txt"].decode() == row["caption"]
+            truth = json.loads(members[f"{row['id']}.json"])
+            assert truth == {"id": row["id"], **{k: row[k] for k in truth if k != "id"}}
+            assert set(truth) == set(table.column_names) - {"image", "caption"}
