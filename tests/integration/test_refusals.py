@@ -79,3 +79,25 @@ def test_the_command_line_exits_2_naming_the_problem(inputs, tmp_path, args, say
     assert says in r.stderr and "Traceback" not in r.stderr
     assert "starting" not in r.stderr  # no actor was started
     assert time.monotonic() - t0 < 120  # generous: it ends at start-up, not after a run
+
+
+def test_a_file_that_is_not_a_tar_is_refused_before_ray(tmp_path):
+    from tests.data import png, tar_bytes
+
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "00000.tar").write_bytes(tar_bytes([("a.png", png(1)), ("a.txt", b"x")]))
+    (tmp_path / "in" / "00001.tar").write_bytes(b"<html>404 Not Found</html>" + bytes(600))
+    msg = refused(str(tmp_path / "in"), str(tmp_path / "out"),
+                  data={"format": "webdataset", "id_column": None, "keep_columns": []})
+    assert msg.startswith(f"input (data.format=webdataset): {tmp_path / 'in' / '00001.tar'}: "
+                          "not a tar archive")
+    assert "00000.tar" not in msg
+
+
+def test_a_table_of_urls_is_refused_before_ray(tmp_path):
+    pq.write_table(pa.table({"URL": ["http://a/1.jpg"], "TEXT": ["a dog"]}),
+                   tmp_path / "laion.parquet")
+    msg = refused(str(tmp_path / "laion.parquet"), str(tmp_path / "out"),
+                  data={"id_column": None, "keep_columns": []})
+    assert "laion.parquet: no image bytes: the table has image URLs (URL)" in msg
+    assert "downloaded first (img2dataset" in msg and "URL (string), TEXT (string)" in msg

@@ -148,3 +148,68 @@ def test_an_input_replaced_after_planning_fails_its_task_by_name(far):
         assert not e.value.retryable
     finally:
         fs.pipe_file("far/in/005.parquet", original)
+
+
+SHARDS = 6
+WDS = {"format": "webdataset", "id_column": None, "keep_columns": []}
+
+
+@pytest.fixture(scope="module")
+def far_shards(far):
+    from tests.data import png, tar_bytes
+
+    url, store = far
+    fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": url})
+    for i in range(SHARDS):
+        fs.pipe_file(f"far/shards/{i:05d}.tar", tar_bytes(
+            [(f"{i}-{k}.{ext}", png(k) if ext == "png" else b"a caption")
+             for k in range(4) for ext in ("png", "txt")]))
+    return url, store, fs
+
+
+def test_shards_plan_with_one_read_of_their_first_block_and_a_rerun_none(ray_local, far_shards):
+    url, store, _ = far_shards
+    store.reset()
+    s = settings("s3://far/shards/", "s3://far/out-shards", endpoint=url, data=WDS)
+    code, first = run_job(s, runner=NullRunner)
+    assert code == EXIT_OK and first["tasks_run"] == SHARDS
+    inputs = {k: n for k, n in store.requests().items() if k[1].startswith("far/shards/")}
+    for i in range(SHARDS):
+        assert inputs.pop(("GET", f"far/shards/{i:05d}.tar")) == 1  # its first block
+    assert set(inputs) == {("LIST", "far/shards/")}, inputs
+    store.reset()
+    code, second = run_job(s, runner=NullRunner)
+    assert code == EXIT_OK and (second["tasks_run"], second["tasks_skipped"]) == (0, SHARDS)
+    assert not [k for k in store.requests() if k[1].startswith("far/shards/") and k[0] != "LIST"]
+
+
+def test_a_shard_is_read_pinned_with_gets_and_fails_by_name_once_replaced(ray_local,
+                                                                          far_shards):
+    from pipeline.io.shards import TaskError
+    from pipeline.io.storage import file_tag, filesystem
+    from pipeline.io.webdataset import iter_sample_batches
+    from pipeline.job.plan import Task
+
+    url, store, fs = far_shards
+    fs.copy("far/shards/00000.tar", "far/one-shard/00000.tar")
+    store.reset()
+    s = settings("s3://far/one-shard/", "s3://far/out-one-shard", endpoint=url, data=WDS)
+    code, summary = run_job(s)
+    assert code == EXIT_OK and summary["status_counts"] == {"ok": 4}
+    on_input = {op: n for (op, k), n in store.requests().items()
+                if k == "far/one-shard/00000.tar"}
+    # the planner's read of its first block, then the task's (no HEAD: the size is planned)
+    assert set(on_input) == {"GET"} and on_input["GET"] <= 3
+
+    key = "far/shards/00001.tar"
+    info, original = fs.info(key), fs.cat_file(key)
+    task = Task("t", f"s3://{key}", info["size"], file_tag(info), (), 0, 0, shard=True)
+    sfs, path = filesystem(task.uri, s.storage)
+    assert sum(b.num_rows for b in iter_sample_batches(sfs, path, task, s.data, 2)) == 4
+    fs.pipe_file(key, original.replace(b"a caption", b"A CAPTION"))  # same size, other bytes
+    try:
+        with pytest.raises(TaskError, match=f"{key} changed") as e:
+            list(iter_sample_batches(sfs, path, task, s.data, 2))
+        assert not e.value.retryable
+    finally:
+        fs.pipe_file(key, original)
