@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.config import DataSettings
 from pipeline.io.storage import file_tag, is_local
 
 
@@ -112,13 +114,15 @@ def _check_unchanged(fs: fsspec.AbstractFileSystem, path: str, task: Shard) -> N
 
 
 @contextlib.contextmanager
-def open_pinned(fs: fsspec.AbstractFileSystem, path: str, task: Shard) -> Iterator[Any]:
+def open_pinned(fs: fsspec.AbstractFileSystem, path: str, task: Shard,
+                **options: Any) -> Iterator[Any]:
     """The task's input file as the plan saw it, or ``TaskError`` naming it if it changed.
 
     On S3 the size comes from the plan (no HEAD) and every read carries
     ``If-Match: <ETag>``, so a file replaced before or during the reads fails them
     instead of mixing old and new rows. Locally the size and mtime are checked
-    before and after the reads. Elsewhere, one ``info`` call before.
+    before and after the reads. Elsewhere, one ``info`` call before. ``options`` go to
+    ``fs.open`` of a remote file (``cache_type``, ``block_size``).
     """
     if is_local(fs):
         _check_unchanged(fs, path, task)
@@ -128,12 +132,12 @@ def open_pinned(fs: fsspec.AbstractFileSystem, path: str, task: Shard) -> Iterat
         return
     if not hasattr(fs, "s3_additional_kwargs"):  # not s3fs: one request checks the file
         _check_unchanged(fs, path, task)
-        with fs.open(path, "rb") as fh:
+        with fs.open(path, "rb", **options) as fh:
             yield fh
         return
     from s3fs.utils import FileExpired
 
-    fh = fs.open(path, "rb", size=task.size)
+    fh = fs.open(path, "rb", size=task.size, **options)
     if task.tag:  # what s3fs does itself after a HEAD: reads pinned to the ETag
         fh.read_kw = {**fh.read_kw, "IfMatch": f'"{task.tag}"'}
         fh.details = {"name": path, "size": task.size, "ETag": f'"{task.tag}"'}
@@ -166,3 +170,29 @@ def iter_batches(
             yield batch
         if n != task.rows:
             raise TaskError(f"{task.uri}: read {n} rows, expected {task.rows}")
+
+
+@dataclass
+class InputRows:
+    """One batch of a task's input as the worker hands it to the decoder: image and caption
+    cells, ids (None: the input has none; a None id: ``<file>#<row>``), the carried input
+    columns, and why a cell is missing (a WebDataset sample's members; None for Parquet)."""
+
+    images: list[Any]
+    captions: list[Any]
+    ids: list[Any] | None = None
+    carried: pa.RecordBatch | None = None
+    notes: list[str | None] | None = None
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+def iter_rows(fs: fsspec.AbstractFileSystem, path: str, task: Shard, data: DataSettings,
+              batch_rows: int) -> Iterator[InputRows]:
+    """The task's rows from its Parquet file, ``batch_rows`` at a time (``iter_batches``)."""
+    for rb in iter_batches(fs, path, task, data.read_columns(), batch_rows):
+        yield InputRows(rb.column(data.image_column).to_pylist(),
+                        rb.column(data.caption_column).to_pylist(),
+                        rb.column(data.id_column).to_pylist() if data.id_column else None,
+                        rb.select(data.keep_columns) if data.keep_columns else None)

@@ -32,7 +32,7 @@ from pipeline.engine.nibt import NIBT, default_budget_mb
 from pipeline.io import webdataset as wds
 from pipeline.io.images import ERROR, OK, Decoded
 from pipeline.io.parts import PartBuilder, commit_part, normalise_carried
-from pipeline.io.shards import TaskError, iter_batches
+from pipeline.io.shards import TaskError, iter_rows
 from pipeline.io.storage import filesystem
 from pipeline.io.weights import weights_fetcher
 from pipeline.job import faults
@@ -241,40 +241,25 @@ class TaskRunner:
         return os.getpid()
 
     # ------------------------------------------------------------------ steps
-    def _read(self, task: Task, fs, path: str) -> tuple[Iterator[pa.RecordBatch], str, str,
-                                                        str | None, str | None]:
-        """The task's input batches, and the columns of image, caption, id and the note
-        that says why a shard's member is missing (None: no such column)."""
-        d = self.data
-        if task.shard:
-            return (wds.iter_sample_batches(fs, path, task, d, self.batch_size), wds.IMAGE,
-                    wds.CAPTION, wds.KEY, wds.NOTE)
-        return (iter_batches(fs, path, task, d.read_columns(), self.batch_size),
-                d.image_column, d.caption_column, d.id_column, None)
-
     def _batches(self, task: Task, fs, path: str) -> Iterator[_Batch]:
-        d = self.data
+        read = wds.iter_sample_rows if task.shard else iter_rows
         row = task.row_start
-        batches, image, caption, id_column, note = self._read(task, fs, path)
-        for rb in batches:
-            decoded = self.decoder.decode(rb.column(image).to_pylist(),
-                                          rb.column(caption).to_pylist())
-            if note is not None:
-                _explain(decoded.rows, rb.column(note).to_pylist())
-            ids = [f"{task.uri}#{row + i}" for i in range(rb.num_rows)]
-            if id_column:
-                for i, v in enumerate(rb.column(id_column).to_pylist()):
-                    if v is not None:
-                        ids[i] = v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
-            carried = rb.select(d.keep_columns) if d.keep_columns else None
-            batch = _Batch(decoded.rows, ids, row, carried, decoded.ok, decoded.pixels)
+        for rows in read(fs, path, task, self.data, self.batch_size):
+            decoded = self.decoder.decode(rows.images, rows.captions)
+            if rows.notes is not None:
+                _explain(decoded.rows, rows.notes)
+            ids = [f"{task.uri}#{row + i}" for i in range(len(rows))]
+            for i, v in enumerate(rows.ids or ()):
+                if v is not None:
+                    ids[i] = v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
+            batch = _Batch(decoded.rows, ids, row, rows.carried, decoded.ok, decoded.pixels)
             if decoded.tokens is not None:  # tokenised by the decode processes
                 batch.tokens, batch.truncated = torch.from_numpy(decoded.tokens), decoded.truncated
             elif batch.ok:
                 batch.tokens, batch.truncated = self.clip.encode_captions(
                     [decoded.rows[i].caption for i in batch.ok])
             yield batch
-            row += rb.num_rows
+            row += len(rows)
 
     def _attribute(self, batch: _Batch, part: PartBuilder, counts: Counter) -> tuple[float, int]:
         """Attribute one batch into ``part``; returns (compute seconds, batch splits)."""

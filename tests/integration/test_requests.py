@@ -187,7 +187,7 @@ def test_a_shard_is_read_pinned_with_gets_and_fails_by_name_once_replaced(ray_lo
                                                                           far_shards):
     from pipeline.io.shards import TaskError
     from pipeline.io.storage import file_tag, filesystem
-    from pipeline.io.webdataset import iter_sample_batches
+    from pipeline.io.webdataset import iter_sample_rows
     from pipeline.job.plan import Task
 
     url, store, fs = far_shards
@@ -205,11 +205,11 @@ def test_a_shard_is_read_pinned_with_gets_and_fails_by_name_once_replaced(ray_lo
     info, original = fs.info(key), fs.cat_file(key)
     task = Task("t", f"s3://{key}", info["size"], file_tag(info), (), 0, 0, shard=True)
     sfs, path = filesystem(task.uri, s.storage)
-    assert sum(b.num_rows for b in iter_sample_batches(sfs, path, task, s.data, 2)) == 4
+    assert sum(len(b) for b in iter_sample_rows(sfs, path, task, s.data, 2)) == 4
     fs.pipe_file(key, original.replace(b"a caption", b"A CAPTION"))  # same size, other bytes
     try:
         with pytest.raises(TaskError, match=f"{key} changed") as e:
-            list(iter_sample_batches(sfs, path, task, s.data, 2))
+            list(iter_sample_rows(sfs, path, task, s.data, 2))
         assert not e.value.retryable
     finally:
         fs.pipe_file(key, original)

@@ -34,13 +34,20 @@ def shard(tmp_path, members, name="s.tar") -> tuple[Task, str]:
     return Task("t", str(path), info.st_size, tag, (), 0, 0, shard=True), str(path)
 
 
+def as_dicts(rows) -> list[dict]:
+    kept = rows.carried.to_pylist() if rows.carried is not None else [{}] * len(rows)
+    return [{"key": k, "image": i, "caption": c, "note": n, **x}
+            for k, i, c, n, x in zip(rows.ids, rows.images, rows.captions, rows.notes, kept)]
+
+
+def read(path: str, task: Task, data=WDS, batch_rows=64) -> list:
+    fs, p = filesystem(path, StorageSettings())
+    return list(wds.iter_sample_rows(fs, p, task, data, batch_rows))
+
+
 def rows(tmp_path, members, data=WDS, batch_rows=64) -> list[dict]:
     task, path = shard(tmp_path, members)
-    fs, p = filesystem(path, StorageSettings())
-    out = []
-    for b in wds.iter_sample_batches(fs, p, task, data, batch_rows):
-        out += b.to_pylist()
-    return out
+    return [r for b in read(path, task, data, batch_rows) for r in as_dicts(b)]
 
 
 @pytest.mark.parametrize(("name", "key", "ext"), [
@@ -63,11 +70,11 @@ def test_samples_group_consecutive_members_and_pick_image_and_caption(tmp_path):
         ("0004.txt", b"no image"), ("0004.json", b"{}"),
         ("dir/0005.jpg", img_a), ("dir/0005.txt", b""),  # empty caption: decoded as bad_caption
     ])
-    assert [r[wds.KEY] for r in got] == ["0001", "0002", "0003", "0004", "dir/0005"]
-    assert [r[wds.IMAGE] for r in got] == [img_a, img_b, img_c, None, img_a]  # jpeg before png
-    assert [r[wds.CAPTION] for r in got] == [b"a red circle", "caf\u00e9".encode(), None,
+    assert [r["key"] for r in got] == ["0001", "0002", "0003", "0004", "dir/0005"]
+    assert [r["image"] for r in got] == [img_a, img_b, img_c, None, img_a]  # jpeg before png
+    assert [r["caption"] for r in got] == [b"a red circle", "caf\u00e9".encode(), None,
                                              b"no image", b""]
-    assert [r[wds.NOTE] for r in got] == [
+    assert [r["note"] for r in got] == [
         None, None, "no txt member (members: 0003.webp)",
         "no image member (jpg, jpeg, png, webp; members: 0004.txt, 0004.json)", None]
 
@@ -75,9 +82,9 @@ def test_samples_group_consecutive_members_and_pick_image_and_caption(tmp_path):
 def test_a_key_seen_again_later_is_another_sample_and_a_name_twice_spoils_its_sample(tmp_path):
     got = rows(tmp_path, [("a.jpg", png(1)), ("a.txt", b"x"), ("b.jpg", png(2)),
                           ("b.txt", b"y"), ("b.txt", b"z"), ("a.jpg", png(3)), ("a.txt", b"w")])
-    assert [r[wds.KEY] for r in got] == ["a", "b", "a"]
-    assert got[1][wds.IMAGE] is None and "b.txt appear twice" in got[1][wds.NOTE]
-    assert got[2][wds.IMAGE] == png(3) and got[2][wds.CAPTION] == b"w"
+    assert [r["key"] for r in got] == ["a", "b", "a"]
+    assert got[1]["image"] is None and "b.txt appear twice" in got[1]["note"]
+    assert got[2]["image"] == png(3) and got[2]["caption"] == b"w"
 
 
 def test_kept_json_fields_are_text_whatever_each_sample_holds(tmp_path):
@@ -89,9 +96,8 @@ def test_kept_json_fields_are_text_whatever_each_sample_holds(tmp_path):
                                   ("b.jpg", png(2)), ("b.txt", b"y"),
                                   ("b.json", b'{"uid": 7, "width": "wide"}'),
                                   ("c.jpg", png(3)), ("c.txt", b"z")])  # no json
-    fs, p = filesystem(path, StorageSettings())
-    (batch,) = list(wds.iter_sample_batches(fs, p, task, data, 64))
-    kept = batch.select(data.keep_columns)
+    (batch,) = read(path, task, data)
+    kept = batch.carried
     assert kept.schema == pa.schema([(c, pa.string()) for c in data.keep_columns])
     assert kept.to_pylist() == [
         {"uid": "u1", "width": "640", "boxes": "[[1, 2], [3, 4]]", "nsfw": "false",
@@ -100,7 +106,7 @@ def test_kept_json_fields_are_text_whatever_each_sample_holds(tmp_path):
          "absent": None},
         dict.fromkeys(data.keep_columns),
     ]
-    assert batch.column(wds.NOTE).to_pylist() == [None, None, None]  # the caption is the txt
+    assert batch.notes == [None, None, None]  # the caption is the txt
 
 
 def test_a_caption_from_a_json_field(tmp_path):
@@ -113,8 +119,8 @@ def test_a_caption_from_a_json_field(tmp_path):
         ("e.jpg", png(1)), ("e.txt", b"a txt is not read"),
         ("f.jpg", png(1)), ("f.json", b'["a list"]'),
     ], data=data)
-    assert [r[wds.CAPTION] for r in got] == [b"a dog on grass"] + [None] * 5
-    notes = [r[wds.NOTE] for r in got]
+    assert [r["caption"] for r in got] == [b"a dog on grass"] + [None] * 5
+    notes = [r["note"] for r in got]
     assert notes[0] is None
     assert notes[1] == "json field 'caption' is missing"
     assert notes[2] == "json field 'caption' is 42, not text"
@@ -127,9 +133,7 @@ def test_batches_hold_at_most_batch_rows_samples(tmp_path):
     members = [(f"{i:04d}.{ext}", png(i) if ext == "png" else b"c")
                for i in range(10) for ext in ("png", "txt")]
     task, path = shard(tmp_path, members)
-    fs, p = filesystem(path, StorageSettings())
-    sizes = [b.num_rows for b in wds.iter_sample_batches(fs, p, task, WDS, 4)]
-    assert sizes == [4, 4, 2]
+    assert [len(b) for b in read(path, task, batch_rows=4)] == [4, 4, 2]
 
 
 def test_links_directories_and_oversized_members(tmp_path, monkeypatch):
@@ -151,12 +155,11 @@ def test_links_directories_and_oversized_members(tmp_path, monkeypatch):
     monkeypatch.setattr(wds, "MAX_MEMBER_BYTES", 1000)
     task = Task("t", str(path), path.stat().st_size, file_tag({"mtime": path.stat().st_mtime}),
                 (), 0, 0, shard=True)
-    fs, p = filesystem(str(path), StorageSettings())
-    got = next(wds.iter_sample_batches(fs, p, task, WDS, 8)).to_pylist()
-    assert [r[wds.KEY] for r in got] == ["images/a", "images/b"]  # the directory is no sample
-    assert got[0][wds.IMAGE] is None and "not a regular file" in got[0][wds.NOTE]
-    assert got[1][wds.IMAGE] is None
-    assert got[1][wds.NOTE] == "member images/b.jpg is 2000 bytes, over the limit of 1000 (not read)"
+    got = as_dicts(read(str(path), task)[0])
+    assert [r["key"] for r in got] == ["images/a", "images/b"]  # the directory is no sample
+    assert got[0]["image"] is None and "not a regular file" in got[0]["note"]
+    assert got[1]["image"] is None
+    assert got[1]["note"] == "member images/b.jpg is 2000 bytes, over the limit of 1000 (not read)"
 
 
 # ------------------------------------------------------------------ damage
@@ -172,8 +175,8 @@ def read_until_damage(tmp_path, archive: bytes) -> tuple[list[str], wds.ShardErr
     fs, p = filesystem(str(path), StorageSettings())
     keys: list[str] = []
     try:
-        for b in wds.iter_sample_batches(fs, p, task, WDS, 2):
-            keys += b.column(wds.KEY).to_pylist()
+        for b in wds.iter_sample_rows(fs, p, task, WDS, 2):
+            keys += b.ids
     except wds.ShardError as e:
         assert not e.retryable
         return keys, e
@@ -308,3 +311,60 @@ def test_a_parquet_audit_hashes_the_data_settings_it_always_did():
     assert view["format"] == "webdataset" and view["caption_json_field"] == "caption"
     assert "image_column" not in view and "id_column" not in view
 
+
+
+# ------------------------------------------------------------------ header forms
+LONG = "a-folder-name-long-enough/" * 6 + "sample-0001"  # 167 characters before the dot
+
+
+@pytest.mark.parametrize("form", [tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT],
+                         ids=["ustar-prefix", "gnu-longname", "pax"])
+def test_long_and_non_ascii_names_in_every_header_form(tmp_path, form):
+    """The names the standard library's writer stores (a ustar prefix, a GNU long-name
+    member, a pax record) come back whole."""
+    names = [f"{LONG}.jpg", f"{LONG}.txt", "caf\u00e9-\u00fc.png", "caf\u00e9-\u00fc.txt"]
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=form, encoding="utf-8") as tar:
+        for i, name in enumerate(names):
+            data = png(i) if name.endswith(("jpg", "png")) else f"caption {i}".encode()
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    path = tmp_path / "names.tar"
+    path.write_bytes(buf.getvalue())
+    task = Task("t", str(path), path.stat().st_size, file_tag({"mtime": path.stat().st_mtime}),
+                (), 0, 0, shard=True)
+    got = [r for b in read(str(path), task) for r in as_dicts(b)]
+    assert [r["key"] for r in got] == [LONG, "caf\u00e9-\u00fc"]
+    assert [r["caption"] for r in got] == [b"caption 1", b"caption 3"]
+    assert got[0]["image"] == png(0) and all(r["note"] is None for r in got)
+
+
+def test_a_checksum_summed_over_signed_bytes_is_accepted(tmp_path):
+    """Some old writers summed the header's bytes as signed chars; tarfile accepts both."""
+    archive = bytearray(tar_bytes([("caf\u00e9.png", png(1)), ("caf\u00e9.txt", b"x")]))
+    header = archive[:512]
+    signed = sum(b - 256 if b > 127 else b for b in header[:148] + header[156:]) + 256
+    archive[148:156] = b"%06o\0 " % (signed & 0o777777)
+    path = tmp_path / "signed.tar"
+    path.write_bytes(bytes(archive))
+    task = Task("t", str(path), len(archive), file_tag({"mtime": path.stat().st_mtime}), (), 0,
+                0, shard=True)
+    assert [r["key"] for b in read(str(path), task) for r in as_dicts(b)] == ["caf\u00e9"]
+
+
+def test_a_sparse_member_fails_the_shard_by_name(tmp_path):
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        info = tarfile.TarInfo("a.png")
+        info.size = 512
+        tar.addfile(info, io.BytesIO(png(1)[:512]))
+        sparse = tarfile.TarInfo("b.png")
+        sparse.type, sparse.size = tarfile.GNUTYPE_SPARSE, 0
+        tar.addfile(sparse)
+    path = tmp_path / "sparse.tar"
+    path.write_bytes(buf.getvalue())
+    task = Task("t", str(path), path.stat().st_size, file_tag({"mtime": path.stat().st_mtime}),
+                (), 0, 0, shard=True)
+    with pytest.raises(wds.ShardError, match="member b.png at byte 1024 is a GNU sparse file"):
+        read(str(path), task)
