@@ -25,7 +25,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.config import ConfigError, StorageSettings, check_no_credentials, public
+from pipeline.config import (
+    ConfigError,
+    DataSettings,
+    StorageSettings,
+    check_no_credentials,
+    public,
+)
 from pipeline.engine.words import merge_words
 from pipeline.io.images import DEFAULT_MAX_PIXELS
 from pipeline.io.manifest import read_manifest
@@ -155,6 +161,15 @@ def _pair(row: dict[str, Any], key: str, value: float) -> dict[str, Any]:
             "map": row.get("image_attr")}
 
 
+def _shards(data: dict[str, Any]) -> DataSettings | None:
+    """The data settings of an audit of WebDataset shards (what its images are read by),
+    from its manifest; None for Parquet."""
+    if data.get("format") != "webdataset":
+        return None
+    keys = ("image_extensions", "caption_extension", "caption_json_field")
+    return DataSettings(format="webdataset", **{k: data[k] for k in keys if k in data})
+
+
 def review_section(results: str, manifest: dict[str, Any], agg: Aggregator,
                    ws: WordSpace | None, suspects: list[dict], s: ReportSettings,
                    storage: StorageSettings
@@ -175,7 +190,7 @@ def review_section(results: str, manifest: dict[str, Any], agg: Aggregator,
     data = (manifest.get("settings") or {}).get("data") or {}
     images = read_images(sorted({(r["source"], r["row"]) for r in rows.values()}),
                          data.get("image_column") or "image", storage,
-                         int(data.get("max_pixels") or DEFAULT_MAX_PIXELS))
+                         int(data.get("max_pixels") or DEFAULT_MAX_PIXELS), _shards(data))
     thumbs: dict[str, bytes] = {}
     zooms: dict[str, dict[str, Any]] = {}
 

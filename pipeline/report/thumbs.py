@@ -2,7 +2,8 @@
 
 Result rows are read back from the manifest's parts by (part, row) pointer;
 images from the input by each row's ``source`` and ``row``: only the row group
-that holds the row is read (found from the Parquet footer), in small batches.
+that holds the row is read (found from the Parquet footer), in small batches; a
+WebDataset shard (a tar has no index) up to the last sample wanted.
 Thumbnails are a centre square crop resized to ``px`` (open_clip's default
 preprocessing is a resize plus centre crop, so the map lines up with what the
 model saw up to the crop's exact size), in grey with the map's colours over it
@@ -21,9 +22,10 @@ import numpy as np
 import pyarrow.parquet as pq
 from PIL import Image
 
-from pipeline.config import StorageSettings
+from pipeline.config import DataSettings, StorageSettings
 from pipeline.io.images import DEFAULT_MAX_PIXELS, decode_image, image_bytes
 from pipeline.io.storage import filesystem, join
+from pipeline.io.webdataset import iter_samples, sample_row
 from pipeline.report.heatmap import overlay, png_bytes
 
 log = logging.getLogger("nibt-report")
@@ -62,8 +64,11 @@ def _row_group(pf: pq.ParquetFile, row: int) -> tuple[int, int]:
 
 
 def read_images(keys: Sequence[tuple[str, int]], image_column: str, storage: StorageSettings,
-                max_pixels: int = DEFAULT_MAX_PIXELS) -> dict[tuple[str, int], Image.Image | str]:
-    """The input image at each ``(source, row)``, or why it could not be read."""
+                max_pixels: int = DEFAULT_MAX_PIXELS, data: DataSettings | None = None,
+                ) -> dict[tuple[str, int], Image.Image | str]:
+    """The input image at each ``(source, row)``, or why it could not be read. ``data``
+    with ``format: webdataset``: the sources are tar shards, read front to back up to the
+    last row wanted (a tar has no index)."""
     out: dict[tuple[str, int], Image.Image | str] = {}
     by_source: dict[str, set[int]] = defaultdict(set)
     for src, row in keys:
@@ -72,6 +77,9 @@ def read_images(keys: Sequence[tuple[str, int]], image_column: str, storage: Sto
         try:
             fs, path = filesystem(src, storage)
             with fs.open(path, "rb") as f:
+                if data is not None and data.format == "webdataset":
+                    out.update(_shard_images(f, src, by_source[src], data, max_pixels))
+                    continue
                 pf = pq.ParquetFile(f)
                 for row in sorted(by_source[src]):
                     out[(src, row)] = _read_one(pf, row, image_column, max_pixels)
@@ -79,6 +87,24 @@ def read_images(keys: Sequence[tuple[str, int]], image_column: str, storage: Sto
             log.warning("report: cannot read images from %s: %s: %s", src, type(e).__name__, e)
             for row in by_source[src]:
                 out.setdefault((src, row), f"input unreadable ({type(e).__name__})")
+    return out
+
+
+def _shard_images(f: Any, src: str, rows: set[int], data: DataSettings,
+                  max_pixels: int) -> dict[tuple[str, int], Image.Image | str]:
+    """The images of the samples ``rows`` of the shard open in ``f``."""
+    out: dict[tuple[str, int], Image.Image | str] = {}
+    for i, sample in enumerate(iter_samples(f, src, getattr(f, "size", 0) or 0)):
+        if i in rows:
+            image = sample_row(sample, data).image
+            try:
+                out[(src, i)] = decode_image(image, max_pixels)
+            except Exception as e:
+                out[(src, i)] = f"image unreadable ({type(e).__name__})"
+        if i >= max(rows):
+            break
+    for row in rows - {r for _, r in out}:
+        out[(src, row)] = "row not found in the input"
     return out
 
 

@@ -145,3 +145,22 @@ def test_bad_settings_and_results_are_config_errors(tmp_path):
         ReportSettings(bootstrap_samples=0)
     with pytest.raises(ConfigError, match="_manifest.json"):
         build_report(str(tmp_path / "nothing"), str(tmp_path / "out"))
+
+
+def test_thumbnails_of_webdataset_rows_come_from_their_samples(tmp_path):
+    from pipeline.config import DataSettings
+    from tests.data import tar_bytes
+
+    colours = [(10 * i, 255 - 10 * i, 7 * i) for i in range(6)]
+    members = []
+    for i, c in enumerate(colours):
+        buf = io.BytesIO()
+        Image.new("RGB", (12, 12), c).save(buf, format="PNG")
+        members += [(f"k{i}.txt", b"a square"), (f"k{i}.png", buf.getvalue())]
+    src = tmp_path / "00000.tar"
+    src.write_bytes(tar_bytes(members))
+    got = read_images([(str(src), 1), (str(src), 4), (str(src), 9)], "image", StorageSettings(),
+                      data=DataSettings(format="webdataset"))
+    for row in (1, 4):
+        assert got[(str(src), row)].getpixel((5, 5)) == colours[row]
+    assert got[(str(src), 9)] == "row not found in the input"
