@@ -249,7 +249,8 @@ def _run(s: JobSettings, stop: StopSignals, started: str,
     todo = resume(tasks, ledger, s.output, s.storage, fp, r.overwrite, verify=r.verify_parts)
     broken = sum(1 for t in tasks if t.error)
     rows_in = sum(t.rows for t in tasks)
-    log.info("%d files, %d tasks (%d rows planned; a shard's are known once read): %d to run (%d of them committed with error rows), "
+    log.info("%d files, %d tasks (%d rows planned; a shard's are known once read): %d to run "
+             "(%d of them committed with error rows), "
              "%d already committed, %d unreadable; %d committed after the last checkpoint "
              "found (%d parts looked for)", len(files), len(tasks), rows_in, len(todo.todo),
              todo.redo_error_rows, todo.committed.num_rows, broken, todo.recovered, todo.probed)
