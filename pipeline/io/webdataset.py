@@ -45,7 +45,7 @@ import os
 import tarfile
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
@@ -399,10 +399,12 @@ class _ReadAhead:
     parses this one. ``read`` copies each byte it returns once; ``seek`` moves forward
     only (``whence=1``), dropping what it passes."""
 
-    def __init__(self, fh: Any, size: int, chunk: int, depth: int) -> None:
+    def __init__(self, fh: Any, size: int, chunk: int, depth: int,
+                 pool: Executor | None = None) -> None:
         self.read_range, self.size, self.chunk, self.depth = _ranges(fh), size, chunk, depth
         self.pos, self.buf = 0, memoryview(b"")  # ``buf``: fetched bytes from ``pos`` on
-        self.pool = ThreadPoolExecutor(depth, thread_name_prefix="nibt-shard-read")
+        self.own = pool is None  # a pool of its own, shut down on close; else the caller's
+        self.pool = pool or ThreadPoolExecutor(depth, thread_name_prefix="nibt-shard-read")
         self.ahead: deque[tuple[int, Future]] = deque()  # (where, its fetch), in order
 
     def _submit(self, at: int) -> None:
@@ -448,22 +450,26 @@ class _ReadAhead:
         return self.pos
 
     def close(self) -> None:
+        """Drop the fetches ahead, waiting for those already running (they read ``fh``)."""
         for _, f in self.ahead:
             f.cancel()
-        self.pool.shutdown(wait=True)
+        wait([f for _, f in self.ahead])
+        if self.own:
+            self.pool.shutdown(wait=True)
 
 
 def iter_sample_rows(fs: fsspec.AbstractFileSystem, path: str, task: Shard,
-                     data: DataSettings, batch_rows: int) -> Iterator[InputRows]:
+                     data: DataSettings, batch_rows: int,
+                     pool: Executor | None = None) -> Iterator[InputRows]:
     """Batches of ``batch_rows`` samples of the task's shard, in order, read from the file
     as the plan saw it (``open_pinned``), ``READ_BYTES`` at a time (one ranged GET each on
-    S3, ``READ_AHEAD`` fetched ahead). The ids are the keys; the carried columns, the kept
-    JSON fields. Raises ``ShardError`` where the shard is damaged, after the batches
-    before the damage."""
+    S3, ``READ_AHEAD`` fetched ahead in ``pool``'s threads, or in threads of its own).
+    The ids are the keys; the carried columns, the kept JSON fields. Raises
+    ``ShardError`` where the shard is damaged, after the batches before the damage."""
     rows: list[SampleRow] = []
     # the reads are sequential: fsspec's own cache would only copy what the buffer holds
     with open_pinned(fs, path, task, cache_type="none") as raw, \
-            contextlib.closing(_ReadAhead(raw, task.size, READ_BYTES, READ_AHEAD)) as fh:
+            contextlib.closing(_ReadAhead(raw, task.size, READ_BYTES, READ_AHEAD, pool)) as fh:
         for sample in iter_samples(fh, task.uri, task.size):
             rows.append(sample_row(sample, data))
             if len(rows) >= batch_rows:

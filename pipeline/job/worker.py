@@ -208,6 +208,9 @@ class TaskRunner:
             self.decoder = DeviceDecoder(cpu_decoder, fast.geometry, d.max_pixels,
                                          d.max_caption_chars, self.clip.device, tokenize)
         self.reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nibt-read")
+        # a shard's chunks fetched ahead, for two tasks in flight
+        self.shard_reads = ThreadPoolExecutor(max_workers=2 * wds.READ_AHEAD,
+                                              thread_name_prefix="nibt-shard-read")
         self.grid = self.clip.image.grid
         self._warm_up()
         with contextlib.suppress(Exception):  # storage client set up now, not in the first task
@@ -218,6 +221,7 @@ class TaskRunner:
             if isinstance(cpu_decoder, ThreadDecoder):
                 _start_threads(cpu_decoder.pool, cpu_decoder.threads)
             _start_threads(self.reader, 1)
+            _start_threads(self.shard_reads, 2 * wds.READ_AHEAD)
             cap_data_memory(memory_headroom_mb)
 
     def _warm_up(self) -> None:
@@ -234,6 +238,7 @@ class TaskRunner:
         exit by themselves, see ``decoders``)."""
         self.decoder.close()
         self.reader.shutdown(wait=True)
+        self.shard_reads.shutdown(wait=True)
         gc.collect()  # runs multiprocessing's finalizers: its named semaphores are unlinked
 
     def ready(self) -> int:
@@ -242,9 +247,11 @@ class TaskRunner:
 
     # ------------------------------------------------------------------ steps
     def _batches(self, task: Task, fs, path: str) -> Iterator[_Batch]:
-        read = wds.iter_sample_rows if task.shard else iter_rows
         row = task.row_start
-        for rows in read(fs, path, task, self.data, self.batch_size):
+        batches = (wds.iter_sample_rows(fs, path, task, self.data, self.batch_size,
+                                        self.shard_reads) if task.shard
+                   else iter_rows(fs, path, task, self.data, self.batch_size))
+        for rows in batches:
             decoded = self.decoder.decode(rows.images, rows.captions)
             if rows.notes is not None:
                 _explain(decoded.rows, rows.notes)

@@ -368,3 +368,18 @@ def test_a_sparse_member_fails_the_shard_by_name(tmp_path):
                 (), 0, 0, shard=True)
     with pytest.raises(wds.ShardError, match="member b.png at byte 1024 is a GNU sparse file"):
         read(str(path), task)
+
+
+def test_a_borrowed_pool_reads_the_same_and_stays_open(tmp_path, monkeypatch):
+    """The worker lends its own threads (started before a memory cap): small chunks make
+    the shard many reads, fetched ahead in them."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    monkeypatch.setattr(wds, "READ_BYTES", 1024)
+    task, path = shard(tmp_path, MEMBERS)
+    fs, p = filesystem(path, StorageSettings())
+    with ThreadPoolExecutor(2) as pool:
+        lent = [r for b in wds.iter_sample_rows(fs, p, task, WDS, 4, pool) for r in as_dicts(b)]
+        assert pool.submit(lambda: "still open").result() == "still open"
+    assert lent == rows(tmp_path, MEMBERS)
+    assert [r["image"] for r in lent] == [png(i) for i in range(6)]
