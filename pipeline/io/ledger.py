@@ -23,9 +23,10 @@ request each, to find those committed after the last segment.
 
 ``load`` lists the directory, skips files whose range another file covers (left
 when a merge was cut short), reads the rest many at a time and keeps each task's
-latest entry. A file that cannot be read is skipped with a warning; the tasks it
-recorded are redone (a part is the same bytes under the same key), and an entry
-counts once per task id, so nothing is lost and nothing counted twice. One run
+latest entry. A file that cannot be read is skipped with a warning and named in
+``unreadable``: the caller then checks the footers of the parts the ledger does
+not hold, so nothing is lost, and an entry counts once per task id, so nothing is
+counted twice; the file is deleted once the run has recorded anew what it held. One run
 writes a ledger at a time (as a scheduler runs one audit per output).
 """
 
@@ -168,6 +169,8 @@ class Ledger:
         self.clock = clock
         self.files: list[_File] = []
         self.frontier: list[str] = []  # the newest file's, after ``load``
+        self.unreadable: list[str] = []  # files ``load`` skipped
+        self._newest_frontier = False  # whether the newest file (or segment queued) has one
         self.next_seq = 0
         self._buffer: list[Commit] = []
         self._finished = 0  # tasks finished (committed or failed) since the last checkpoint
@@ -193,22 +196,24 @@ class Ledger:
         listed = self._list()
         wanted = [f for f in listed if not _covered(f, listed)]
         data = read_many(self.fs, [join(self.dir, f.name) for f in wanted], self.in_flight)
-        tables, self.files, newest = [], [], (-1, [])
+        tables, self.files, self.unreadable, newest = [], [], [], (-1, [])
         for f, blob in zip(wanted, data):
             try:
                 if isinstance(blob, BaseException):
                     raise blob
                 table, frontier = _decode(blob)
             except Exception as e:
-                log.warning("ledger file %s is not readable (%s: %s): ignored; the tasks it "
-                            "recorded run again", join(self.dir, f.name), type(e).__name__,
-                            str(e)[:200])
+                log.warning("ledger file %s is not readable (%s: %s): ignored; the parts it "
+                            "recorded are checked from their footers", join(self.dir, f.name),
+                            type(e).__name__, str(e)[:200])
+                self.unreadable.append(f.name)
                 continue
             tables.append(table)
             self.files.append(f)
             if f.hi > newest[0]:
                 newest = (f.hi, frontier)
         self.frontier = newest[1]
+        self._newest_frontier = bool(self.frontier)
         self.next_seq = max((f.hi + 1 for f in listed), default=0)
         return latest(tables)
 
@@ -217,6 +222,7 @@ class Ledger:
         for f in self._list():
             self.fs.rm(join(self.dir, f.name))
         self.files, self.frontier, self.next_seq = [], [], 0
+        self._newest_frontier = False
 
     # ------------------------------------------------------------------ recording
     def add(self, commit: Commit | None) -> None:
@@ -234,7 +240,12 @@ class Ledger:
 
     def checkpoint(self, frontier: list[str]) -> None:
         """Hand what was recorded since the last checkpoint to the writer thread, with the
-        tasks that may be committed before the next one (``frontier``)."""
+        tasks that may be committed before the next one (``frontier``). Nothing is written
+        when there is nothing to say: no entry, and no frontier now or in the newest file."""
+        if not self._buffer and not frontier and not self._newest_frontier:
+            self._finished, self._last = 0, self.clock()
+            return
+        self._newest_frontier = bool(frontier)
         table = to_table(self._buffer, self.next_seq)
         self._run.append(table)
         self._queue.put(_Segment(self.next_seq, table, list(frontier)))
@@ -322,7 +333,15 @@ class Ledger:
         if self._thread.is_alive():
             log.error("ledger: writing did not finish within %.0f s", timeout_s)
             return False
-        return self.segments_written == len(self._run)
+        written = self.segments_written == len(self._run)
+        if written:  # what the unreadable files held is recorded anew
+            for name in self.unreadable:
+                try:
+                    self.fs.rm(join(self.dir, name))
+                except Exception as e:
+                    log.warning("ledger: cannot delete unreadable file %s: %s", name, e)
+            self.unreadable = []
+        return written
 
 
 def _ok(blob: bytes | BaseException) -> bytes:

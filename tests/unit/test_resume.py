@@ -140,3 +140,25 @@ def test_manifest_lists_planned_parts_in_plan_order(tmp_path, monkeypatch):
     assert [p["task_id"] for p in back["parts"]] == table.column("task_id").to_pylist()
     assert back["parts"][1]["status_counts"] == {"ok": 2, "error": 2}
     assert (back["parts_count"], back["rows"]) == (3, 12)
+
+
+def test_a_ledger_file_that_cannot_be_read_has_its_parts_found_from_their_footers(lake):
+    """Nothing lost: every part the readable ledger does not hold is looked for (one GET
+    each) and found; nothing counted twice: each task once, in the ledger or found."""
+    store, storage = lake
+    fs, root = filesystem("s3://resume/corrupt", storage)
+    ts = tasks(9)
+    ledger = Ledger(fs, root, FP, fanout=100).start()
+    for group in (ts[0:3], ts[3:6]):
+        for t in group:
+            ledger.add(commit(t))
+            write_part(fs, root, t)
+        ledger.checkpoint([])
+    assert ledger.close()
+    fs.pipe_file(f"{root}/_ledger/{FP}/L0-000000000000-000000000000.parquet", b"PAR1 garbage")
+    store.reset()
+    r = resume(ts, Ledger(fs, root, FP), "s3://resume/corrupt", storage, FP, overwrite=False)
+    gets = {k for (op, k), n in store.requests().items() if op == "GET" and "/parts/" in k}
+    assert gets == {f"resume/corrupt/parts/{t.task_id}.parquet" for t in ts[:3] + ts[6:]}
+    assert r.recovered == 3 and [t.task_id for t in r.todo] == [t.task_id for t in ts[6:]]
+    assert sorted(r.committed.column("task_id").to_pylist()) == sorted(t.task_id for t in ts[:6])
