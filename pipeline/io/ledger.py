@@ -253,9 +253,11 @@ class Ledger:
         self._buffer, self._finished, self._last = [], 0, self.clock()
 
     def recorded(self) -> pa.Table:
-        """Every entry this run recorded (written or not)."""
+        """Every entry this run recorded (written or not), in the order recorded: a task
+        recorded twice appears twice, the later one last (no copy is made)."""
         pending = [to_table(self._buffer, self.next_seq)] if self._buffer else []
-        return latest([*self._run, *pending])
+        tables = [*self._run, *pending]
+        return pa.concat_tables(tables) if tables else ENTRY_SCHEMA.empty_table()
 
     # ------------------------------------------------------------------ writing
     def start(self) -> Ledger:

@@ -26,6 +26,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 import fsspec
+import pyarrow as pa
 
 import pipeline
 from pipeline.config import (
@@ -40,7 +41,7 @@ from pipeline.config import (
 )
 from pipeline.io.footers import FooterCache
 from pipeline.io.images import ERROR
-from pipeline.io.ledger import Ledger, latest
+from pipeline.io.ledger import Ledger
 from pipeline.io.manifest import write_manifest, write_summary
 from pipeline.io.parts import PARTS_DIR
 from pipeline.io.schema import RESULT_COLUMNS
@@ -243,7 +244,8 @@ def _run(s: JobSettings, stop: StopSignals, started: str,
     pool, tally = _dispatch(s, todo, ledger, metadata, stop, runner)
     not_run = [t.task_id for t in pool.outcome.not_run]
     written = ledger.close(frontier=not_run)
-    done = Committed.of(latest([todo.committed, ledger.recorded()]), tasks)
+    done = Committed.of([todo.committed, ledger.recorded()], tasks)
+    pa.default_memory_pool().release_unused()  # the copies made to order the entries
     settings = _settings(given)
     metadata = dict(metadata, batch_size=done.totals()["batch_size"] or s.model.batch_size)
     write_manifest(out_fs, out_path, {"fingerprint": fp, "metadata": metadata,
