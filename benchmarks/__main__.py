@@ -21,7 +21,7 @@ from benchmarks.common import run_child
 from pipeline.devtools.machine import machine
 
 SECTIONS = ("engine", "completeness", "models", "job", "scale", "overlap", "decode", "decode_job",
-            "decoders", "report", "controlplane")
+            "decoders", "report", "controlplane", "commitlog")
 
 
 def main(argv: list[str]) -> int:
