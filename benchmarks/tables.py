@@ -377,6 +377,28 @@ def controlplane_encoding(d: dict) -> str:
                   "that / this"], rows)
 
 
+def commitlog(d: dict) -> str:
+    names = [("ledger", "this ledger"), ("delta_default", "Delta Lake (deltalake), default"),
+             ("delta_interval_10", "Delta Lake, checkpoint every 10")]
+    rows = []
+    for key, label in names:
+        r = d[key]
+        c, t, load = r["per_commit"]["all"], r["totals"], r["load"]
+        rows.append([label, f"**{c['wall_ms']['median']:,.0f}** / {c['wall_ms']['p95']:,.0f}",
+                     f"{c['requests']['median']:g} / {c['requests']['p95']:g}",
+                     f"{t['cpu_s']:.1f} s", f"{r['log_at_end']['objects']} ({r['log_at_end']['mb']} MB)",
+                     f"**{load['after_200']['seconds']:.2f} s**, {load['after_200']['requests']}",
+                     f"{load['after_198']['seconds']:.2f} s, {load['after_198']['requests']}"])
+    return "\n\n".join([
+        f"{d['commits']} checkpoints of {d['parts_per_commit']:,} parts through the local store at "
+        f"{d['delay_ms']} ms a request, each with a frontier; then the state loaded by a fresh "
+        "process.",
+        table(["commit log", "ms per commit: median / p95", "requests per commit: median / p95",
+               "writer CPU, all commits", "objects at the end", "load after the last commit: s, requests",
+               "load 2 commits earlier: s, requests"], rows),
+    ])
+
+
 def evaluate(d: dict) -> str:
     from pipeline.demo.evaluate import tables
 
@@ -395,6 +417,7 @@ RENDER: dict[str, tuple[str, Callable[[dict], str]]] = {
     "controlplane-dispatch": ("controlplane", controlplane_dispatch),
     "controlplane-resume": ("controlplane", controlplane_resume),
     "controlplane-encoding": ("controlplane", controlplane_encoding),
+    "commitlog": ("commitlog", commitlog),
 }
 
 

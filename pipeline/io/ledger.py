@@ -126,20 +126,25 @@ FRONTIER_KEY = b"nibt.frontier"
 
 
 def encode(table: pa.Table, frontier: list[str] | None = None) -> bytes:
-    if frontier is not None:
-        table = table.replace_schema_metadata({FRONTIER_KEY: json.dumps(frontier).encode()})
+    """A ledger file: the entries, and the frontier in the footer's key-value metadata
+    (added after the schema was written, so it is stored once, not in Arrow's copy of
+    the schema too)."""
     sink = pa.BufferOutputStream()
-    pq.write_table(table, sink, compression="zstd")
+    with pq.ParquetWriter(sink, ENTRY_SCHEMA, compression="zstd") as w:
+        w.write_table(table.select(ENTRY_SCHEMA.names).cast(ENTRY_SCHEMA))
+        if frontier is not None:
+            w.add_key_value_metadata({FRONTIER_KEY: json.dumps(frontier).encode()})
     return sink.getvalue().to_pybytes()
 
 
 def _decode(data: bytes) -> tuple[pa.Table, list[str]]:
     """A ledger file's entries and frontier."""
-    table = pq.read_table(pa.BufferReader(data))
+    pf = pq.ParquetFile(pa.BufferReader(data))
+    table = pf.read()
     missing = [n for n in ENTRY_SCHEMA.names if n not in table.column_names]
     if missing:
         raise ValueError(f"not a ledger file: no column(s) {missing}")
-    frontier = json.loads((table.schema.metadata or {}).get(FRONTIER_KEY, b"[]"))
+    frontier = json.loads((pf.metadata.metadata or {}).get(FRONTIER_KEY, b"[]"))
     return table.select(ENTRY_SCHEMA.names).cast(ENTRY_SCHEMA), [str(t) for t in frontier]
 
 
@@ -180,6 +185,7 @@ class Ledger:
         self._thread: threading.Thread | None = None
         self.segments_written = 0
         self.write_failures = 0
+        self.conflict = False  # another run writes this ledger: this one stops writing
 
     # ------------------------------------------------------------------ reading
     def _list(self) -> list[_File]:
@@ -279,10 +285,21 @@ class Ledger:
     def _write(self, segments: list[_Segment]) -> list[_Segment]:
         """Write ``segments`` in order; those left after a failed write (tried again with
         the next checkpoint)."""
+        if self.conflict:
+            return segments
         for i, seg in enumerate(segments):
             name = f"L0-{seg.seq:012d}-{seg.seq:012d}.parquet"
             try:
-                put_atomic(self.fs, join(self.dir, name), encode(seg.table, seg.frontier))
+                put_atomic(self.fs, join(self.dir, name), encode(seg.table, seg.frontier),
+                           exclusive=True)
+            except FileExistsError:
+                self.write_failures += 1
+                self.conflict = True
+                log.error("ledger segment %s is there already: another run is writing this "
+                          "output's ledger (one run an output at a time); this run records "
+                          "no more (its parts and its manifest are written all the same)",
+                          join(self.dir, name))
+                return segments[i:]
             except Exception as e:
                 self.write_failures += 1
                 log.error("ledger segment %s not written (%s: %s); tried again at the next "
@@ -310,7 +327,7 @@ class Ledger:
                             f"L{level + 1}-{group[0].lo:012d}-{group[-1].hi:012d}.parquet")
                 newest = max(zip(group, decoded), key=lambda fd: fd[0].hi)[1][1]
                 put_atomic(self.fs, join(self.dir, out.name),
-                           encode(latest(t for t, _ in decoded), newest))
+                           encode(latest(t for t, _ in decoded), newest), exclusive=True)
             except Exception as e:
                 log.warning("ledger: merging %d level-%d files failed (%s: %s); left as they are",
                             len(group), level, type(e).__name__, str(e)[:200])

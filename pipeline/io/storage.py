@@ -150,7 +150,8 @@ TMP_PREFIX = ".tmp-"
 
 
 @contextlib.contextmanager
-def atomic_writer(fs: fsspec.AbstractFileSystem, path: str) -> Iterator[BinaryIO]:
+def atomic_writer(fs: fsspec.AbstractFileSystem, path: str,
+                  exclusive: bool = False) -> Iterator[BinaryIO]:
     """A file to write whose content becomes visible at ``path`` only when the block ends
     without an error.
 
@@ -158,7 +159,8 @@ def atomic_writer(fs: fsspec.AbstractFileSystem, path: str) -> Iterator[BinaryIO
     renamed into place (atomic on one filesystem); readers skip hidden names and
     ``remove_stale_temps`` clears those left by a killed writer. On object storage: an
     upload that becomes visible only when completed (a PUT at close, or a multipart
-    upload); on an error it is aborted: never a partial object.
+    upload); on an error it is aborted: never a partial object. ``exclusive``: raise
+    ``FileExistsError`` instead of replacing an existing ``path`` (S3's If-None-Match).
     """
     if is_local(fs):
         parent = os.path.dirname(path)
@@ -169,12 +171,15 @@ def atomic_writer(fs: fsspec.AbstractFileSystem, path: str) -> Iterator[BinaryIO
                 yield f
                 f.flush()
                 os.fsync(f.fileno())
-            os.replace(tmp, path)
+            if exclusive:
+                os.link(tmp, path)  # FileExistsError when it is there
+            else:
+                os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):
                 os.remove(tmp)
         return
-    f = fs.open(path, "wb")
+    f = fs.open(path, "xb" if exclusive else "wb")
     try:
         yield f
     except BaseException:
@@ -184,14 +189,15 @@ def atomic_writer(fs: fsspec.AbstractFileSystem, path: str) -> Iterator[BinaryIO
     f.close()
 
 
-def put_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
+def put_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes,
+               exclusive: bool = False) -> None:
     """Make ``data`` visible at ``path`` only once complete (``atomic_writer``; on object
-    storage one PUT)."""
+    storage one PUT); ``exclusive``: ``FileExistsError`` rather than replace ``path``."""
     if is_local(fs):
-        with atomic_writer(fs, path) as f:
+        with atomic_writer(fs, path, exclusive) as f:
             f.write(data)
     else:
-        fs.pipe_file(path, data)
+        fs.pipe_file(path, data, **({"mode": "create"} if exclusive else {}))
 
 
 def check_writable(fs: fsspec.AbstractFileSystem, directory: str, uri: str,

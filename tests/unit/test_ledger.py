@@ -177,3 +177,14 @@ def test_a_run_with_nothing_to_record_writes_nothing(tmp_path):
     again.start().checkpoint([])
     assert again.close()
     assert files(tmp_path) == before and again.segments_written == 0
+
+
+def test_a_second_writer_fails_loudly_instead_of_overwriting(tmp_path, caplog):
+    first, second = ledger_at(tmp_path).start(), ledger_at(tmp_path).start()
+    first.add(commit(0))
+    assert first.close()
+    second.add(commit(1))
+    with caplog.at_level(logging.ERROR, logger="nibt-audit"):
+        assert not second.close()
+    assert "another run is writing this output's ledger" in caplog.text
+    assert set(as_dict(ledger_at(tmp_path).load())) == {"t00000"}  # the first's, intact
