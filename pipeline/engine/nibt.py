@@ -10,10 +10,12 @@ other tower, held constant. With ``schedule="uniform"`` (the paper's right
 Riemann sum) ``lambda_i = i/n`` and ``w_i = 1/n``. See docs/engine.md.
 
 Fast by construction: the prefix runs once per pair; all ``pairs x steps``
-scaled copies run through the suffix as one batch, cut into chunks that fit a
-memory budget; gradients are taken with respect to the scaled states only;
-text is cut after the batch's longest end-of-text; the last block computes only
-the pooled row (see ``towers.py``). Pure torch: no Ray, no storage.
+scaled copies run through the suffix as one batch, cut into chunks of whole
+pairs that fit a memory budget; gradients are taken with respect to the scaled
+states only; captions run in groups of similar length, each at its own length;
+the image embedding is read off the ``lambda = 1`` node rather than computed
+again; the last block computes only the pooled row (see ``towers.py``). Pure
+torch: no Ray, no storage.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import torch.nn.functional as F
 
 from pipeline.engine.layers import resolve_layer
 from pipeline.engine.model import Clip
+from pipeline.engine.towers import length_buckets, scatter_rows
 
 SCHEDULES = ("uniform", "log")
 #: Smallest nonzero node of the "log" schedule. CLIP's suffix is flat in lambda
@@ -86,6 +89,19 @@ class Attribution:
     eot: torch.Tensor
 
 
+def chunk_plan(pairs: int, steps: int, rows: int) -> list[tuple[int, int, int, int]]:
+    """Chunks ``(pair0, pair1, step0, step1)`` of the ``pairs x steps`` suffix rows, at
+    most ``rows`` rows each: whole pairs, as many as fit and spread evenly over as few
+    chunks as possible; when one pair's steps do not fit, each pair's steps in even
+    runs."""
+    if rows >= steps:
+        per = rows // steps
+        per = -(-pairs // -(-pairs // per))  # the same chunk count, sizes as even as it goes
+        return [(p, min(p + per, pairs), 0, steps) for p in range(0, pairs, per)]
+    run = -(-steps // -(-steps // rows))
+    return [(p, p + 1, s, min(s + run, steps)) for p in range(pairs) for s in range(0, steps, run)]
+
+
 def suffix_row_bytes(tokens: int, width: int, heads: int, blocks: int, elem: int = 4) -> int:
     """Rough activation bytes kept for backward per suffix row (one pair, one step)."""
     per_block = 18 * tokens * width + 2 * heads * tokens * tokens
@@ -115,6 +131,10 @@ class NIBT:
             derives it from ``memory_budget_mb``.
         memory_budget_mb: activation memory one chunk may use (None: 512 MB on
             CPU, where 40-80 rows per chunk ran fastest; half the free memory on a GPU).
+        compile: run each chunk's forward (suffix and cosine; its backward follows)
+            through ``torch.compile`` with static shapes: caption lengths come in
+            multiples of ``LENGTH_STEP`` and chunks in at most two sizes per length,
+            so a batch size compiles a handful of graphs, once.
     """
 
     def __init__(
@@ -128,6 +148,7 @@ class NIBT:
         text_layer: int | None = None,
         chunk_rows: int | None = None,
         memory_budget_mb: float | None = None,
+        compile: bool = False,
     ) -> None:
         self.clip = clip
         self.steps = int(steps)
@@ -143,6 +164,19 @@ class NIBT:
             raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
         self.chunk_rows = chunk_rows
         self.memory_budget_mb = float(memory_budget_mb or default_budget_mb(clip.device))
+        # the node lambda = 1 scores S(h) itself: the image embedding comes from it
+        unit = (self.lambdas == 1.0).nonzero()
+        self._unit_node = int(unit[-1]) if len(unit) else None
+        self.compiled = bool(compile)
+        self._image_step: Callable[..., tuple[torch.Tensor, torch.Tensor]] = self._image_cos
+        self._text_step: Callable[..., tuple[torch.Tensor, torch.Tensor]] = self._text_cos
+        if compile:
+            import torch._dynamo
+
+            # one graph per (caption length, chunk size) shape: more than the default 8
+            torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+            self._image_step = torch.compile(self._image_cos, dynamic=False)
+            self._text_step = torch.compile(self._text_cos, dynamic=False)
 
     # ------------------------------------------------------------------ helpers
     def _rows_per_chunk(self, tokens: int, width: int, heads: int, blocks: int) -> int:
@@ -178,78 +212,84 @@ class NIBT:
         self,
         h: torch.Tensor,
         target: torch.Tensor,
-        suffix: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        cos_fn: Callable[..., tuple[torch.Tensor, torch.Tensor]],
         rows_per_chunk: int,
-    ) -> torch.Tensor:
-        """sum_i w_i * grad_x cos(suffix(lambda_i h), target) * h, summed over width: [B, N]."""
-        b, n = h.shape[0], self.steps
-        dev = h.device
+        eot: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``sum_i w_i * grad_x cos(S(lambda_i h), target) * h``, summed over the width:
+        [B, N]; and the embedding ``S(h)`` [B, E] read off the ``lambda = 1`` node (None
+        when the schedule has none).
+
+        Chunks are whole pairs (or, when one pair's steps do not fit, even runs of one
+        pair's steps): the scaled copies are a broadcast of ``h`` and the weighted sum
+        of their gradients a reshape and a sum, in a fixed order (deterministic on
+        every device)."""
+        dev, shape = h.device, h.shape[1:]
         lam = self.lambdas.to(dev, torch.float32)
         w = self.weights.to(dev, torch.float32)
-        pair = torch.arange(b, device=dev).repeat_interleave(n)
-        step = torch.arange(n, device=dev).repeat(b)
-        acc = torch.zeros(h.shape, dtype=torch.float32, device=dev)
         h32 = h.float()
-        for r0 in range(0, b * n, rows_per_chunk):
-            p = pair[r0 : r0 + rows_per_chunk]
-            s = step[r0 : r0 + rows_per_chunk]
-            x = (lam[s].view(-1, 1, 1) * h32[p]).requires_grad_(True)
-            with self.clip.autocast():
-                emb = suffix(x, p)
-            cos = (F.normalize(emb.float(), dim=-1) * target[p]).sum(-1)
+        acc = torch.zeros_like(h32)
+        unit: list[tuple[slice, torch.Tensor]] = []
+        for p0, p1, s0, s1 in chunk_plan(h.shape[0], self.steps, rows_per_chunk):
+            k, s = p1 - p0, s1 - s0
+            x = (lam[s0:s1].view(1, s, *[1] * len(shape)) * h32[p0:p1, None])
+            x = x.reshape(k * s, *shape).requires_grad_(True)
+            extra = () if eot is None else (eot[p0:p1].repeat_interleave(s),)
+            cos, emb = cos_fn(x, target[p0:p1].repeat_interleave(s, 0), *extra)
             (g,) = torch.autograd.grad(cos.sum(), x)
-            acc.index_add_(0, p, g.float() * w[s].view(-1, 1, 1))
-        return (h32 * acc).sum(-1)
+            acc[p0:p1] += (g.float().view(k, s, *shape) * w[s0:s1].view(1, s, *[1] * len(shape))).sum(1)
+            if self._unit_node is not None and s0 <= self._unit_node < s1:
+                unit.append((slice(p0, p1), emb.detach().float().view(k, s, -1)[:, self._unit_node - s0]))
+        return (h32 * acc).sum(-1), scatter_rows(h.shape[0], unit) if unit else None
+
+    def _image_cos(self, x: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos(S_I(x), target) per row, and S_I(x): one chunk's forward (compiled when asked)."""
+        with self.clip.autocast():
+            emb = self.clip.image.suffix(x, self.image_layer)
+        return (F.normalize(emb.float(), dim=-1) * target).sum(-1), emb
+
+    def _text_cos(
+        self, x: torch.Tensor, target: torch.Tensor, eot: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos(S_T(x), target) per row, and S_T(x), pooled at ``eot``."""
+        with self.clip.autocast():
+            emb = self.clip.text.suffix(x, eot, self.text_layer)
+        return (F.normalize(emb.float(), dim=-1) * target).sum(-1), emb
 
     # ---------------------------------------------------------------- the method
-    def embed(
-        self, images: torch.Tensor, tokens: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Bottleneck states and unit embeddings: (h_img, h_txt, e_img, e_txt, eot)."""
-        clip = self.clip
-        eot = clip.text.eot_index(tokens)
-        t = int(eot.max()) + 1
-        with torch.no_grad(), clip.autocast():
-            h_img = clip.image.prefix(images, self.image_layer)
-            h_txt = clip.text.prefix(tokens[:, :t], self.text_layer)
-            e_img = clip.image.suffix(h_img, self.image_layer)
-            e_txt = clip.text.suffix(h_txt, eot, self.text_layer)
-        return (
-            h_img.float(),
-            h_txt.float(),
-            F.normalize(e_img.float(), dim=-1),
-            F.normalize(e_txt.float(), dim=-1),
-            eot,
-        )
-
     def attribute(self, images: torch.Tensor, tokens: torch.Tensor) -> Attribution:
         """Attribute each pair ``(images[i], tokens[i])``.
 
         ``images`` [B, 3, H, W] preprocessed floats; ``tokens`` [B, context] ids.
         The image side is scored against each pair's own caption, the text side
-        against its own image.
+        against its own image. Captions run in groups of similar length, each at its
+        own length (``length_buckets``).
         """
-        clip = self.clip
+        clip, v, tt = self.clip, self.clip.image, self.clip.text
         if images.shape[0] != tokens.shape[0]:
             raise ValueError(f"{images.shape[0]} images but {tokens.shape[0]} captions")
         images = images.to(clip.device)
         tokens = tokens.to(clip.device)
         b, ctx = tokens.shape
-        h_img, h_txt, e_img, e_txt, eot = self.embed(images, tokens)
-        score = (e_img * e_txt).sum(-1)
+        eot = tt.eot_index(tokens)
+        buckets = length_buckets(eot, ctx)
+        with torch.no_grad(), clip.autocast():
+            h_img = v.prefix(images, self.image_layer).float()
+            h_txt = [tt.prefix(tokens[idx, :t], self.text_layer).float() for t, idx in buckets]
+            e_txt = F.normalize(scatter_rows(b, [
+                (idx, tt.suffix(h, eot[idx], self.text_layer).float())
+                for h, (_, idx) in zip(h_txt, buckets)]), dim=-1)
 
-        v = clip.image
-        a_img = self._integrate(
-            h_img, e_txt, lambda x, p: v.suffix(x, self.image_layer), self._image_rows(h_img.shape[1])
-        )
+        a_img, e_img = self._integrate(h_img, e_txt, self._image_step, self._image_rows(h_img.shape[1]))
+        if e_img is None:  # a schedule without the node lambda = 1
+            with torch.no_grad(), clip.autocast():
+                e_img = v.suffix(h_img, self.image_layer).float()
+        e_img = F.normalize(e_img, dim=-1)
 
-        tt = clip.text
-        a_txt = self._integrate(
-            h_txt, e_img, lambda x, p: tt.suffix(x, eot[p], self.text_layer),
-            self._text_rows(h_txt.shape[1]),
-        )
-        text = torch.zeros(b, ctx, dtype=torch.float32, device=a_txt.device)
-        text[:, : a_txt.shape[1]] = a_txt
+        text = torch.zeros(b, ctx, dtype=torch.float32, device=clip.device)
+        for h, (t, idx) in zip(h_txt, buckets):
+            a, _ = self._integrate(h, e_img[idx], self._text_step, self._text_rows(t), eot[idx])
+            text[idx, :t] = a
         text[torch.arange(ctx, device=text.device)[None, :] > eot[:, None]] = 0.0
 
         gh, gw = v.grid
@@ -257,7 +297,7 @@ class NIBT:
             image=a_img[:, 1:].reshape(b, gh, gw),
             image_cls=a_img[:, 0],
             text=text,
-            score=score,
+            score=(e_img * e_txt).sum(-1),
             image_embeds=e_img,
             text_embeds=e_txt,
             eot=eot,
