@@ -4,7 +4,8 @@ Runs a batch through ``NIBT.attribute`` and ``metrics.confidence`` and turns
 tensors into per-row values. A batch that does not fit in memory is split in
 halves (and later batches start at the size that fitted, growing back after
 batches that fit); a row that fails on its own gets status ``error`` with the
-message, and the others go on.
+message, and the others go on. A fatal device error is not retried here: it
+raises ``DeviceLost`` (see ``device_health``), which ends the actor.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch
 from pipeline.engine.metrics import confidence
 from pipeline.engine.model import Clip
 from pipeline.engine.nibt import NIBT
+from pipeline.job import device_health
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +103,7 @@ class Attributor:
     def __init__(self, clip: Clip, engine: NIBT) -> None:
         self.clip = clip
         self.engine = engine
+        self.device = clip.device  # where a fatal error would leave the context broken
         self.max_pairs: int | None = None  # learnt from out-of-memory splits
         self.splits = 0
         self.largest = 0  # the largest batch asked for: the limit is dropped on reaching it
@@ -161,13 +164,15 @@ class Attributor:
 
     def compute(self, pixels: torch.Tensor, tokens: torch.Tensor) -> list[HostBatch | Exception]:
         """The device's part, in pair order; a pair that fails on its own yields its
-        exception (a batch that fails is retried pair by pair)."""
+        exception (a batch that fails is retried pair by pair). Raises ``DeviceLost``
+        on a fatal device error: no retry on a broken context."""
         if pixels.shape[0] == 0:
             return []
         self.largest = max(self.largest, int(pixels.shape[0]))
         try:
             return list(self._fit(pixels, tokens))
         except Exception as e:
+            device_health.check(e, self.device)
             if pixels.shape[0] == 1:
                 return [e]
             log.warning("batch failed (%s: %s); retrying pair by pair", type(e).__name__, e)
