@@ -182,7 +182,7 @@ class NIBT:
     def _rows_per_chunk(self, tokens: int, width: int, heads: int, blocks: int) -> int:
         if self.chunk_rows is not None:
             return self.chunk_rows
-        elem = 2 if self.clip.precision in ("bf16", "fp16") else 4  # autocast activations
+        elem = 2 if self.clip.precision == "bf16" else 4  # autocast activations
         per_row = suffix_row_bytes(tokens, width, heads, blocks, elem)
         return max(1, int(self.memory_budget_mb * 2**20 // per_row))
 

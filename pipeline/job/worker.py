@@ -34,8 +34,8 @@ from pipeline.io.parts import PartBuilder, commit_part, normalise_carried
 from pipeline.io.shards import TaskError, check_unchanged, iter_batches
 from pipeline.io.storage import file_tag, filesystem
 from pipeline.io.weights import weights_fetcher
-from pipeline.job import faults
-from pipeline.job.attribute import Attributor, auto_batch_size
+from pipeline.job import device_health, faults
+from pipeline.job.attribute import Attributor, Staged, Stager, auto_batch_size
 from pipeline.job.decode_pool import ProcessDecoder, ThreadDecoder
 from pipeline.job.device_decode import DeviceDecoder
 from pipeline.job.plan import Task
@@ -67,6 +67,7 @@ class TaskResult:
     compute_seconds: float = 0.0  # time spent attributing and scoring (the engine's share)
     batch_size: int = 0  # pairs per batch the actor used (set, or chosen for its memory)
     error_rows: int = 0  # rows that failed in the engine (status ``error``)
+    device_fallbacks: int = 0  # JPEGs data.decode=device left to the CPU decoder
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -84,6 +85,8 @@ class _Batch:
     pixels: torch.Tensor | None = None  # [len(ok), ...], pinned when the model is on a GPU
     tokens: torch.Tensor | None = None
     truncated: list[bool] = field(default_factory=list)
+    fallbacks: int = 0  # JPEGs the device decoder left to the CPU
+    staged: Staged | None = None  # pixels and tokens on their way to the device
 
 
 def _prefetch(it: Iterator[Any], depth: int, pool: ThreadPoolExecutor) -> Iterator[Any]:
@@ -188,11 +191,9 @@ class TaskRunner:
         self.engine = faults.wrap_engine(NIBT(  # itself unless the test hook is on
             self.clip, steps=model.steps, schedule=model.schedule,
             image_layer=image_layer, text_layer=text_layer,
-            chunk_rows=model.chunk_rows, memory_budget_mb=budget,
+            chunk_rows=model.chunk_rows, memory_budget_mb=budget, compile=model.compile,
         ))
-        if model.compile:
-            for tower in (self.clip.image, self.clip.text):
-                tower.suffix = torch.compile(tower.suffix, dynamic=True)
+        self.stager = Stager(self.clip.device)
         self.attributor = Attributor(self.clip, self.engine)
         self.batch_size = model.batch_size or auto_batch_size(self.engine)
         log.info("batch size %d pairs%s", self.batch_size, "" if model.batch_size else " (auto)")
@@ -270,12 +271,15 @@ class TaskRunner:
                     if v is not None:
                         ids[i] = v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
             carried = rb.select(d.keep_columns) if d.keep_columns else None
-            batch = _Batch(decoded.rows, ids, row, carried, decoded.ok, decoded.pixels)
+            batch = _Batch(decoded.rows, ids, row, carried, decoded.ok, decoded.pixels,
+                           fallbacks=decoded.fallbacks)
             if decoded.tokens is not None:  # tokenised by the decode processes
                 batch.tokens, batch.truncated = torch.from_numpy(decoded.tokens), decoded.truncated
             elif batch.ok:
                 batch.tokens, batch.truncated = self.clip.encode_captions(
                     [decoded.rows[i].caption for i in batch.ok])
+            if batch.ok:  # the copy to the device starts here, beside the compute
+                batch.staged = self.stager.stage(batch.pixels, batch.tokens)
             yield batch
             row += rb.num_rows
 
@@ -285,14 +289,12 @@ class TaskRunner:
         truncated: dict[int, bool] = {}
         spent, splits = 0.0, 0
         if batch.ok:
-            dev = self.clip.device
             # one batch on the device at a time: a second task running on this actor
             # reads and decodes meanwhile (see ``run``)
             with self._compute:
-                pixels = batch.pixels.to(dev, non_blocking=True)
+                pixels, tokens = self.stager.take(batch.staged)
                 if self.split is not None:
                     pixels = self.split.normalise(pixels)
-                tokens = batch.tokens.to(dev, non_blocking=True)
                 t0 = time.perf_counter()
                 before = self.attributor.splits
                 computed = self.attributor.compute(pixels, tokens)
@@ -327,7 +329,7 @@ class TaskRunner:
         exits 3 and the next run recomputes the task).
         """
         t0 = time.perf_counter()
-        compute, splits = 0.0, 0
+        compute, splits, fallbacks = 0.0, 0, 0
         base = {"task_id": task.task_id, "uri": task.uri, "row_start": task.row_start,
                 "row_end": task.row_end, "pid": os.getpid()}
         if task.error:
@@ -343,11 +345,13 @@ class TaskRunner:
                         part.add_carried(batch.carried)
                     spent, split = self._attribute(batch, part, counts)
                     compute, splits = compute + spent, splits + split
+                    fallbacks += batch.fallbacks
             errors = counts.get(ERROR, 0)
             if errors and not final:
                 first_error = next(e for e, st in zip(part.columns["error"], part.columns["status"])
                              if st == ERROR)
                 return TaskResult(ok=False, retryable=True, error_rows=errors,
+                                  device_fallbacks=fallbacks,
                                   error=f"{errors} of {part.rows} rows failed in the engine "
                                         f"({first_error}); nothing committed",
                                   seconds=time.perf_counter() - t0, **base)
@@ -368,10 +372,13 @@ class TaskRunner:
             return TaskResult(ok=True, rows_out=part.rows, status_counts=dict(counts),
                               seconds=secs, part=path_written, peak_rss_mb=peak_rss_mb(),
                               batch_splits=splits, compute_seconds=compute,
-                              batch_size=self.batch_size, error_rows=errors, **base)
+                              batch_size=self.batch_size, error_rows=errors,
+                              device_fallbacks=fallbacks, **base)
         except TaskError as e:
             return TaskResult(ok=False, error=str(e), retryable=e.retryable,
                               seconds=time.perf_counter() - t0, **base)
         except Exception as e:
+            if device_health.is_fatal(e, self.clip.device):  # a broken context: restart
+                device_health.end_process(e)
             return TaskResult(ok=False, error=f"{type(e).__name__}: {e}", retryable=True,
                               seconds=time.perf_counter() - t0, **base)

@@ -135,3 +135,22 @@ def test_a_lost_device_ends_the_process_with_its_status(tmp_path):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == EXIT_DEVICE_LOST
     assert "fatal device error" in r.stderr and "illegal memory access" in r.stderr
+
+
+def test_results_come_back_in_one_copy_unchanged(tiny):
+    """Oracle: the engine and the metrics called directly, field by field."""
+    from pipeline.engine.metrics import confidence
+
+    engine = NIBT(tiny, image_layer=1, text_layer=1, steps=2)
+    pixels, tokens = random_images(tiny, 4), tiny.tokenize(CAPTIONS)
+    attr = engine.attribute(pixels, tokens)
+    conf = confidence(tiny, pixels, tokens, attr)
+    out = Attributor(tiny, engine)(pixels, tokens)
+    for i, r in enumerate(out):
+        n = int(attr.eot[i]) + 1
+        assert r.score == float(attr.score[i]) and r.image_cls_attr == float(attr.image_cls[i])
+        assert torch.equal(torch.from_numpy(r.image_attr), attr.image[i].flatten())
+        assert torch.equal(torch.from_numpy(r.text_attr), attr.text[i, :n])
+        assert r.tokens == tiny.pieces(tokens[i, :n].tolist())
+        for k in ("img_conf_drop", "img_conf_incr", "txt_conf_drop", "txt_conf_incr"):
+            assert getattr(r, k) == float(getattr(conf, k)[i])
