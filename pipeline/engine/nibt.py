@@ -102,19 +102,29 @@ def chunk_plan(pairs: int, steps: int, rows: int) -> list[tuple[int, int, int, i
     return [(p, p + 1, s, min(s + run, steps)) for p in range(pairs) for s in range(0, steps, run)]
 
 
-def suffix_row_bytes(tokens: int, width: int, heads: int, blocks: int, elem: int = 4) -> int:
-    """Rough activation bytes kept for backward per suffix row (one pair, one step)."""
-    per_block = 18 * tokens * width + 2 * heads * tokens * tokens
-    return elem * (blocks * per_block + 2 * tokens * width)
+#: Bytes kept for backward per token and unit of width in one suffix row, by
+#: precision: (each full block, the last block, which computes one row). Counted
+#: with torch's saved-tensor hooks on ViT-B-32 (``tests/unit/test_engine_cost.py``
+#: holds the model to that count): bf16 autocast keeps nearly as much as fp32,
+#: since the residual stream and the LayerNorms stay in fp32. No tokens x tokens
+#: term: SDPA's fused kernels keep no attention matrix.
+SAVED_BYTES = {"fp32": (40, 13), "bf16": (36, 11)}
+
+
+def suffix_row_bytes(tokens: int, width: int, blocks: int, precision: str = "fp32") -> int:
+    """Activation bytes kept for backward per suffix row (one pair, one step) of
+    ``blocks`` blocks above the bottleneck."""
+    full, last = SAVED_BYTES[precision]
+    return tokens * width * (full * (blocks - 1) + last)
 
 
 def default_budget_mb(device: torch.device) -> float:
-    """Chunk memory budget when none is set: small on CPU (cache-friendly chunks),
-    half of what is free on a GPU (big chunks keep it busy)."""
+    """Chunk memory budget when none is set: small on CPU (cache-friendly chunks of
+    ~50 rows), half of what is free on a GPU (big chunks keep it busy)."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return max(256.0, free / 2**20 / 2)
-    return 512.0
+    return 200.0
 
 
 class NIBT:
@@ -129,7 +139,7 @@ class NIBT:
         image_layer / text_layer: per-tower override of ``layer``.
         chunk_rows: suffix rows (pairs x steps) per forward/backward pass; None
             derives it from ``memory_budget_mb``.
-        memory_budget_mb: activation memory one chunk may use (None: 512 MB on
+        memory_budget_mb: activation memory one chunk may use (None: 200 MB on
             CPU, where 40-80 rows per chunk ran fastest; half the free memory on a GPU).
         compile: run each chunk's forward (suffix and cosine; its backward follows)
             through ``torch.compile`` with static shapes: caption lengths come in
@@ -179,27 +189,20 @@ class NIBT:
             self._text_step = torch.compile(self._text_cos, dynamic=False)
 
     # ------------------------------------------------------------------ helpers
-    def _rows_per_chunk(self, tokens: int, width: int, heads: int, blocks: int) -> int:
+    def _rows_per_chunk(self, tokens: int, width: int, blocks: int) -> int:
         if self.chunk_rows is not None:
             return self.chunk_rows
-        elem = 2 if self.clip.precision == "bf16" else 4  # autocast activations
-        per_row = suffix_row_bytes(tokens, width, heads, blocks, elem)
+        per_row = suffix_row_bytes(tokens, width, blocks, self.clip.precision)
         return max(1, int(self.memory_budget_mb * 2**20 // per_row))
 
     def _image_rows(self, tokens: int | None = None) -> int:
         v = self.clip.image
         gh, gw = v.grid
-        return self._rows_per_chunk(
-            tokens or gh * gw + 1, v.width, v.heads,
-            v.depth - self.image_layer,
-        )
+        return self._rows_per_chunk(tokens or gh * gw + 1, v.width, v.depth - self.image_layer)
 
     def _text_rows(self, tokens: int) -> int:
         tt = self.clip.text
-        return self._rows_per_chunk(
-            tokens, tt.width, tt.heads,
-            tt.depth - self.text_layer,
-        )
+        return self._rows_per_chunk(tokens, tt.width, tt.depth - self.text_layer)
 
     def pairs_per_chunk(self) -> int:
         """Pairs whose ``steps`` copies fit one chunk of the memory budget in both

@@ -90,3 +90,42 @@ def test_compiled_step_equals_eager_with_static_shapes(tiny):
         assert float((a - b).abs().max() / b.abs().max()) < 1e-5, name
     compiled.attribute(images, tokens)
     assert counters["stats"]["unique_graphs"] == graphs  # static shapes: no recompilation
+
+
+def saved_bytes_per_row(clip, fn, shape: tuple[int, int]) -> float:
+    """Bytes autograd keeps for backward per row of ``fn``'s input (torch's saved-tensor
+    hooks; the weights, and a chunk's fixed cost such as bf16 weight copies, excluded:
+    the difference between 8 rows and 4)."""
+    params = {p.untyped_storage().data_ptr() for p in clip.model.parameters()}
+    totals = []
+    for rows in (4, 8):
+        seen: dict[int, int] = {}
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            st = t.untyped_storage()
+            if st.data_ptr() not in params:
+                seen[st.data_ptr()] = st.nbytes()
+            return t
+
+        x = torch.randn(rows, *shape, requires_grad=True)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            fn(x)
+        totals.append(sum(seen.values()))
+    return (totals[1] - totals[0]) / 4
+
+
+@pytest.mark.parametrize("precision,layer", [("fp32", 9), ("fp32", 11), ("bf16", 9)])
+def test_the_memory_model_is_within_a_fifth_of_what_autograd_keeps(vitb32, precision, layer):
+    from pipeline.engine.nibt import suffix_row_bytes
+
+    clip = vitb32 if precision == "fp32" else load_clip("ViT-B-32", precision=precision)
+    engine = NIBT(clip, layer=layer)
+    target = torch.nn.functional.normalize(torch.randn(8, 512), dim=-1)
+    image = saved_bytes_per_row(
+        clip, lambda x: engine._image_cos(x, target[: len(x)])[0].sum(), (50, 768))
+    text = saved_bytes_per_row(
+        clip, lambda x: engine._text_cos(x, target[: len(x)], torch.full((len(x),), 76))[0].sum(),
+        (77, 512))
+    blocks = 12 - layer
+    assert abs(suffix_row_bytes(50, 768, blocks, precision) / image - 1) <= 0.2, image
+    assert abs(suffix_row_bytes(77, 512, blocks, precision) / text - 1) <= 0.2, text
