@@ -101,7 +101,7 @@ def saved_bytes_per_row(clip, fn, shape: tuple[int, int]) -> float:
     for rows in (4, 8):
         seen: dict[int, int] = {}
 
-        def pack(t: torch.Tensor) -> torch.Tensor:
+        def pack(t: torch.Tensor, seen: dict[int, int] = seen) -> torch.Tensor:
             st = t.untyped_storage()
             if st.data_ptr() not in params:
                 seen[st.data_ptr()] = st.nbytes()
