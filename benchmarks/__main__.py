@@ -20,7 +20,7 @@ from pathlib import Path
 from benchmarks.common import run_child
 from pipeline.devtools.machine import machine
 
-SECTIONS = ("engine", "completeness", "models", "job", "scale", "overlap", "decode", "decode_job",
+SECTIONS = ("engine", "flops", "completeness", "models", "job", "scale", "overlap", "decode", "decode_job",
             "decoders", "report")
 
 
