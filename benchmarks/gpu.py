@@ -312,6 +312,8 @@ def parse_job(r: subprocess.CompletedProcess, path: str, pairs: int) -> tuple[di
                       f"{[f.get('error', '')[:200] for f in s.get('failures', [])]})")
     if s.get("status_counts", {}).get("error"):
         errors.append(f"job {path}: {s['status_counts']['error']} rows in status error")
+    if s.get("tasks_retried"):  # a worker that died or failed: nothing may go wrong quietly
+        errors.append(f"job {path}: {s['tasks_retried']} task(s) retried")
     if path == "device":
         fell = s.get("device_fallbacks")
         if fell is None:
@@ -339,9 +341,10 @@ def job_section(z: Sizes, engine_row: dict | None, deadline: float) -> dict:
                  f"model={z.job_model}", "model.pretrained=null", "run.rows_per_task=2048",
                  "run.progress=false", f"data.decode={path}", *toy],
                 capture_output=True, text=True, timeout=left,
-                env=dict(os.environ, NIBT_LOG_DIR=str(work / "logs")))
+                env=dict(os.environ, NIBT_LOG_DIR=str(work / f"logs-{path}")))
             s, errs = parse_job(r, path, z.pairs)
-            errors += errs
+            errors += errs + [f"job {path} worker log: {line}" for f in (work / f"logs-{path}").rglob("*")
+                              if f.is_file() for line in cuda_errors(f.read_text(errors="replace"))]
             row = {"decode": path, "pairs": s.get("rows_out"), "batch_size": s.get("batch_size"),
                    "job_pairs_per_s": s.get("pairs_per_second"),
                    "engine_pairs_per_s_inside_job": s.get("engine_pairs_per_second"),

@@ -64,7 +64,7 @@ class ModelSettings:
     memory_budget_mb: float | None = None  # None: 512 on CPU, half the free GPU memory
     chunk_rows: int | None = None
     seed: int = 0
-    compile: bool = False  # torch.compile the towers' suffixes (pays off on GPUs, long warm-up)
+    compile: bool = False  # torch.compile each chunk's step, static shapes (long first batches)
 
     def __post_init__(self) -> None:
         _require(bool(self.name), "model.name", "must name an open_clip model")

@@ -31,6 +31,7 @@ def test_a_job_summary_is_read_from_its_last_line():
 def test_what_fails_a_job():
     cases = {
         "exit 3": done(summary(status="partial"), code=3),
+        "retried": done(summary(tasks_retried=1)),
         "rows in status error": done(summary(status_counts={"ok": 99, "error": 1})),
         "fell back to the CPU": done(summary(device_fallbacks=int(FALLBACK_BOUND * 100) + 1)),
         "reports no device_fallbacks": done(summary().replace('"device_fallbacks": 0, ', "")),
