@@ -177,7 +177,6 @@ class NIBT:
         # the node lambda = 1 scores S(h) itself: the image embedding comes from it
         unit = (self.lambdas == 1.0).nonzero()
         self._unit_node = int(unit[-1]) if len(unit) else None
-        self.compiled = bool(compile)
         self._image_step: Callable[..., tuple[torch.Tensor, torch.Tensor]] = self._image_cos
         self._text_step: Callable[..., tuple[torch.Tensor, torch.Tensor]] = self._text_cos
         if compile:
