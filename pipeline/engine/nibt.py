@@ -13,9 +13,8 @@ Fast by construction: the prefix runs once per pair; all ``pairs x steps``
 scaled copies run through the suffix as one batch, cut into chunks of whole
 pairs that fit a memory budget; gradients are taken with respect to the scaled
 states only; captions run in groups of similar length, each at its own length;
-the image embedding is read off the ``lambda = 1`` node rather than computed
-again; the last block computes only the pooled row (see ``towers.py``). Pure
-torch: no Ray, no storage.
+the last block computes only the pooled row (see ``towers.py``). Pure torch: no
+Ray, no storage.
 """
 
 from __future__ import annotations
@@ -174,11 +173,8 @@ class NIBT:
             raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
         self.chunk_rows = chunk_rows
         self.memory_budget_mb = float(memory_budget_mb or default_budget_mb(clip.device))
-        # the node lambda = 1 scores S(h) itself: the image embedding comes from it
-        unit = (self.lambdas == 1.0).nonzero()
-        self._unit_node = int(unit[-1]) if len(unit) else None
-        self._image_step: Callable[..., tuple[torch.Tensor, torch.Tensor]] = self._image_cos
-        self._text_step: Callable[..., tuple[torch.Tensor, torch.Tensor]] = self._text_cos
+        self._image_step: Callable[..., torch.Tensor] = self._image_cos
+        self._text_step: Callable[..., torch.Tensor] = self._text_cos
         if compile:
             import torch._dynamo
 
@@ -214,13 +210,12 @@ class NIBT:
         self,
         h: torch.Tensor,
         target: torch.Tensor,
-        cos_fn: Callable[..., tuple[torch.Tensor, torch.Tensor]],
+        cos_fn: Callable[..., torch.Tensor],
         rows_per_chunk: int,
         eot: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    ) -> torch.Tensor:
         """``sum_i w_i * grad_x cos(S(lambda_i h), target) * h``, summed over the width:
-        [B, N]; and the embedding ``S(h)`` [B, E] read off the ``lambda = 1`` node (None
-        when the schedule has none).
+        [B, N].
 
         Chunks are whole pairs (or, when one pair's steps do not fit, even runs of one
         pair's steps): the scaled copies are a broadcast of ``h`` and the weighted sum
@@ -231,32 +226,27 @@ class NIBT:
         w = self.weights.to(dev, torch.float32)
         h32 = h.float()
         acc = torch.zeros_like(h32)
-        unit: list[tuple[slice, torch.Tensor]] = []
         for p0, p1, s0, s1 in chunk_plan(h.shape[0], self.steps, rows_per_chunk):
             k, s = p1 - p0, s1 - s0
             x = (lam[s0:s1].view(1, s, *[1] * len(shape)) * h32[p0:p1, None])
             x = x.reshape(k * s, *shape).requires_grad_(True)
             extra = () if eot is None else (eot[p0:p1].repeat_interleave(s),)
-            cos, emb = cos_fn(x, target[p0:p1].repeat_interleave(s, 0), *extra)
+            cos = cos_fn(x, target[p0:p1].repeat_interleave(s, 0), *extra)
             (g,) = torch.autograd.grad(cos.sum(), x)
             acc[p0:p1] += (g.float().view(k, s, *shape) * w[s0:s1].view(1, s, *[1] * len(shape))).sum(1)
-            if self._unit_node is not None and s0 <= self._unit_node < s1:
-                unit.append((slice(p0, p1), emb.detach().float().view(k, s, -1)[:, self._unit_node - s0]))
-        return (h32 * acc).sum(-1), scatter_rows(h.shape[0], unit) if unit else None
+        return (h32 * acc).sum(-1)
 
-    def _image_cos(self, x: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos(S_I(x), target) per row, and S_I(x): one chunk's forward (compiled when asked)."""
+    def _image_cos(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """cos(S_I(x), target) per row: one chunk's forward (compiled when asked)."""
         with self.clip.autocast():
             emb = self.clip.image.suffix(x, self.image_layer)
-        return (F.normalize(emb.float(), dim=-1) * target).sum(-1), emb
+        return (F.normalize(emb.float(), dim=-1) * target).sum(-1)
 
-    def _text_cos(
-        self, x: torch.Tensor, target: torch.Tensor, eot: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos(S_T(x), target) per row, and S_T(x), pooled at ``eot``."""
+    def _text_cos(self, x: torch.Tensor, target: torch.Tensor, eot: torch.Tensor) -> torch.Tensor:
+        """cos(S_T(x), target) per row, pooled at ``eot``."""
         with self.clip.autocast():
             emb = self.clip.text.suffix(x, eot, self.text_layer)
-        return (F.normalize(emb.float(), dim=-1) * target).sum(-1), emb
+        return (F.normalize(emb.float(), dim=-1) * target).sum(-1)
 
     # ---------------------------------------------------------------- the method
     def attribute(self, images: torch.Tensor, tokens: torch.Tensor) -> Attribution:
@@ -275,23 +265,23 @@ class NIBT:
         b, ctx = tokens.shape
         eot = tt.eot_index(tokens)
         buckets = length_buckets(eot, ctx)
+        # The embeddings come from their own suffix pass over the whole batch (the image)
+        # or each length group (the text), as the metrics re-encode: a map that masks
+        # nothing then scores exactly what the pair scored. Read off the lambda = 1 node
+        # they would be the same up to round-off, which flips the metrics' increase.
         with torch.no_grad(), clip.autocast():
-            h_img = v.prefix(images, self.image_layer).float()
-            h_txt = [tt.prefix(tokens[idx, :t], self.text_layer).float() for t, idx in buckets]
+            h_img = v.prefix(images, self.image_layer)
+            e_img = F.normalize(v.suffix(h_img, self.image_layer).float(), dim=-1)
+            h_txt = [tt.prefix(tokens[idx, :t], self.text_layer) for t, idx in buckets]
             e_txt = F.normalize(scatter_rows(b, [
                 (idx, tt.suffix(h, eot[idx], self.text_layer).float())
                 for h, (_, idx) in zip(h_txt, buckets)]), dim=-1)
 
-        a_img, e_img = self._integrate(h_img, e_txt, self._image_step, self._image_rows(h_img.shape[1]))
-        if e_img is None:  # a schedule without the node lambda = 1
-            with torch.no_grad(), clip.autocast():
-                e_img = v.suffix(h_img, self.image_layer).float()
-        e_img = F.normalize(e_img, dim=-1)
-
+        a_img = self._integrate(h_img, e_txt, self._image_step, self._image_rows(h_img.shape[1]))
         text = torch.zeros(b, ctx, dtype=torch.float32, device=clip.device)
         for h, (t, idx) in zip(h_txt, buckets):
-            a, _ = self._integrate(h, e_img[idx], self._text_step, self._text_rows(t), eot[idx])
-            text[idx, :t] = a
+            text[idx, :t] = self._integrate(h, e_img[idx], self._text_step, self._text_rows(t),
+                                            eot[idx])
         text[torch.arange(ctx, device=text.device)[None, :] > eot[:, None]] = 0.0
 
         gh, gw = v.grid
