@@ -96,6 +96,10 @@ def _attend_rows(
 #: Caption lengths are rounded up to a multiple of this (at most the context): the
 #: text side runs each group of similar lengths at its own length, with few shapes.
 LENGTH_STEP = 8
+#: What a length group of its own costs beyond its tokens (passes, launches), in
+#: padded tokens: neighbouring groups run as one while that pads them by at most this
+#: many tokens (small batches end up in one or two groups, large ones keep theirs).
+GROUP_COST_TOKENS = 256
 
 
 def length_buckets(
@@ -103,14 +107,23 @@ def length_buckets(
 ) -> list[tuple[int, torch.Tensor]]:
     """Sequences grouped by length: ``(T, indices)`` per group, ``T`` the length up to
     and including end-of-text rounded up to a multiple of ``step`` (at most
-    ``context``), shortest first. Under a causal mask a sequence cut at ``T`` gives
+    ``context``), shortest first; neighbouring groups merged while that pads them by
+    at most ``GROUP_COST_TOKENS`` tokens. Under a causal mask a sequence cut at ``T`` gives
     the same result as at full length, so each group costs what its captions need,
     not what the batch's longest needs."""
     lengths = ((eot + step) // step * step).clamp(max=context).tolist()  # one sync
     groups: dict[int, list[int]] = {}
     for i, t in enumerate(lengths):
         groups.setdefault(int(t), []).append(i)
-    return [(t, torch.tensor(idx, device=eot.device)) for t, idx in sorted(groups.items())]
+    merged: list[tuple[int, list[int], int]] = []  # (length, rows, their own tokens)
+    for t, idx in sorted(groups.items()):
+        if merged and (len(merged[-1][1]) + len(idx)) * t <= merged[-1][2] + len(idx) * t \
+                + GROUP_COST_TOKENS:
+            _, rows, own = merged.pop()
+            merged.append((t, rows + idx, own + len(idx) * t))
+        else:
+            merged.append((t, idx, len(idx) * t))
+    return [(t, torch.tensor(sorted(idx), device=eot.device)) for t, idx, _ in merged]
 
 
 def scatter_rows(n: int, groups: list[tuple[torch.Tensor | slice, torch.Tensor]]) -> torch.Tensor:

@@ -129,3 +129,20 @@ def test_the_memory_model_is_within_a_fifth_of_what_autograd_keeps(vitb32, preci
     blocks = 12 - layer
     assert abs(suffix_row_bytes(50, 768, blocks, precision) / image - 1) <= 0.2, image
     assert abs(suffix_row_bytes(77, 512, blocks, precision) / text - 1) <= 0.2, text
+
+
+def test_length_groups_by_hand():
+    """Lengths round up to multiples of 8; neighbours merge while that pads them by at
+    most GROUP_COST_TOKENS (256) tokens."""
+    from pipeline.engine.towers import length_buckets
+
+    def groups(eot: list[int]) -> list[tuple[int, list[int]]]:
+        return [(t, idx.tolist()) for t, idx in length_buckets(torch.tensor(eot), 77)]
+
+    # seven of 6 tokens and one of 70: 8 x 72 = 576 padded against 7 x 8 + 72 = 128
+    assert groups([5] * 7 + [69]) == [(8, list(range(7))), (72, [7])]
+    assert groups([9, 6, 15, 2]) == [(16, [0, 1, 2, 3])]  # 64 against 48: one group
+    # 40 of 8 tokens and 40 of 16: 1,280 against 960; 3 of 8 and 40 of 16: one group
+    assert [t for t, _ in groups([7] * 40 + [15] * 40)] == [8, 16]
+    assert groups([7] * 3 + [15] * 40) == [(16, list(range(43)))]
+    assert groups([76, 70]) == [(77, [0, 1])]  # at most the context
