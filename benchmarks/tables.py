@@ -85,6 +85,23 @@ def engine(d: dict) -> str:
     ])
 
 
+def flops(d: dict) -> str:
+    s, here, peer = d["setup"], d["this_engine"], d["peer"]
+    labels = [*(f"all {n} tokens" for n in (8, 32, 77)), "all 6 tokens",
+              "seven of 6 tokens, one of 70"]
+    keys = ["tokens_8", "tokens_32", "tokens_77", "short_8", "one_long_among_8"]
+    rows = [[label, f"**{num(here[k])}**", num(peer[k]), f"{here[k] / peer[k]:.2f}"]
+            for label, k in zip(labels, keys)]
+    return "\n\n".join([
+        f"{s['model']}, {s['sides']}, layer {s['layer']}, {s['steps']} steps, batches of "
+        f"{s['batch']} pairs; GFLOP per pair (torch's FlopCounterMode).",
+        table(["captions (tokens with start- and end-of-text)", "this engine",
+               f"the engine at commit {s['peer_commit']}", "this / that"], rows),
+        f"One 70-token caption among eight adds **{pct(here['one_long_adds'])}** of the batch's "
+        f"FLOPs here, {pct(peer['one_long_adds'])} at commit {s['peer_commit']}.",
+    ])
+
+
 def completeness(d: dict) -> str:
     rows = []
     for key in ("uniform_10", "uniform_200", "log_10", "log_200"):
@@ -406,7 +423,8 @@ def evaluate(d: dict) -> str:
 
 
 RENDER: dict[str, tuple[str, Callable[[dict], str]]] = {
-    "engine": ("engine", engine), "completeness": ("completeness", completeness),
+    "engine": ("engine", engine), "engine-flops": ("flops", flops),
+    "completeness": ("completeness", completeness),
     "models": ("models", models), "job": ("job", job), "scale": ("scale", scale),
     "overlap": ("overlap", overlap), "decode-224": ("decode", decode_224),
     "decode-64": ("decode", decode_64), "decode-parity": ("decode", decode_parity),

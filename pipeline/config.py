@@ -64,7 +64,7 @@ class ModelSettings:
     memory_budget_mb: float | None = None  # None: 512 on CPU, half the free GPU memory
     chunk_rows: int | None = None
     seed: int = 0
-    compile: bool = False  # torch.compile the towers' suffixes (pays off on GPUs, long warm-up)
+    compile: bool = False  # torch.compile each chunk's step, static shapes (long first batches)
 
     def __post_init__(self) -> None:
         _require(bool(self.name), "model.name", "must name an open_clip model")
@@ -74,8 +74,13 @@ class ModelSettings:
             f"must be 'uniform' or 'log', got {self.schedule!r}",
         )
         _require(
-            self.precision in ("auto", "fp32", "bf16", "fp16"), "model.precision",
-            f"must be auto, fp32, bf16 or fp16, got {self.precision!r}",
+            self.precision != "fp16", "model.precision",
+            "fp16 is refused: its gradients underflow without loss scaling, and the engine "
+            "takes gradients; use bf16 (same speed on GPUs that have it) or fp32",
+        )
+        _require(
+            self.precision in ("auto", "fp32", "bf16"), "model.precision",
+            f"must be auto, fp32 or bf16, got {self.precision!r}",
         )
         _require(self.batch_size is None or self.batch_size >= 1, "model.batch_size",
                  f"must be >= 1 or null, got {self.batch_size}")

@@ -330,6 +330,9 @@ def _summary(s: JobSettings, given: JobSettings, started: str, t0: float, files:
         "seconds": round(time.time() - t0, 2),
         "pairs_per_second": round(rows_run / run_seconds, 3) if rows_run and run_seconds else 0.0,
         "batch_splits": tally.batch_splits,
+        # JPEGs data.decode=device decoded on the CPU after all (a run whose device path fell
+        # back entirely must not look normal)
+        "device_fallbacks": tally.device_fallbacks,
         "batch_size": tally.batch_size,
         # the engine's own rate inside this run, and the share of actor time it took:
         # the rest is reading, decoding, writing and Ray

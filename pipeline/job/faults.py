@@ -10,6 +10,8 @@ config file reaches this hook. The file maps a fault to when it fires::
 
 * ``engine_error``: every engine call of the task attempt raises a CUDA-like
   ``RuntimeError``, as a failing device would (its rows end in status ``error``);
+* ``device_lost``: the task attempt's first engine call raises ``DeviceLost``, as a
+  fatal CUDA error on a GPU does (the worker process ends; Ray restarts it);
 * ``stall``: the task attempt sleeps ``seconds`` before reading, as an actor stuck
   on a read would.
 
@@ -127,8 +129,13 @@ class FaultyEngine:
         return getattr(self.engine, name)
 
     def attribute(self, *args: Any, **kwargs: Any) -> Any:
-        if "engine_error" in getattr(_scope, "faults", {}):
+        fired = getattr(_scope, "faults", {})
+        if "engine_error" in fired:
             raise RuntimeError(ENGINE_ERROR)
+        if "device_lost" in fired:
+            from pipeline.job.device_health import DeviceLost
+
+            raise DeviceLost(f"cuda:0: {ENGINE_ERROR}")
         return self.engine.attribute(*args, **kwargs)
 
 

@@ -34,8 +34,8 @@ from pipeline.io.parts import PartBuilder, commit_part, normalise_carried
 from pipeline.io.shards import TaskError, iter_batches
 from pipeline.io.storage import filesystem
 from pipeline.io.weights import weights_fetcher
-from pipeline.job import faults
-from pipeline.job.attribute import Attributor, auto_batch_size
+from pipeline.job import device_health, faults
+from pipeline.job.attribute import Attributor, Staged, Stager, auto_batch_size
 from pipeline.job.decode_pool import ProcessDecoder, ThreadDecoder
 from pipeline.job.device_decode import DeviceDecoder
 from pipeline.job.plan import Task
@@ -59,6 +59,8 @@ class _Batch:
     pixels: torch.Tensor | None = None  # [len(ok), ...], pinned when the model is on a GPU
     tokens: torch.Tensor | None = None
     truncated: list[bool] = field(default_factory=list)
+    fallbacks: int = 0  # JPEGs the device decoder left to the CPU
+    staged: Staged | None = None  # pixels and tokens on their way to the device
 
 
 def _prefetch(it: Iterator[Any], depth: int, pool: ThreadPoolExecutor) -> Iterator[Any]:
@@ -163,11 +165,9 @@ class TaskRunner:
         self.engine = faults.wrap_engine(NIBT(  # itself unless the test hook is on
             self.clip, steps=model.steps, schedule=model.schedule,
             image_layer=image_layer, text_layer=text_layer,
-            chunk_rows=model.chunk_rows, memory_budget_mb=budget,
+            chunk_rows=model.chunk_rows, memory_budget_mb=budget, compile=model.compile,
         ))
-        if model.compile:
-            for tower in (self.clip.image, self.clip.text):
-                tower.suffix = torch.compile(tower.suffix, dynamic=True)
+        self.stager = Stager(self.clip.device)
         self.attributor = Attributor(self.clip, self.engine)
         self.batch_size = model.batch_size or auto_batch_size(self.engine)
         log.info("batch size %d pairs%s", self.batch_size, "" if model.batch_size else " (auto)")
@@ -245,12 +245,15 @@ class TaskRunner:
                     if v is not None:
                         ids[i] = v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
             carried = rb.select(d.keep_columns) if d.keep_columns else None
-            batch = _Batch(decoded.rows, ids, row, carried, decoded.ok, decoded.pixels)
+            batch = _Batch(decoded.rows, ids, row, carried, decoded.ok, decoded.pixels,
+                           fallbacks=decoded.fallbacks)
             if decoded.tokens is not None:  # tokenised by the decode processes
                 batch.tokens, batch.truncated = torch.from_numpy(decoded.tokens), decoded.truncated
             elif batch.ok:
                 batch.tokens, batch.truncated = self.clip.encode_captions(
                     [decoded.rows[i].caption for i in batch.ok])
+            if batch.ok:  # the copy to the device starts here, beside the compute
+                batch.staged = self.stager.stage(batch.pixels, batch.tokens)
             yield batch
             row += rb.num_rows
 
@@ -260,14 +263,12 @@ class TaskRunner:
         truncated: dict[int, bool] = {}
         spent, splits = 0.0, 0
         if batch.ok:
-            dev = self.clip.device
             # one batch on the device at a time: a second task running on this actor
             # reads and decodes meanwhile (see ``run``)
             with self._compute:
-                pixels = batch.pixels.to(dev, non_blocking=True)
+                pixels, tokens = self.stager.take(batch.staged)
                 if self.split is not None:
                     pixels = self.split.normalise(pixels)
-                tokens = batch.tokens.to(dev, non_blocking=True)
                 t0 = time.perf_counter()
                 before = self.attributor.splits
                 computed = self.attributor.compute(pixels, tokens)
@@ -303,7 +304,7 @@ class TaskRunner:
         exits 3 and the next run recomputes the task).
         """
         t0 = time.perf_counter()
-        compute, splits = 0.0, 0
+        compute, splits, fallbacks = 0.0, 0, 0
         base = {"task_id": task.task_id, "uri": task.uri, "row_start": task.row_start,
                 "row_end": task.row_end, "pid": os.getpid()}
         if task.error:
@@ -318,9 +319,11 @@ class TaskRunner:
                         part.add_carried(batch.carried)
                     spent, split = self._attribute(batch, part, counts)
                     compute, splits = compute + spent, splits + split
+                    fallbacks += batch.fallbacks
             errors = counts.get(ERROR, 0)
             if errors and not final:
                 return TaskResult(ok=False, retryable=True, error_rows=errors,
+                                  device_fallbacks=fallbacks,
                                   error=f"{errors} of {part.rows} rows failed in the engine "
                                         f"({part.first_error}); nothing committed",
                                   seconds=time.perf_counter() - t0, **base)
@@ -341,10 +344,13 @@ class TaskRunner:
                               seconds=secs, part=path_written, part_bytes=size,
                               peak_rss_mb=peak_rss_mb(),
                               batch_splits=splits, compute_seconds=compute,
-                              batch_size=self.batch_size, error_rows=errors, **base)
+                              batch_size=self.batch_size, error_rows=errors,
+                              device_fallbacks=fallbacks, **base)
         except TaskError as e:
             return TaskResult(ok=False, error=str(e), retryable=e.retryable,
                               seconds=time.perf_counter() - t0, **base)
         except Exception as e:
+            if device_health.is_fatal(e, self.clip.device):  # a broken context: restart
+                device_health.end_process(e)
             return TaskResult(ok=False, error=f"{type(e).__name__}: {e}", retryable=True,
                               seconds=time.perf_counter() - t0, **base)

@@ -158,6 +158,27 @@ def test_passing_engine_fault(ray_faults, inject, shards, tmp_path, figure):
     assert set(got.column("status").to_pylist()) == {"ok"}
 
 
+def test_a_lost_device_ends_the_actor_and_the_task_runs_again(ray_faults, inject, shards,
+                                                             tmp_path, figure):
+    """A fatal device error (an illegal memory access on a GPU, injected as the
+    DeviceLost it becomes) ends the worker process instead of failing its rows one by
+    one on a broken context: Ray restarts the actor and the task is retried; exit 0."""
+    root, tables = shards
+    inject({"device_lost": {"source": "shard-1", "row_start": 0, "times": 1}})
+    t0 = time.monotonic()
+    code, s = run_job(settings(str(root), str(tmp_path / "out"), cluster=TWO_ACTORS,
+                               run={"rows_per_task": 8}))
+    got = read_results(str(tmp_path / "out"), columns=["id", "status"])
+    (pid,) = faults.fired_in(os.environ[faults.ENV], "device_lost")
+    figure(injected="DeviceLost in the first attempt of one task", exit_code=code,
+           tasks_retried=s["tasks_retried"], status_counts=s["status_counts"],
+           rows_out=got.num_rows, seconds=round(time.monotonic() - t0, 1))
+    assert not running(pid)  # the worker it fired in ended
+    assert code == EXIT_OK and s["tasks_retried"] == 1
+    assert s["status_counts"] == {"ok": 64}
+    assert sorted(got.column("id").to_pylist()) == all_ids(tables)
+
+
 def test_lasting_engine_fault_is_committed_then_recomputed(ray_faults, inject, shards, tmp_path,
                                                            figure):
     """The engine fails on every try of one task: its rows are committed as error after
