@@ -40,7 +40,7 @@ from pipeline.job.decode_pool import ProcessDecoder, ThreadDecoder
 from pipeline.job.device_decode import DeviceDecoder
 from pipeline.job.plan import Task
 from pipeline.job.preprocess import fast_preprocess, split_preprocess
-from pipeline.job.procstats import cap_data_memory, peak_rss_mb
+from pipeline.job.procstats import peak_rss_mb
 from pipeline.job.provenance import library_versions
 from pipeline.job.results import TaskResult
 
@@ -111,14 +111,9 @@ def _picklable(obj: Any) -> Any:
         return None
 
 
-def _start_threads(pool: ThreadPoolExecutor, n: int) -> None:
-    """Create all of ``pool``'s threads now (they start lazily otherwise): a worker
-    under a memory cap must not need a new thread stack mid-run."""
-    barrier = threading.Barrier(n + 1)
-    futures = [pool.submit(barrier.wait) for _ in range(n)]
-    barrier.wait()
-    for f in futures:
-        f.result()
+#: Share of an actor's declared memory one engine chunk may use on CPU (the model, the
+#: decoders, the task's rows and Python take the rest).
+CPU_BUDGET_SHARE = 0.25
 
 
 class TaskRunner:
@@ -135,7 +130,7 @@ class TaskRunner:
         decode_threads: int | None = None,
         decode_processes: int = 0,
         device: str | None = None,
-        memory_headroom_mb: int | None = None,
+        memory_mb: float | None = None,
         gpu_share: float = 1.0,
     ) -> None:
         dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -159,6 +154,8 @@ class TaskRunner:
         budget = model.memory_budget_mb
         if budget is None and gpu and 0 < gpu_share < 1:  # actors sharing a GPU share its memory
             budget = default_budget_mb(self.clip.device) * gpu_share
+        elif budget is None and not gpu and memory_mb:  # within what the actor declared
+            budget = min(default_budget_mb(self.clip.device), memory_mb * CPU_BUDGET_SHARE)
         image_layer, text_layer = bottleneck_layers(  # the job passes them resolved
             model.name, self.clip.weights, (self.clip.image.depth, self.clip.text.depth),
             model.layer, model.image_layer, model.text_layer)
@@ -206,11 +203,6 @@ class TaskRunner:
             out_fs, out_path = filesystem(output, storage)
             out_fs.exists(out_path)
         self._compute = threading.Lock()
-        if memory_headroom_mb:
-            if isinstance(cpu_decoder, ThreadDecoder):
-                _start_threads(cpu_decoder.pool, cpu_decoder.threads)
-            _start_threads(self.reader, 1)
-            cap_data_memory(memory_headroom_mb)
 
     def _warm_up(self) -> None:
         """One small batch through the engine, so that one-time costs (kernel

@@ -279,25 +279,6 @@ def test_shard_level_faults(ray_local, tmp_path, figure):
     assert res.schema.field("id").type == pa.string()
 
 
-# 7 -------------------------------------------------------------------------------------
-def test_batch_that_does_not_fit_is_split(ray_local, tmp_path, figure):
-    root = tmp_path / "in"
-    root.mkdir()
-    write_table(pairs_table(128, seed=90), str(root / "a.parquet"), row_group_size=128)
-    t0 = time.time()
-    code, s = run_job(settings(
-        str(root), str(tmp_path / "out"),
-        model={"batch_size": 128, "memory_budget_mb": 100_000, "steps": 10},
-        run={"rows_per_task": 128}, cluster={"worker_memory_headroom_mb": 1200},
-    ))
-    figure(batch_size=128, forced_rows_per_chunk=1280, memory_headroom_mb=1200,
-           batch_splits=s["batch_splits"], status_counts=s["status_counts"],
-           seconds=round(time.time() - t0, 1))
-    assert code == EXIT_OK
-    assert s["batch_splits"] >= 1
-    assert s["status_counts"] == {"ok": 128}
-
-
 # security ------------------------------------------------------------------------------
 def test_hostile_ids_never_shape_keys(ray_local, s3_endpoint, figure):
     fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_endpoint})

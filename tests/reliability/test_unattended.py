@@ -25,7 +25,7 @@ from pipeline.io.results import read_results
 from pipeline.job import faults
 from pipeline.job.cluster import patched_env, ray_session
 from pipeline.job.driver import EXIT_CONFIG, EXIT_OK, EXIT_PARTIAL, run_job
-from tests.data import write_shards
+from tests.data import pairs_table, write_shards, write_table
 from tests.jobutil import settings
 from tests.procs import running
 from tests.silent import SilentEndpoint
@@ -374,3 +374,21 @@ def write_s3_shards(fs, prefix: str, shards: int, rows: int, seed: int):
     for s, t in enumerate(tables):
         write_table(t, f"{prefix}/shard-{s}.parquet", fs=fs, row_group_size=4)
     return tables
+
+
+# a batch too big for the device -----------------------------------------------------------
+def test_batch_that_does_not_fit_is_split(ray_faults, inject, tmp_path, figure):
+    """CUDA's out-of-memory error above 40 pairs (injected): the 128-pair batch is split in
+    halves until it fits, and every row is computed."""
+    root = tmp_path / "in"
+    root.mkdir()
+    write_table(pairs_table(128, seed=90), str(root / "a.parquet"), row_group_size=128)
+    inject({"oom_above": {"pairs": 40, "times": 99}})
+    t0 = time.time()
+    code, s = run_job(settings(str(root), str(tmp_path / "out"),
+                               model={"batch_size": 128}, run={"rows_per_task": 128}))
+    figure(batch_size=128, fits_up_to=40, batch_splits=s["batch_splits"],
+           status_counts=s["status_counts"], seconds=round(time.time() - t0, 1))
+    assert code == EXIT_OK
+    assert s["batch_splits"] == 2  # 128 -> 64 -> 32: the later batches start at the limit
+    assert s["status_counts"] == {"ok": 128}
