@@ -107,8 +107,8 @@ def _memory_share(plan: ActorPlan, gpus: float, nodes: list[dict[str, float]] | 
             held = cpus // plan.num_cpus if plan.num_cpus else 0
         held = min(held, plan.num_actors)
         if memory > 0 and held >= 1:
-            shares.append(memory / 2**20 / held)
-    return round(min(shares), 1) if shares else None
+            shares.append(float(int(memory / 2**20 / held)))  # whole MB, rounded down: fits
+    return min(shares) if shares else None
 
 
 _TOKEN: dict[str, str] = {}

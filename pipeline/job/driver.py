@@ -290,6 +290,7 @@ def _dispatch(s: JobSettings, todo: Resume, ledger: Ledger, metadata: dict[str, 
         with _progress(sum(t.rows for t in todo.todo), s.run.progress) as bar:
             pool = run_on_actors(s, todo.todo, metadata, stop.event, bar, on_result=on_result,
                                  on_tick=on_tick, runner=runner)
+        tally.tick(pool.outcome.retries, final=True)  # every run's log ends with where it got to
     elif todo.todo:  # stopped before dispatch: every task is left for the next run
         pool.outcome.not_run = list(todo.todo)
     return pool, tally

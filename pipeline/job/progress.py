@@ -50,10 +50,10 @@ class Tally:
         if len(self.failures) < MAX_LISTED_FAILURES:
             self.failures.append(failure(task, task.error or res.error or "not run"))
 
-    def tick(self, retries: int = 0) -> None:
-        """Log the progress line if ``every_s`` passed since the last."""
+    def tick(self, retries: int = 0, final: bool = False) -> None:
+        """Log the progress line if ``every_s`` passed since the last, or ``final``."""
         now = self.clock()
-        if now - self._last < self.every_s:
+        if now - self._last < self.every_s and not final:
             return
         rate = (self.rows_run - self._rows_at_last) / max(now - self._last, 1e-9)
         done = self.ok + self.failed

@@ -65,6 +65,9 @@ def test_memory_each_actor_declares():
     assert plan_actors(ClusterSettings(memory_per_actor_mb=3000), {"CPU": 16}, tasks=9) \
         .memory_mb == 3000
     assert plan_actors(ClusterSettings(), {"CPU": 16}, tasks=9).memory_mb is None
+    odd = 14751891456  # a node's memory as Ray counted it: the share must not round up past it
+    p = plan_actors(ClusterSettings(), {"CPU": 2, "memory": odd}, tasks=9)
+    assert p.num_actors == 1 and p.memory_mb * 2**20 <= odd
 
 
 def test_decode_processes_beside_a_gpu_threads_on_cpu():
