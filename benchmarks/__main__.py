@@ -20,8 +20,8 @@ from pathlib import Path
 from benchmarks.common import run_child
 from pipeline.devtools.machine import machine
 
-SECTIONS = ("engine", "completeness", "models", "job", "scale", "overlap", "decode", "decode_job",
-            "decoders", "report", "controlplane")
+SECTIONS = ("engine", "flops", "completeness", "models", "job", "scale", "overlap", "decode",
+            "decode_job", "decoders", "report", "controlplane", "commitlog")
 
 
 def main(argv: list[str]) -> int:

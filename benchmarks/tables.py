@@ -85,6 +85,23 @@ def engine(d: dict) -> str:
     ])
 
 
+def flops(d: dict) -> str:
+    s, here, peer = d["setup"], d["this_engine"], d["peer"]
+    labels = [*(f"all {n} tokens" for n in (8, 32, 77)), "all 6 tokens",
+              "seven of 6 tokens, one of 70"]
+    keys = ["tokens_8", "tokens_32", "tokens_77", "short_8", "one_long_among_8"]
+    rows = [[label, f"**{num(here[k])}**", num(peer[k]), f"{here[k] / peer[k]:.2f}"]
+            for label, k in zip(labels, keys)]
+    return "\n\n".join([
+        f"{s['model']}, {s['sides']}, layer {s['layer']}, {s['steps']} steps, batches of "
+        f"{s['batch']} pairs; GFLOP per pair (torch's FlopCounterMode).",
+        table(["captions (tokens with start- and end-of-text)", "this engine",
+               f"the engine at commit {s['peer_commit']}", "this / that"], rows),
+        f"One 70-token caption among eight adds **{pct(here['one_long_adds'])}** of the batch's "
+        f"FLOPs here, {pct(peer['one_long_adds'])} at commit {s['peer_commit']}.",
+    ])
+
+
 def completeness(d: dict) -> str:
     rows = []
     for key in ("uniform_10", "uniform_200", "log_10", "log_200"):
@@ -377,6 +394,28 @@ def controlplane_encoding(d: dict) -> str:
                   "that / this"], rows)
 
 
+def commitlog(d: dict) -> str:
+    names = [("ledger", "this ledger"), ("delta_default", "Delta Lake (deltalake), default"),
+             ("delta_interval_10", "Delta Lake, checkpoint every 10")]
+    rows = []
+    for key, label in names:
+        r = d[key]
+        c, t, load = r["per_commit"]["all"], r["totals"], r["load"]
+        rows.append([label, f"**{c['wall_ms']['median']:,.0f}** / {c['wall_ms']['p95']:,.0f}",
+                     f"{c['requests']['median']:g} / {c['requests']['p95']:g}",
+                     f"{t['cpu_s']:.1f} s", f"{r['log_at_end']['objects']} ({r['log_at_end']['mb']} MB)",
+                     f"**{load['after_200']['seconds']:.2f} s**, {load['after_200']['requests']}",
+                     f"{load['after_198']['seconds']:.2f} s, {load['after_198']['requests']}"])
+    return "\n\n".join([
+        f"{d['commits']} checkpoints of {d['parts_per_commit']:,} parts through the local store at "
+        f"{d['delay_ms']} ms a request, each with a frontier; then the state loaded by a fresh "
+        "process.",
+        table(["commit log", "ms per commit: median / p95", "requests per commit: median / p95",
+               "writer CPU, all commits", "objects at the end", "load after the last commit: s, requests",
+               "load 2 commits earlier: s, requests"], rows),
+    ])
+
+
 def evaluate(d: dict) -> str:
     from pipeline.demo.evaluate import tables
 
@@ -384,7 +423,8 @@ def evaluate(d: dict) -> str:
 
 
 RENDER: dict[str, tuple[str, Callable[[dict], str]]] = {
-    "engine": ("engine", engine), "completeness": ("completeness", completeness),
+    "engine": ("engine", engine), "engine-flops": ("flops", flops),
+    "completeness": ("completeness", completeness),
     "models": ("models", models), "job": ("job", job), "scale": ("scale", scale),
     "overlap": ("overlap", overlap), "decode-224": ("decode", decode_224),
     "decode-64": ("decode", decode_64), "decode-parity": ("decode", decode_parity),
@@ -395,6 +435,7 @@ RENDER: dict[str, tuple[str, Callable[[dict], str]]] = {
     "controlplane-dispatch": ("controlplane", controlplane_dispatch),
     "controlplane-resume": ("controlplane", controlplane_resume),
     "controlplane-encoding": ("controlplane", controlplane_encoding),
+    "commitlog": ("commitlog", commitlog),
 }
 
 

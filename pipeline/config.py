@@ -64,7 +64,7 @@ class ModelSettings:
     memory_budget_mb: float | None = None  # None: 512 on CPU, half the free GPU memory
     chunk_rows: int | None = None
     seed: int = 0
-    compile: bool = False  # torch.compile the towers' suffixes (pays off on GPUs, long warm-up)
+    compile: bool = False  # torch.compile each chunk's step, static shapes (long first batches)
 
     def __post_init__(self) -> None:
         _require(bool(self.name), "model.name", "must name an open_clip model")
@@ -74,8 +74,13 @@ class ModelSettings:
             f"must be 'uniform' or 'log', got {self.schedule!r}",
         )
         _require(
-            self.precision in ("auto", "fp32", "bf16", "fp16"), "model.precision",
-            f"must be auto, fp32, bf16 or fp16, got {self.precision!r}",
+            self.precision != "fp16", "model.precision",
+            "fp16 is refused: its gradients underflow without loss scaling, and the engine "
+            "takes gradients; use bf16 (same speed on GPUs that have it) or fp32",
+        )
+        _require(
+            self.precision in ("auto", "fp32", "bf16"), "model.precision",
+            f"must be auto, fp32 or bf16, got {self.precision!r}",
         )
         _require(self.batch_size is None or self.batch_size >= 1, "model.batch_size",
                  f"must be >= 1 or null, got {self.batch_size}")
@@ -257,15 +262,15 @@ class ClusterSettings:
     decode_processes: int | None = None
     # Tasks in flight per actor: with 2, the next task reads and decodes while the
     # current one's batch is on the GPU (one batch computes at a time). None: 2
-    # beside a GPU, 1 on CPU (where decoding would take cores from the compute) or
-    # under worker_memory_headroom_mb (the second task would eat the headroom).
+    # beside a GPU, 1 on CPU (where decoding would take cores from the compute).
     tasks_per_actor: int | None = None
     temp_dir: str | None = None
     namespace: str = "nibt-audit"
-    # Cap on the memory a worker may allocate beyond what it holds once the model is
-    # loaded (RLIMIT_DATA). A batch that would exceed it fails to allocate and is
-    # split, instead of the kernel killing the worker. null: no cap.
-    worker_memory_headroom_mb: int | None = None
+    # Memory each actor declares to Ray (MB): Ray places actors by it, and the engine's
+    # chunk budget on CPU stays within a share of it; an actor that still overruns is
+    # ended by Ray's memory monitor (or the cgroup) and its task retried elsewhere.
+    # null: each node's memory, as Ray counts it, shared among the actors it holds.
+    memory_per_actor_mb: float | None = None
     # Seconds an actor may take to start (load the model) or to come back after a
     # restart; past it the actor is given up and its tasks go to the others.
     actor_start_timeout_s: float = 600.0
@@ -275,10 +280,8 @@ class ClusterSettings:
         _require(
             self.num_actors is None or self.num_actors >= 1, "cluster.num_actors", "must be >= 1"
         )
-        _require(
-            self.worker_memory_headroom_mb is None or self.worker_memory_headroom_mb > 0,
-            "cluster.worker_memory_headroom_mb", "must be > 0",
-        )
+        _require(self.memory_per_actor_mb is None or self.memory_per_actor_mb > 0,
+                 "cluster.memory_per_actor_mb", "must be > 0 or null")
         _require(self.decode_threads is None or self.decode_threads >= 1,
                  "cluster.decode_threads", "must be >= 1")
         _require(self.decode_processes is None or self.decode_processes >= 0,

@@ -23,9 +23,10 @@ request each, to find those committed after the last segment.
 
 ``load`` lists the directory, skips files whose range another file covers (left
 when a merge was cut short), reads the rest many at a time and keeps each task's
-latest entry. A file that cannot be read is skipped with a warning; the tasks it
-recorded are redone (a part is the same bytes under the same key), and an entry
-counts once per task id, so nothing is lost and nothing counted twice. One run
+latest entry. A file that cannot be read is skipped with a warning and named in
+``unreadable``: the caller then checks the footers of the parts the ledger does
+not hold, so nothing is lost, and an entry counts once per task id, so nothing is
+counted twice; the file is deleted once the run has recorded anew what it held. One run
 writes a ledger at a time (as a scheduler runs one audit per output).
 """
 
@@ -125,20 +126,25 @@ FRONTIER_KEY = b"nibt.frontier"
 
 
 def encode(table: pa.Table, frontier: list[str] | None = None) -> bytes:
-    if frontier is not None:
-        table = table.replace_schema_metadata({FRONTIER_KEY: json.dumps(frontier).encode()})
+    """A ledger file: the entries, and the frontier in the footer's key-value metadata
+    (added after the schema was written, so it is stored once, not in Arrow's copy of
+    the schema too)."""
     sink = pa.BufferOutputStream()
-    pq.write_table(table, sink, compression="zstd")
+    with pq.ParquetWriter(sink, ENTRY_SCHEMA, compression="zstd") as w:
+        w.write_table(table.select(ENTRY_SCHEMA.names).cast(ENTRY_SCHEMA))
+        if frontier is not None:
+            w.add_key_value_metadata({FRONTIER_KEY: json.dumps(frontier).encode()})
     return sink.getvalue().to_pybytes()
 
 
 def _decode(data: bytes) -> tuple[pa.Table, list[str]]:
     """A ledger file's entries and frontier."""
-    table = pq.read_table(pa.BufferReader(data))
+    pf = pq.ParquetFile(pa.BufferReader(data))
+    table = pf.read()
     missing = [n for n in ENTRY_SCHEMA.names if n not in table.column_names]
     if missing:
         raise ValueError(f"not a ledger file: no column(s) {missing}")
-    frontier = json.loads((table.schema.metadata or {}).get(FRONTIER_KEY, b"[]"))
+    frontier = json.loads((pf.metadata.metadata or {}).get(FRONTIER_KEY, b"[]"))
     return table.select(ENTRY_SCHEMA.names).cast(ENTRY_SCHEMA), [str(t) for t in frontier]
 
 
@@ -168,6 +174,8 @@ class Ledger:
         self.clock = clock
         self.files: list[_File] = []
         self.frontier: list[str] = []  # the newest file's, after ``load``
+        self.unreadable: list[str] = []  # files ``load`` skipped
+        self._newest_frontier = False  # whether the newest file (or segment queued) has one
         self.next_seq = 0
         self._buffer: list[Commit] = []
         self._finished = 0  # tasks finished (committed or failed) since the last checkpoint
@@ -177,6 +185,7 @@ class Ledger:
         self._thread: threading.Thread | None = None
         self.segments_written = 0
         self.write_failures = 0
+        self.conflict = False  # another run writes this ledger: this one stops writing
 
     # ------------------------------------------------------------------ reading
     def _list(self) -> list[_File]:
@@ -193,22 +202,24 @@ class Ledger:
         listed = self._list()
         wanted = [f for f in listed if not _covered(f, listed)]
         data = read_many(self.fs, [join(self.dir, f.name) for f in wanted], self.in_flight)
-        tables, self.files, newest = [], [], (-1, [])
+        tables, self.files, self.unreadable, newest = [], [], [], (-1, [])
         for f, blob in zip(wanted, data):
             try:
                 if isinstance(blob, BaseException):
                     raise blob
                 table, frontier = _decode(blob)
             except Exception as e:
-                log.warning("ledger file %s is not readable (%s: %s): ignored; the tasks it "
-                            "recorded run again", join(self.dir, f.name), type(e).__name__,
-                            str(e)[:200])
+                log.warning("ledger file %s is not readable (%s: %s): ignored; the parts it "
+                            "recorded are checked from their footers", join(self.dir, f.name),
+                            type(e).__name__, str(e)[:200])
+                self.unreadable.append(f.name)
                 continue
             tables.append(table)
             self.files.append(f)
             if f.hi > newest[0]:
                 newest = (f.hi, frontier)
         self.frontier = newest[1]
+        self._newest_frontier = bool(self.frontier)
         self.next_seq = max((f.hi + 1 for f in listed), default=0)
         return latest(tables)
 
@@ -217,6 +228,7 @@ class Ledger:
         for f in self._list():
             self.fs.rm(join(self.dir, f.name))
         self.files, self.frontier, self.next_seq = [], [], 0
+        self._newest_frontier = False
 
     # ------------------------------------------------------------------ recording
     def add(self, commit: Commit | None) -> None:
@@ -234,7 +246,12 @@ class Ledger:
 
     def checkpoint(self, frontier: list[str]) -> None:
         """Hand what was recorded since the last checkpoint to the writer thread, with the
-        tasks that may be committed before the next one (``frontier``)."""
+        tasks that may be committed before the next one (``frontier``). Nothing is written
+        when there is nothing to say: no entry, and no frontier now or in the newest file."""
+        if not self._buffer and not frontier and not self._newest_frontier:
+            self._finished, self._last = 0, self.clock()
+            return
+        self._newest_frontier = bool(frontier)
         table = to_table(self._buffer, self.next_seq)
         self._run.append(table)
         self._queue.put(_Segment(self.next_seq, table, list(frontier)))
@@ -242,9 +259,11 @@ class Ledger:
         self._buffer, self._finished, self._last = [], 0, self.clock()
 
     def recorded(self) -> pa.Table:
-        """Every entry this run recorded (written or not)."""
+        """Every entry this run recorded (written or not), in the order recorded: a task
+        recorded twice appears twice, the later one last (no copy is made)."""
         pending = [to_table(self._buffer, self.next_seq)] if self._buffer else []
-        return latest([*self._run, *pending])
+        tables = [*self._run, *pending]
+        return pa.concat_tables(tables) if tables else ENTRY_SCHEMA.empty_table()
 
     # ------------------------------------------------------------------ writing
     def start(self) -> Ledger:
@@ -266,10 +285,21 @@ class Ledger:
     def _write(self, segments: list[_Segment]) -> list[_Segment]:
         """Write ``segments`` in order; those left after a failed write (tried again with
         the next checkpoint)."""
+        if self.conflict:
+            return segments
         for i, seg in enumerate(segments):
             name = f"L0-{seg.seq:012d}-{seg.seq:012d}.parquet"
             try:
-                put_atomic(self.fs, join(self.dir, name), encode(seg.table, seg.frontier))
+                put_atomic(self.fs, join(self.dir, name), encode(seg.table, seg.frontier),
+                           exclusive=True)
+            except FileExistsError:
+                self.write_failures += 1
+                self.conflict = True
+                log.error("ledger segment %s is there already: another run is writing this "
+                          "output's ledger (one run an output at a time); this run records "
+                          "no more (its parts and its manifest are written all the same)",
+                          join(self.dir, name))
+                return segments[i:]
             except Exception as e:
                 self.write_failures += 1
                 log.error("ledger segment %s not written (%s: %s); tried again at the next "
@@ -297,7 +327,7 @@ class Ledger:
                             f"L{level + 1}-{group[0].lo:012d}-{group[-1].hi:012d}.parquet")
                 newest = max(zip(group, decoded), key=lambda fd: fd[0].hi)[1][1]
                 put_atomic(self.fs, join(self.dir, out.name),
-                           encode(latest(t for t, _ in decoded), newest))
+                           encode(latest(t for t, _ in decoded), newest), exclusive=True)
             except Exception as e:
                 log.warning("ledger: merging %d level-%d files failed (%s: %s); left as they are",
                             len(group), level, type(e).__name__, str(e)[:200])
@@ -322,7 +352,15 @@ class Ledger:
         if self._thread.is_alive():
             log.error("ledger: writing did not finish within %.0f s", timeout_s)
             return False
-        return self.segments_written == len(self._run)
+        written = self.segments_written == len(self._run)
+        if written:  # what the unreadable files held is recorded anew
+            for name in self.unreadable:
+                try:
+                    self.fs.rm(join(self.dir, name))
+                except Exception as e:
+                    log.warning("ledger: cannot delete unreadable file %s: %s", name, e)
+            self.unreadable = []
+        return written
 
 
 def _ok(blob: bytes | BaseException) -> bytes:

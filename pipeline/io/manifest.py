@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import posixpath
 import uuid
 from collections.abc import Iterable, Sequence
@@ -34,9 +33,8 @@ import pyarrow.parquet as pq
 from pipeline.config import StorageSettings
 from pipeline.io.images import STATUSES
 from pipeline.io.storage import (
-    TMP_PREFIX,
+    atomic_writer,
     filesystem,
-    is_local,
     join,
     list_names,
     put_atomic,
@@ -98,9 +96,8 @@ def _put_json(fs: fsspec.AbstractFileSystem, path: str, obj: Any) -> None:
 
 def _write_streaming(fs: fsspec.AbstractFileSystem, path: str,
                      batches: Iterable[pa.RecordBatch]) -> tuple[int, int]:
-    """``batches`` to ``path`` as they come, visible only once complete (a renamed
-    temporary file locally; on object storage an upload completed at close); returns
-    the parts and rows written."""
+    """``batches`` to ``path`` as they come, visible only once complete
+    (``atomic_writer``); returns the parts and rows written."""
     n = rows = 0
 
     def write(sink: Any) -> None:
@@ -112,22 +109,8 @@ def _write_streaming(fs: fsspec.AbstractFileSystem, path: str,
                 n += batch.num_rows
                 rows += int(pc.sum(batch.column("rows")).as_py() or 0)
 
-    if is_local(fs):
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = os.path.join(os.path.dirname(path),
-                           f"{TMP_PREFIX}{os.path.basename(path)}-{uuid.uuid4().hex}")
-        try:
-            with open(tmp, "wb") as f:
-                write(f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-    else:
-        with fs.open(path, "wb") as f:
-            write(f)
+    with atomic_writer(fs, path) as f:
+        write(f)
     return n, rows
 
 

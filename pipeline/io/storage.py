@@ -11,9 +11,9 @@ import contextlib
 import os
 import posixpath
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 
 import fsspec
 
@@ -155,14 +155,18 @@ def join(base: str, *parts: str) -> str:
 TMP_PREFIX = ".tmp-"
 
 
-def put_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
-    """Make ``data`` visible at ``path`` only once complete.
+@contextlib.contextmanager
+def atomic_writer(fs: fsspec.AbstractFileSystem, path: str,
+                  exclusive: bool = False) -> Iterator[BinaryIO]:
+    """A file to write whose content becomes visible at ``path`` only when the block ends
+    without an error.
 
-    Locally: write a hidden temporary file (``.tmp-<name>-<random>``) beside the
-    target and rename it into place (atomic on one filesystem); readers skip
-    hidden names and ``remove_stale_temps`` clears those left by a killed
-    writer. On object storage: a single completed upload (a PUT, or a multipart
-    upload that becomes visible only on completion): never a partial object.
+    Locally: a hidden temporary file (``.tmp-<name>-<random>``) beside the target,
+    renamed into place (atomic on one filesystem); readers skip hidden names and
+    ``remove_stale_temps`` clears those left by a killed writer. On object storage: an
+    upload that becomes visible only when completed (a PUT at close, or a multipart
+    upload); on an error it is aborted: never a partial object. ``exclusive``: raise
+    ``FileExistsError`` instead of replacing an existing ``path`` (S3's If-None-Match).
     """
     if is_local(fs):
         parent = os.path.dirname(path)
@@ -170,15 +174,36 @@ def put_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
         tmp = os.path.join(parent, f"{TMP_PREFIX}{os.path.basename(path)}-{uuid.uuid4().hex}")
         try:
             with open(tmp, "wb") as f:
-                f.write(data)
+                yield f
                 f.flush()
                 os.fsync(f.fileno())
-            os.replace(tmp, path)
+            if exclusive:
+                os.link(tmp, path)  # FileExistsError when it is there
+            else:
+                os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):
                 os.remove(tmp)
+        return
+    f = fs.open(path, "xb" if exclusive else "wb")
+    try:
+        yield f
+    except BaseException:
+        f.discard()  # nothing uploaded becomes visible
+        f.closed = True
+        raise
+    f.close()
+
+
+def put_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes,
+               exclusive: bool = False) -> None:
+    """Make ``data`` visible at ``path`` only once complete (``atomic_writer``; on object
+    storage one PUT); ``exclusive``: ``FileExistsError`` rather than replace ``path``."""
+    if is_local(fs):
+        with atomic_writer(fs, path, exclusive) as f:
+            f.write(data)
     else:
-        fs.pipe_file(path, data)
+        fs.pipe_file(path, data, **({"mode": "create"} if exclusive else {}))
 
 
 def check_writable(fs: fsspec.AbstractFileSystem, directory: str, uri: str,

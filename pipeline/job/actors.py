@@ -100,18 +100,20 @@ def run_on_actors(s: Any, todo: list[Task], metadata: dict[str, Any],
 
         nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
         ap = plan_actors(s.cluster, ray.cluster_resources(), len(todo), nodes=nodes)
+        memory = {"memory": int(ap.memory_mb * 2**20)} if ap.memory_mb else {}
         actor_cls = ray.remote(runner).options(
             num_cpus=ap.num_cpus, num_gpus=ap.num_gpus, max_restarts=-1, max_task_retries=0,
-            max_concurrency=ap.slots,
+            max_concurrency=ap.slots, **memory,
         )
-        log.info("starting %d actor(s): %s CPU, %s GPU, %d task(s) in flight each, "
-                 "decoding in %s", ap.num_actors, ap.num_cpus, ap.num_gpus, ap.slots,
+        log.info("starting %d actor(s): %s CPU, %s GPU, %s MB, %d task(s) in flight each, "
+                 "decoding in %s", ap.num_actors, ap.num_cpus, ap.num_gpus,
+                 f"{ap.memory_mb:,.0f}" if ap.memory_mb else "no declared", ap.slots,
                  f"{ap.decode_processes} process(es)" if ap.decode_processes else "threads")
         actors = [
             actor_cls.remote(s.model, s.data, s.storage, s.output, metadata,
                              threads=ap.threads, decode_threads=s.cluster.decode_threads,
                              decode_processes=ap.decode_processes,
-                             memory_headroom_mb=s.cluster.worker_memory_headroom_mb,
+                             memory_mb=ap.memory_mb,
                              gpu_share=ap.num_gpus or 1.0)
             for _ in range(ap.num_actors)
         ]

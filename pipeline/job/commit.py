@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.io.images import BAD_CAPTION, BAD_IMAGE, ERROR, STATUSES
+from pipeline.io.ledger import ENTRY_SCHEMA
 from pipeline.io.manifest import PARTS_SCHEMA
 from pipeline.io.parts import PARTS_DIR, error_counts
 from pipeline.io.storage import join
@@ -48,15 +49,22 @@ class Committed:
     order: np.ndarray
 
     @classmethod
-    def of(cls, entries: pa.Table, tasks: Sequence[Task]) -> Committed:
-        """The entries (latest per task id) of ``tasks``, in plan order."""
+    def of(cls, tables: Sequence[pa.Table], tasks: Sequence[Task]) -> Committed:
+        """The entries of ``tasks`` in ``tables``, in plan order; of a task's entries, the
+        last one (``tables`` in the order they were recorded). One copy of the entries is
+        made, so the peak memory of a commit stays near the entries' own size."""
+        entries = pa.concat_tables([t.select(ENTRY_SCHEMA.names) for t in tables])
         ids = pa.array([t.task_id for t in tasks], pa.string())
-        where = pc.index_in(entries.column("task_id"), value_set=ids)
-        keep = pc.is_valid(where)
-        entries, where = entries.filter(keep), where.filter(keep)
-        order = np.asarray(where, dtype=np.int64)
-        sort = np.argsort(order, kind="stable")
-        return cls(tasks, entries.take(pa.array(sort)), order[sort])
+        where = np.asarray(pc.fill_null(pc.index_in(entries.column("task_id"), value_set=ids),
+                                        -1), dtype=np.int64)
+        del ids
+        picked = np.flatnonzero(where >= 0)
+        picked = picked[np.argsort(where[picked], kind="stable")]
+        order = where[picked]
+        last = np.ones(len(order), dtype=bool)  # the last of each task's entries
+        last[:-1] = order[1:] != order[:-1]
+        picked, order = picked[last], order[last]
+        return cls(tasks, entries.take(pa.array(picked)), order)
 
     def counts(self, status: str) -> np.ndarray:
         return np.asarray(pc.struct_field(self.entries.column("status_counts"), status),

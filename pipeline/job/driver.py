@@ -26,6 +26,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 import fsspec
+import pyarrow as pa
 
 import pipeline
 from pipeline.config import (
@@ -40,7 +41,7 @@ from pipeline.config import (
 )
 from pipeline.io.footers import CACHE_PATH, FooterCache
 from pipeline.io.images import ERROR
-from pipeline.io.ledger import Ledger, latest
+from pipeline.io.ledger import Ledger
 from pipeline.io.manifest import write_manifest, write_summary
 from pipeline.io.parts import PARTS_DIR
 from pipeline.io.schema import RESULT_COLUMNS
@@ -260,7 +261,8 @@ def _run(s: JobSettings, stop: StopSignals, started: str,
     pool, tally = _dispatch(s, todo, ledger, metadata, stop, runner)
     not_run = [t.task_id for t in pool.outcome.not_run]
     written = ledger.close(frontier=not_run)
-    done = Committed.of(latest([todo.committed, ledger.recorded()]), tasks)
+    done = Committed.of([todo.committed, ledger.recorded()], tasks)
+    pa.default_memory_pool().release_unused()  # the copies made to order the entries
     settings = _settings(given)
     metadata = dict(metadata, batch_size=done.totals()["batch_size"] or s.model.batch_size)
     write_manifest(out_fs, out_path, {"fingerprint": fp, "metadata": metadata,
@@ -306,6 +308,7 @@ def _dispatch(s: JobSettings, todo: Resume, ledger: Ledger, metadata: dict[str, 
         with _progress(total, s.run.progress) as bar:
             pool = run_on_actors(s, todo.todo, metadata, stop.event, bar, on_result=on_result,
                                  on_tick=on_tick, runner=runner)
+        tally.tick(pool.outcome.retries, final=True)  # every run's log ends with where it got to
     elif todo.todo:  # stopped before dispatch: every task is left for the next run
         pool.outcome.not_run = list(todo.todo)
     return pool, tally
@@ -348,6 +351,9 @@ def _summary(s: JobSettings, given: JobSettings, started: str, t0: float, files:
         "seconds": round(time.time() - t0, 2),
         "pairs_per_second": round(rows_run / run_seconds, 3) if rows_run and run_seconds else 0.0,
         "batch_splits": tally.batch_splits,
+        # JPEGs data.decode=device decoded on the CPU after all (a run whose device path fell
+        # back entirely must not look normal)
+        "device_fallbacks": tally.device_fallbacks,
         "batch_size": tally.batch_size,
         # the engine's own rate inside this run, and the share of actor time it took:
         # the rest is reading, decoding, writing and Ray

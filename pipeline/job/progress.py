@@ -29,7 +29,7 @@ class Tally:
         self.tasks_total, self.rows_total = tasks, rows
         self.every_s, self.clock = every_s, clock
         self.ok = self.failed = 0
-        self.rows_run = self.batch_splits = self.batch_size = 0
+        self.rows_run = self.batch_splits = self.batch_size = self.device_fallbacks = 0
         self.compute_seconds = 0.0
         self.worker_peak_rss_mb = 0.0
         self.failures: list[dict[str, Any]] = []
@@ -42,6 +42,7 @@ class Tally:
             self.rows_run += res.rows_out
             self.compute_seconds += res.compute_seconds
             self.batch_splits += res.batch_splits
+            self.device_fallbacks += res.device_fallbacks
             self.batch_size = max(self.batch_size, res.batch_size)
             self.worker_peak_rss_mb = max(self.worker_peak_rss_mb, res.peak_rss_mb)
             return
@@ -49,10 +50,10 @@ class Tally:
         if len(self.failures) < MAX_LISTED_FAILURES:
             self.failures.append(failure(task, task.error or res.error or "not run"))
 
-    def tick(self, retries: int = 0) -> None:
-        """Log the progress line if ``every_s`` passed since the last."""
+    def tick(self, retries: int = 0, final: bool = False) -> None:
+        """Log the progress line if ``every_s`` passed since the last, or ``final``."""
         now = self.clock()
-        if now - self._last < self.every_s:
+        if now - self._last < self.every_s and not final:
             return
         rate = (self.rows_run - self._rows_at_last) / max(now - self._last, 1e-9)
         done = self.ok + self.failed

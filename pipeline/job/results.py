@@ -31,6 +31,7 @@ class TaskResult:
     compute_seconds: float = 0.0  # time spent attributing and scoring (the engine's share)
     batch_size: int = 0  # pairs per batch the actor used (set, or chosen for its memory)
     error_rows: int = 0  # rows that failed in the engine (status ``error``)
+    device_fallbacks: int = 0  # JPEGs data.decode=device left to the CPU decoder
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -6,7 +6,9 @@ When the ledger's newest file has a frontier (its run did not end cleanly), the
 frontier's parts not in the ledger are looked for, one ranged footer read each:
 those a worker committed after the last checkpoint are recorded and skipped.
 No listing of ``parts/``, and no footer of a part the ledger already records, is
-read: resuming costs the ledger's few files plus at most the frontier.
+read: resuming costs the ledger's few files plus at most the frontier. When a
+ledger file could not be read, every task the ledger does not hold is looked for
+the same way (one request each): what that file held is found again.
 
 An output written before the ledger existed has none: its ``_manifest.json`` of
 the same fingerprint, whose parts were inline, seeds it.
@@ -111,10 +113,17 @@ def resume(tasks: list[Task], ledger: Ledger, output: str, storage: StorageSetti
     if not ledger.files and not entries.num_rows:
         commits = _imported(runnable, fs, out_path, fp)
         imported = len(commits)
-    frontier = pa.array(ledger.frontier, pa.string())
-    frontier = set(frontier.filter(pc.invert(pc.is_in(
-        frontier, value_set=entries.column("task_id")))).to_pylist())
-    probe = [t for t in runnable if t.task_id in frontier]
+    if ledger.unreadable:
+        held = pc.is_in(pa.array([t.task_id for t in runnable], pa.string()),
+                        value_set=entries.column("task_id")).to_pylist()
+        probe = [t for t, h in zip(runnable, held) if not h]
+        log.warning("ledger: %d file(s) not readable; looking for the parts of the %d tasks "
+                    "the rest does not hold", len(ledger.unreadable), len(probe))
+    else:
+        frontier = pa.array(ledger.frontier, pa.string())
+        frontier = set(frontier.filter(pc.invert(pc.is_in(
+            frontier, value_set=entries.column("task_id")))).to_pylist())
+        probe = [t for t in runnable if t.task_id in frontier]
     if probe:
         commits += _found(probe, output, storage, fp, storage.requests_in_flight)
     if commits:

@@ -117,6 +117,13 @@ def test_an_unreadable_file_is_skipped_with_a_warning(tmp_path, caplog):
         got = as_dict(ledger_at(tmp_path).load())
     assert set(got) == {"t00000", "t00002"}
     assert "L0-000000000001" in caplog.text and "not readable" in caplog.text
+    again = ledger_at(tmp_path)
+    again.load()
+    assert again.unreadable == ["L0-000000000001-000000000001.parquet"]
+    again.start().add(commit(1))  # what it held, recorded anew
+    assert again.close()
+    assert "L0-000000000001-000000000001.parquet" not in files(tmp_path)
+    assert set(as_dict(ledger_at(tmp_path).load())) == {"t00000", "t00001", "t00002"}
 
 
 def test_a_merge_cut_short_leaves_inputs_that_are_ignored(tmp_path):
@@ -157,3 +164,27 @@ def test_unknown_status_is_refused(tmp_path):
     ledger.add(Commit("x", 1, 1, 1, {"weird": 1}))
     with pytest.raises(ValueError, match="weird"):
         ledger.checkpoint([])
+
+
+def test_a_run_with_nothing_to_record_writes_nothing(tmp_path):
+    ledger = ledger_at(tmp_path).start()
+    ledger.add(commit(0))
+    ledger.checkpoint(["t00001"])
+    assert ledger.close()  # the clean end: written, its frontier empty
+    before = files(tmp_path)
+    again = ledger_at(tmp_path)
+    again.load()
+    again.start().checkpoint([])
+    assert again.close()
+    assert files(tmp_path) == before and again.segments_written == 0
+
+
+def test_a_second_writer_fails_loudly_instead_of_overwriting(tmp_path, caplog):
+    first, second = ledger_at(tmp_path).start(), ledger_at(tmp_path).start()
+    first.add(commit(0))
+    assert first.close()
+    second.add(commit(1))
+    with caplog.at_level(logging.ERROR, logger="nibt-audit"):
+        assert not second.close()
+    assert "another run is writing this output's ledger" in caplog.text
+    assert set(as_dict(ledger_at(tmp_path).load())) == {"t00000"}  # the first's, intact

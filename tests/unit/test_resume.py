@@ -11,7 +11,7 @@ import s3fs
 
 from pipeline.config import StorageSettings
 from pipeline.devtools.s3local import StoreControl
-from pipeline.io.ledger import Commit, Ledger, latest, to_table
+from pipeline.io.ledger import Commit, Ledger, to_table
 from pipeline.io.manifest import read_manifest, write_manifest
 from pipeline.io.parts import commit_part
 from pipeline.io.schema import RESULT_FIELDS, result_schema
@@ -123,8 +123,10 @@ def test_an_output_without_a_ledger_takes_its_manifest_s_parts(tmp_path):
 def test_manifest_lists_planned_parts_in_plan_order(tmp_path, monkeypatch):
     monkeypatch.setattr("pipeline.job.commit.SLICE", 2)  # several slices
     ts = tasks(6)
-    entries = latest([to_table([commit(ts[4]), commit(ts[1]), commit(ts[3], error=2)], 0),
-                      to_table([commit(Task("z" * 24, "/x", 1, "t", (0,), 0, 1))], 1)])
+    # ts[4] recorded twice: the later entry (its 2 error rows) counts
+    entries = [to_table([commit(ts[4]), commit(ts[1]), commit(ts[3], error=2)], 0),
+               to_table([commit(Task("z" * 24, "/x", 1, "t", (0,), 0, 1)),
+                         commit(ts[4], error=1)], 1)]
     done = Committed.of(entries, ts)
     table = pa.Table.from_batches(list(done.batches()))
     assert table.column("task_id").to_pylist() == [ts[1].task_id, ts[3].task_id, ts[4].task_id]
@@ -132,11 +134,34 @@ def test_manifest_lists_planned_parts_in_plan_order(tmp_path, monkeypatch):
     row = table.to_pylist()[1]
     assert row["path"] == f"parts/{t.task_id}.parquet"
     assert row["input_fingerprint"] == f"{t.uri}|{t.size}|{t.tag}|{t.row_start}:{t.row_end}"
-    assert done.totals() == {"rows_out": 12, "status_counts": {"error": 2, "ok": 10},
-                             "tasks_with_error_rows": 1, "batch_size": 8}
+    assert done.totals() == {"rows_out": 12, "status_counts": {"error": 3, "ok": 9},
+                             "tasks_with_error_rows": 2, "batch_size": 8}
     fs, root = filesystem(str(tmp_path / "out"), StorageSettings())
     write_manifest(fs, root, {"fingerprint": FP}, Committed.of(entries, ts).batches())
     back = read_manifest(str(tmp_path / "out"))
     assert [p["task_id"] for p in back["parts"]] == table.column("task_id").to_pylist()
     assert back["parts"][1]["status_counts"] == {"ok": 2, "error": 2}
+    assert back["parts"][2]["status_counts"] == {"ok": 3, "error": 1}
     assert (back["parts_count"], back["rows"]) == (3, 12)
+
+
+def test_a_ledger_file_that_cannot_be_read_has_its_parts_found_from_their_footers(lake):
+    """Nothing lost: every part the readable ledger does not hold is looked for (one GET
+    each) and found; nothing counted twice: each task once, in the ledger or found."""
+    store, storage = lake
+    fs, root = filesystem("s3://resume/corrupt", storage)
+    ts = tasks(9)
+    ledger = Ledger(fs, root, FP, fanout=100).start()
+    for group in (ts[0:3], ts[3:6]):
+        for t in group:
+            ledger.add(commit(t))
+            write_part(fs, root, t)
+        ledger.checkpoint([])
+    assert ledger.close()
+    fs.pipe_file(f"{root}/_ledger/{FP}/L0-000000000000-000000000000.parquet", b"PAR1 garbage")
+    store.reset()
+    r = resume(ts, Ledger(fs, root, FP), "s3://resume/corrupt", storage, FP, overwrite=False)
+    gets = {k for (op, k), n in store.requests().items() if op == "GET" and "/parts/" in k}
+    assert gets == {f"resume/corrupt/parts/{t.task_id}.parquet" for t in ts[:3] + ts[6:]}
+    assert r.recovered == 3 and [t.task_id for t in r.todo] == [t.task_id for t in ts[6:]]
+    assert sorted(r.committed.column("task_id").to_pylist()) == sorted(t.task_id for t in ts[:6])
