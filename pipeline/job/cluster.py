@@ -42,13 +42,11 @@ MAX_ACTORS_PER_GPU, MIN_CPUS_PER_GPU_ACTOR = 4, 4
 
 def default_gpu_share(cpus: float, gpus: float) -> float:
     """GPU fraction per actor when ``gpus_per_actor`` is unset: one actor per 4 CPUs
-    the GPU has, 1 to 4 of them. Measured when actors decoded in threads: one
-    process decoded at most ~1,900 images/s (the GIL), and the ViT-B-32 job on an
-    H200 with 16 CPUs ran 855 pairs/s with one actor, 1,401 with two and 1,462 with
-    four (docs/performance.md, "On a GPU"). Actors now decode in processes of their own, so one
-    actor may do as well; until a GPU measures it (``make bench-gpu`` runs one
-    actor beside this default) several actors also keep several host threads
-    feeding the GPU."""
+    the GPU has, 1 to 4 of them. Several actors keep several host threads launching
+    kernels: on an H200 with 16 CPUs, with decoding in threads, the ViT-B-32 job ran
+    855 pairs/s with one actor, 1,401 with two and 1,462 with four (docs/performance.md,
+    "On a GPU"). Whether one actor decoding in processes does as well is what
+    ``make bench-gpu`` measures: it runs one actor beside this default."""
     per_gpu = int(min(MAX_ACTORS_PER_GPU, max(1, (cpus / gpus) // MIN_CPUS_PER_GPU_ACTOR)))
     return round(1.0 / per_gpu, 4)
 
