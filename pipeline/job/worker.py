@@ -183,27 +183,11 @@ class TaskRunner:
             log.warning("data.decode=%s: the model's transform is not a resize and centre "
                         "crop; images are decoded exactly", data.decode)
         self.preprocess = fast or (self.split.image if self.split else self.clip.preprocess)
-        draft = fast.draft_size if fast else None
         self.output = output
         # what this worker runs with, as used: over the job's values
         self.metadata = {**metadata, **self.engine.config(), "batch_size": self.batch_size,
                          **library_versions()}
-        d = data
-        if decode_processes > 0:  # beside a GPU: no decoding under the compute thread's GIL
-            self.decoder: ThreadDecoder | ProcessDecoder | DeviceDecoder = ProcessDecoder(
-                self.preprocess, d.max_pixels, d.max_caption_chars, decode_processes, pin=gpu,
-                tokenize=_picklable(self.clip.caption_encoder()), draft=draft)
-        else:
-            if decode_threads is None:
-                decode_threads = max(2, int(threads or 2) - 1) if gpu else 2
-            self.decoder = ThreadDecoder(self.preprocess, d.max_pixels, d.max_caption_chars,
-                                         decode_threads, pin=gpu, one_torch_thread=True,
-                                         draft=draft)
-        cpu_decoder = self.decoder
-        if data.decode == "device" and fast is not None:  # JPEGs on the device, the rest as fast
-            tokenize = self.clip.caption_encoder() if cpu_decoder.tokenizes else None
-            self.decoder = DeviceDecoder(cpu_decoder, fast.geometry, d.max_pixels,
-                                         d.max_caption_chars, self.clip.device, tokenize)
+        self.decoder = self._decoder(data, fast, gpu, threads, decode_threads, decode_processes)
         self.reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nibt-read")
         # threads that fetch a shard's chunks ahead, started once for every task (not one
         # pool per shard), enough for two tasks in flight
@@ -215,6 +199,27 @@ class TaskRunner:
             out_fs, out_path = filesystem(output, storage)
             out_fs.exists(out_path)
         self._compute = threading.Lock()
+
+    def _decoder(self, d: DataSettings, fast: Any, gpu: bool, threads: int | None,
+                 decode_threads: int | None, decode_processes: int,
+                 ) -> ThreadDecoder | ProcessDecoder | DeviceDecoder:
+        """The decoder of this worker's batches: processes beside a GPU (no decoding under
+        the compute thread's GIL), else threads; JPEGs on the device with ``decode=device``."""
+        draft = fast.draft_size if fast else None
+        if decode_processes > 0:
+            cpu: ThreadDecoder | ProcessDecoder = ProcessDecoder(
+                self.preprocess, d.max_pixels, d.max_caption_chars, decode_processes, pin=gpu,
+                tokenize=_picklable(self.clip.caption_encoder()), draft=draft)
+        else:
+            if decode_threads is None:
+                decode_threads = max(2, int(threads or 2) - 1) if gpu else 2
+            cpu = ThreadDecoder(self.preprocess, d.max_pixels, d.max_caption_chars,
+                                decode_threads, pin=gpu, one_torch_thread=True, draft=draft)
+        if d.decode == "device" and fast is not None:  # JPEGs on the device, the rest as fast
+            tokenize = self.clip.caption_encoder() if cpu.tokenizes else None
+            return DeviceDecoder(cpu, fast.geometry, d.max_pixels, d.max_caption_chars,
+                                 self.clip.device, tokenize)
+        return cpu
 
     def _warm_up(self) -> None:
         """One small batch through the engine, so that one-time costs (kernel
