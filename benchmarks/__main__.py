@@ -21,7 +21,7 @@ from benchmarks.common import run_child
 from pipeline.devtools.machine import machine
 
 SECTIONS = ("engine", "flops", "completeness", "models", "job", "scale", "overlap", "decode",
-            "decode_job", "decoders", "report", "controlplane", "commitlog")
+            "decode_job", "decoders", "report", "controlplane", "commitlog", "webdataset")
 
 
 def main(argv: list[str]) -> int:

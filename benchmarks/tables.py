@@ -416,6 +416,28 @@ def commitlog(d: dict) -> str:
     ])
 
 
+def webdataset(d: dict) -> str:
+    rows = []
+    for delay in d["delays_ms"]:
+        for fmt, label in (("parquet", "Parquet"), ("webdataset", "WebDataset")):
+            name = f"{fmt} {delay}ms"
+            ratio = d["webdataset_over_parquet"][f"{delay}ms"]
+            rows.append([f"{delay} ms", label, f"**{num(d['median_rows_per_s'][name])}**",
+                         ", ".join(num(r) for r in d["rows_per_s"][name]),
+                         num(d["cpu_us_per_row"][name]), _requests(d["requests_per_file"][name]),
+                         f"**{ratio:.2f}x**" if fmt == "webdataset" else ""])
+    mb = d["input_mb"]
+    return "\n\n".join([
+        f"{d['pairs']:,} pairs ({d['image']}, {d['mean_image_bytes'] / 1000:.0f} KB on average) "
+        f"as {d['files']} Parquet files ({mb['parquet']:g} MB, row groups of "
+        f"{d['parquet_row_group']}) and as {d['files']} WebDataset shards ({mb['webdataset']:g} "
+        f"MB), each file one task, read in batches of {d['batch_rows']} rows; {d['rounds']} "
+        "rounds, the formats alternating.",
+        table(["store delay", "input", "rows/s (median)", "each round", "CPU us per row",
+               "requests per file", "WebDataset / Parquet"], rows),
+    ])
+
+
 def evaluate(d: dict) -> str:
     from pipeline.demo.evaluate import tables
 
@@ -436,6 +458,7 @@ RENDER: dict[str, tuple[str, Callable[[dict], str]]] = {
     "controlplane-resume": ("controlplane", controlplane_resume),
     "controlplane-encoding": ("controlplane", controlplane_encoding),
     "commitlog": ("commitlog", commitlog),
+    "webdataset": ("webdataset", webdataset),
 }
 
 
