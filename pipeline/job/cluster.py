@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from pipeline.config import ClusterSettings
+from pipeline.decode.build import decode_processes
 
 
 @dataclass
@@ -81,10 +82,7 @@ def plan_actors(cfg: ClusterSettings, resources: dict[str, float], tasks: int,
             n = max(1, int(fits))
         plan = ActorPlan(n, per_cpu, 0.0, max(1, int(per_cpu)))
     plan.num_actors = max(1, min(plan.num_actors, max(tasks, 1)))
-    # Beside a GPU, decode in processes: decode threads would hold the GIL the
-    # compute thread needs for every kernel launch (decoders.py). On CPU, threads.
-    plan.decode_processes = (cfg.decode_processes if cfg.decode_processes is not None
-                             else max(1, plan.threads - 1) if gpus > 0 else 0)
+    plan.decode_processes = decode_processes(cfg.decode_processes, plan.threads, gpus)
     # Two tasks in flight beside a GPU; one on CPU.
     plan.slots = cfg.tasks_per_actor or (2 if gpus > 0 else 1)
     plan.memory_mb = cfg.memory_per_actor_mb or _memory_share(plan, gpus, nodes, resources)
