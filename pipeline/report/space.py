@@ -50,6 +50,17 @@ def incidence(tokens: pa.Array | pa.ChunkedArray,
     return key // n, key % n
 
 
+def candidate_hits(t: pa.Table, grid: Grid,
+                   index: dict[str, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(row, word, top cell)`` for each distinct word of ``index`` in each row of ``t`` (ok
+    rows) whose map is usable on ``grid``; by row, then word id."""
+    maps, valid = maps_of(t, grid)
+    _, top, usable = positive_maps(maps)
+    t_rows = np.flatnonzero(valid)[usable]
+    mi, wi = incidence(t.column("tokens").take(pa.array(t_rows, pa.int64())), index)
+    return t_rows[mi], wi, top[usable][mi]
+
+
 class WordSpace:
     """Per tracked word: summed normalised maps, top-patch cell counts, example pointers."""
 
@@ -68,8 +79,8 @@ class WordSpace:
                    (("word", np.int64), ("key", np.float64), ("part", np.int64),
                     ("row", np.int64), ("top", np.int64))}
 
-    def consume(self, tables: Iterable[pa.Table]) -> WordSpace:
-        for part, table in enumerate(tables):
+    def consume(self, tables: Iterable[pa.Table], first: int = 0) -> WordSpace:
+        for part, table in enumerate(tables, first):
             self.add(table, part)
         return self
 
@@ -97,9 +108,10 @@ class WordSpace:
         rng = np.random.default_rng(stable_seed(self.seed, "examples", part))
         self._keep_examples(wi, rng.random(wi.size), part, rows[t_rows[mi]], top[mi])
 
-    def _keep_examples(self, words: np.ndarray, keys: np.ndarray, part: int,
+    def _keep_examples(self, words: np.ndarray, keys: np.ndarray, part: int | np.ndarray,
                        rows: np.ndarray, top: np.ndarray) -> None:
-        new = {"word": words, "key": keys, "part": np.full(words.size, part, np.int64),
+        new = {"word": words, "key": keys, "part": np.broadcast_to(
+                   np.asarray(part, np.int64), words.shape),
                "row": rows.astype(np.int64), "top": top.astype(np.int64)}
         cat = {k: np.concatenate([self.ex[k], new[k]]) for k in self.ex}
         order = np.lexsort((cat["key"], cat["word"]))
@@ -107,6 +119,14 @@ class WordSpace:
         first = np.searchsorted(w, w, side="left")
         keep = order[(np.arange(w.size) - first) < self.examples]
         self.ex = {k: v[keep] for k, v in cat.items()}
+
+    def merge(self, other: WordSpace) -> None:
+        """Add the same words' maps over other parts (examples: the smallest keys of both)."""
+        self.pos_sum += other.pos_sum
+        self.top += other.top
+        self.n += other.n
+        self._keep_examples(other.ex["word"], other.ex["key"], other.ex["part"],
+                            other.ex["row"], other.ex["top"])
 
     def profiles(self, dataset_pos_mean: np.ndarray, dataset_top_share: np.ndarray,
                  min_count: int) -> list[dict]:
@@ -173,12 +193,11 @@ class CoOccurrence:
     def add(self, table: pa.Table) -> None:
         ok = pc.equal(table.column("status"), "ok").fill_null(False).to_numpy(zero_copy_only=False)
         t = table.filter(pa.array(ok))
-        if t.num_rows == 0:
-            return
-        maps, valid = maps_of(t, self.grid)
-        _, top, usable = positive_maps(maps)
-        t_rows = np.flatnonzero(valid)[usable]
-        mi, wi = incidence(t.column("tokens").take(pa.array(t_rows, pa.int64())), self.index)
+        if t.num_rows:
+            self.add_hits(*candidate_hits(t, self.grid, self.index))
+
+    def add_hits(self, mi: np.ndarray, wi: np.ndarray, cell: np.ndarray) -> None:
+        """Count (row, candidate, top cell) triples (``candidate_hits``)."""
         if mi.size == 0:
             return
         # each (map, candidate) pair keyed by the set of the other candidates in its caption,
@@ -189,7 +208,6 @@ class CoOccurrence:
         np.bitwise_or.at(masks, (inv, wi // 62), np.left_shift(1, wi % 62).astype(np.int64))
         others = masks[inv].copy()
         others[np.arange(wi.size), wi // 62] &= ~np.left_shift(1, wi % 62).astype(np.int64)
-        cell = top[usable][mi]
         keys, counts = np.unique(np.column_stack([wi, others, cell]), axis=0, return_counts=True)
         for key, c in zip(keys.tolist(), counts.tolist()):
             i, bits, cl = key[0], key[1:-1], key[-1]
@@ -197,6 +215,15 @@ class CoOccurrence:
                                 if v >> b & 1)
             arr = self.counts.setdefault((i, present), np.zeros(self.grid.cells, np.int64))
             arr[cl] += c
+
+    def merge(self, other: CoOccurrence) -> None:
+        """Add the same candidates' counts over other parts."""
+        for key, c in other.counts.items():
+            mine = self.counts.get(key)
+            if mine is None:
+                self.counts[key] = c.copy()
+            else:
+                mine += c
 
     def resolve(self, top_share: np.ndarray, min_count: int,
                 min_score: float) -> tuple[list[dict], list[dict]]:

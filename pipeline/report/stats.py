@@ -1,8 +1,9 @@
 """Bounded-memory statistics for the report: moments, reservoirs, bootstrap, effect sizes.
 
-Everything here is streaming-friendly: ``Moments`` merges exact count / mean /
-variance part by part (Chan's parallel update), ``Reservoir`` keeps a seeded
-uniform sample of fixed size (bottom-k of random keys), and the bootstrap runs
+Everything here is streaming-friendly and mergeable: ``Moments`` merges exact
+count / mean / variance part by part (Chan's parallel update), ``Reservoir``
+keeps a seeded uniform sample of fixed size (bottom-k of random keys, which two
+workers' samples merge into exactly), and the bootstrap runs
 on that sample. When a group has more values than the reservoir holds, the
 bootstrap spread of the sample mean is rescaled by ``sqrt(k / n)`` and centred
 on the exact mean, so the interval describes all ``n`` values, not just the
@@ -33,16 +34,22 @@ class Moments:
     m2: float = 0.0
 
     def add(self, values: np.ndarray) -> None:
+        """Add a batch of values (its own moments, merged in)."""
         v = np.asarray(values, dtype=np.float64)
         v = v[np.isfinite(v)]
         if v.size == 0:
             return
-        nb, mb = v.size, float(v.mean())
-        m2b = float(((v - mb) ** 2).sum())
-        n = self.n + nb
-        delta = mb - self.mean
-        self.mean += delta * nb / n
-        self.m2 += m2b + delta * delta * self.n * nb / n
+        mb = float(v.mean())
+        self.merge(Moments(v.size, mb, float(((v - mb) ** 2).sum())))
+
+    def merge(self, other: Moments) -> None:
+        """Add another stream's moments (Chan et al.'s pairwise update)."""
+        if other.n == 0:
+            return
+        n = self.n + other.n
+        delta = other.mean - self.mean
+        self.mean += delta * other.n / n
+        self.m2 += other.m2 + delta * delta * self.n * other.n / n
         self.n = n
 
     @property
@@ -83,6 +90,11 @@ class Reservoir:
             keep.sort()
             keys, vals = keys[keep], vals[keep]
         self.keys, self.values = keys, vals
+
+    def merge(self, other: Reservoir) -> None:
+        """Add another reservoir of the same size that sampled a later part of the stream:
+        the result is the reservoir of the whole stream (bottom-k of bottom-ks)."""
+        self.add(other.values, other.keys)
 
 
 def boot_deviations(

@@ -31,6 +31,11 @@ class PartWords:
     words: list[str]  # the part's distinct case-folded words, in order of first use
     skipped: int = 0  # rows left out: no tokens, or values missing / of another length
 
+    def pair_words(self) -> np.ndarray:
+        """Each row's distinct words (indices into ``words``), row by row."""
+        n = max(len(self.words), 1)
+        return np.unique(self.row * n + self.word) % n
+
     def starts(self) -> np.ndarray:
         """Index of each row's first word (rows in ascending order, only rows with words)."""
         return np.flatnonzero(np.r_[True, self.row[1:] != self.row[:-1]]) if self.row.size \
