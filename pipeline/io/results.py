@@ -25,6 +25,9 @@ from pipeline.io.storage import filesystem, is_local, join
 
 #: Parts read ahead of the one being worked on.
 PREFETCH = 16
+#: The caption's word pieces read as Parquet stores them, dictionary-encoded (they repeat):
+#: no string per piece is built, and readers group pieces by their dictionary index.
+TOKEN_DICTIONARY = ("tokens.list.element", "tokens.list.item")
 
 
 class PartUnreadable(Exception):
@@ -39,21 +42,23 @@ class PartUnreadable(Exception):
 
 
 def read_part(fs: fsspec.AbstractFileSystem, root: str, entry: dict[str, Any],
-              columns: Sequence[str] | None = None) -> pa.Table:
+              columns: Sequence[str] | None = None, dictionary: Sequence[str] = ()) -> pa.Table:
     """One manifest entry's part as a table of ``columns``: locally a read of those columns,
-    on object storage one GET of the whole object."""
+    on object storage one GET of the whole object. ``dictionary``: nested column paths read
+    dictionary-encoded (``TOKEN_DICTIONARY``)."""
     path = join(root, entry["path"])
     cols = list(columns) if columns else None
+    kw = {"columns": cols, "use_threads": False, "read_dictionary": list(dictionary) or None}
     try:
         if is_local(fs):
-            table = pq.read_table(path, columns=cols, use_threads=False)
+            table = pq.read_table(path, **kw)
         else:
-            kw = {"max_concurrency": 1} if hasattr(fs, "max_concurrency") else {}
-            data = fs.cat_file(path, **kw)
+            one = {"max_concurrency": 1} if hasattr(fs, "max_concurrency") else {}
+            data = fs.cat_file(path, **one)
             size = entry.get("bytes")
             if size is not None and len(data) != int(size):
                 raise PartUnreadable(path, f"{len(data)} bytes, the manifest lists {size}")
-            table = pq.read_table(pa.BufferReader(data), columns=cols, use_threads=False)
+            table = pq.read_table(pa.BufferReader(data), **kw)
     except PartUnreadable:
         raise
     except Exception as e:
@@ -65,8 +70,8 @@ def read_part(fs: fsspec.AbstractFileSystem, root: str, entry: dict[str, Any],
 
 
 def prefetched(output: str, storage: StorageSettings, entries: Sequence[dict[str, Any]],
-               columns: Sequence[str] | None = None,
-               ahead: int = PREFETCH) -> Iterator[pa.Table]:
+               columns: Sequence[str] | None = None, ahead: int = PREFETCH,
+               dictionary: Sequence[str] = ()) -> Iterator[pa.Table]:
     """``entries``' parts in order, up to ``ahead`` of them read in threads meanwhile.
 
     Locally two threads suffice (the disk answers at once); a remote store gets
@@ -82,7 +87,8 @@ def prefetched(output: str, storage: StorageSettings, entries: Sequence[dict[str
         try:
             for _ in range(len(entries)):
                 while nxt < len(entries) and len(queue) < width:
-                    queue.append(pool.submit(read_part, fs, root, entries[nxt], columns))
+                    queue.append(pool.submit(read_part, fs, root, entries[nxt], columns,
+                                             dictionary))
                     nxt += 1
                 yield queue.pop(0).result()
         finally:

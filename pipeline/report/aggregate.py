@@ -144,6 +144,8 @@ class TopN:
             table: pa.Table | None = None) -> None:
         """Add a part's values at ``rows`` (``table``: the part's rows that ``values`` index)."""
         ok = np.flatnonzero(np.isfinite(values))
+        if ok.size > 4 * self.n > 0:  # the n smallest and their ties, before sorting
+            ok = ok[values[ok] <= np.partition(values[ok], self.n - 1)[self.n - 1]]
         ok = ok[np.lexsort((rows[ok], values[ok]))[: self.n]]
         self._keep(values[ok], np.full(ok.size, part, np.int64), rows[ok].astype(np.int64))
         if table is not None:

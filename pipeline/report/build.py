@@ -92,7 +92,8 @@ def tracked_words(agg: Aggregator, s: ReportSettings) -> list[str]:
     cand = np.flatnonzero(pairs >= max(s.shortcut_min_count, 1))
     if s.words_skip_punctuation and cand.size:
         cand = cand[summary.alnum_mask([words[i] for i in cand])]
-    return [words[i] for i in summary.top_by(cand, -pairs, words, s.shortcut_max_words)]
+    return [words[i] for i in summary.top_by(cand, -pairs, words.__getitem__,
+                                              s.shortcut_max_words)]
 
 
 @dataclass
@@ -268,12 +269,14 @@ def _checked(name: str, value: Any) -> str:
 
 def build_report(results: str, output: str, settings: ReportSettings | None = None,
                  storage: StorageSettings | None = None, baseline: str | None = None,
-                 executor: Executor | None = None) -> dict[str, Any]:
+                 executor: Executor | None = None,
+                 stats: dict[str, Any] | None = None) -> dict[str, Any]:
     """Build the report of the audit ``results`` into ``output``; returns ``report.json``'s dict.
 
     With ``baseline`` (an earlier audit, or the same data under other settings),
     the report also compares the two (``comparison``). ``executor`` runs the
-    passes' tasks (default: ``default_executor``). Raises ``ConfigError`` for bad
+    passes' tasks (default: ``default_executor``); ``stats`` receives how many
+    workers ran them and their summed peak memory. Raises ``ConfigError`` for bad
     settings or a missing manifest, ``io.results.PartUnreadable`` for a part that
     cannot be read; either way nothing is published.
     """
@@ -292,6 +295,9 @@ def build_report(results: str, output: str, settings: ReportSettings | None = No
         staging.discard()
         raise
     finally:
+        if stats is not None:
+            stats.update(workers=ex.workers,
+                         workers_peak_rss_mb=round(sum(ex.peak_rss_mb().values()), 1))
         if executor is None:
             ex.close()
     return report
@@ -322,11 +328,11 @@ def _build(ex: Executor, audit: tuple[str, dict[str, Any]],
         # the list carries what made it: the results, their fingerprint, the report's settings
         meta = {"nibt.flags": json.dumps(_clean({
             "results": cur.results, "fingerprint": report["run"].get("fingerprint"),
-            "report_version": REPORT_VERSION, **report["flags"], "settings": public(s)}))}
+            "report_version": REPORT_VERSION, **report["flags"], "settings": _settings(s)}))}
         tables = {}
         if base is not None:
             report, tables["comparison_words"] = _compared(report, cur, base, s, storage)
-        report["settings"] = public(s)
+        report["settings"] = _settings(s)
         report = _clean(report)
         _write(staging, report, cur, tables, flag_list, meta)
     finally:
@@ -337,6 +343,11 @@ def _build(ex: Executor, audit: tuple[str, dict[str, Any]],
              f", {len(report['comparison']['findings'])} changes" if base is not None else "",
              staging.root)
     return report
+
+
+def _settings(s: ReportSettings) -> dict[str, Any]:
+    """The settings that made the report (not where it ran: same numbers either way)."""
+    return {k: v for k, v in public(s).items() if k != "workers"}
 
 
 def _cands(a: Read, s: ReportSettings) -> list[dict]:

@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.config import StorageSettings
-from pipeline.io.results import PREFETCH, prefetched
+from pipeline.io.results import PREFETCH, TOKEN_DICTIONARY, prefetched
 from pipeline.report import aggregate, flags, space
 from pipeline.report.aggregate import ROW_COLUMNS, Aggregator, GridConflict
 from pipeline.report.flags import FlagList, FlagScan
@@ -78,7 +78,7 @@ def tasks(results: str, storage: StorageSettings, entries: Sequence[dict[str, An
 def run_task(task: Task) -> Any:
     """A task's partial result (what a worker runs)."""
     tables = prefetched(task.results, task.storage, task.entries, task.work.columns,
-                        task.prefetch)
+                        task.prefetch, TOKEN_DICTIONARY)
     return task.work.run(enumerate(tables, task.first))
 
 

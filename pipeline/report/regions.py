@@ -69,7 +69,8 @@ def maps_of(table: pa.Table, grid: Grid) -> tuple[np.ndarray, np.ndarray]:
         return np.empty((0, grid.cells)), valid
     kept = col.filter(pa.array(valid))
     values = kept.flatten().fill_null(0).to_numpy(zero_copy_only=False).astype(np.float64)
-    maps = np.nan_to_num(values.reshape(-1, grid.cells), nan=0.0, posinf=0.0, neginf=0.0)
+    maps = np.nan_to_num(values.reshape(-1, grid.cells), copy=False, nan=0.0, posinf=0.0,
+                         neginf=0.0)
     return maps, valid
 
 

@@ -28,7 +28,7 @@ import pyarrow.compute as pc
 
 from pipeline.report.regions import Grid, maps_of, positive_maps
 from pipeline.report.stats import kl_divergence, stable_seed, wilson_lower
-from pipeline.report.tokens import part_words
+from pipeline.report.tokens import part_words, unique_ints
 
 COLUMNS = ["status", "tokens", "image_attr", "grid_h", "grid_w"]
 
@@ -46,7 +46,7 @@ def incidence(tokens: pa.Array | pa.ChunkedArray,
     if not keep.any():
         return np.empty(0, np.int64), np.empty(0, np.int64)
     n = max(len(index), 1)
-    key = np.unique(pw.row[keep] * n + wid[keep])
+    key = unique_ints(pw.row[keep] * n + wid[keep])
     return key // n, key % n
 
 
@@ -98,10 +98,10 @@ class WordSpace:
         if mi.size == 0:
             return
         n_words, cells = len(self.words), self.grid.cells
-        order = np.argsort(wi, kind="stable")  # (map, word) pairs grouped by word
-        sw = wi[order]
-        starts = np.flatnonzero(np.r_[True, sw[1:] != sw[:-1]])
-        self.pos_sum[sw[starts]] += np.add.reduceat(norm[mi[order]], starts, axis=0)
+        # each word's summed maps, one cell at a time (a scatter-add of whole maps costs more)
+        by_cell = np.ascontiguousarray(norm.T)
+        for c in range(cells):
+            self.pos_sum[:, c] += np.bincount(wi, weights=by_cell[c][mi], minlength=n_words)
         self.top += np.bincount(wi * cells + top[mi], minlength=n_words * cells).reshape(
             n_words, cells)
         self.n += np.bincount(wi, minlength=n_words)
@@ -110,11 +110,20 @@ class WordSpace:
 
     def _keep_examples(self, words: np.ndarray, keys: np.ndarray, part: int | np.ndarray,
                        rows: np.ndarray, top: np.ndarray) -> None:
-        new = {"word": words, "key": keys, "part": np.broadcast_to(
-                   np.asarray(part, np.int64), words.shape),
-               "row": rows.astype(np.int64), "top": top.astype(np.int64)}
+        """Keep each word's ``examples`` smallest keys among those held and these."""
+        bound = np.full(len(self.words), np.inf)  # a key a new pair must beat
+        held = self.ex["word"]
+        if held.size:
+            count = np.bincount(held, minlength=len(self.words))
+            full = np.flatnonzero(count >= self.examples)
+            bound[full] = self.ex["key"][np.r_[0, np.cumsum(count)[:-1]][full] + self.examples - 1]
+        cand = keys < bound[words]
+        new = {"word": words[cand], "key": keys[cand], "part": np.broadcast_to(
+                   np.asarray(part, np.int64), words.shape)[cand],
+               "row": rows[cand].astype(np.int64), "top": top[cand].astype(np.int64)}
         cat = {k: np.concatenate([self.ex[k], new[k]]) for k in self.ex}
-        order = np.lexsort((cat["key"], cat["word"]))
+        order = np.argsort(cat["key"], kind="stable")  # by word, then key
+        order = order[np.argsort(cat["word"][order], kind="stable")]
         w = cat["word"][order]
         first = np.searchsorted(w, w, side="left")
         keep = order[(np.arange(w.size) - first) < self.examples]

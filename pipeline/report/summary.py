@@ -8,6 +8,7 @@ reservoirs (see ``stats``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from itertools import combinations
 from typing import Any
 
@@ -60,23 +61,23 @@ def has_alnum(word: str) -> bool:
     return any(ch.isalnum() for ch in word)
 
 
-def alnum_mask(words: list[str]) -> np.ndarray:
+def alnum_mask(words: list[str] | pa.Array) -> np.ndarray:
     """``has_alnum`` of each word: by a regular expression over the ASCII ones (nearly all),
     one by one over the others."""
-    if not words:
+    arr = words if isinstance(words, pa.Array) else pa.array(words, pa.string())
+    if len(arr) == 0:
         return np.zeros(0, bool)
-    arr = pa.array(words, pa.string())
-    out = pc.match_substring_regex(arr, "[A-Za-z0-9]").to_numpy(zero_copy_only=False)
+    out = pc.match_substring_regex(arr, "[A-Za-z0-9]").to_numpy(zero_copy_only=False).copy()
     other = np.flatnonzero(~pc.string_is_ascii(arr).to_numpy(zero_copy_only=False))
-    out[other] = [has_alnum(words[i]) for i in other]
+    out[other] = [has_alnum(arr[int(i)].as_py()) for i in other]
     return out
 
 
-def top_by(idx: np.ndarray, key: np.ndarray, words: list[str], k: int) -> list[int]:
-    """The ``k`` of ``idx`` with the smallest ``key``, ties by word."""
+def top_by(idx: np.ndarray, key: np.ndarray, name: Callable[[int], str], k: int) -> list[int]:
+    """The ``k`` of ``idx`` with the smallest ``key``, ties by ``name(i)``."""
     if idx.size > 4 * k > 0:  # keep the k smallest keys and their ties before sorting
         idx = idx[key[idx] <= np.partition(key[idx], k - 1)[k - 1]]
-    return sorted(idx.tolist(), key=lambda i: (key[i], words[i]))[:k]
+    return sorted(idx.tolist(), key=lambda i: (key[i], name(i)))[:k]
 
 
 #: What ``run_info`` takes from the manifest's metadata: the resolved values that
@@ -198,8 +199,8 @@ def words_section(agg: Aggregator, s: ReportSettings) -> dict[str, Any]:
                 "mean_share": float(sums["share_sum"][i] / count[i])}
 
     # a word lowering the alignment on average is never listed as raising it, and vice versa
-    helps = top_by(np.flatnonzero(ok & (mean > 0)), -mean, v.words, s.words_top)
-    hurts = top_by(np.flatnonzero(ok & (mean < 0)), mean, v.words, s.words_top)
+    helps = top_by(np.flatnonzero(ok & (mean > 0)), -mean, v.words.__getitem__, s.words_top)
+    hurts = top_by(np.flatnonzero(ok & (mean < 0)), mean, v.words.__getitem__, s.words_top)
     return {"distinct": len(v.words), "occurrences": int(count.sum()),
             "min_count": s.words_min_count, "eligible": int(ok.sum()),
             "helps": [row(i) for i in helps], "hurts": [row(i) for i in hurts]}
