@@ -103,6 +103,7 @@ def run_from_config(cfg: DictConfig) -> int:
             "flagged": report["flags"]["rows"], "peak_rss_mb": peak,
             "workers": stats.get("workers", 1),
             "workers_peak_rss_mb": stats.get("workers_peak_rss_mb", 0.0),
+            "seconds": stats.get("seconds", {}),
         }, indent=2, ensure_ascii=False))
         return EXIT_OK
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -276,7 +277,8 @@ def build_report(results: str, output: str, settings: ReportSettings | None = No
     With ``baseline`` (an earlier audit, or the same data under other settings),
     the report also compares the two (``comparison``). ``executor`` runs the
     passes' tasks (default: ``default_executor``); ``stats`` receives how many
-    workers ran them and their summed peak memory. Raises ``ConfigError`` for bad
+    workers ran them, their summed peak memory and the seconds each step took (none
+    of which goes into the report: it is the same either way). Raises ``ConfigError`` for bad
     settings or a missing manifest, ``io.results.PartUnreadable`` for a part that
     cannot be read; either way nothing is published.
     """
@@ -289,7 +291,8 @@ def build_report(results: str, output: str, settings: ReportSettings | None = No
     ex = executor or default_executor(s, manifest, bman)
     staging = Staging(output, storage)
     try:
-        report = _build(ex, (results, manifest), (baseline, bman), s, storage, staging)
+        report = _build(ex, (results, manifest), (baseline, bman), s, storage, staging,
+                        stats if stats is not None else {})
         staging.publish()
     except BaseException:
         staging.discard()
@@ -305,21 +308,32 @@ def build_report(results: str, output: str, settings: ReportSettings | None = No
 
 def _build(ex: Executor, audit: tuple[str, dict[str, Any]],
            baseline: tuple[str | None, dict[str, Any] | None], s: ReportSettings,
-           storage: StorageSettings, staging: Staging) -> dict[str, Any]:
-    """The passes, then every file written to ``staging``."""
+           storage: StorageSettings, staging: Staging, stats: dict[str, Any]) -> dict[str, Any]:
+    """The passes, then every file written to ``staging``; step times into ``stats``."""
+    clock = stats.setdefault("seconds", {})
+    t = time.monotonic()
+
+    def lap(name: str) -> None:
+        nonlocal t
+        clock[name] = round(time.monotonic() - t, 3)
+        t = time.monotonic()
+
     cur = first(ex, *audit, s, storage)
     base = first(ex, *baseline, s, storage) if baseline[1] is not None else None
+    lap("first_pass")
     words = tracked_words(cur.agg, s)
     bwords = tracked_words(base.agg, s) if base is not None else []
     spaces(ex, cur, words, [w for w in bwords if w not in set(words)], s, storage)
     if base is not None:
         spaces(ex, base, bwords, [w for w in words if w not in set(bwords)], s, storage)
+    lap("space_pass")
     flag_list = FlagList(low_score_pairs(int(cur.agg.status.get("ok", 0)),
                                          s.flags_low_score_share))
     try:
         last(ex, cur, s, storage, flag_list)
         if base is not None:
             last(ex, base, s, storage, None)
+        lap("last_pass")
         report = _sections(cur, s, storage)
         report["flags"] = flag_list.summary(report["space"]["suspects"],
                                             {p["word"]: i for i, p in enumerate(_cands(cur, s))},
@@ -334,7 +348,10 @@ def _build(ex: Executor, audit: tuple[str, dict[str, Any]],
             report, tables["comparison_words"] = _compared(report, cur, base, s, storage)
         report["settings"] = _settings(s)
         report = _clean(report)
+        lap("sections")
         _write(staging, report, cur, tables, flag_list, meta)
+        lap("write")
+        stats["flagged"] = report["flags"]["rows"]
     finally:
         flag_list.close()
     if report["overview"]["notice"]:

@@ -54,10 +54,11 @@ class Task:
     prefetch: int = PREFETCH
 
 
-def cut(entries: Sequence[dict[str, Any]], rows: int = TASK_ROWS,
-        parts: int = TASK_PARTS) -> list[tuple[int, int]]:
+def cut(entries: Sequence[dict[str, Any]], rows: int | None = None,
+        parts: int | None = None) -> list[tuple[int, int]]:
     """The manifest's parts as ``(start, stop)`` runs of at least ``rows`` rows and ``parts``
-    parts (the last run may hold fewer)."""
+    parts (default ``TASK_ROWS``, ``TASK_PARTS``; the last run may hold fewer)."""
+    rows, parts = rows or TASK_ROWS, parts or TASK_PARTS
     out, start, held = [], 0, 0
     for i, e in enumerate(entries):
         held += int(e.get("rows") or 0)

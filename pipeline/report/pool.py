@@ -4,8 +4,9 @@ An executor maps a picklable function over tasks and yields the results in task
 order, whatever order the workers finish in, so the merge of partial aggregates
 (and with it the report) does not depend on how many workers there are.
 
-``LocalPool`` spawns its worker processes (no fork of a process holding threads
-and a storage client) and keeps ``in_flight`` tasks with each, so a worker
+``LocalPool`` starts its worker processes from a fork server (never a fork of a
+process holding threads and a storage client) and keeps ``in_flight`` tasks with
+each, so a worker
 finds its next task waiting. A worker that dies (killed, out of memory) is
 replaced and its tasks are sent again, to whichever worker is free; a task that
 runs past ``task_timeout_s`` has its worker killed and is sent again the same
@@ -123,6 +124,18 @@ def _portable(e: BaseException) -> BaseException:
         return RuntimeError(f"{type(e).__name__}: {e}")
 
 
+def _context() -> multiprocessing.context.BaseContext:
+    """Workers forked from a fork server (a clean process that has imported the report's
+    modules once: a new worker starts in milliseconds, and never from a process holding
+    threads or a storage client); spawned where there is no fork server."""
+    try:
+        ctx = multiprocessing.get_context("forkserver")
+    except ValueError:
+        return multiprocessing.get_context("spawn")
+    ctx.set_forkserver_preload(["pipeline.report.passes"])
+    return ctx
+
+
 @dataclass
 class _Worker:
     proc: Any
@@ -138,7 +151,7 @@ class LocalPool:
                  retries: int = TASK_RETRIES, in_flight: int = 2) -> None:
         self.workers = max(1, int(workers))
         self.task_timeout_s, self.retries, self.in_flight = task_timeout_s, retries, in_flight
-        self._ctx = multiprocessing.get_context("spawn")
+        self._ctx = _context()
         self._pool: list[_Worker] = [self._start() for _ in range(self.workers)]
         self._peaks: dict[str, float] = {}
         self.replaced = 0
