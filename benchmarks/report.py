@@ -261,12 +261,14 @@ def run_report(results: str, output: str, timeout: float = 3600, baseline: str |
     env = {**os.environ, **(env or {}), "NIBT_LOG_DIR": os.path.join(output, "logs")}
     cmd = [sys.executable, "-m", "pipeline.cli.report", f"results={results}", f"output={output}",
            *([f"baseline={baseline}"] if baseline else []), *args]
-    t0 = time.perf_counter()
+    t0, load = time.perf_counter(), os.getloadavg()[0]
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env, text=True)
-        peak_kb = 0
+        peak_kb, cpu = 0, {}
         while proc.poll() is None:
-            peak_kb = max(peak_kb, sum(_rss_kb(p) for p in _tree(proc.pid)))
+            tree = _tree(proc.pid)
+            peak_kb = max(peak_kb, sum(_rss_kb(p) for p in tree))
+            cpu.update({p: t for p in tree if (t := _cpu_s(p)) is not None})
             if time.perf_counter() - t0 > timeout:
                 proc.kill()
             time.sleep(0.2)
@@ -277,7 +279,18 @@ def run_report(results: str, output: str, timeout: float = 3600, baseline: str |
     if proc.returncode != 0:
         raise RuntimeError(f"nibt-report failed ({proc.returncode}): {stderr[-3000:]}")
     return {"seconds": seconds, "tree_peak_rss_mb": peak_kb / 1024,
-            "summary": json.loads(stdout)}
+            "cpu_seconds": sum(cpu.values()), "driver_cpu_seconds": cpu.get(proc.pid, 0.0),
+            "load_before": load, "summary": json.loads(stdout)}
+
+
+def _cpu_s(pid: int) -> float | None:
+    """User and system CPU seconds of ``pid`` so far (None once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def _tree(pid: int) -> list[int]:
@@ -323,6 +336,10 @@ def one_run(results: str, out: str, rows: int, part_rows: int, workers: int,
         "workers": used, "seconds": round(r["seconds"], 1),
         "rows_per_s": round(rows / r["seconds"]),
         "rows_per_s_per_worker": round(rows / r["seconds"] / used),
+        "cpu_seconds": round(r["cpu_seconds"], 1),
+        "driver_cpu_seconds": round(r["driver_cpu_seconds"], 1),
+        "rows_per_cpu_s": round(rows / max(r["cpu_seconds"], 1e-9)),
+        "load_average_before": round(r["load_before"], 2),
         "step_seconds": summary["seconds"],
         "peak_rss_mb": round(r["tree_peak_rss_mb"], 1),
         "driver_peak_rss_mb": summary["peak_rss_mb"],

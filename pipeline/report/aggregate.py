@@ -38,6 +38,9 @@ SCORE_EDGES = np.linspace(-1.0, 1.0, 401)
 COLUMNS = ["id", "source", "row", "status", "error", "score", "image_attr", "grid_h", "grid_w",
            "image_cls_share", "tokens", "text_attr", "text_eot_share", "caption_truncated",
            *METRICS]
+#: What the statistics read of the attributed rows.
+OK_COLUMNS = ["score", *METRICS, "image_cls_share", "text_eot_share", "caption_truncated",
+              "tokens", "text_attr", "image_attr", "grid_h", "grid_w"]
 #: What the report shows of a pair to review (kept with the pair from the first pass on).
 ROW_COLUMNS = ["id", "source", "row", "status", "score", "image_attr", "grid_h", "grid_w",
                "tokens", "text_attr"]
@@ -142,7 +145,8 @@ class TopN:
 
     def add(self, values: np.ndarray, part: int, rows: np.ndarray,
             table: pa.Table | None = None) -> None:
-        """Add a part's values at ``rows`` (``table``: the part's rows that ``values`` index)."""
+        """Add a part's values at its rows ``rows`` (``table``: the part, to keep the rows
+        themselves)."""
         ok = np.flatnonzero(np.isfinite(values))
         if ok.size > 4 * self.n > 0:  # the n smallest and their ties, before sorting
             ok = ok[values[ok] <= np.partition(values[ok], self.n - 1)[self.n - 1]]
@@ -150,10 +154,10 @@ class TopN:
         self._keep(values[ok], np.full(ok.size, part, np.int64), rows[ok].astype(np.int64))
         if table is not None:
             kept = {(int(p), int(r)) for p, r in zip(self.parts, self.rows)}
-            take = [int(i) for i in ok if (part, int(rows[i])) in kept]
+            take = [int(rows[i]) for i in ok if (part, int(rows[i])) in kept]
             if take:
-                for i, r in zip(take, table.select(ROW_COLUMNS).take(pa.array(take)).to_pylist()):
-                    self.data[(part, int(rows[i]))] = r
+                for r, d in zip(take, table.select(ROW_COLUMNS).take(pa.array(take)).to_pylist()):
+                    self.data[(part, r)] = d
 
     def _keep(self, values: np.ndarray, parts: np.ndarray, rows: np.ndarray) -> None:
         v = np.concatenate([self.values, values])
@@ -266,11 +270,11 @@ class Aggregator:
         status = table.column("status")
         self.status.update(_counts(status))
         ok = pc.equal(status, "ok").fill_null(False).to_numpy(zero_copy_only=False)
-        self._errors(table.filter(pa.array(~ok)))
+        self._errors(table.select(["id", "error"]).filter(pa.array(~ok)))
         rows = np.flatnonzero(ok)
-        t = table.filter(pa.array(ok))
-        if t.num_rows == 0:
+        if rows.size == 0:
             return
+        t = table.select(OK_COLUMNS).filter(pa.array(ok))  # not the ids, sources and errors
         score = _floats(t, "score")
         self.score.add(score)
         self.hist += score_hist(score)
@@ -281,8 +285,8 @@ class Aggregator:
         self.truncated += int(pc.sum(t.column("caption_truncated").fill_null(False)).as_py() or 0)
         keys = np.random.default_rng(stable_seed(self.s.seed, "reservoir", part)).random(t.num_rows)
         members, min_attr = self._words(t)
-        self.lowest.add(score, part, rows, t)
-        self.negative.add(min_attr, part, rows, t)
+        self.lowest.add(score, part, rows, table)
+        self.negative.add(min_attr, part, rows, table)
         map_row, maps = self._maps(t)
         for fi, fam in enumerate(members):
             for gi, (idx, term_attr, term_share) in enumerate(fam):

@@ -167,8 +167,8 @@ class LastPass:
             ok = _ok(table)
             hits = (np.empty(0, np.int64),) * 3
             if self.grid is not None and self.cands and ok.any():
-                okr = np.flatnonzero(ok)
-                mi, wi, top = candidate_hits(table.take(pa.array(okr)), self.grid, index)
+                t = table.select(space.COLUMNS).filter(pa.array(ok))
+                mi, wi, top = candidate_hits(t, self.grid, index)
                 hits = (mi, wi, top)
                 if out.co is not None:
                     out.co.add_hits(mi, wi, top)

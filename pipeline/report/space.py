@@ -142,24 +142,27 @@ class WordSpace:
         """One row per tracked word with at least ``min_count`` pairs, best suspect first."""
         out = []
         ref_max = float(dataset_pos_mean.max()) if dataset_pos_mean.size else 0.0
-        for wid in np.flatnonzero(self.n >= max(min_count, 1)):
+        names = [self.grid.name(c) for c in range(self.grid.cells)]
+        wids = np.flatnonzero(self.n >= max(min_count, 1))
+        modal = np.argmax(self.top[wids], axis=1) if wids.size else wids
+        hits = self.top[wids, modal]
+        lower = wilson_lower(hits, self.n[wids])
+        for wid, cell, hit, low in zip(wids.tolist(), modal.tolist(), hits.tolist(),
+                                       lower.tolist()):
             n = int(self.n[wid])
-            modal = int(np.argmax(self.top[wid]))
-            hits = int(self.top[wid, modal])
             mean_map = self.pos_sum[wid] / n
-            baseline = float(dataset_top_share[modal])
-            lower = float(wilson_lower(np.array([hits]), np.array([n]))[0])
+            baseline = float(dataset_top_share[cell])
             out.append({
                 "word": self.words[wid],
                 "pairs": n,
-                "modal_cell": modal,
-                "modal_cell_name": self.grid.name(modal),
-                "consistency": hits / n,
+                "modal_cell": cell,
+                "modal_cell_name": names[cell],
+                "consistency": hit / n,
                 "baseline": baseline,
-                "score": lower - baseline,
+                "score": low - baseline,
                 "concentration": float(mean_map.max()) / ref_max if ref_max > 0 else float("nan"),
                 "kl": kl_divergence(mean_map, dataset_pos_mean),
-                "_wid": int(wid),
+                "_wid": wid,
             })
         out.sort(key=lambda r: (-r["score"], -r["consistency"], r["word"]))
         return out
