@@ -349,7 +349,11 @@ def _build(ex: Executor, audit: tuple[str, dict[str, Any]],
         report["settings"] = _settings(s)
         report = _clean(report)
         lap("sections")
-        _write(staging, report, cur, tables, flag_list, meta)
+        from pipeline.report.render import render_html
+
+        html = render_html(report, cur.thumbs, cur.zooms)
+        lap("render")
+        _write(staging, report, html, {**_tables(report, cur), **tables}, flag_list, meta)
         lap("write")
         stats["flagged"] = report["flags"]["rows"]
     finally:
@@ -410,13 +414,9 @@ def _compared(report: dict[str, Any], cur: Read, base: Read, s: ReportSettings,
                                          if k not in ("report_version", "results")}}, table
 
 
-def _write(staging: Staging, report: dict[str, Any], a: Read, extra: dict[str, pa.Table],
+def _write(staging: Staging, report: dict[str, Any], html: str, tables: dict[str, pa.Table],
            flag_list: FlagList, meta: dict[str, str]) -> None:
     """Every file of the report into ``staging``, report.json and report.html last."""
-    from pipeline.report.render import render_html
-
-    tables = {**_tables(report, a), **extra}
-    html = render_html(report, a.thumbs, a.zooms)
     for name, table in tables.items():
         staging.put(f"aggregates/{name}.parquet", _parquet(table))
     with staging.open("flags.parquet") as f:

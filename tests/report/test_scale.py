@@ -103,6 +103,6 @@ def test_the_benchmark_section_runs_small(monkeypatch):
     assert run["planted_shortcut_found"] and run["distinct_words"] > 500 and run["flagged"] > 0
     assert 0 < run["peak_rss_mb"] < 2048 and run["seconds"] > 0
     assert set(run["step_seconds"]) == {"first_pass", "space_pass", "last_pass", "sections",
-                                        "write"}
+                                        "render", "write"}
     c = figures["compare"]
     assert c["planted_word_change_found"] and c["rows"] == [20000, 20000] and c["seconds"] > 0
