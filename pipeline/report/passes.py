@@ -2,7 +2,8 @@
 
 A task is a run of consecutive parts (at least ``TASK_PARTS`` parts and
 ``TASK_ROWS`` rows, so that a worker reads ahead ``PREFETCH`` parts and its
-result is worth sending); the cut depends only on the manifest, never on the
+result is worth sending; about ``TASKS`` tasks a pass for large results, so
+that merging them costs the driver little); the cut depends only on the manifest, never on the
 number of workers, so partial results merge into the same bytes however many
 workers there are. Each pass's work is a small picklable object whose ``run``
 turns the task's tables into a partial result; the driver merges the partial
@@ -38,8 +39,10 @@ from pipeline.report.regions import Grid
 from pipeline.report.settings import ReportSettings
 from pipeline.report.space import CoOccurrence, WordSpace, candidate_hits
 
-#: A task holds at least this many rows and this many parts (the last one fewer).
-TASK_ROWS, TASK_PARTS = 50_000, 16
+#: A task holds at least this many rows and this many parts (the last one fewer), and
+#: larger results are cut into about ``TASKS`` tasks a pass, at most ``MAX_TASK_ROWS`` rows
+#: each: the merge of a task's result costs the driver about the same whatever its size.
+TASK_ROWS, TASK_PARTS, TASKS, MAX_TASK_ROWS = 50_000, 16, 256, 2_000_000
 
 
 @dataclass
@@ -57,8 +60,11 @@ class Task:
 def cut(entries: Sequence[dict[str, Any]], rows: int | None = None,
         parts: int | None = None) -> list[tuple[int, int]]:
     """The manifest's parts as ``(start, stop)`` runs of at least ``rows`` rows and ``parts``
-    parts (default ``TASK_ROWS``, ``TASK_PARTS``; the last run may hold fewer)."""
-    rows, parts = rows or TASK_ROWS, parts or TASK_PARTS
+    parts (the last run may hold fewer). Default: ``TASK_PARTS`` parts and ``TASK_ROWS``
+    rows, or a ``TASKS``-th of all rows (up to ``MAX_TASK_ROWS``) when that is more."""
+    total = sum(int(e.get("rows") or 0) for e in entries)
+    rows = rows or max(TASK_ROWS, min(MAX_TASK_ROWS, -(-total // TASKS)))
+    parts = parts or TASK_PARTS
     out, start, held = [], 0, 0
     for i, e in enumerate(entries):
         held += int(e.get("rows") or 0)

@@ -86,8 +86,7 @@ class Reservoir:
         keys = np.concatenate([self.keys, k])
         vals = np.concatenate([self.values, v])
         if keys.size > self.size:
-            keep = np.argsort(keys, kind="stable")[: self.size]
-            keep.sort()
+            keep = _smallest(keys, self.size)
             keys, vals = keys[keep], vals[keep]
         self.keys, self.values = keys, vals
 
@@ -95,6 +94,17 @@ class Reservoir:
         """Add another reservoir of the same size that sampled a later part of the stream:
         the result is the reservoir of the whole stream (bottom-k of bottom-ks)."""
         self.add(other.values, other.keys)
+
+
+def _smallest(keys: np.ndarray, k: int) -> np.ndarray:
+    """Positions of the ``k`` smallest keys, in position order; on a tie at the boundary the
+    earlier position (as a stable sort would choose)."""
+    keep = np.argpartition(keys, k - 1)[:k]
+    edge = keys[keep].max()
+    if np.count_nonzero(keys == edge) > np.count_nonzero(keys[keep] == edge):
+        keep = np.argsort(keys, kind="stable")[:k]  # a tie at the boundary
+    keep.sort()
+    return keep
 
 
 def boot_deviations(
