@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 
 from pipeline.report.regions import Grid, first_grid, maps_of, positive_maps, region_shares
 from pipeline.report.settings import GroupFamily, ReportSettings
-from pipeline.report.stats import Moments, Reservoir, stable_seed
+from pipeline.report.stats import Moments, Reservoir, part_keys
 from pipeline.report.tokens import FamilyMatcher, Matcher, part_words
 
 __all__ = ["Aggregator", "Matcher", "error_kind"]
@@ -143,21 +143,22 @@ class TopN:
         self.values, self.parts, self.rows = np.empty(0), np.empty(0, np.int64), np.empty(0, np.int64)
         self.data: dict[tuple[int, int], dict[str, Any]] = {}
 
-    def add(self, values: np.ndarray, part: int, rows: np.ndarray,
-            table: pa.Table | None = None) -> None:
-        """Add a part's values at its rows ``rows`` (``table``: the part, to keep the rows
-        themselves)."""
+    def add(self, values: np.ndarray, parts: np.ndarray, rows: np.ndarray,
+            table: pa.Table | None = None, at: np.ndarray | None = None) -> None:
+        """Add values at (``parts``, ``rows``) pointers; with ``table``, keep the rows
+        themselves (row ``at[i]`` of ``table`` for value ``i``)."""
         ok = np.flatnonzero(np.isfinite(values))
         if ok.size > 4 * self.n > 0:  # the n smallest and their ties, before sorting
             ok = ok[values[ok] <= np.partition(values[ok], self.n - 1)[self.n - 1]]
-        ok = ok[np.lexsort((rows[ok], values[ok]))[: self.n]]
-        self._keep(values[ok], np.full(ok.size, part, np.int64), rows[ok].astype(np.int64))
+        ok = ok[np.lexsort((rows[ok], parts[ok], values[ok]))[: self.n]]
+        self._keep(values[ok], parts[ok].astype(np.int64), rows[ok].astype(np.int64))
         if table is not None:
-            kept = {(int(p), int(r)) for p, r in zip(self.parts, self.rows)}
-            take = [int(rows[i]) for i in ok if (part, int(rows[i])) in kept]
+            kept = set(zip(self.parts.tolist(), self.rows.tolist()))
+            take = [i for i in ok.tolist() if (int(parts[i]), int(rows[i])) in kept]
             if take:
-                for r, d in zip(take, table.select(ROW_COLUMNS).take(pa.array(take)).to_pylist()):
-                    self.data[(part, r)] = d
+                got = table.select(ROW_COLUMNS).take(pa.array(at[take])).to_pylist()
+                for i, d in zip(take, got):
+                    self.data[(int(parts[i]), int(rows[i]))] = d
 
     def _keep(self, values: np.ndarray, parts: np.ndarray, rows: np.ndarray) -> None:
         v = np.concatenate([self.values, values])
@@ -264,9 +265,14 @@ class Aggregator:
             self.add(table, part)
         return self
 
-    def add(self, table: pa.Table, part: int) -> None:
-        """Add one results part; ``part`` (its manifest index) goes into review pointers."""
-        self.rows += table.num_rows
+    def add(self, table: pa.Table, part: int | np.ndarray, pos: np.ndarray | None = None) -> None:
+        """Add one results part (``part``: its manifest index), or consecutive parts joined
+        (``part`` and ``pos``: each row's part and row in it; review pointers and sample
+        keys come from them, so they are the same either way)."""
+        n = table.num_rows
+        parts = np.full(n, part, np.int64) if np.ndim(part) == 0 else np.asarray(part, np.int64)
+        pos = np.arange(n, dtype=np.int64) if pos is None else np.asarray(pos, np.int64)
+        self.rows += n
         status = table.column("status")
         self.status.update(_counts(status))
         ok = pc.equal(status, "ok").fill_null(False).to_numpy(zero_copy_only=False)
@@ -283,10 +289,10 @@ class Aggregator:
         self.cls_share.add(_floats(t, "image_cls_share"))
         self.eot_share.add(_floats(t, "text_eot_share"))
         self.truncated += int(pc.sum(t.column("caption_truncated").fill_null(False)).as_py() or 0)
-        keys = np.random.default_rng(stable_seed(self.s.seed, "reservoir", part)).random(t.num_rows)
+        keys = part_keys(self.s.seed, "reservoir", parts[rows])
         members, min_attr = self._words(t)
-        self.lowest.add(score, part, rows, table)
-        self.negative.add(min_attr, part, rows, table)
+        self.lowest.add(score, parts[rows], pos[rows], table, rows)
+        self.negative.add(min_attr, parts[rows], pos[rows], table, rows)
         map_row, maps = self._maps(t)
         for fi, fam in enumerate(members):
             for gi, (idx, term_attr, term_share) in enumerate(fam):

@@ -76,9 +76,10 @@ class FlagScan:
         self.cells = np.asarray(cells, np.int64)
         self.grid, self.low_bin = grid, low_bin
 
-    def rows(self, table: pa.Table, part: int, ok: np.ndarray,
+    def rows(self, table: pa.Table, parts: np.ndarray, pos: np.ndarray, ok: np.ndarray,
              hits: tuple[np.ndarray, np.ndarray, np.ndarray]) -> pa.Table:
-        """``ok``: the part's ok mask; ``hits``: (ok-row index, candidate, top cell) of each
+        """The rows of ``table`` (row i: row ``pos[i]`` of part ``parts[i]``) that may be
+        flagged. ``ok``: the ok mask; ``hits``: (ok-row index, candidate, top cell) of each
         candidate in each ok row with a usable map, by row then candidate."""
         okr = np.flatnonzero(ok)
         score = table.column("score").to_numpy(zero_copy_only=False).astype(np.float64)[okr]
@@ -89,15 +90,15 @@ class FlagScan:
         mi, wi, top = mi[there], wi[there], top[there]
         keep = low.copy()
         keep[mi] = True
-        pos = np.sort(np.concatenate([np.flatnonzero(~ok), okr[keep]]))
-        n = pos.size
+        sel = np.sort(np.concatenate([np.flatnonzero(~ok), okr[keep]]))
+        n = sel.size
         if n == 0:
             return STAGE.empty_table()
         stage_of = np.full(table.num_rows, -1, np.int64)
-        stage_of[pos] = np.arange(n)
+        stage_of[sel] = np.arange(n)
         j = np.full(table.num_rows, -1, np.int64)
         j[okr] = np.arange(okr.size)
-        j = j[pos]
+        j = j[sel]
         is_ok = j >= 0
         sc, lw = np.full(n, np.nan), np.zeros(n, bool)
         sc[is_ok], lw[is_ok] = score[j[is_ok]], low[j[is_ok]]
@@ -105,9 +106,9 @@ class FlagScan:
         cell = np.full(n, -1, np.int64)
         cell[st] = top
         offsets = np.r_[0, np.cumsum(np.bincount(st, minlength=n))].astype(np.int32)
-        sub = table.select(["id", "source", "row", "status", "error"]).take(pa.array(pos))
+        sub = table.select(["id", "source", "row", "status", "error"]).take(pa.array(sel))
         return pa.table({
-            "part": pa.array(np.full(n, part, np.int64)), "pos": pa.array(pos.astype(np.int64)),
+            "part": pa.array(parts[sel].astype(np.int64)), "pos": pa.array(pos[sel].astype(np.int64)),
             **{c: sub.column(c) for c in ("id", "source", "row", "status", "error")},
             "score": pa.array(sc, mask=~np.isfinite(sc)),
             "top_cell": pa.array(cell.astype(np.int32), mask=cell < 0),

@@ -39,6 +39,9 @@ from pipeline.report.regions import Grid
 from pipeline.report.settings import ReportSettings
 from pipeline.report.space import CoOccurrence, WordSpace, candidate_hits
 
+#: Consecutive small parts are worked on together, this many rows at least at a time (what
+#: a part costs apart from its rows is paid once a chunk).
+CHUNK_ROWS = 8192
 #: A task holds at least this many rows and this many parts (the last one fewer), and
 #: larger results are cut into about ``TASKS`` tasks a pass, at most ``MAX_TASK_ROWS`` rows
 #: each: the merge of a task's result costs the driver about the same whatever its size.
@@ -89,6 +92,41 @@ def run_task(task: Task) -> Any:
     return task.work.run(enumerate(tables, task.first))
 
 
+@dataclass
+class Chunk:
+    """Consecutive parts joined: the table, and each row's part and row in it."""
+
+    table: pa.Table
+    part: np.ndarray
+    pos: np.ndarray
+
+
+def chunks(tables: Iterator[tuple[int, pa.Table]], alone: Any = None) -> Iterator[Chunk]:
+    """Consecutive parts joined until they hold ``CHUNK_ROWS`` rows; while ``alone()`` is
+    true, each part by itself (checked as each part comes)."""
+    held: list[tuple[int, pa.Table]] = []
+    for part, table in tables:
+        if alone is not None and alone():
+            yield from ([_join(held)] if held else [])
+            held = []
+            yield _join([(part, table)])
+            continue
+        held.append((part, table))
+        if sum(t.num_rows for _, t in held) >= CHUNK_ROWS:
+            yield _join(held)
+            held = []
+    if held:
+        yield _join(held)
+
+
+def _join(held: list[tuple[int, pa.Table]]) -> Chunk:
+    sizes = [t.num_rows for _, t in held]
+    table = held[0][1] if len(held) == 1 else pa.concat_tables(
+        [t.replace_schema_metadata(None) for _, t in held])
+    return Chunk(table, np.repeat(np.array([p for p, _ in held], np.int64), sizes),
+                 np.concatenate([np.arange(n, dtype=np.int64) for n in sizes]))
+
+
 def _ok(table: pa.Table) -> np.ndarray:
     return pc.equal(table.column("status"), "ok").fill_null(False).to_numpy(zero_copy_only=False)
 
@@ -104,8 +142,9 @@ class FirstPass:
 
     def run(self, tables: Iterator[tuple[int, pa.Table]]) -> Aggregator:
         agg = Aggregator(self.settings, self.settings.families(), self.grid, capped=False)
-        for part, table in tables:
-            agg.add(table, part)
+        # part by part until a part sets the grid (its rows and those before it count so)
+        for c in chunks(tables, alone=lambda: agg.grid is None):
+            agg.add(c.table, c.part, c.pos)
         return agg
 
 
@@ -129,10 +168,10 @@ class SpacePass:
     def run(self, tables: Iterator[tuple[int, pa.Table]]
             ) -> tuple[WordSpace | None, WordSpace | None]:
         ws, wx = self.spaces()
-        for part, table in tables:
+        for c in chunks(tables):
             for w in (ws, wx):
                 if w is not None:
-                    w.add(table, part)
+                    w.add(c.table, c.part, c.pos)
         return ws, wx
 
 
@@ -164,12 +203,15 @@ class LastPass:
     def run(self, tables: Iterator[tuple[int, pa.Table]]) -> LastResult:
         out = self.empty()
         index = {w: i for i, w in enumerate(self.cands)}
-        for part, table in tables:
-            want = [r for p, r in self.pointers if p == part]
-            if want:
-                want.sort()
-                for r, row in zip(want, table.select(ROW_COLUMNS).take(pa.array(want)).to_pylist()):
-                    out.rows[(part, r)] = row
+        for c in chunks(tables):
+            table = c.table
+            if self.pointers:
+                at = {(p, r): i for i, (p, r) in enumerate(zip(c.part.tolist(), c.pos.tolist()))
+                      if (p, r) in self.pointers}
+                if at:
+                    keys = sorted(at)
+                    got = table.select(ROW_COLUMNS).take(pa.array([at[k] for k in keys]))
+                    out.rows.update(zip(keys, got.to_pylist()))
             ok = _ok(table)
             hits = (np.empty(0, np.int64),) * 3
             if self.grid is not None and self.cands and ok.any():
@@ -179,7 +221,7 @@ class LastPass:
                 if out.co is not None:
                     out.co.add_hits(mi, wi, top)
             if self.scan is not None:
-                staged = self.scan.rows(table, part, ok, hits)
+                staged = self.scan.rows(table, c.part, c.pos, ok, hits)
                 if staged.num_rows:
                     out.staged.append(staged)
         return out

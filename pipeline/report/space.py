@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.report.regions import Grid, maps_of, positive_maps
-from pipeline.report.stats import kl_divergence, stable_seed, wilson_lower
+from pipeline.report.stats import kl_divergence, part_keys, wilson_lower
 from pipeline.report.tokens import part_words, unique_ints
 
 COLUMNS = ["status", "tokens", "image_attr", "grid_h", "grid_w"]
@@ -84,7 +84,12 @@ class WordSpace:
             self.add(table, part)
         return self
 
-    def add(self, table: pa.Table, part: int) -> None:
+    def add(self, table: pa.Table, part: int | np.ndarray, pos: np.ndarray | None = None) -> None:
+        """Add one part (``part``: its manifest index), or consecutive parts joined (each row's
+        ``part`` and ``pos`` in it)."""
+        n = table.num_rows
+        parts = np.full(n, part, np.int64) if np.ndim(part) == 0 else np.asarray(part, np.int64)
+        pos = np.arange(n, dtype=np.int64) if pos is None else np.asarray(pos, np.int64)
         ok = pc.equal(table.column("status"), "ok").fill_null(False).to_numpy(zero_copy_only=False)
         rows = np.flatnonzero(ok)
         t = table.filter(pa.array(ok))
@@ -105,8 +110,9 @@ class WordSpace:
         self.top += np.bincount(wi * cells + top[mi], minlength=n_words * cells).reshape(
             n_words, cells)
         self.n += np.bincount(wi, minlength=n_words)
-        rng = np.random.default_rng(stable_seed(self.seed, "examples", part))
-        self._keep_examples(wi, rng.random(wi.size), part, rows[t_rows[mi]], top[mi])
+        at = rows[t_rows[mi]]  # each (map, word) pair's row, in order
+        self._keep_examples(wi, part_keys(self.seed, "examples", parts[at]), parts[at], pos[at],
+                            top[mi])
 
     def _keep_examples(self, words: np.ndarray, keys: np.ndarray, part: int | np.ndarray,
                        rows: np.ndarray, top: np.ndarray) -> None:

@@ -25,6 +25,18 @@ def stable_seed(seed: int, *names: object) -> list[int]:
     return [int(seed), *(zlib.crc32(str(n).encode()) for n in names)]
 
 
+def part_keys(seed: int, name: str, parts: np.ndarray) -> np.ndarray:
+    """A seeded random key per element of ``parts`` (part indices, each part's elements
+    together): each part's keys come in order from its own stream (``stable_seed(seed, name,
+    part)``), so they do not depend on which parts are worked on together."""
+    parts = np.asarray(parts, np.int64)
+    out = np.empty(parts.size)
+    starts = np.flatnonzero(np.r_[True, parts[1:] != parts[:-1]]) if parts.size else parts
+    for a, b in zip(starts.tolist(), np.r_[starts[1:], parts.size].tolist()):
+        out[a:b] = np.random.default_rng(stable_seed(seed, name, int(parts[a]))).random(b - a)
+    return out
+
+
 @dataclass
 class Moments:
     """Exact count, mean and variance of a stream of values (NaNs skipped)."""

@@ -90,35 +90,57 @@ def test_partial_aggregates_merge_into_the_aggregate_of_one_stream(tables, monke
     merged = Aggregator(s, s.families())
     for a, b in RUNS:
         merged.merge(Aggregator(s, s.families(), capped=False).consume(tables[a:b], a))
-    assert one.grid == merged.grid == Grid(7, 7) and one.grid_mismatch == merged.grid_mismatch > 0
+    assert one.grid == merged.grid == Grid(7, 7) and one.grid_mismatch > 0
+    assert len(one.errors) == 30 and one.errors_other > 0 and len(one.vocab.words) > 500
+    _same_aggregates(one, merged)
+    assert any(g.reservoirs["score"].values.size == 40 for g in sum(one.groups, []))
+
+
+def _same_aggregates(one: Aggregator, other: Aggregator) -> None:
+    """Exactly the same counts, samples and pairs to review; moments and sums to 1e-12."""
     for name in ("rows", "status", "errors", "errors_other", "truncated", "skipped_tokens",
-                 "overlap", "map_n", "space_n"):
-        assert getattr(one, name) == getattr(merged, name), name
-    assert len(one.errors) == 30 and one.errors_other > 0
-    assert (one.hist == merged.hist).all() and (one.top_counts == merged.top_counts).all()
+                 "overlap", "map_n", "space_n", "grid", "grid_mismatch"):
+        assert getattr(one, name) == getattr(other, name), name
+    assert (one.hist == other.hist).all() and (one.top_counts == other.top_counts).all()
     for name in ("score", "cls_share", "eot_share", "border", "corner"):
-        _same_moments(getattr(one, name), getattr(merged, name))
+        _same_moments(getattr(one, name), getattr(other, name))
     for m in aggregate.METRICS:
-        _same_moments(one.metrics[m], merged.metrics[m])
-    assert np.allclose(one.map_sum, merged.map_sum, rtol=1e-12, atol=0)
-    assert np.allclose(one.pos_sum, merged.pos_sum, rtol=1e-12, atol=0)
-    assert one.vocab.words == merged.vocab.words and len(one.vocab.words) > 500
+        _same_moments(one.metrics[m], other.metrics[m])
+    assert np.allclose(one.map_sum, other.map_sum, rtol=1e-12, atol=0)
+    assert np.allclose(one.pos_sum, other.pos_sum, rtol=1e-12, atol=0)
+    assert one.vocab.words == other.vocab.words
     for f in ("count", "pairs", "negative"):
-        assert (one.vocab.sums[f] == merged.vocab.sums[f]).all(), f
+        assert (one.vocab.sums[f] == other.vocab.sums[f]).all(), f
     for f in ("attr_sum", "share_sum", "attr_sq", "share_sq"):
-        assert np.allclose(one.vocab.sums[f], merged.vocab.sums[f], rtol=1e-12, atol=1e-15), f
+        assert np.allclose(one.vocab.sums[f], other.vocab.sums[f], rtol=1e-12, atol=1e-15), f
     for top in ("lowest", "negative"):
-        a, b = getattr(one, top), getattr(merged, top)
+        a, b = getattr(one, top), getattr(other, top)
         assert a.pointers() == b.pointers() and a.data == b.data and len(a.data) == 5
-    for ga, gb in zip(sum(one.groups, []), sum(merged.groups, [])):
+    for ga, gb in zip(sum(one.groups, []), sum(other.groups, [])):
         assert ga.pairs == gb.pairs and (ga.hist == gb.hist).all() and ga.map_n == gb.map_n
-        assert np.allclose(ga.map_sum, gb.map_sum, rtol=1e-12, atol=0)
         for m in aggregate.GROUP_METRICS:
             _same_moments(ga.moments[m], gb.moments[m])
             ra, rb = ga.reservoirs[m], gb.reservoirs[m]
             assert (ra.keys == rb.keys).all() and (ra.values == rb.values).all()
-        _same_moments(ga.border, gb.border)
-    assert any(g.reservoirs["score"].values.size == 40 for g in sum(one.groups, []))
+
+
+def test_parts_worked_on_together_give_what_they_give_one_by_one(tables, monkeypatch):
+    """Consecutive parts joined into chunks (``passes.chunks``: what a worker does with small
+    parts) aggregate and map as they do one part at a time."""
+    monkeypatch.setattr(passes, "CHUNK_ROWS", 1000)  # chunks of 4 parts of 300 rows
+    s = _settings()
+    one = Aggregator(s, s.families()).consume(tables)
+    joined = passes.FirstPass(s).run(enumerate(tables))
+    assert joined.grid == one.grid
+    _same_aggregates(one, joined)
+    words = [w for w, n in zip(one.vocab.words, one.vocab.sums["pairs"]) if n >= 5][:200]
+    ws = WordSpace(words, one.grid, seed=2, examples=4).consume(tables)
+    jws, _ = passes.SpacePass(one.grid, 2, 4, words, []).run(enumerate(tables))
+    assert (ws.top == jws.top).all() and (ws.n == jws.n).all()
+    assert np.allclose(ws.pos_sum, jws.pos_sum, rtol=1e-12, atol=1e-15)
+    assert all((ws.ex[k] == jws.ex[k]).all() for k in ws.ex)
+    assert [c.part.tolist()[::300] for c in passes.chunks(enumerate(tables))] == \
+        [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11]]
 
 
 def test_a_run_that_starts_on_another_grid_is_aggregated_again(tables):
