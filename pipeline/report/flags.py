@@ -27,6 +27,8 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -117,6 +119,23 @@ class FlagScan:
         }, schema=STAGE)
 
 
+@dataclass
+class _Decision:
+    """What a batch of staged rows is: shortcut (kept suspects ``words[at[i]:at[i+1]]``),
+    low-score rank (0: none), failed, flagged at all."""
+
+    short: np.ndarray
+    words: np.ndarray
+    at: np.ndarray
+    rank: np.ndarray
+    bad: np.ndarray
+    keep: np.ndarray
+
+
+def _np(a: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    return a.to_numpy(zero_copy_only=False)
+
+
 class FlagList:
     """The staged rows of every part in input order, and the lowest-score candidates."""
 
@@ -164,74 +183,93 @@ class FlagList:
         self.rows_ok = rows_ok
         by, rows = dict.fromkeys(REASONS, 0), 0
         for batch in self._batches():
-            short, rank, bad = self._decide(batch)
-            has = np.array([bool(w) for w in short], bool)
-            by["shortcut"] += int(has.sum())
-            by["low_score"] += int((rank > 0).sum())
-            by["not_ok"] += int(bad.sum())
-            rows += int((has | (rank > 0) | bad).sum())
+            d = self._decide(batch)
+            by["shortcut"] += int(d.short.sum())
+            by["low_score"] += int((d.rank > 0).sum())
+            by["not_ok"] += int(d.bad.sum())
+            rows += int(d.keep.sum())
         return {"rows": rows, "by_reason": by, "low_score_pairs": self.k,
                 "low_score_share": self.k / rows_ok if rows_ok else 0.0,
                 "low_score_max": self.threshold, "suspects": [x["word"] for x in self.suspects]}
 
-    def _batches(self):
+    def _batches(self) -> Iterator[pa.RecordBatch]:
         if self.staged:
             yield from pq.ParquetFile(self.path).iter_batches(batch_size=BATCH)
 
-    def _decide(self, batch: pa.RecordBatch) -> tuple[list[list[int]], np.ndarray, np.ndarray]:
-        """Per staged row: the kept suspects it carries, its low-score rank (0: none),
-        whether it failed."""
+    def _decide(self, batch: pa.RecordBatch) -> _Decision:
+        """Per staged row: the kept suspects it carries, its low-score rank, whether it failed."""
+        n = batch.num_rows
         cands = batch.column("cands")
-        short = [[c for c in cs if c in self.kept] if cs else []
-                 for cs in cands.to_pylist()] if self.kept else [[]] * batch.num_rows
+        flat = _np(pc.list_flatten(cands)).astype(np.int64)
+        parent = _np(pc.list_parent_indices(cands)).astype(np.int64)
+        mine = np.isin(flat, np.fromiter(self.kept, np.int64, len(self.kept)))
+        words, parent = flat[mine], parent[mine]
+        count = np.bincount(parent, minlength=n)
         key = batch.column("part").to_numpy() * 2**32 + batch.column("pos").to_numpy()
-        rank = np.zeros(key.size, np.int64)
+        rank = np.zeros(n, np.int64)
         if self.low_keys.size:
             at = np.minimum(np.searchsorted(self.low_keys, key), self.low_keys.size - 1)
             hit = self.low_keys[at] == key
             rank[hit] = self.low_ranks[at[hit]]
-        bad = ~pc.equal(batch.column("status"), "ok").fill_null(False).to_numpy(
-            zero_copy_only=False)
-        return short, rank, bad
+        bad = ~_np(pc.equal(batch.column("status"), "ok").fill_null(False))
+        short = (count > 0) & ~bad
+        return _Decision(short, words, np.r_[0, np.cumsum(count)], rank, bad,
+                         bad | short | (rank > 0))
 
     def write(self, sink: Any, metadata: dict[bytes, bytes] | None = None) -> None:
-        """``flags.parquet`` into ``sink`` (a path or a writable file), input order."""
+        """``flags.parquet`` into ``sink`` (a path or a writable file), input order, one batch
+        of staged rows at a time, built by column."""
         share = self.k / self.rows_ok if self.rows_ok else 0.0
-        evidence = {}
+        said = {}
         for c, x in self.kept.items():
             cell = self.grid.name(x["modal_cell"])
-            evidence[c] = (f"caption has shortcut suspect \u201c{x['word']}\u201d, whose pairs "
-                           f"peak in cell {cell} ({x['consistency']:.0%} of {x['pairs']}; all "
-                           f"pairs {x['baseline']:.0%}); this pair's top patch is there")
+            said[c] = (f"caption has shortcut suspect \u201c{x['word']}\u201d, whose pairs "
+                       f"peak in cell {cell} ({x['consistency']:.0%} of {x['pairs']}; all "
+                       f"pairs {x['baseline']:.0%}); this pair's top patch is there")
+        tail = (f" of {self.rows_ok} attributed pairs, among the lowest {self.k} ({share:.1%}; "
+                f"at most {self.threshold:.4g})" if self.threshold is not None else "")
         with pq.ParquetWriter(sink, SCHEMA.with_metadata(metadata)) as out:
             for batch in self._batches():
-                short, rank, bad = self._decide(batch)
-                rows = []
-                for r, words, q, b in zip(batch.to_pylist(), short, rank.tolist(), bad.tolist()):
-                    if b:
-                        msg = r["error"] if r["error"] else "no error message"
-                        rows.append({**r, "score": None, "reasons": ["not_ok"],
-                                     "evidence": [f"status {r['status']}: {msg}"],
-                                     "suspect_words": [], "top_cell": None, "score_rank": None})
-                        continue
-                    if not words and not q:
-                        continue
-                    e = {**r, "reasons": [], "evidence": [], "suspect_words": [],
-                         "top_cell": r["top_cell"] if words else None, "score_rank": q or None}
-                    if words:
-                        e["reasons"].append("shortcut")
-                        e["evidence"].append("; ".join(evidence[c] for c in words))
-                        e["suspect_words"] = [self.kept[c]["word"] for c in words]
-                    if q:
-                        e["reasons"].append("low_score")
-                        e["evidence"].append(
-                            f"score {r['score']:.4g}: rank {q} of {self.rows_ok} attributed "
-                            f"pairs, among the lowest {self.k} ({share:.1%}; at most "
-                            f"{self.threshold:.4g})")
-                    rows.append(e)
-                if rows:
-                    out.write_table(pa.Table.from_pylist(
-                        [{f: r.get(f) for f in SCHEMA.names} for r in rows], schema=SCHEMA))
+                d = self._decide(batch)
+                sel = np.flatnonzero(d.keep)
+                if sel.size:
+                    out.write_table(self._rows(batch.take(pa.array(sel)), d, sel, said, tail))
+
+    def _rows(self, b: pa.RecordBatch, d: _Decision, sel: np.ndarray, said: dict[int, str],
+              tail: str) -> pa.Table:
+        """The flagged rows ``sel`` of a staged batch (``b``: those rows) as ``SCHEMA``."""
+        bad, short, rank = d.bad[sel], d.short[sel], d.rank[sel]
+        low = rank > 0
+        score = _np(b.column("score")).astype(np.float64)
+        low_text = pc.binary_join_element_wise(
+            "score ", pa.array([f"{x:.4g}" for x in score[low]], pa.string()), ": rank ",
+            pa.array(rank[low]).cast(pa.string()), tail, "").to_pylist()
+        error = b.column("error")
+        bad_text = pc.binary_join_element_wise(
+            "status ", b.column("status").fill_null(""), ": ",
+            pc.if_else(pc.greater(pc.binary_length(error).fill_null(0), 0), error,
+                       "no error message"), "").to_pylist()
+        lows, reasons, evidence, suspects = iter(low_text), [], [], []
+        for i, (f, s_, q) in enumerate(zip(bad.tolist(), short.tolist(), low.tolist())):
+            if f:
+                reasons.append(["not_ok"])
+                evidence.append([bad_text[i]])
+                suspects.append([])
+                continue
+            mine = d.words[d.at[sel[i]]:d.at[sel[i] + 1]].tolist() if s_ else []
+            reasons.append(["shortcut"] * s_ + ["low_score"] * q)
+            evidence.append((["; ".join(said[c] for c in mine)] if s_ else [])
+                            + ([next(lows)] if q else []))
+            suspects.append([self.kept[c]["word"] for c in mine])
+        cell = _np(b.column("top_cell").fill_null(-1)).astype(np.int64)
+        return pa.table({
+            "id": b.column("id"), "source": b.column("source"), "row": b.column("row"),
+            "status": b.column("status"), "score": pa.array(score, mask=bad | ~np.isfinite(score)),
+            "reasons": pa.array(reasons, pa.list_(pa.string())),
+            "evidence": pa.array(evidence, pa.list_(pa.string())),
+            "suspect_words": pa.array(suspects, pa.list_(pa.string())),
+            "top_cell": pa.array(cell.astype(np.int32), mask=~short | (cell < 0)),
+            "score_rank": pa.array(rank, mask=~low), "error": error}, schema=SCHEMA)
 
     def close(self) -> None:
         """Remove the staging file."""
