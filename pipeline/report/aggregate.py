@@ -38,9 +38,6 @@ SCORE_EDGES = np.linspace(-1.0, 1.0, 401)
 COLUMNS = ["id", "source", "row", "status", "error", "score", "image_attr", "grid_h", "grid_w",
            "image_cls_share", "tokens", "text_attr", "text_eot_share", "caption_truncated",
            *METRICS]
-#: What the statistics read of the attributed rows.
-OK_COLUMNS = ["score", *METRICS, "image_cls_share", "text_eot_share", "caption_truncated",
-              "tokens", "text_attr", "image_attr", "grid_h", "grid_w"]
 #: What the report shows of a pair to review (kept with the pair from the first pass on).
 ROW_COLUMNS = ["id", "source", "row", "status", "score", "image_attr", "grid_h", "grid_w",
                "tokens", "text_attr"]
@@ -277,23 +274,23 @@ class Aggregator:
         self.status.update(_counts(status))
         ok = pc.equal(status, "ok").fill_null(False).to_numpy(zero_copy_only=False)
         self._errors(table.select(["id", "error"]).filter(pa.array(~ok)))
-        rows = np.flatnonzero(ok)
+        rows = np.flatnonzero(ok)  # the ok rows: what the statistics index (nothing is copied)
         if rows.size == 0:
             return
-        t = table.select(OK_COLUMNS).filter(pa.array(ok))  # not the ids, sources and errors
-        score = _floats(t, "score")
+        score = _floats(table, "score")[rows]
         self.score.add(score)
         self.hist += score_hist(score)
         for m in METRICS:
-            self.metrics[m].add(_floats(t, m))
-        self.cls_share.add(_floats(t, "image_cls_share"))
-        self.eot_share.add(_floats(t, "text_eot_share"))
-        self.truncated += int(pc.sum(t.column("caption_truncated").fill_null(False)).as_py() or 0)
+            self.metrics[m].add(_floats(table, m)[rows])
+        self.cls_share.add(_floats(table, "image_cls_share")[rows])
+        self.eot_share.add(_floats(table, "text_eot_share")[rows])
+        self.truncated += int(table.column("caption_truncated").fill_null(False).to_numpy(
+            zero_copy_only=False)[rows].sum())
         keys = part_keys(self.s.seed, "reservoir", parts[rows])
-        members, min_attr = self._words(t)
+        members, min_attr = self._words(table, ok)
         self.lowest.add(score, parts[rows], pos[rows], table, rows)
         self.negative.add(min_attr, parts[rows], pos[rows], table, rows)
-        map_row, maps = self._maps(t)
+        map_row, maps = self._maps(table, ok)
         for fi, fam in enumerate(members):
             for gi, (idx, term_attr, term_share) in enumerate(fam):
                 self._group(self.groups[fi][gi], idx, term_attr, term_share, score, keys,
@@ -378,11 +375,12 @@ class Aggregator:
                 take = order[firsts[k] : firsts[k] + min(need, int(counts[k]))]
                 entry[1] += [str(x) for x in ids.take(pa.array(take)).to_pylist()]
 
-    def _words(self, t: pa.Table) -> tuple[list, np.ndarray]:
-        """Per-word sums; per family and group: (rows, term attribution, term share)."""
-        n = t.num_rows
+    def _words(self, table: pa.Table, ok: np.ndarray) -> tuple[list, np.ndarray]:
+        """Per-word sums; per family and group: (ok rows, term attribution, term share)."""
+        n = int(ok.sum())
         min_attr = np.full(n, np.nan)
-        pw = part_words(t.column("tokens"), t.column("text_attr"))
+        pw = part_words(table.column("tokens"), table.column("text_attr"), ok)
+        pw.row = (np.cumsum(ok) - 1)[pw.row]  # as indices among the ok rows
         self.skipped_tokens += pw.skipped
         members = [[(np.empty(0, np.int64), np.empty(0), np.empty(0)) for _ in f.names]
                    for f in self.families]
@@ -413,20 +411,19 @@ class Aggregator:
                 members[fi][-1] = (with_words[per_row[with_words] == 0], np.empty(0), np.empty(0))
         return members, min_attr
 
-    def _maps(self, t: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    def _maps(self, table: pa.Table, ok: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Dataset map sums; returns each ok row's index into the part's maps (-1: none), maps."""
         if self.grid is None:
-            self.grid = first_grid(t)
-        map_row = np.full(t.num_rows, -1, dtype=np.int64)
+            self.grid = first_grid(table, ok)
+        map_row = np.full(int(ok.sum()), -1, dtype=np.int64)
+        has_map = ok & (pc.list_value_length(table.column("image_attr")).fill_null(0)
+                        .to_numpy(zero_copy_only=False) > 0)
         if self.grid is None:
-            self.unplaced += int((pc.list_value_length(t.column("image_attr")).fill_null(0)
-                                  .to_numpy(zero_copy_only=False) > 0).sum())
+            self.unplaced += int(has_map.sum())
             return map_row, np.empty((0, 0))
-        maps, valid = maps_of(t, self.grid)
-        self.grid_mismatch += int(
-            (~valid & (pc.list_value_length(t.column("image_attr")).fill_null(0)
-                       .to_numpy(zero_copy_only=False) > 0)).sum())
-        map_row[valid] = np.arange(int(valid.sum()))
+        maps, valid = maps_of(table, self.grid, ok)
+        self.grid_mismatch += int((has_map & ~valid).sum())
+        map_row[valid[ok]] = np.arange(int(valid.sum()))
         if maps.shape[0] == 0:
             return map_row, maps
         cells = self.grid.cells

@@ -81,13 +81,14 @@ class FlagScan:
     def rows(self, table: pa.Table, parts: np.ndarray, pos: np.ndarray, ok: np.ndarray,
              hits: tuple[np.ndarray, np.ndarray, np.ndarray]) -> pa.Table:
         """The rows of ``table`` (row i: row ``pos[i]`` of part ``parts[i]``) that may be
-        flagged. ``ok``: the ok mask; ``hits``: (ok-row index, candidate, top cell) of each
-        candidate in each ok row with a usable map, by row then candidate."""
+        flagged. ``ok``: the ok mask; ``hits``: (row, candidate, top cell) of each candidate
+        in each ok row with a usable map, by row then candidate."""
         okr = np.flatnonzero(ok)
+        mi, wi, top = hits
+        mi = (np.cumsum(ok) - 1)[mi]  # as indices among the ok rows
         score = table.column("score").to_numpy(zero_copy_only=False).astype(np.float64)[okr]
         b = score_bins(score)
         low = (b >= 0) & (b <= self.low_bin)
-        mi, wi, top = hits
         there = top == self.cells[wi] if wi.size else np.zeros(0, bool)
         mi, wi, top = mi[there], wi[there], top[there]
         keep = low.copy()

@@ -215,8 +215,7 @@ class LastPass:
             ok = _ok(table)
             hits = (np.empty(0, np.int64),) * 3
             if self.grid is not None and self.cands and ok.any():
-                t = table.select(space.COLUMNS).filter(pa.array(ok))
-                mi, wi, top = candidate_hits(t, self.grid, index)
+                mi, wi, top = candidate_hits(table, self.grid, index, ok)
                 hits = (mi, wi, top)
                 if out.co is not None:
                     out.co.add_hits(mi, wi, top)

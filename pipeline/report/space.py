@@ -33,13 +33,14 @@ from pipeline.report.tokens import part_words, unique_ints
 COLUMNS = ["status", "tokens", "image_attr", "grid_h", "grid_w"]
 
 
-def incidence(tokens: pa.Array | pa.ChunkedArray,
-              index: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
-    """``(row, word)`` for each distinct tracked word (``index``) of each row's caption.
+def incidence(tokens: pa.Array | pa.ChunkedArray, index: dict[str, int],
+              rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``(row, word)`` for each distinct tracked word (``index``) of each row's caption (of
+    the rows in the mask ``rows``, when given).
 
     Sorted by row, then word id.
     """
-    pw = part_words(tokens)
+    pw = part_words(tokens, rows=rows)
     ids = np.array([index.get(w, -1) for w in pw.words] or [-1], np.int64)
     wid = ids[pw.word] if pw.word.size else np.empty(0, np.int64)
     keep = wid >= 0
@@ -50,15 +51,27 @@ def incidence(tokens: pa.Array | pa.ChunkedArray,
     return key // n, key % n
 
 
-def candidate_hits(t: pa.Table, grid: Grid,
-                   index: dict[str, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(row, word, top cell)`` for each distinct word of ``index`` in each row of ``t`` (ok
-    rows) whose map is usable on ``grid``; by row, then word id."""
-    maps, valid = maps_of(t, grid)
-    _, top, usable = positive_maps(maps)
-    t_rows = np.flatnonzero(valid)[usable]
-    mi, wi = incidence(t.column("tokens").take(pa.array(t_rows, pa.int64())), index)
-    return t_rows[mi], wi, top[usable][mi]
+def usable_maps(table: pa.Table, grid: Grid, rows: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The rows (of the mask ``rows``) with a usable map on ``grid``: a mask, and each
+    table row's index into the returned normalised maps and top cells (-1: none)."""
+    maps, valid = maps_of(table, grid, rows)
+    norm, top, usable = positive_maps(maps)
+    at = np.full(table.num_rows, -1, np.int64)
+    keep = np.flatnonzero(valid)[usable]
+    at[keep] = np.arange(keep.size)
+    mask = np.zeros(table.num_rows, bool)
+    mask[keep] = True
+    return mask, at, (norm[usable], top[usable])
+
+
+def candidate_hits(table: pa.Table, grid: Grid, index: dict[str, int],
+                   rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(row, word, top cell)`` for each distinct word of ``index`` in each row (of the mask
+    ``rows``) whose map is usable on ``grid``; by row, then word id."""
+    mask, at, (_, top) = usable_maps(table, grid, rows)
+    mi, wi = incidence(table.column("tokens"), index, mask)
+    return mi, wi, top[at[mi]]
 
 
 class WordSpace:
@@ -91,17 +104,13 @@ class WordSpace:
         parts = np.full(n, part, np.int64) if np.ndim(part) == 0 else np.asarray(part, np.int64)
         pos = np.arange(n, dtype=np.int64) if pos is None else np.asarray(pos, np.int64)
         ok = pc.equal(table.column("status"), "ok").fill_null(False).to_numpy(zero_copy_only=False)
-        rows = np.flatnonzero(ok)
-        t = table.filter(pa.array(ok))
-        if t.num_rows == 0:
+        if not ok.any():
             return
-        maps, valid = maps_of(t, self.grid)
-        norm, top, usable = positive_maps(maps)
-        t_rows = np.flatnonzero(valid)[usable]  # ok-table rows with a usable map
-        norm, top = norm[usable], top[usable]
-        mi, wi = incidence(t.column("tokens").take(pa.array(t_rows, pa.int64())), self.index)
+        mask, at, (norm, top) = usable_maps(table, self.grid, ok)
+        mi, wi = incidence(table.column("tokens"), self.index, mask)
         if mi.size == 0:
             return
+        ri, mi = mi, at[mi]  # each (map, word) pair's table row, and its map
         n_words, cells = len(self.words), self.grid.cells
         # each word's summed maps, one cell at a time (a scatter-add of whole maps costs more)
         by_cell = np.ascontiguousarray(norm.T)
@@ -110,8 +119,7 @@ class WordSpace:
         self.top += np.bincount(wi * cells + top[mi], minlength=n_words * cells).reshape(
             n_words, cells)
         self.n += np.bincount(wi, minlength=n_words)
-        at = rows[t_rows[mi]]  # each (map, word) pair's row, in order
-        self._keep_examples(wi, part_keys(self.seed, "examples", parts[at]), parts[at], pos[at],
+        self._keep_examples(wi, part_keys(self.seed, "examples", parts[ri]), parts[ri], pos[ri],
                             top[mi])
 
     def _keep_examples(self, words: np.ndarray, keys: np.ndarray, part: int | np.ndarray,
@@ -210,9 +218,8 @@ class CoOccurrence:
 
     def add(self, table: pa.Table) -> None:
         ok = pc.equal(table.column("status"), "ok").fill_null(False).to_numpy(zero_copy_only=False)
-        t = table.filter(pa.array(ok))
-        if t.num_rows:
-            self.add_hits(*candidate_hits(t, self.grid, self.index))
+        if ok.any():
+            self.add_hits(*candidate_hits(table, self.grid, self.index, ok))
 
     def add_hits(self, mi: np.ndarray, wi: np.ndarray, cell: np.ndarray) -> None:
         """Count (row, candidate, top cell) triples (``candidate_hits``)."""

@@ -84,8 +84,10 @@ def _folded(words: pa.Array) -> pa.Array:
 
 
 def part_words(tokens: pa.Array | pa.ChunkedArray,
-               values: pa.Array | pa.ChunkedArray | None = None) -> PartWords:
-    """Every row's ``merge_words(tokens, values, lower=True)``, flattened.
+               values: pa.Array | pa.ChunkedArray | None = None,
+               rows: np.ndarray | None = None) -> PartWords:
+    """Every row's ``merge_words(tokens, values, lower=True)``, flattened (only the rows in
+    the mask ``rows``, when given; row numbers stay those of ``tokens``).
 
     With ``values``, rows whose tokens or values are null or whose lengths
     differ are skipped (counted in ``skipped``) and null values count as 0.
@@ -99,9 +101,10 @@ def part_words(tokens: pa.Array | pa.ChunkedArray,
         values = _list(values)
         valid = valid & _np(values.is_valid()) & \
             (lengths == _np(pc.list_value_length(values).fill_null(-1)))
-    skipped = int(n - valid.sum()) if values is not None else 0
+    wanted = np.ones(n, bool) if rows is None else rows
+    skipped = int((wanted & ~valid).sum()) if values is not None else 0
     empty = PartWords(np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0), [], skipped)
-    mask = valid & (lengths > 0)
+    mask = valid & (lengths > 0) & wanted
     if not mask.any():
         return empty
     row, piece, uniq = _pieces(tokens, mask)
