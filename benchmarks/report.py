@@ -31,6 +31,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -355,18 +356,30 @@ def _workers(results: str) -> tuple[int, ...]:
     return (1, 2) if len(cut(entries)) > 1 else (1,)
 
 
-def local_runs(tmp: Path, rows_grid: list[int], part_grid: list[int]) -> list[dict]:
-    """Reports of local results: each size and part size, with 1 and 2 workers."""
-    runs = []
+def local_runs(tmp: Path, rows_grid: list[int], part_grid: list[int], out: dict) -> None:
+    """Reports of local results into ``out["runs"]``: each size and part size with 1 and 2
+    workers; at the smallest size alternated 1, 2, 2, 1 (the machine is shared: its load
+    moves)."""
     for rows in rows_grid:
         for part_rows in part_grid:
             res = str(tmp / f"res-{rows}-{part_rows}")
             make_results(res, rows, None, part_rows=part_rows, tail=rows // 20, processes=2)
-            for workers in _workers(res):
-                runs.append(one_run(res, str(tmp / f"out-{rows}-{part_rows}-{workers}"), rows,
-                                    part_rows, workers))
+            order = _workers(res)
+            if rows == min(rows_grid) and len(order) == 2:
+                order = (1, 2, 2, 1)
+            for i, workers in enumerate(order):
+                out["runs"].append(one_run(res, str(tmp / f"out-{rows}-{part_rows}-{i}"), rows,
+                                           part_rows, workers))
+                _progress(out)
             shutil.rmtree(res, ignore_errors=True)
-    return runs
+
+
+def _progress(out: dict) -> None:
+    """The figures so far into ``NIBT_BENCH_REPORT_PROGRESS`` (a file), when set: a run that
+    ends early keeps what it measured."""
+    path = os.environ.get("NIBT_BENCH_REPORT_PROGRESS")
+    if path:
+        Path(path).write_text(json.dumps(out, indent=1))
 
 
 def remote_runs(tmp: Path, rows: int, part_grid: list[int], delay_ms: float) -> list[dict]:
@@ -385,6 +398,8 @@ def remote_runs(tmp: Path, rows: int, part_grid: list[int], delay_ms: float) -> 
             make_results(res, rows, None, part_rows=part_rows, tail=rows // 20, processes=2)
             key = f"nibt-bench/res-{part_rows}"
             fs.put(res + "/", key, recursive=True)
+            store.set_delay(delay_ms)
+            alone = _store_alone(fs, key)
             for workers in _workers(res):
                 store.set_delay(delay_ms)
                 store.reset()
@@ -396,10 +411,23 @@ def remote_runs(tmp: Path, rows: int, part_grid: list[int], delay_ms: float) -> 
                 heads = store.count("HEAD", f"{key}/parts/")
                 store.set_delay(0)
                 runs.append({**run, "gets_per_part_max": max(gets, default=0),
-                             "gets_per_part_min": min(gets, default=0), "heads_on_parts": heads})
+                             "gets_per_part_min": min(gets, default=0), "heads_on_parts": heads,
+                             "store_alone_seconds": alone})
             fs.rm(key, recursive=True)
             shutil.rmtree(res, ignore_errors=True)
     return runs
+
+
+def _store_alone(fs: Any, key: str) -> float:
+    """Seconds the store takes to serve every part object once, 16 GETs in flight, nothing
+    done with them: the peer of a pass over the same parts."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    paths = sorted(fs.find(f"{key}/parts"))
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda p: len(fs.cat_file(p, max_concurrency=1)), paths))
+    return round(time.perf_counter() - t0, 2)
 
 
 def _creds(env: dict[str, str]) -> dict[str, str]:
@@ -442,13 +470,17 @@ def run() -> dict:
     compare = _ints("NIBT_BENCH_REPORT_COMPARE_ROWS", "1000000")
     tmp = Path(tempfile.mkdtemp(prefix="nibt-bench-report-"))
     try:
-        out: dict = {"cores": available_cores(), "runs": local_runs(tmp, rows_grid, part_grid)}
+        out: dict = {"cores": available_cores(), "runs": []}
+        local_runs(tmp, rows_grid, part_grid, out)
         if remote:
             out["runs"] += remote_runs(tmp, remote[0], part_grid, DELAY_MS)
-        if memory:
-            out["memory"] = memory_run(tmp, memory[0], 10_000)
+            _progress(out)
         if compare:
             out["compare"] = compare_run(tmp, compare[0])
+            _progress(out)
+        if memory:
+            out["memory"] = memory_run(tmp, memory[0], 10_000)
+            _progress(out)
         return out
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -302,11 +302,25 @@ def report(d: dict) -> str:
     pairs = {}
     for r in d["runs"]:
         pairs.setdefault((r["rows"], r["part_rows"], r["store"]), {})[r["workers"]] = r
-    speed = [f"{k[0]:,} rows in {k[1]:,}-row parts ({_store(r1)}): "
-             f"**{r1['seconds'] / r2['seconds']:.2f}x**"
-             for k, w in pairs.items() if 1 in w and 2 in w for r1, r2 in [(w[1], w[2])]]
+    speed = []
+    for k in pairs:
+        one = [r["seconds"] for r in d["runs"] if (r["rows"], r["part_rows"], r["store"]) == k
+               and r["workers"] == 1]
+        two = [r["seconds"] for r in d["runs"] if (r["rows"], r["part_rows"], r["store"]) == k
+               and r["workers"] == 2]
+        if one and two:
+            speed.append(f"{k[0]:,} rows in {k[1]:,}-row parts ({_store(pairs[k][1])}): "
+                         f"**{mean(one) / mean(two):.2f}x**"
+                         + (f" (means of {len(one)} and {len(two)} runs)" if len(one) > 1 else ""))
     if speed:
         out.append("Two workers over one: " + "; ".join(speed) + ".")
+    alone = {(r["rows"], r["part_rows"]): r["store_alone_seconds"] for r in d["runs"]
+             if "store_alone_seconds" in r}
+    if alone:
+        out.append("The local S3 store alone, every part object once with 16 GETs in flight "
+                   "and nothing done with them (the floor of one pass): " + "; ".join(
+                       f"{k[0]:,} rows in {k[1]:,}-row parts {v:.1f} s"
+                       for k, v in alone.items()) + ".")
     if "memory" in d:
         m = d["memory"]
         out.append(f"Memory: {m['rows']:,} rows in {m['part_rows']:,}-row parts with "

@@ -154,7 +154,7 @@ class LocalPool:
         self._ctx = _context()
         self._pool: list[_Worker] = [self._start() for _ in range(self.workers)]
         self._peaks: dict[str, float] = {}
-        self.replaced = 0
+        self.replaced = self._idle_deaths = 0
 
     def _start(self) -> _Worker:
         parent, child = self._ctx.Pipe()
@@ -221,6 +221,9 @@ class LocalPool:
     def _replace(self, i: int, w: _Worker, todo: deque, attempts: list[int], why: str) -> None:
         """Stop worker ``w``, put its tasks back first in line, start another in its place."""
         self._stop(w)
+        self._idle_deaths = 0 if w.tasks else self._idle_deaths + 1
+        if self._idle_deaths > self.workers * (self.retries + 1):
+            raise WorkerLost(f"report workers keep dying before any task ({why})")
         if w.tasks:
             head = w.tasks[0]
             attempts[head] += 1
