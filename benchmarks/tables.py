@@ -341,23 +341,26 @@ def report(d: dict) -> str:
 
 
 def _horizon(d: dict) -> str:
-    """2.3 billion rows on a 64-core cluster, extrapolated from the largest local run."""
-    local = [r for r in d["runs"] if r["store"] == "local" and r["workers"] > 1] or d["runs"]
-    r = max(local, key=lambda x: (x["rows"], x["part_rows"]))
-    per_core = r["rows_per_cpu_s"]  # every process's CPU, the report's own included
-    fixed = sum(v for k, v in r["step_seconds"].items() if k not in
-                ("first_pass", "space_pass", "last_pass"))
-    passes = HORIZON_ROWS / (HORIZON_CORES * per_core)
-    merging = max(r["driver_cpu_seconds"] - fixed, 1e-9)  # the report's own process, passes
-    keeps_up = r["rows"] / merging / per_core
-    return (f"Extrapolated, not measured: {HORIZON_ROWS / 1e9:.1f} billion rows on "
-            f"{HORIZON_CORES} cores at the {per_core:,} rows per CPU-second of the "
-            f"{r['rows']:,}-row run with {r['workers']} workers ({r['part_rows']:,}-row parts, "
-            f"every process's CPU counted) take **{passes / 60:.0f} minutes** of passes, plus "
-            f"the report's own steps after them ({fixed:.0f} s there; they grow with the "
-            f"curation list, not with the rows). Its own process merged the workers' results "
-            f"in about {merging:.1f} CPU-seconds, so one such process keeps up with about "
-            f"{keeps_up:,.0f} workers.")
+    """2.3 billion rows on a 64-core cluster, extrapolated from the largest run with two
+    workers: the passes at its rows per CPU-second on every core; the report's own process,
+    which merges the workers' results, at its own rate; the steps after the passes scaled
+    with the rows (the curation list grows with them)."""
+    runs = [r for r in d["runs"] if r["store"] == "local" and r["workers"] > 1]
+    r = max(runs + [d["memory"]] * ("memory" in d), key=lambda x: (x["rows"], x["part_rows"]))
+    steps = r["step_seconds"]
+    after = sum(v for k, v in steps.items() if k not in ("first_pass", "space_pass", "last_pass"))
+    passes = HORIZON_ROWS / (HORIZON_CORES * r["rows_per_cpu_s"]) / 60
+    merge_rate = r["rows"] / max(r["driver_cpu_seconds"] - after, 1e-9)
+    driver = HORIZON_ROWS / merge_rate / 60
+    end = after * HORIZON_ROWS / r["rows"] / 60
+    return (f"Extrapolated, not measured, from the {r['rows']:,}-row run with {r['workers']} "
+            f"workers ({r['part_rows']:,}-row parts): {HORIZON_ROWS / 1e9:.1f} billion rows on "
+            f"{HORIZON_CORES} cores. The passes, at its {r['rows_per_cpu_s']:,} rows per "
+            f"CPU-second (every process counted), take {passes:.0f} minutes; the report's own "
+            f"process merges the workers' results at {merge_rate:,.0f} rows per CPU-second, so "
+            f"with {HORIZON_CORES} workers it sets the pace: **{driver:.0f} minutes**; the steps "
+            f"after the passes ({after:.0f} s there), scaled with the rows, {end:.0f} minutes. "
+            f"In all about **{max(passes, driver) + end:.0f} minutes**.")
 
 
 def evaluate(d: dict) -> str:
