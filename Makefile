@@ -64,9 +64,11 @@ format: install
 bench: install
 	$(BIN)/python -m benchmarks --out bench-results
 
-# On a machine with a GPU: engine and job pairs/s, TFLOP/s, GPU utilisation (< 5 minutes).
+# On a machine with a GPU, in sections of at most 4 minutes (8 in all): the engine by phase, the
+# decode paths, the job; exits 1 on any failure. BENCH_GPU_ARGS="--sections engine" for one.
+BENCH_GPU_ARGS ?=
 bench-gpu: install
-	$(BIN)/python -m benchmarks.gpu --out bench-results/gpu.json
+	$(BIN)/python -m benchmarks.gpu --out bench-results/gpu.json $(BENCH_GPU_ARGS)
 
 # The reports as a person sees them: the demo's report and its comparison of two nights (made by
 # `make demo-compare` when missing), screenshotted in headless Chromium (Debian: apt-get install -y

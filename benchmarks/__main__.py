@@ -22,8 +22,8 @@ from pipeline.devtools.machine import machine
 
 #: Seconds a section may run (the report's grid up to 50 million rows takes over an hour on 2 cores).
 TIMEOUT_S = {"report": 4 * 3600}
-SECTIONS = ("engine", "completeness", "models", "job", "scale", "overlap", "decode", "decode_job",
-            "decoders", "report")
+SECTIONS = ("engine", "flops", "completeness", "models", "job", "scale", "overlap", "decode",
+            "decode_job", "decoders", "report", "controlplane", "commitlog")
 
 
 def main(argv: list[str]) -> int:

@@ -38,7 +38,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.config import StorageSettings
-from pipeline.io.manifest import PartEntry, write_manifest
+from pipeline.io.manifest import PartEntry, read_manifest, write_manifest
 from pipeline.io.schema import RESULT_FIELDS, result_schema
 from pipeline.io.storage import filesystem
 from pipeline.report.passes import cut
@@ -352,7 +352,7 @@ def one_run(results: str, out: str, rows: int, part_rows: int, workers: int,
 
 def _workers(results: str) -> tuple[int, ...]:
     """1 and 2 workers; 1 alone when the results make one task (2 would run as 1)."""
-    entries = json.loads(Path(results, "_manifest.json").read_text())["parts"]
+    entries = read_manifest(results)["parts"]
     return (1, 2) if len(cut(entries)) > 1 else (1,)
 
 

@@ -85,6 +85,23 @@ def engine(d: dict) -> str:
     ])
 
 
+def flops(d: dict) -> str:
+    s, here, peer = d["setup"], d["this_engine"], d["peer"]
+    labels = [*(f"all {n} tokens" for n in (8, 32, 77)), "all 6 tokens",
+              "seven of 6 tokens, one of 70"]
+    keys = ["tokens_8", "tokens_32", "tokens_77", "short_8", "one_long_among_8"]
+    rows = [[label, f"**{num(here[k])}**", num(peer[k]), f"{here[k] / peer[k]:.2f}"]
+            for label, k in zip(labels, keys)]
+    return "\n\n".join([
+        f"{s['model']}, {s['sides']}, layer {s['layer']}, {s['steps']} steps, batches of "
+        f"{s['batch']} pairs; GFLOP per pair (torch's FlopCounterMode).",
+        table(["captions (tokens with start- and end-of-text)", "this engine",
+               f"the engine at commit {s['peer_commit']}", "this / that"], rows),
+        f"One 70-token caption among eight adds **{pct(here['one_long_adds'])}** of the batch's "
+        f"FLOPs here, {pct(peer['one_long_adds'])} at commit {s['peer_commit']}.",
+    ])
+
+
 def completeness(d: dict) -> str:
     rows = []
     for key in ("uniform_10", "uniform_200", "log_10", "log_200"):
@@ -363,6 +380,113 @@ def _horizon(d: dict) -> str:
             f"In all about **{max(passes, driver) + end:.0f} minutes**.")
 
 
+def _requests(counts: dict, per: int = 0) -> str:
+    """Requests by operation: in all, or per unit when ``per`` is given."""
+    if not counts:
+        return "none"
+    return ", ".join(f"{op} {n / per:.2f}" if per else f"{op} {n:,}"
+                     for op, n in sorted(counts.items()))
+
+
+def controlplane_planning(d: dict) -> str:
+    p, rows = d["planning"], []
+    for n, r in sorted(p["sizes"].items(), key=lambda kv: int(kv[0])):
+        f, again, k = r["first"], r["rerun"], int(n)
+        rows.append([f"{k:,}", f"**{f['seconds']:.1f} s** ({f['ms_per_file']:.2f} ms/file)",
+                     f"{1000 * f['cpu_s'] / k:.2f} / {1000 * f['store_cpu_s'] / k:.2f}",
+                     _requests(f["requests"], k),
+                     f"{again['seconds']:.1f} s", _requests(again["requests"])])
+    prev = p["previous_planner"]
+    rows.append([f"{prev['files']:,}, the previous planner",
+                 f"{prev['seconds']:.1f} s ({prev['ms_per_file']:.2f} ms/file)",
+                 f"{1000 * prev['cpu_s'] / prev['files']:.2f} / "
+                 f"{1000 * prev['store_cpu_s'] / prev['files']:.2f}",
+                 _requests(prev["requests"], prev["files"]), "", ""])
+    return "\n\n".join([
+        f"Input files listed and planned through the local store at {d['delay_ms']} ms a "
+        "request; then again from the saved plan.",
+        table(["input files", "planning", "CPU ms per file: driver / store", "requests per file",
+               "rerun", "rerun requests"], rows),
+        f"Time per file, largest size over smallest: {p['ms_per_file_largest_over_smallest']:.2f}."
+        f" At 230,000 files, at the largest size's cost per file: "
+        f"**{p['extrapolated_230k_files_s']:,.0f} s** to plan, "
+        f"{p['extrapolated_230k_files_rerun_s']:,.0f} s from the saved plan.",
+    ])
+
+
+def controlplane_dispatch(d: dict) -> str:
+    p, rows = d["dispatch"], []
+    for n, r in sorted(p["sizes"].items(), key=lambda kv: int(kv[0])):
+        rows.append([f"{int(n):,}", f"**{num(r['completions_per_s'])}**",
+                     f"{r['driver_cpu_ms_per_task']:.3f}",
+                     f"{r['driver_rss_before_mb']:,.0f} / {r['driver_peak_rss_mb']:,.0f} MB",
+                     str(r["ledger_segments"]), _requests(r["requests"]),
+                     f"{r['run_seconds']:,.0f} s"])
+    return "\n\n".join([
+        f"One-row tasks over {p['actors']} actors that run no engine, a whole `run_job` each "
+        "(planning, ledger, manifest, summary) in a fresh process.",
+        table(["tasks", "completions/s", "driver CPU ms per task",
+               "driver RSS before / peak", "ledger segments", "requests", "run"], rows),
+        f"Driver memory per task (peak RSS, largest size less smallest, over the tasks between): "
+        f"**{p['driver_kb_per_task_slope']:.2f} KB**. CPU per task, largest size over smallest: "
+        f"{p['cpu_per_task_largest_over_smallest']:.2f}. At 2.25 million tasks: "
+        f"{p['extrapolated_2_25m_tasks_driver_cpu_s']:,.0f} s of driver CPU, "
+        f"{p['extrapolated_2_25m_tasks_driver_gb']:.1f} GB of driver memory.",
+    ])
+
+
+def controlplane_resume(d: dict) -> str:
+    p, rows = d["resume"], []
+    for n, r in sorted(p["sizes"].items(), key=lambda kv: int(kv[0])):
+        rows.append([f"{int(n):,}", f"**{r['seconds']:.1f} s**",
+                     f"{r['cpu_s']:.1f} / {r['store_cpu_s']:.1f} s", _requests(r["requests"]),
+                     str(r["ledger_files"])])
+    prev = p["previous_resume"]
+    rows.append([f"{prev['committed_parts']:,}, the previous resume",
+                 f"{prev['seconds']:.1f} s", f"{prev['cpu_s']:.1f} / {prev['store_cpu_s']:.1f} s",
+                 _requests(prev["requests"]), ""])
+    return "\n\n".join([
+        f"An output whose driver died after its last checkpoint, {p['after_checkpoint']:,} parts "
+        "committed after it; the time to decide what is left to run.",
+        table(["committed parts", "resume", "CPU: driver / store", "requests", "ledger files"],
+              rows),
+        f"At 2.25 million committed parts, at the largest size's cost per part: "
+        f"**{p['extrapolated_2_25m_parts_s']:,.0f} s**.",
+    ])
+
+
+def controlplane_encoding(d: dict) -> str:
+    rows = []
+    for key, r in d["encoding"].items():
+        grid, n = key.split("_")
+        rows.append([grid, f"{int(n):,}", f"**{num(r['bytes_per_row'])}**",
+                     num(r["previous_bytes_per_row"]), f"{r['previous_over_now']:.2f}x"])
+    return table(["grid", "rows per part", "bytes per row", "dictionary-encoded floats",
+                  "that / this"], rows)
+
+
+def commitlog(d: dict) -> str:
+    names = [("ledger", "this ledger"), ("delta_default", "Delta Lake (deltalake), default"),
+             ("delta_interval_10", "Delta Lake, checkpoint every 10")]
+    rows = []
+    for key, label in names:
+        r = d[key]
+        c, t, load = r["per_commit"]["all"], r["totals"], r["load"]
+        rows.append([label, f"**{c['wall_ms']['median']:,.0f}** / {c['wall_ms']['p95']:,.0f}",
+                     f"{c['requests']['median']:g} / {c['requests']['p95']:g}",
+                     f"{t['cpu_s']:.1f} s", f"{r['log_at_end']['objects']} ({r['log_at_end']['mb']} MB)",
+                     f"**{load['after_200']['seconds']:.2f} s**, {load['after_200']['requests']}",
+                     f"{load['after_198']['seconds']:.2f} s, {load['after_198']['requests']}"])
+    return "\n\n".join([
+        f"{d['commits']} checkpoints of {d['parts_per_commit']:,} parts through the local store at "
+        f"{d['delay_ms']} ms a request, each with a frontier; then the state loaded by a fresh "
+        "process.",
+        table(["commit log", "ms per commit: median / p95", "requests per commit: median / p95",
+               "writer CPU, all commits", "objects at the end", "load after the last commit: s, requests",
+               "load 2 commits earlier: s, requests"], rows),
+    ])
+
+
 def evaluate(d: dict) -> str:
     from pipeline.demo.evaluate import tables
 
@@ -370,13 +494,19 @@ def evaluate(d: dict) -> str:
 
 
 RENDER: dict[str, tuple[str, Callable[[dict], str]]] = {
-    "engine": ("engine", engine), "completeness": ("completeness", completeness),
+    "engine": ("engine", engine), "engine-flops": ("flops", flops),
+    "completeness": ("completeness", completeness),
     "models": ("models", models), "job": ("job", job), "scale": ("scale", scale),
     "overlap": ("overlap", overlap), "decode-224": ("decode", decode_224),
     "decode-64": ("decode", decode_64), "decode-parity": ("decode", decode_parity),
     "decode-pools": ("decode", decode_pools), "decode-job": ("decode_job", decode_job),
     "decoders": ("decoders", decoders), "report": ("report", report),
     "evaluate": ("evaluate", evaluate),
+    "controlplane-planning": ("controlplane", controlplane_planning),
+    "controlplane-dispatch": ("controlplane", controlplane_dispatch),
+    "controlplane-resume": ("controlplane", controlplane_resume),
+    "controlplane-encoding": ("controlplane", controlplane_encoding),
+    "commitlog": ("commitlog", commitlog),
 }
 
 

@@ -64,7 +64,7 @@ class ModelSettings:
     memory_budget_mb: float | None = None  # None: 512 on CPU, half the free GPU memory
     chunk_rows: int | None = None
     seed: int = 0
-    compile: bool = False  # torch.compile the towers' suffixes (pays off on GPUs, long warm-up)
+    compile: bool = False  # torch.compile each chunk's step, static shapes (long first batches)
 
     def __post_init__(self) -> None:
         _require(bool(self.name), "model.name", "must name an open_clip model")
@@ -74,8 +74,13 @@ class ModelSettings:
             f"must be 'uniform' or 'log', got {self.schedule!r}",
         )
         _require(
-            self.precision in ("auto", "fp32", "bf16", "fp16"), "model.precision",
-            f"must be auto, fp32, bf16 or fp16, got {self.precision!r}",
+            self.precision != "fp16", "model.precision",
+            "fp16 is refused: its gradients underflow without loss scaling, and the engine "
+            "takes gradients; use bf16 (same speed on GPUs that have it) or fp32",
+        )
+        _require(
+            self.precision in ("auto", "fp32", "bf16"), "model.precision",
+            f"must be auto, fp32 or bf16, got {self.precision!r}",
         )
         _require(self.batch_size is None or self.batch_size >= 1, "model.batch_size",
                  f"must be >= 1 or null, got {self.batch_size}")
@@ -144,9 +149,13 @@ class StorageSettings:
     max_attempts: int = 3
     connect_timeout_s: float = 10.0
     read_timeout_s: float = 20.0
+    # Requests the driver keeps in flight when it reads many small objects (input
+    # footers while planning, part footers when resuming) and its connection pool.
+    requests_in_flight: int = 64
 
     def __post_init__(self) -> None:
         check_no_credentials("storage.endpoint_url", self.endpoint_url)
+        _require(self.requests_in_flight >= 1, "storage.requests_in_flight", "must be >= 1")
         _require(self.max_attempts >= 1, "storage.max_attempts", "must be >= 1")
         _require(self.connect_timeout_s > 0, "storage.connect_timeout_s", "must be > 0")
         _require(self.read_timeout_s > 0, "storage.read_timeout_s", "must be > 0")
@@ -187,6 +196,8 @@ class StorageSettings:
                 # total_max_attempts counts the first attempt (botocore's max_attempts
                 # would not: 10 meant 11 requests)
                 "retries": {"total_max_attempts": self.max_attempts, "mode": "standard"},
+                # botocore's default pool (10) would cap the requests in flight
+                "max_pool_connections": self.requests_in_flight,
             },
         }
 
@@ -205,15 +216,15 @@ class ClusterSettings:
     decode_processes: int | None = None
     # Tasks in flight per actor: with 2, the next task reads and decodes while the
     # current one's batch is on the GPU (one batch computes at a time). None: 2
-    # beside a GPU, 1 on CPU (where decoding would take cores from the compute) or
-    # under worker_memory_headroom_mb (the second task would eat the headroom).
+    # beside a GPU, 1 on CPU (where decoding would take cores from the compute).
     tasks_per_actor: int | None = None
     temp_dir: str | None = None
     namespace: str = "nibt-audit"
-    # Cap on the memory a worker may allocate beyond what it holds once the model is
-    # loaded (RLIMIT_DATA). A batch that would exceed it fails to allocate and is
-    # split, instead of the kernel killing the worker. null: no cap.
-    worker_memory_headroom_mb: int | None = None
+    # Memory each actor declares to Ray (MB): Ray places actors by it, and the engine's
+    # chunk budget on CPU stays within a share of it; an actor that still overruns is
+    # ended by Ray's memory monitor (or the cgroup) and its task retried elsewhere.
+    # null: each node's memory, as Ray counts it, shared among the actors it holds.
+    memory_per_actor_mb: float | None = None
     # Seconds an actor may take to start (load the model) or to come back after a
     # restart; past it the actor is given up and its tasks go to the others.
     actor_start_timeout_s: float = 600.0
@@ -223,10 +234,8 @@ class ClusterSettings:
         _require(
             self.num_actors is None or self.num_actors >= 1, "cluster.num_actors", "must be >= 1"
         )
-        _require(
-            self.worker_memory_headroom_mb is None or self.worker_memory_headroom_mb > 0,
-            "cluster.worker_memory_headroom_mb", "must be > 0",
-        )
+        _require(self.memory_per_actor_mb is None or self.memory_per_actor_mb > 0,
+                 "cluster.memory_per_actor_mb", "must be > 0 or null")
         _require(self.decode_threads is None or self.decode_threads >= 1,
                  "cluster.decode_threads", "must be >= 1")
         _require(self.decode_processes is None or self.decode_processes >= 0,
@@ -238,13 +247,19 @@ class ClusterSettings:
 
 #: The automatic task timeout: a fixed part, and how far past the slowest rate seen.
 TASK_TIMEOUT_BASE_S, TASK_TIMEOUT_SLOW_FACTOR = 300.0, 4.0
+#: ``run.rows_per_task`` when unset: beside a GPU, tens of seconds of engine work per
+#: task (ViT-B-32 at 3,000-6,000 pairs/s: 11-22 s) against a handful of storage
+#: requests; on CPU, where ViT-B-32 attributes ~3.4 pairs/s, minutes per task.
+ROWS_PER_TASK_GPU, ROWS_PER_TASK_CPU = 65_536, 1_024
 
 
 @dataclass
 class RunSettings:
-    """How the job splits, retries and resumes (``run/`` group)."""
+    """How the job splits, retries, resumes and keeps its books (``run/`` group)."""
 
-    rows_per_task: int = 1024
+    # Rows per task (tasks follow row-group boundaries and never span files). None:
+    # ROWS_PER_TASK_GPU when the actors get GPUs, else ROWS_PER_TASK_CPU.
+    rows_per_task: int | None = None
     max_task_retries: int = 2
     overwrite: bool = False
     progress: bool = True
@@ -252,13 +267,32 @@ class RunSettings:
     # sized from the task's rows (see ``task_timeout``).
     task_timeout_s: float | None = None
     task_timeout_per_row_s: float = 2.0
+    # The record of committed parts (``<output>/_ledger/``) is written whenever either
+    # is reached, so a driver that dies loses at most this much bookkeeping.
+    checkpoint_every_s: float = 30.0
+    checkpoint_every_tasks: int = 1000
+    # Seconds between the aggregate progress lines in the log (failures: each at once).
+    log_every_s: float = 30.0
+    # The ledger is the record of committed parts. true: also list parts/ and run again
+    # the tasks whose part is gone (removed by hand); one request per 1,000 parts.
+    verify_parts: bool = False
 
     def __post_init__(self) -> None:
-        _require(self.rows_per_task >= 1, "run.rows_per_task", "must be >= 1")
+        _require(self.rows_per_task is None or self.rows_per_task >= 1, "run.rows_per_task",
+                 "must be >= 1 or null (sized for the actors' devices)")
+        _require(self.checkpoint_every_s > 0, "run.checkpoint_every_s", "must be > 0")
+        _require(self.checkpoint_every_tasks >= 1, "run.checkpoint_every_tasks", "must be >= 1")
+        _require(self.log_every_s > 0, "run.log_every_s", "must be > 0")
         _require(self.max_task_retries >= 0, "run.max_task_retries", "must be >= 0")
         _require(self.task_timeout_s is None or self.task_timeout_s > 0, "run.task_timeout_s",
                  "must be > 0 or null (sized from the task's rows)")
         _require(self.task_timeout_per_row_s > 0, "run.task_timeout_per_row_s", "must be > 0")
+
+    def task_rows(self, gpu: bool) -> int:
+        """Rows per task: as set, else sized for the actors' device."""
+        if self.rows_per_task is not None:
+            return self.rows_per_task
+        return ROWS_PER_TASK_GPU if gpu else ROWS_PER_TASK_CPU
 
     def task_timeout(self, rows: int, slowest_s_per_row: float = 0.0) -> float:
         """Seconds a task of ``rows`` rows may take: ``task_timeout_s`` when set, else

@@ -35,6 +35,43 @@ def ray_local():
         yield
 
 
+@pytest.fixture(scope="module")
+def fault_file(tmp_path_factory):
+    """The fault hook's spec file (``pipeline.job.faults``), its variable set for the module."""
+    from pipeline.job import faults
+    from pipeline.job.cluster import patched_env
+
+    path = tmp_path_factory.mktemp("faults") / "faults.json"
+    with patched_env({faults.ENV: str(path)}):
+        yield path
+
+
+@pytest.fixture(scope="module")
+def ray_faults(fault_file):
+    """The module's Ray, started with the fault hook's variable set (its workers see it)."""
+    from pipeline.config import ClusterSettings
+    from pipeline.job.cluster import ray_session
+
+    with ray_session(ClusterSettings(), num_cpus=2):
+        yield
+
+
+@pytest.fixture
+def inject(fault_file):
+    """``inject(spec)`` arms faults for this test; disarmed (and their counts reset) after."""
+    import json
+    import shutil
+
+    from pipeline.job import faults
+
+    def arm(spec: dict) -> None:
+        fault_file.write_text(json.dumps(spec))
+
+    yield arm
+    fault_file.unlink(missing_ok=True)
+    shutil.rmtree(faults.marker_dir(fault_file), ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def vitb32():
     from pipeline.engine.model import load_clip

@@ -64,3 +64,14 @@ def own_workers(title: str = "ray::TaskRunner.run") -> list[int]:
         if cmd.startswith(title) and running(p):
             found.append(p)
     return sorted(found)
+
+
+def wait_for(condition, seconds: float, step: float = 0.05):
+    """``condition()``'s first true value within ``seconds`` (polled), else its last value:
+    a bounded wait for what a test would otherwise sleep and hope for."""
+    deadline = time.monotonic() + seconds
+    while True:
+        value = condition()
+        if value or time.monotonic() >= deadline:
+            return value
+        time.sleep(step)

@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "weights, else 0.75 of each tower's depth)")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--schedule", choices=("uniform", "log"), default="uniform")
-    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", default="heat.png", help="where to write the picture (PNG)")
     p.add_argument("--min-px", type=int, default=MIN_PX,

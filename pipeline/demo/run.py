@@ -123,9 +123,11 @@ def headline(summary: dict, report: dict | None) -> list[str]:
 
 
 def _restore(fs, local: Path, remote: str) -> None:
-    """Upload what an earlier run committed, so the audit skips it."""
-    if (local / "parts").is_dir():
-        fs.put(f"{local}/parts/", f"{remote}/parts/", recursive=True)
+    """Upload what an earlier run committed, and its record (``_ledger/``), so the audit
+    skips it."""
+    for name in ("parts", "_ledger"):
+        if (local / name).is_dir():
+            fs.put(f"{local}/{name}/", f"{remote}/{name}/", recursive=True)
 
 
 def _fetch(fs, remote: str, local: Path) -> None:

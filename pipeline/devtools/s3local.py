@@ -10,6 +10,7 @@ request); ``StoreControl`` reads the counts and changes the delay. Needs the
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -41,10 +42,18 @@ class StoreControl:
     def __init__(self, url: str) -> None:
         self.url = url.rstrip("/")
 
-    def _call(self, method: str, path: str) -> dict:
-        req = urllib.request.Request(f"{self.url}/_nibt/{path}", method=method)
-        with urllib.request.urlopen(req, timeout=30) as r:
+    def _call(self, method: str, path: str, body: dict | None = None) -> dict:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(f"{self.url}/_nibt/{path}", data=data, method=method)
+        with urllib.request.urlopen(req, timeout=600) as r:
             return json.loads(r.read())
+
+    def seed(self, bucket: str, keys: list[str], body: bytes) -> None:
+        """Store ``body`` under each of ``keys`` in ``bucket`` at once (straight into moto:
+        no request is counted or delayed); for benchmarks that need many objects."""
+        for lo in range(0, len(keys), 50_000):
+            self._call("POST", "seed", {"bucket": bucket, "keys": keys[lo:lo + 50_000],
+                                        "body": base64.b64encode(body).decode()})
 
     def set_delay(self, ms: float) -> None:
         """Every later request waits ``ms`` milliseconds before moto answers it."""
@@ -65,6 +74,11 @@ class StoreControl:
         return sum(n for (o, key), n in self.requests().items()
                    if (op is None or o == op) and key.startswith(prefix))
 
+    def cpu_seconds(self) -> float:
+        """CPU time the store's process has used so far (moto's own cost, which real
+        object storage does not put on the machine under test)."""
+        return float(self._call("GET", "stats")["cpu_s"])
+
     def by_operation(self, prefix: str = "") -> dict[str, int]:
         """Requests under ``prefix`` by operation."""
         out: Counter = Counter()
@@ -75,15 +89,17 @@ class StoreControl:
 
 
 @contextlib.contextmanager
-def local_s3(port: int | None = None, timeout: float = 30.0,
-             delay_ms: float = 0.0) -> Iterator[str]:
+def local_s3(port: int | None = None, timeout: float = 30.0, delay_ms: float = 0.0,
+             moto_only: bool = False) -> Iterator[str]:
     """Run a moto S3 server on 127.0.0.1, each request delayed ``delay_ms``; yields its
-    endpoint URL (``StoreControl(url)`` counts its requests and changes the delay)."""
+    endpoint URL (``StoreControl(url)`` counts its requests and changes the delay).
+    ``moto_only``: listings and object reads answered by moto's own code (see
+    ``s3server``)."""
     port = port or free_port()
     env = dict(os.environ, **LOCAL_S3_ENV)
     proc = subprocess.Popen(
         [sys.executable, "-m", "pipeline.devtools.s3server", "-H", "127.0.0.1", "-p", str(port),
-         "--delay-ms", f"{delay_ms:g}"],
+         "--delay-ms", f"{delay_ms:g}", *(["--moto-only"] if moto_only else [])],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
     )
     url = f"http://127.0.0.1:{port}"

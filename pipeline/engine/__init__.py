@@ -10,4 +10,4 @@ scores it.
 #: the per-pair results of ``pipeline.job.attribute``, decoding and preprocessing):
 #: it is part of the results fingerprint, so committed parts are then recomputed.
 #: ``tests/unit/test_golden.py`` fails when the engine's output changes without it.
-RESULTS_VERSION = 1
+RESULTS_VERSION = 2

@@ -25,7 +25,9 @@ from torch import nn
 
 from pipeline.engine.towers import ImageTower, TextTower, UnsupportedModelError
 
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+#: Autocast dtypes the engine runs in. Not fp16: the engine takes gradients, and fp16's
+#: underflow without loss scaling (bf16 has fp32's exponent range).
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
 #: The project's own model configurations, registered with open_clip on import.
 MODEL_CONFIGS = Path(__file__).parent / "model_configs"
 #: Weights the package ships, by model name: ``pretrained="shipped"`` loads them.
@@ -264,7 +266,7 @@ def load_clip(
     """Build ``name`` with ``pretrained`` weights, frozen and in eval mode.
 
     ``precision`` is the autocast dtype used when the engine runs the towers
-    (``fp32``, ``bf16``, ``fp16``); the stored weights stay float32 so
+    (``fp32`` or ``bf16``; fp16 is refused); the stored weights stay float32 so
     attributions accumulate in float32. Raises ``UnsupportedModelError`` naming
     the model and the reason for towers the engine cannot cut, and
     ``WeightsError`` for a file that does not match ``sha256``. Remote weights
@@ -274,6 +276,9 @@ def load_clip(
     """
     import open_clip
 
+    if precision == "fp16":
+        raise ValueError("precision fp16 is refused: its gradients underflow without loss "
+                         "scaling; use bf16 or fp32")
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
     register_configs()
@@ -288,7 +293,7 @@ def load_clip(
     tokenizer = open_clip.get_tokenizer(name)
     model.eval()
     # Frozen: the engine differentiates with respect to bottleneck states only.
-    # Under bf16/fp16 autocast the weights stay requires_grad=True, because
+    # Under bf16 autocast the weights stay requires_grad=True, because
     # autocast caches its low-precision copies only for such leaves (without the
     # cache every chunk re-casts every weight); autograd.grad(..., inputs=state)
     # still computes no weight gradient.

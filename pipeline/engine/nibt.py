@@ -10,10 +10,11 @@ other tower, held constant. With ``schedule="uniform"`` (the paper's right
 Riemann sum) ``lambda_i = i/n`` and ``w_i = 1/n``. See docs/engine.md.
 
 Fast by construction: the prefix runs once per pair; all ``pairs x steps``
-scaled copies run through the suffix as one batch, cut into chunks that fit a
-memory budget; gradients are taken with respect to the scaled states only;
-text is cut after the batch's longest end-of-text; the last block computes only
-the pooled row (see ``towers.py``). Pure torch: no Ray, no storage.
+scaled copies run through the suffix as one batch, cut into chunks of whole
+pairs that fit a memory budget; gradients are taken with respect to the scaled
+states only; captions run in groups of similar length, each at its own length;
+the last block computes only the pooled row (see ``towers.py``). Pure torch: no
+Ray, no storage.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import torch.nn.functional as F
 
 from pipeline.engine.layers import resolve_layer
 from pipeline.engine.model import Clip
+from pipeline.engine.towers import length_buckets, scatter_rows
 
 SCHEDULES = ("uniform", "log")
 #: Smallest nonzero node of the "log" schedule. CLIP's suffix is flat in lambda
@@ -86,19 +88,42 @@ class Attribution:
     eot: torch.Tensor
 
 
-def suffix_row_bytes(tokens: int, width: int, heads: int, blocks: int, elem: int = 4) -> int:
-    """Rough activation bytes kept for backward per suffix row (one pair, one step)."""
-    per_block = 18 * tokens * width + 2 * heads * tokens * tokens
-    return elem * (blocks * per_block + 2 * tokens * width)
+def chunk_plan(pairs: int, steps: int, rows: int) -> list[tuple[int, int, int, int]]:
+    """Chunks ``(pair0, pair1, step0, step1)`` of the ``pairs x steps`` suffix rows, at
+    most ``rows`` rows each: whole pairs, as many as fit and spread evenly over as few
+    chunks as possible; when one pair's steps do not fit, each pair's steps in even
+    runs."""
+    if rows >= steps:
+        per = rows // steps
+        per = -(-pairs // -(-pairs // per))  # the same chunk count, sizes as even as it goes
+        return [(p, min(p + per, pairs), 0, steps) for p in range(0, pairs, per)]
+    run = -(-steps // -(-steps // rows))
+    return [(p, p + 1, s, min(s + run, steps)) for p in range(pairs) for s in range(0, steps, run)]
+
+
+#: Bytes kept for backward per token and unit of width in one suffix row, by
+#: precision: (each full block, the last block, which computes one row). Counted
+#: with torch's saved-tensor hooks on ViT-B-32 (``tests/unit/test_engine_cost.py``
+#: holds the model to that count): bf16 autocast keeps nearly as much as fp32,
+#: since the residual stream and the LayerNorms stay in fp32. No tokens x tokens
+#: term: SDPA's fused kernels keep no attention matrix.
+SAVED_BYTES = {"fp32": (40, 13), "bf16": (36, 11)}
+
+
+def suffix_row_bytes(tokens: int, width: int, blocks: int, precision: str = "fp32") -> int:
+    """Activation bytes kept for backward per suffix row (one pair, one step) of
+    ``blocks`` blocks above the bottleneck."""
+    full, last = SAVED_BYTES[precision]
+    return tokens * width * (full * (blocks - 1) + last)
 
 
 def default_budget_mb(device: torch.device) -> float:
-    """Chunk memory budget when none is set: small on CPU (cache-friendly chunks),
-    half of what is free on a GPU (big chunks keep it busy)."""
+    """Chunk memory budget when none is set: small on CPU (cache-friendly chunks of
+    ~50 rows), half of what is free on a GPU (big chunks keep it busy)."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return max(256.0, free / 2**20 / 2)
-    return 512.0
+    return 200.0
 
 
 class NIBT:
@@ -113,8 +138,12 @@ class NIBT:
         image_layer / text_layer: per-tower override of ``layer``.
         chunk_rows: suffix rows (pairs x steps) per forward/backward pass; None
             derives it from ``memory_budget_mb``.
-        memory_budget_mb: activation memory one chunk may use (None: 512 MB on
+        memory_budget_mb: activation memory one chunk may use (None: 200 MB on
             CPU, where 40-80 rows per chunk ran fastest; half the free memory on a GPU).
+        compile: run each chunk's forward (suffix and cosine; its backward follows)
+            through ``torch.compile`` with static shapes: caption lengths come in
+            multiples of ``LENGTH_STEP`` and chunks in at most two sizes per length,
+            so a batch size compiles a handful of graphs, once.
     """
 
     def __init__(
@@ -128,6 +157,7 @@ class NIBT:
         text_layer: int | None = None,
         chunk_rows: int | None = None,
         memory_budget_mb: float | None = None,
+        compile: bool = False,
     ) -> None:
         self.clip = clip
         self.steps = int(steps)
@@ -143,29 +173,31 @@ class NIBT:
             raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
         self.chunk_rows = chunk_rows
         self.memory_budget_mb = float(memory_budget_mb or default_budget_mb(clip.device))
+        self._image_step: Callable[..., torch.Tensor] = self._image_cos
+        self._text_step: Callable[..., torch.Tensor] = self._text_cos
+        if compile:
+            import torch._dynamo
+
+            # one graph per (caption length, chunk size) shape: more than the default 8
+            torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+            self._image_step = torch.compile(self._image_cos, dynamic=False)
+            self._text_step = torch.compile(self._text_cos, dynamic=False)
 
     # ------------------------------------------------------------------ helpers
-    def _rows_per_chunk(self, tokens: int, width: int, heads: int, blocks: int) -> int:
+    def _rows_per_chunk(self, tokens: int, width: int, blocks: int) -> int:
         if self.chunk_rows is not None:
             return self.chunk_rows
-        elem = 2 if self.clip.precision in ("bf16", "fp16") else 4  # autocast activations
-        per_row = suffix_row_bytes(tokens, width, heads, blocks, elem)
+        per_row = suffix_row_bytes(tokens, width, blocks, self.clip.precision)
         return max(1, int(self.memory_budget_mb * 2**20 // per_row))
 
     def _image_rows(self, tokens: int | None = None) -> int:
         v = self.clip.image
         gh, gw = v.grid
-        return self._rows_per_chunk(
-            tokens or gh * gw + 1, v.width, v.heads,
-            v.depth - self.image_layer,
-        )
+        return self._rows_per_chunk(tokens or gh * gw + 1, v.width, v.depth - self.image_layer)
 
     def _text_rows(self, tokens: int) -> int:
         tt = self.clip.text
-        return self._rows_per_chunk(
-            tokens, tt.width, tt.heads,
-            tt.depth - self.text_layer,
-        )
+        return self._rows_per_chunk(tokens, tt.width, tt.depth - self.text_layer)
 
     def pairs_per_chunk(self) -> int:
         """Pairs whose ``steps`` copies fit one chunk of the memory budget in both
@@ -178,78 +210,78 @@ class NIBT:
         self,
         h: torch.Tensor,
         target: torch.Tensor,
-        suffix: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        cos_fn: Callable[..., torch.Tensor],
         rows_per_chunk: int,
+        eot: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """sum_i w_i * grad_x cos(suffix(lambda_i h), target) * h, summed over width: [B, N]."""
-        b, n = h.shape[0], self.steps
-        dev = h.device
+        """``sum_i w_i * grad_x cos(S(lambda_i h), target) * h``, summed over the width:
+        [B, N].
+
+        Chunks are whole pairs (or, when one pair's steps do not fit, even runs of one
+        pair's steps): the scaled copies are a broadcast of ``h`` and the weighted sum
+        of their gradients a reshape and a sum, in a fixed order (deterministic on
+        every device)."""
+        dev, shape = h.device, h.shape[1:]
         lam = self.lambdas.to(dev, torch.float32)
         w = self.weights.to(dev, torch.float32)
-        pair = torch.arange(b, device=dev).repeat_interleave(n)
-        step = torch.arange(n, device=dev).repeat(b)
-        acc = torch.zeros(h.shape, dtype=torch.float32, device=dev)
         h32 = h.float()
-        for r0 in range(0, b * n, rows_per_chunk):
-            p = pair[r0 : r0 + rows_per_chunk]
-            s = step[r0 : r0 + rows_per_chunk]
-            x = (lam[s].view(-1, 1, 1) * h32[p]).requires_grad_(True)
-            with self.clip.autocast():
-                emb = suffix(x, p)
-            cos = (F.normalize(emb.float(), dim=-1) * target[p]).sum(-1)
+        acc = torch.zeros_like(h32)
+        for p0, p1, s0, s1 in chunk_plan(h.shape[0], self.steps, rows_per_chunk):
+            k, s = p1 - p0, s1 - s0
+            x = (lam[s0:s1].view(1, s, *[1] * len(shape)) * h32[p0:p1, None])
+            x = x.reshape(k * s, *shape).requires_grad_(True)
+            extra = () if eot is None else (eot[p0:p1].repeat_interleave(s),)
+            cos = cos_fn(x, target[p0:p1].repeat_interleave(s, 0), *extra)
             (g,) = torch.autograd.grad(cos.sum(), x)
-            acc.index_add_(0, p, g.float() * w[s].view(-1, 1, 1))
+            acc[p0:p1] += (g.float().view(k, s, *shape) * w[s0:s1].view(1, s, *[1] * len(shape))).sum(1)
         return (h32 * acc).sum(-1)
 
-    # ---------------------------------------------------------------- the method
-    def embed(
-        self, images: torch.Tensor, tokens: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Bottleneck states and unit embeddings: (h_img, h_txt, e_img, e_txt, eot)."""
-        clip = self.clip
-        eot = clip.text.eot_index(tokens)
-        t = int(eot.max()) + 1
-        with torch.no_grad(), clip.autocast():
-            h_img = clip.image.prefix(images, self.image_layer)
-            h_txt = clip.text.prefix(tokens[:, :t], self.text_layer)
-            e_img = clip.image.suffix(h_img, self.image_layer)
-            e_txt = clip.text.suffix(h_txt, eot, self.text_layer)
-        return (
-            h_img.float(),
-            h_txt.float(),
-            F.normalize(e_img.float(), dim=-1),
-            F.normalize(e_txt.float(), dim=-1),
-            eot,
-        )
+    def _image_cos(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """cos(S_I(x), target) per row: one chunk's forward (compiled when asked)."""
+        with self.clip.autocast():
+            emb = self.clip.image.suffix(x, self.image_layer)
+        return (F.normalize(emb.float(), dim=-1) * target).sum(-1)
 
+    def _text_cos(self, x: torch.Tensor, target: torch.Tensor, eot: torch.Tensor) -> torch.Tensor:
+        """cos(S_T(x), target) per row, pooled at ``eot``."""
+        with self.clip.autocast():
+            emb = self.clip.text.suffix(x, eot, self.text_layer)
+        return (F.normalize(emb.float(), dim=-1) * target).sum(-1)
+
+    # ---------------------------------------------------------------- the method
     def attribute(self, images: torch.Tensor, tokens: torch.Tensor) -> Attribution:
         """Attribute each pair ``(images[i], tokens[i])``.
 
         ``images`` [B, 3, H, W] preprocessed floats; ``tokens`` [B, context] ids.
         The image side is scored against each pair's own caption, the text side
-        against its own image.
+        against its own image. Captions run in groups of similar length, each at its
+        own length (``length_buckets``).
         """
-        clip = self.clip
+        clip, v, tt = self.clip, self.clip.image, self.clip.text
         if images.shape[0] != tokens.shape[0]:
             raise ValueError(f"{images.shape[0]} images but {tokens.shape[0]} captions")
         images = images.to(clip.device)
         tokens = tokens.to(clip.device)
         b, ctx = tokens.shape
-        h_img, h_txt, e_img, e_txt, eot = self.embed(images, tokens)
-        score = (e_img * e_txt).sum(-1)
+        eot = tt.eot_index(tokens)
+        buckets = length_buckets(eot, ctx)
+        # The embeddings come from their own suffix pass over the whole batch (the image)
+        # or each length group (the text), as the metrics re-encode: a map that masks
+        # nothing then scores exactly what the pair scored. Read off the lambda = 1 node
+        # they would be the same up to round-off, which flips the metrics' increase.
+        with torch.no_grad(), clip.autocast():
+            h_img = v.prefix(images, self.image_layer)
+            e_img = F.normalize(v.suffix(h_img, self.image_layer).float(), dim=-1)
+            h_txt = [tt.prefix(tokens[idx, :t], self.text_layer) for t, idx in buckets]
+            e_txt = F.normalize(scatter_rows(b, [
+                (idx, tt.suffix(h, eot[idx], self.text_layer).float())
+                for h, (_, idx) in zip(h_txt, buckets)]), dim=-1)
 
-        v = clip.image
-        a_img = self._integrate(
-            h_img, e_txt, lambda x, p: v.suffix(x, self.image_layer), self._image_rows(h_img.shape[1])
-        )
-
-        tt = clip.text
-        a_txt = self._integrate(
-            h_txt, e_img, lambda x, p: tt.suffix(x, eot[p], self.text_layer),
-            self._text_rows(h_txt.shape[1]),
-        )
-        text = torch.zeros(b, ctx, dtype=torch.float32, device=a_txt.device)
-        text[:, : a_txt.shape[1]] = a_txt
+        a_img = self._integrate(h_img, e_txt, self._image_step, self._image_rows(h_img.shape[1]))
+        text = torch.zeros(b, ctx, dtype=torch.float32, device=clip.device)
+        for h, (t, idx) in zip(h_txt, buckets):
+            text[idx, :t] = self._integrate(h, e_img[idx], self._text_step, self._text_rows(t),
+                                            eot[idx])
         text[torch.arange(ctx, device=text.device)[None, :] > eot[:, None]] = 0.0
 
         gh, gw = v.grid
@@ -257,7 +289,7 @@ class NIBT:
             image=a_img[:, 1:].reshape(b, gh, gw),
             image_cls=a_img[:, 0],
             text=text,
-            score=score,
+            score=(e_img * e_txt).sum(-1),
             image_embeds=e_img,
             text_embeds=e_txt,
             eot=eot,

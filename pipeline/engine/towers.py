@@ -47,17 +47,18 @@ def _qkv(blk: ResidualAttentionBlock, y: torch.Tensor) -> tuple[torch.Tensor, ..
     return qkv.view(r, n, 3, heads, w // heads).permute(2, 0, 3, 1, 4).unbind(0)
 
 
-def run_block(
-    blk: ResidualAttentionBlock, x: torch.Tensor, attn_mask: torch.Tensor | None = None
-) -> torch.Tensor:
-    """``blk(x, attn_mask=attn_mask)`` for batch-first ``x`` [R, N, W], written out.
+def run_block(blk: ResidualAttentionBlock, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
+    """``blk(x)`` for batch-first ``x`` [R, N, W], written out; ``causal``: under a
+    causal mask (as ``blk(x, attn_mask=<causal mask>)``).
 
     The same arithmetic as open_clip's block, without ``nn.MultiheadAttention``'s
-    sequence-first transposes and copies (they cost ~20% of the suffix on CPU).
+    sequence-first transposes and copies (they cost ~20% of the suffix on CPU). The
+    causal mask is SDPA's ``is_causal`` rather than a float mask, so that SDPA can
+    pick its flash kernels.
     """
     r, n, w = x.shape
     q, k, v = _qkv(blk, blk.ln_1(x))
-    o = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+    o = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
     o = blk.attn.out_proj(o.transpose(1, 2).reshape(r, n, w))
     x = x + blk.ls_1(o)
     return x + blk.ls_2(blk.mlp(blk.ln_2(x)))
@@ -90,6 +91,48 @@ def _attend_rows(
     o = F.scaled_dot_product_attention(q, kv[0], kv[1], attn_mask=mask)  # [R, H, 1, hd]
     out = x[rows, q_index] + blk.ls_1(attn.out_proj(o.reshape(r, w)))
     return out + blk.ls_2(blk.mlp(blk.ln_2(out)))
+
+
+#: Caption lengths are rounded up to a multiple of this (at most the context): the
+#: text side runs each group of similar lengths at its own length, with few shapes.
+LENGTH_STEP = 8
+#: What a length group of its own costs beyond its tokens (passes, launches), in
+#: padded tokens: neighbouring groups run as one while that pads them by at most this
+#: many tokens (small batches end up in one or two groups, large ones keep theirs).
+GROUP_COST_TOKENS = 256
+
+
+def length_buckets(
+    eot: torch.Tensor, context: int, step: int = LENGTH_STEP
+) -> list[tuple[int, torch.Tensor]]:
+    """Sequences grouped by length: ``(T, indices)`` per group, ``T`` the length up to
+    and including end-of-text rounded up to a multiple of ``step`` (at most
+    ``context``), shortest first; neighbouring groups merged while that pads them by
+    at most ``GROUP_COST_TOKENS`` tokens. Under a causal mask a sequence cut at ``T`` gives
+    the same result as at full length, so each group costs what its captions need,
+    not what the batch's longest needs."""
+    lengths = ((eot + step) // step * step).clamp(max=context).tolist()  # one sync
+    groups: dict[int, list[int]] = {}
+    for i, t in enumerate(lengths):
+        groups.setdefault(int(t), []).append(i)
+    merged: list[tuple[int, list[int], int]] = []  # (length, rows, their own tokens)
+    for t, idx in sorted(groups.items()):
+        if merged and (len(merged[-1][1]) + len(idx)) * t <= merged[-1][2] + len(idx) * t \
+                + GROUP_COST_TOKENS:
+            _, rows, own = merged.pop()
+            merged.append((t, rows + idx, own + len(idx) * t))
+        else:
+            merged.append((t, idx, len(idx) * t))
+    return [(t, torch.tensor(sorted(idx), device=eot.device)) for t, idx, _ in merged]
+
+
+def scatter_rows(n: int, groups: list[tuple[torch.Tensor | slice, torch.Tensor]]) -> torch.Tensor:
+    """One [n, ...] tensor from ``(rows, values)`` groups that together cover rows 0..n-1."""
+    first = groups[0][1]
+    out = first.new_empty((n, *first.shape[1:]))
+    for rows, values in groups:
+        out[rows] = values
+    return out
 
 
 class ImageTower(nn.Module):
@@ -148,9 +191,9 @@ class ImageTower(nn.Module):
 class TextTower(nn.Module):
     """A causal, end-of-text-pooled text tower of an open_clip ``CLIP``.
 
-    Sequences are cut to the first ``T`` positions (``T`` = one past the longest
-    end-of-text in the batch): under a causal mask later positions cannot change
-    any position up to the end-of-text token, so the result is the same as
+    Sequences may be cut to their first ``T`` positions (``T`` past their
+    end-of-text, see ``length_buckets``): under a causal mask later positions cannot
+    change any position up to the end-of-text token, so the result is the same as
     running all ``context_length`` positions.
     """
 
@@ -188,9 +231,6 @@ class TextTower(nn.Module):
             return tokens.argmax(dim=-1)
         return (tokens == self.eot_id).int().argmax(dim=-1)
 
-    def _mask(self, t: int, dtype: torch.dtype) -> torch.Tensor:
-        return self.m.attn_mask[:t, :t].to(dtype)
-
     def embed(self, tokens: torch.Tensor, token_scale: torch.Tensor | None = None) -> torch.Tensor:
         """Token + positional embeddings of ``tokens`` [B, T] (T <= context)."""
         x = self.m.token_embedding(tokens)
@@ -203,17 +243,15 @@ class TextTower(nn.Module):
     ) -> torch.Tensor:
         """Hidden state entering block ``layer``: [B, T, W] for ``tokens`` [B, T]."""
         x = self.embed(tokens, token_scale)
-        mask = self._mask(x.shape[1], x.dtype)
         for blk in self.m.transformer.resblocks[:layer]:
-            x = run_block(blk, x, mask)
+            x = run_block(blk, x, causal=True)
         return x
 
     def suffix(self, x: torch.Tensor, eot: torch.Tensor, layer: int) -> torch.Tensor:
         """Text embedding [R, E] from the state entering block ``layer``; ``eot`` [R]."""
         blocks = self.m.transformer.resblocks
-        mask = self._mask(x.shape[1], x.dtype)
         for blk in blocks[layer:-1]:
-            x = run_block(blk, x, mask)
+            x = run_block(blk, x, causal=True)
         keys = torch.arange(x.shape[1], device=x.device)[None, :] <= eot[:, None]
         pooled = self.m.ln_final(_attend_rows(blocks[-1], x, eot, keys))
         proj = self.m.text_projection
@@ -222,8 +260,11 @@ class TextTower(nn.Module):
         return pooled
 
     def encode(self, tokens: torch.Tensor, token_scale: torch.Tensor | None = None) -> torch.Tensor:
-        """Full text embedding of ``tokens`` [B, T]; optional per-token embedding scale."""
+        """Full text embedding of ``tokens`` [B, T]; optional per-token embedding scale.
+        Each group of similar lengths runs at its own length (``length_buckets``)."""
         eot = self.eot_index(tokens)
-        t = int(eot.max()) + 1
-        scale = token_scale[:, :t] if token_scale is not None else None
-        return self.suffix(self.prefix(tokens[:, :t], 0, scale), eot, 0)
+        groups = []
+        for t, idx in length_buckets(eot, tokens.shape[1]):
+            scale = token_scale[idx, :t] if token_scale is not None else None
+            groups.append((idx, self.suffix(self.prefix(tokens[idx, :t], 0, scale), eot[idx], 0)))
+        return scatter_rows(tokens.shape[0], groups)

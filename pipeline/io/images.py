@@ -208,10 +208,8 @@ def decode_pair(
     except RowError as e:
         problems.append(e)
     except MemoryError:
-        raise
+        raise  # the process ran out: the worker's problem, not the row's
     except Exception as e:  # a transform that chokes on an odd image
-        if "allocate" in str(e):
-            raise  # the allocator ran out: the worker's problem, not the row's
         problems.append(RowError(BAD_IMAGE, f"cannot preprocess image: {type(e).__name__}: {e}"))
     try:
         caption = decode_caption(caption_cell, max_chars)

@@ -45,8 +45,13 @@ def result_schema(carried: pa.Schema | None = None, metadata: dict[str, Any] | N
 
 def read_metadata(schema: pa.Schema) -> dict[str, Any]:
     """The ``nibt.*`` key-value metadata of a part, JSON values decoded."""
+    return decode_metadata(schema.metadata)
+
+
+def decode_metadata(kv: dict[bytes, bytes] | None) -> dict[str, Any]:
+    """The ``nibt.*`` entries of Parquet or Arrow key-value metadata, JSON values decoded."""
     out: dict[str, Any] = {}
-    for k, v in (schema.metadata or {}).items():
+    for k, v in (kv or {}).items():
         key = k.decode()
         if not key.startswith(META_PREFIX):
             continue

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from pipeline.io.storage import file_tag, is_local
 
 
 class Shard(Protocol):
@@ -81,21 +84,56 @@ def schema_problem(
     return None
 
 
-def check_unchanged(fs: fsspec.AbstractFileSystem, path: str, task: Shard, tag_of) -> None:
-    """Refuse to read a file that changed since the task was planned."""
+def changed(task: Shard) -> TaskError:
+    return TaskError(f"{task.uri} changed since the job listed it (size/tag differ); "
+                     "rerun the job", retryable=False)
+
+
+def _check_unchanged(fs: fsspec.AbstractFileSystem, path: str, task: Shard) -> None:
     info = fs.info(path)
-    if int(info.get("size") or 0) != task.size or tag_of(info) != task.tag:
-        raise TaskError(
-            f"{task.uri} changed since the job listed it (size/tag differ); rerun the job",
-            retryable=False,
-        )
+    if int(info.get("size") or 0) != task.size or file_tag(info) != task.tag:
+        raise changed(task)
+
+
+@contextlib.contextmanager
+def open_pinned(fs: fsspec.AbstractFileSystem, path: str, task: Shard) -> Iterator[Any]:
+    """The task's input file as the plan saw it, or ``TaskError`` naming it if it changed.
+
+    On S3 the size comes from the plan (no HEAD) and every read carries
+    ``If-Match: <ETag>``, so a file replaced before or during the reads fails them
+    instead of mixing old and new rows. Locally the size and mtime are checked
+    before and after the reads. Elsewhere, one ``info`` call before.
+    """
+    if is_local(fs):
+        _check_unchanged(fs, path, task)
+        with open(path, "rb") as fh:
+            yield fh
+        _check_unchanged(fs, path, task)
+        return
+    if not hasattr(fs, "s3_additional_kwargs"):  # not s3fs: one request checks the file
+        _check_unchanged(fs, path, task)
+        with fs.open(path, "rb") as fh:
+            yield fh
+        return
+    from s3fs.utils import FileExpired
+
+    fh = fs.open(path, "rb", size=task.size)
+    if task.tag:  # what s3fs does itself after a HEAD: reads pinned to the ETag
+        fh.read_kw = {**fh.read_kw, "IfMatch": f'"{task.tag}"'}
+        fh.details = {"name": path, "size": task.size, "ETag": f'"{task.tag}"'}
+    try:
+        with fh:
+            yield fh
+    except FileExpired:
+        raise changed(task) from None
 
 
 def iter_batches(
     fs: fsspec.AbstractFileSystem, path: str, task: Shard, columns: Sequence[str], batch_rows: int
 ) -> Iterator[pa.RecordBatch]:
-    """Record batches of ``columns`` for the task's row groups, in row order."""
-    with fs.open(path, "rb") as fh:
+    """Record batches of ``columns`` for the task's row groups, in row order, read from
+    the file as the plan saw it (``open_pinned``)."""
+    with open_pinned(fs, path, task) as fh:
         pf = pq.ParquetFile(fh)
         names = pf.schema_arrow.names
         missing = [c for c in columns if c not in names]

@@ -11,9 +11,9 @@ import contextlib
 import os
 import posixpath
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 
 import fsspec
 
@@ -42,9 +42,19 @@ def filesystem(uri: str, storage: StorageSettings) -> tuple[fsspec.AbstractFileS
         fs, path = fsspec.core.url_to_fs(uri, **storage.options(uri))
         if hasattr(fs, "retries"):  # s3fs: a class attribute, not a constructor option
             fs.retries = S3FS_CALL_TRIES
+            _without_expect_continue(fs)
         return fs, path
     path = uri[len("file://") :] if uri.startswith("file://") else uri
     return fsspec.filesystem("file"), os.path.abspath(os.path.expanduser(path))
+
+
+def _without_expect_continue(fs: fsspec.AbstractFileSystem) -> None:
+    """botocore asks S3 to accept a PUT before sending its body (``Expect: 100-continue``),
+    and aiohttp waits for that answer with no timeout: a PUT to an endpoint that stops
+    answering would hang for ever. Without the header, the read timeout bounds it."""
+    from botocore.handlers import add_expect_header
+
+    fs.connect().meta.events.unregister("before-call.s3", add_expect_header)
 
 
 def to_uri(fs: fsspec.AbstractFileSystem, path: str) -> str:
@@ -139,14 +149,18 @@ def join(base: str, *parts: str) -> str:
 TMP_PREFIX = ".tmp-"
 
 
-def put_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
-    """Make ``data`` visible at ``path`` only once complete.
+@contextlib.contextmanager
+def atomic_writer(fs: fsspec.AbstractFileSystem, path: str,
+                  exclusive: bool = False) -> Iterator[BinaryIO]:
+    """A file to write whose content becomes visible at ``path`` only when the block ends
+    without an error.
 
-    Locally: write a hidden temporary file (``.tmp-<name>-<random>``) beside the
-    target and rename it into place (atomic on one filesystem); readers skip
-    hidden names and ``remove_stale_temps`` clears those left by a killed
-    writer. On object storage: a single completed upload (a PUT, or a multipart
-    upload that becomes visible only on completion): never a partial object.
+    Locally: a hidden temporary file (``.tmp-<name>-<random>``) beside the target,
+    renamed into place (atomic on one filesystem); readers skip hidden names and
+    ``remove_stale_temps`` clears those left by a killed writer. On object storage: an
+    upload that becomes visible only when completed (a PUT at close, or a multipart
+    upload); on an error it is aborted: never a partial object. ``exclusive``: raise
+    ``FileExistsError`` instead of replacing an existing ``path`` (S3's If-None-Match).
     """
     if is_local(fs):
         parent = os.path.dirname(path)
@@ -154,18 +168,40 @@ def put_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
         tmp = os.path.join(parent, f"{TMP_PREFIX}{os.path.basename(path)}-{uuid.uuid4().hex}")
         try:
             with open(tmp, "wb") as f:
-                f.write(data)
+                yield f
                 f.flush()
                 os.fsync(f.fileno())
-            os.replace(tmp, path)
+            if exclusive:
+                os.link(tmp, path)  # FileExistsError when it is there
+            else:
+                os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):
                 os.remove(tmp)
+        return
+    f = fs.open(path, "xb" if exclusive else "wb")
+    try:
+        yield f
+    except BaseException:
+        f.discard()  # nothing uploaded becomes visible
+        f.closed = True
+        raise
+    f.close()
+
+
+def put_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes,
+               exclusive: bool = False) -> None:
+    """Make ``data`` visible at ``path`` only once complete (``atomic_writer``; on object
+    storage one PUT); ``exclusive``: ``FileExistsError`` rather than replace ``path``."""
+    if is_local(fs):
+        with atomic_writer(fs, path, exclusive) as f:
+            f.write(data)
     else:
-        fs.pipe_file(path, data)
+        fs.pipe_file(path, data, **({"mode": "create"} if exclusive else {}))
 
 
-def check_writable(fs: fsspec.AbstractFileSystem, directory: str, uri: str) -> None:
+def check_writable(fs: fsspec.AbstractFileSystem, directory: str, uri: str,
+                   storage: StorageSettings | None = None) -> None:
     """Write and remove a small probe under ``directory``; ``ConfigError`` naming
     ``uri`` when that fails (a read-only path, a missing bucket, no permission).
 
@@ -177,7 +213,8 @@ def check_writable(fs: fsspec.AbstractFileSystem, directory: str, uri: str) -> N
         put_atomic(fs, probe, b"")
         fs.rm(probe)
     except Exception as e:
-        raise ConfigError(f"output: cannot write to {uri}: {type(e).__name__}: {e}") from None
+        raise ConfigError(f"output: cannot write to {uri}: "
+                          f"{describe_error(e, storage or StorageSettings(), uri)}") from None
 
 
 def remove_stale_temps(fs: fsspec.AbstractFileSystem, directory: str) -> int:
@@ -196,9 +233,33 @@ def is_local(fs: fsspec.AbstractFileSystem) -> bool:
     return protocol in ("file", "local")
 
 
+def _one_get(fs: fsspec.AbstractFileSystem) -> dict[str, Any]:
+    """Options that make s3fs read a whole object in one GET (without them it asks for
+    the size first, to split large objects over several GETs)."""
+    return {"max_concurrency": 1} if hasattr(fs, "max_concurrency") else {}
+
+
 def read_bytes(fs: fsspec.AbstractFileSystem, path: str) -> bytes:
-    with fs.open(path, "rb") as f:
-        return f.read()
+    """A whole (small) object: one request on S3."""
+    return fs.cat_file(path, **_one_get(fs))
+
+
+def read_many(fs: fsspec.AbstractFileSystem, paths: list[str],
+              in_flight: int = 64) -> list[bytes | BaseException]:
+    """Whole (small) objects, ``in_flight`` requests at a time on object storage; an
+    exception in the place of each that could not be read."""
+    if not paths:
+        return []
+    if not getattr(fs, "async_impl", False):
+        out: list[bytes | BaseException] = []
+        for p in paths:
+            try:
+                out.append(fs.cat_file(p))
+            except Exception as e:
+                out.append(e)
+        return out
+    got = fs.cat(paths, on_error="return", batch_size=in_flight, **_one_get(fs))
+    return [got.get(p, FileNotFoundError(p)) for p in paths]
 
 
 def list_names(fs: fsspec.AbstractFileSystem, path: str) -> list[str]:

@@ -12,14 +12,14 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.job.cluster import plan_actors, ray_session
 from pipeline.job.dispatch import ActorLost, Dispatcher, Outcome
 from pipeline.job.plan import Task
-from pipeline.job.worker import TaskRunner
+from pipeline.job.results import TaskResult
 
 log = logging.getLogger("nibt-audit")
 
@@ -35,6 +35,7 @@ class RayActorPool:
         from ray.exceptions import RayActorError
 
         self.ray, self.actor_error = ray, RayActorError
+        self._got: dict[Hashable, Any] = {}  # answers fetched with others, by ref
 
     def probe(self, actor: Any) -> Hashable:
         return actor.ready.remote()
@@ -43,16 +44,23 @@ class RayActorPool:
         return actor.run.remote(task, final)
 
     def wait(self, refs: list[Hashable], timeout: float) -> list[Hashable]:
+        """Those of ``refs`` that answered: all that have, at once when any has (one call
+        while answers keep coming), else the first within ``timeout``; their answers are
+        fetched together."""
         if not refs:
             time.sleep(timeout)
             return []
-        done, rest = self.ray.wait(refs, num_returns=1, timeout=timeout)
-        if done and rest:  # whatever else has answered meanwhile
-            more, _ = self.ray.wait(rest, num_returns=len(rest), timeout=0)
-            done += more
+        done, _ = self.ray.wait(refs, num_returns=len(refs), timeout=0, fetch_local=False)
+        if not done:
+            done, _ = self.ray.wait(refs, num_returns=1, timeout=timeout, fetch_local=False)
+        if len(done) > 1:  # one failed: each is fetched on its own by ``result``
+            with contextlib.suppress(Exception):
+                self._got.update(zip(done, self.ray.get(done)))
         return done
 
     def result(self, ref: Hashable) -> Any:
+        if ref in self._got:
+            return self._got.pop(ref)
         try:
             return self.ray.get(ref)
         except self.actor_error as e:
@@ -75,25 +83,37 @@ class PoolRun:
 
 
 def run_on_actors(s: Any, todo: list[Task], metadata: dict[str, Any],
-                  stop: threading.Event, progress: Any) -> PoolRun:
-    """Run ``todo`` on a pool of actors sized for the cluster (``s``: ``JobSettings``)."""
+                  stop: threading.Event, progress: Any,
+                  on_result: Callable[[Task, TaskResult], None] | None = None,
+                  on_tick: Callable[[Dispatcher], None] | None = None,
+                  runner: type | None = None) -> PoolRun:
+    """Run ``todo`` on a pool of actors sized for the cluster (``s``: ``JobSettings``).
+
+    Each finished task goes to ``on_result``; ``on_tick`` gets the dispatcher at least
+    every second; ``runner`` is the actor class (``TaskRunner``, the engine; or one that
+    runs none, to measure the control plane).
+    """
+    if runner is None:
+        from pipeline.job.worker import TaskRunner as runner
     with ray_session(s.cluster, num_cpus=None):
         import ray
 
         nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
         ap = plan_actors(s.cluster, ray.cluster_resources(), len(todo), nodes=nodes)
-        actor_cls = ray.remote(TaskRunner).options(
+        memory = {"memory": int(ap.memory_mb * 2**20)} if ap.memory_mb else {}
+        actor_cls = ray.remote(runner).options(
             num_cpus=ap.num_cpus, num_gpus=ap.num_gpus, max_restarts=-1, max_task_retries=0,
-            max_concurrency=ap.slots,
+            max_concurrency=ap.slots, **memory,
         )
-        log.info("starting %d actor(s): %s CPU, %s GPU, %d task(s) in flight each, "
-                 "decoding in %s", ap.num_actors, ap.num_cpus, ap.num_gpus, ap.slots,
+        log.info("starting %d actor(s): %s CPU, %s GPU, %s MB, %d task(s) in flight each, "
+                 "decoding in %s", ap.num_actors, ap.num_cpus, ap.num_gpus,
+                 f"{ap.memory_mb:,.0f}" if ap.memory_mb else "no declared", ap.slots,
                  f"{ap.decode_processes} process(es)" if ap.decode_processes else "threads")
         actors = [
             actor_cls.remote(s.model, s.data, s.storage, s.output, metadata,
                              threads=ap.threads, decode_threads=s.cluster.decode_threads,
                              decode_processes=ap.decode_processes,
-                             memory_headroom_mb=s.cluster.worker_memory_headroom_mb,
+                             memory_mb=ap.memory_mb,
                              gpu_share=ap.num_gpus or 1.0)
             for _ in range(ap.num_actors)
         ]
@@ -101,7 +121,7 @@ def run_on_actors(s: Any, todo: list[Task], metadata: dict[str, Any],
             actors, RayActorPool(), s.run.max_task_retries, slots=ap.slots,
             start_timeout_s=s.cluster.actor_start_timeout_s,
             timeout_for=lambda task, slowest: s.run.task_timeout(task.rows, slowest),
-            progress=progress, stop=stop,
+            progress=progress, stop=stop, on_result=on_result, on_tick=on_tick,
         )
         outcome = dispatcher.run(todo)
         # not Ray's shutdown, which takes ~1.5 s here

@@ -1,19 +1,19 @@
 """Decoded pairs -> result values: the engine's attributions plus the paper's metrics.
 
 Runs a batch through ``NIBT.attribute`` and ``metrics.confidence`` and turns
-tensors into per-row values. A batch that does not fit in memory is split in
-halves (and later batches start at the size that fitted, growing back after
-batches that fit); a row that fails on its own gets status ``error`` with the
-message, and the others go on.
+tensors into per-row values. A batch that does not fit in the device's memory
+(CUDA's typed out-of-memory error) is split in halves (and later batches start at
+the size that fitted, growing back after batches that fit); a row that fails on its own gets status ``error`` with the
+message, and the others go on. A fatal device error is not retried here: it
+raises ``DeviceLost`` (see ``device_health``), which ends the actor.
 """
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import gc
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,6 +21,7 @@ import torch
 from pipeline.engine.metrics import confidence
 from pipeline.engine.model import Clip
 from pipeline.engine.nibt import NIBT
+from pipeline.job import device_health
 
 log = logging.getLogger(__name__)
 
@@ -43,24 +44,23 @@ class PairResult:
 
 
 def is_out_of_memory(e: BaseException) -> bool:
-    if isinstance(e, (MemoryError, torch.OutOfMemoryError)):
-        return True
-    text = str(e).lower()
-    # CPU allocator, CUDA caching allocator, and oneDNN when its scratch allocation fails
-    signs = ("out of memory", "can't allocate", "could not create a primitive")
-    return isinstance(e, RuntimeError) and any(s in text for s in signs)
+    """A batch too big for the device: CUDA's typed error, the one a split answers. On
+    CPU, memory is declared to Ray and an actor that overruns it is ended and its task
+    retried: nothing to recognise here."""
+    return isinstance(e, torch.OutOfMemoryError)
 
 
 def release_memory() -> None:
-    """Hand freed memory back before a retry: CUDA's cache, and glibc's free lists
-    (without ``malloc_trim`` the failed attempt's memory stays counted against a
-    data limit and the smaller retry fails too)."""
+    """Hand freed memory back before a smaller retry: CUDA's cached blocks."""
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-    with contextlib.suppress(OSError, AttributeError):  # not glibc
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
+
+#: The paper's four metrics, as ``Confidence`` names them.
+METRICS = ("img_conf_drop", "img_conf_incr", "txt_conf_drop", "txt_conf_incr")
+#: Token ids up to this travel back to the host as float32 exactly.
+EXACT_IDS = 2**24
 
 #: Bounds of the automatic batch size (pairs).
 MIN_AUTO_BATCH, MAX_AUTO_BATCH = 8, 1024
@@ -101,6 +101,11 @@ class Attributor:
     def __init__(self, clip: Clip, engine: NIBT) -> None:
         self.clip = clip
         self.engine = engine
+        self.device = clip.device  # where a fatal error would leave the context broken
+        vocab = clip.model.token_embedding.num_embeddings
+        if vocab > EXACT_IDS:
+            raise ValueError(f"{clip.name}: {vocab} token ids; ids above {EXACT_IDS} would "
+                             "not survive the float32 copy back to the host")
         self.max_pairs: int | None = None  # learnt from out-of-memory splits
         self.splits = 0
         self.largest = 0  # the largest batch asked for: the limit is dropped on reaching it
@@ -111,15 +116,18 @@ class Attributor:
     def _batch(self, pixels: torch.Tensor, tokens: torch.Tensor) -> list[HostBatch]:
         attr = self.engine.attribute(pixels, tokens)
         conf = confidence(self.clip, pixels, tokens, attr)
+        # one copy back to the host for the whole batch (each .cpu() would wait on its own);
+        # token ids and end-of-text positions travel as float32, exact below 2**24
+        cols = [attr.score[:, None], attr.image_cls[:, None], attr.image.flatten(1), attr.text,
+                attr.eot[:, None], *(getattr(conf, k)[:, None] for k in METRICS), tokens]
+        host = torch.cat([c.float() for c in cols], 1).cpu().numpy()
+        parts = np.split(host, np.cumsum([c.shape[1] for c in cols])[:-1], axis=1)
+        score, cls, image, text, eot, *conf_cols, ids = parts
         return [HostBatch(
-            score=attr.score.cpu().numpy(),
-            image=attr.image.flatten(1).cpu().numpy().astype(np.float32),
-            cls=attr.image_cls.cpu().numpy(),
-            text=attr.text.cpu().numpy().astype(np.float32),
-            eot=attr.eot.cpu().numpy(),
-            conf={k: getattr(conf, k).cpu().numpy() for k in
-                  ("img_conf_drop", "img_conf_incr", "txt_conf_drop", "txt_conf_incr")},
-            tokens=tokens.cpu().numpy(),
+            score=score[:, 0], image=image, cls=cls[:, 0], text=text,
+            eot=eot[:, 0].astype(np.int64),
+            conf={k: v[:, 0] for k, v in zip(METRICS, conf_cols)},
+            tokens=ids.astype(np.int64),
         )]
 
     def _fit(self, pixels: torch.Tensor, tokens: torch.Tensor) -> list[HostBatch]:
@@ -161,13 +169,15 @@ class Attributor:
 
     def compute(self, pixels: torch.Tensor, tokens: torch.Tensor) -> list[HostBatch | Exception]:
         """The device's part, in pair order; a pair that fails on its own yields its
-        exception (a batch that fails is retried pair by pair)."""
+        exception (a batch that fails is retried pair by pair). Raises ``DeviceLost``
+        on a fatal device error: no retry on a broken context."""
         if pixels.shape[0] == 0:
             return []
         self.largest = max(self.largest, int(pixels.shape[0]))
         try:
             return list(self._fit(pixels, tokens))
         except Exception as e:
+            device_health.check(e, self.device)
             if pixels.shape[0] == 1:
                 return [e]
             log.warning("batch failed (%s: %s); retrying pair by pair", type(e).__name__, e)
@@ -207,3 +217,43 @@ class Attributor:
     ) -> list[PairResult | Exception]:
         """One result per pair; a pair that fails on its own yields its exception."""
         return self.results(self.compute(pixels, tokens))
+
+
+@dataclass
+class Staged:
+    """A batch's pixels and token ids on their way to the device."""
+
+    pixels: torch.Tensor
+    tokens: torch.Tensor
+    ready: Any = None  # the copy's CUDA event (None: already there)
+
+
+class Stager:
+    """Host-to-device copies of whole batches, made ahead of the compute: on a GPU from
+    pinned memory (pixels and token ids alike) on a stream of their own, so that the
+    next batch's copy overlaps this batch's compute; on a CPU the tensors as they are."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+
+    def stage(self, pixels: torch.Tensor, tokens: torch.Tensor) -> Staged:
+        """Start copying (from the reading thread)."""
+        if self.stream is None:
+            return Staged(pixels.to(self.device), tokens.to(self.device))
+        pixels, tokens = (t if t.is_cuda or t.is_pinned() else t.pin_memory()
+                          for t in (pixels, tokens))
+        with torch.cuda.stream(self.stream):
+            out = Staged(pixels.to(self.device, non_blocking=True),
+                         tokens.to(self.device, non_blocking=True), torch.cuda.Event())
+            out.ready.record(self.stream)
+        return out
+
+    def take(self, staged: Staged) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch on the device, for the compute's stream (which waits for the copy)."""
+        if staged.ready is not None:
+            current = torch.cuda.current_stream(self.device)
+            current.wait_event(staged.ready)
+            for t in (staged.pixels, staged.tokens):
+                t.record_stream(current)  # allocated on the copy stream, used on this one
+        return staged.pixels, staged.tokens

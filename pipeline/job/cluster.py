@@ -33,6 +33,7 @@ class ActorPlan:
     threads: int
     slots: int = 1  # tasks in flight per actor
     decode_processes: int = 0  # per actor; 0: decode in threads
+    memory_mb: float | None = None  # declared to Ray per actor; None: Ray reports no memory
 
 
 #: Most actors sharing one GPU by default, and the fewest CPUs each gets.
@@ -86,12 +87,28 @@ def plan_actors(cfg: ClusterSettings, resources: dict[str, float], tasks: int,
     # compute thread needs for every kernel launch (decoders.py). On CPU, threads.
     plan.decode_processes = (cfg.decode_processes if cfg.decode_processes is not None
                              else max(1, plan.threads - 1) if gpus > 0 else 0)
-    # Two tasks in flight beside a GPU; one on CPU, and one under a memory cap (the
-    # second task's buffers and malloc arena would come out of the compute's headroom:
-    # with both, a capped batch that split and fitted alone no longer fit at one pair).
-    plan.slots = cfg.tasks_per_actor or (
-        2 if gpus > 0 and not cfg.worker_memory_headroom_mb else 1)
+    # Two tasks in flight beside a GPU; one on CPU.
+    plan.slots = cfg.tasks_per_actor or (2 if gpus > 0 else 1)
+    plan.memory_mb = cfg.memory_per_actor_mb or _memory_share(plan, gpus, nodes, resources)
     return plan
+
+
+def _memory_share(plan: ActorPlan, gpus: float, nodes: list[dict[str, float]] | None,
+                  resources: dict[str, float]) -> float | None:
+    """Each actor's share of its node's memory as Ray counts it (the smallest over the
+    nodes that can hold an actor, so any of them can place it); None when Ray reports
+    no memory."""
+    shares = []
+    for n in nodes or [resources]:
+        memory, cpus = float(n.get("memory", 0)), float(n.get("CPU", 0))
+        if gpus > 0:
+            held = float(n.get("GPU", 0)) / plan.num_gpus if plan.num_gpus else 0
+        else:
+            held = cpus // plan.num_cpus if plan.num_cpus else 0
+        held = min(held, plan.num_actors)
+        if memory > 0 and held >= 1:
+            shares.append(float(int(memory / 2**20 / held)))  # whole MB, rounded down: fits
+    return min(shares) if shares else None
 
 
 _TOKEN: dict[str, str] = {}

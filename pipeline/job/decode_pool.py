@@ -78,6 +78,7 @@ class DecodedRows:
     # decoder tokenises (processes do); else the caller tokenises the captions
     tokens: np.ndarray | None = None
     truncated: list[bool] = field(default_factory=list)
+    fallbacks: int = 0  # JPEGs the device path refused and the CPU decoded (device_decode)
 
 
 class Gather:

@@ -1,8 +1,10 @@
 """Tasks over a pool of actors: start probes, dispatch, deadlines, retries, a stop.
 
-The driver hands ``Dispatcher.run`` the tasks to do; it returns one ``TaskResult``
-per task it finished (committed, or failed with the reason) and says which tasks
-were left when a stop was asked for. The actors are reached through an
+The driver hands ``Dispatcher.run`` the tasks to do; each task it finishes
+(committed, or failed with the reason) goes to ``on_result`` as it comes (kept in
+``Outcome.results`` when there is no ``on_result``), and the outcome says which
+tasks were left when a stop was asked for. Failures and retries are logged one
+by one; tasks that went well are not (the driver logs aggregate progress). The actors are reached through an
 ``ActorPool`` (``pipeline.job.actors.RayActorPool`` in a run, fakes in the unit
 tests), so every rule here is tested without Ray.
 
@@ -18,6 +20,7 @@ a task that stalled or returned rows that failed in the engine.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -27,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from pipeline.job.plan import Task
-from pipeline.job.worker import TaskResult
+from pipeline.job.results import TaskResult
 
 log = logging.getLogger("nibt-audit")
 
@@ -88,7 +91,7 @@ class _Call:
 class Outcome:
     """What ``Dispatcher.run`` did: results, retries, and what a stop left undone."""
 
-    results: list[TaskResult] = field(default_factory=list)
+    results: list[TaskResult] = field(default_factory=list)  # without ``on_result`` only
     retries: int = 0
     not_run: list[Task] = field(default_factory=list)  # left when stopped
     stopped: bool = False
@@ -113,7 +116,9 @@ class Dispatcher:
                  timeout_for: Callable[[Task, float], float] = lambda task, slowest: 3600.0,
                  progress: Any = None, stop: threading.Event | None = None,
                  clock: Callable[[], float] = time.monotonic, tick_s: float = 1.0,
-                 reprobe_s: float = 0.5) -> None:
+                 reprobe_s: float = 0.5,
+                 on_result: Callable[[Task, TaskResult], None] | None = None,
+                 on_tick: Callable[[Dispatcher], None] | None = None) -> None:
         self.actors = [_Actor(i, a) for i, a in enumerate(actors)]
         self.pool = pool
         self.max_retries = max_retries
@@ -124,12 +129,21 @@ class Dispatcher:
         self.stop = stop or threading.Event()
         self.clock = clock
         self.tick_s, self.reprobe_s = tick_s, reprobe_s
+        self.on_result, self.on_tick = on_result, on_tick
         self.attempts: Counter = Counter()  # task id -> retries so far
         self.failed_on: dict[str, set[int]] = {}  # task id -> actors it failed on
         self.slowest_s_per_row = 0.0
         self.ready: set[int] = set()  # actors that ever answered their probe
+        self._pending: deque[Task] = deque()
+        self._calls: dict[Hashable, _Call] = {}
 
     # ------------------------------------------------------------------ helpers
+    def _emit(self, task: Task, res: TaskResult, out: Outcome) -> None:
+        if self.on_result is None:
+            out.results.append(res)
+        else:
+            self.on_result(task, res)
+
     def _failed(self, task: Task, error: str) -> TaskResult:
         return TaskResult(task.task_id, task.uri, task.row_start, task.row_end, ok=False,
                           error=error, retryable=True)
@@ -188,10 +202,21 @@ class Dispatcher:
                 return
 
     # --------------------------------------------------------------------- run
+    def frontier(self, n: int) -> list[str]:
+        """The tasks in flight and the next ``n`` to start, by id: while no more than
+        ``n`` tasks finish, none other can be committed."""
+        running = [c.task.task_id for c in self._calls.values() if c.task is not None]
+        return running + [t.task_id for t in itertools.islice(self._pending, n)]
+
+    @property
+    def retries(self) -> int:
+        return sum(self.attempts.values())
+
     def run(self, tasks: list[Task]) -> Outcome:
         out = Outcome()
         pending: deque[Task] = deque(tasks)
         calls: dict[Hashable, _Call] = {}
+        self._pending, self._calls = pending, calls
         for actor in self.actors:
             actor.lost = self.slots  # every slot comes with the first probe's answer
             self._probe(actor, calls, self.clock() + self.start_timeout_s)
@@ -214,13 +239,17 @@ class Dispatcher:
             for ref in self.pool.wait(list(calls), timeout):
                 self._answered(ref, calls.pop(ref), pending, calls, out)
             self._expire(pending, calls, out)
+            if self.on_tick is not None:
+                self.on_tick(self)
         if self.stop.is_set():
             out.stopped = True
             out.not_run = [c.task for c in calls.values() if c.task is not None] + list(pending)
         else:
             for task in pending:  # only when every actor is gone
-                out.results.append(self._failed(task, "no actor left to run it"))
-        out.retries = sum(self.attempts.values())
+                res = self._failed(task, "no actor left to run it")
+                log.error("task %s FAILED: %s", task.task_id, res.error)
+                self._emit(task, res, out)
+        out.retries = self.retries
         out.actors_ready = len(self.ready)
         out.up = [a.index for a in self._up()]
         return out
@@ -295,16 +324,12 @@ class Dispatcher:
     def _record(self, task: Task, actor: _Actor, res: TaskResult, pending: deque,
                 out: Outcome) -> None:
         if res.ok:
-            out.results.append(res)
+            self._emit(task, res, out)
             if self.progress is not None:
                 self.progress.update(res.rows_out)
             if res.error_rows:
                 log.error("task %s committed with %d row(s) in status error after %d tries",
                           task.task_id, res.error_rows, self.attempts[task.task_id] + 1)
-            else:
-                log.info("task %s ok: %s rows %d-%d, %d rows in %.1fs %s", task.task_id,
-                         task.uri, task.row_start, task.row_end, res.rows_out, res.seconds,
-                         res.status_counts)
         elif res.retryable and self.attempts[task.task_id] < self.max_retries:
             self.attempts[task.task_id] += 1
             self.failed_on.setdefault(task.task_id, set()).add(actor.index)
@@ -312,5 +337,5 @@ class Dispatcher:
                         self.attempts[task.task_id], self.max_retries)
             pending.appendleft(task)
         else:
-            out.results.append(res)
+            self._emit(task, res, out)
             log.error("task %s FAILED: %s", task.task_id, res.error)

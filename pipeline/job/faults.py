@@ -10,8 +10,12 @@ config file reaches this hook. The file maps a fault to when it fires::
 
 * ``engine_error``: every engine call of the task attempt raises a CUDA-like
   ``RuntimeError``, as a failing device would (its rows end in status ``error``);
+* ``device_lost``: the task attempt's first engine call raises ``DeviceLost``, as a
+  fatal CUDA error on a GPU does (the worker process ends; Ray restarts it);
 * ``stall``: the task attempt sleeps ``seconds`` before reading, as an actor stuck
-  on a read would.
+  on a read would;
+* ``oom_above``: every engine call of the task attempt on more than ``pairs`` pairs
+  raises CUDA's ``torch.OutOfMemoryError``, as a batch too big for the device does.
 
 A fault fires for task attempts whose source contains ``source`` and whose first
 row is ``row_start`` (both optional), at most ``times`` attempts over all workers
@@ -127,8 +131,18 @@ class FaultyEngine:
         return getattr(self.engine, name)
 
     def attribute(self, *args: Any, **kwargs: Any) -> Any:
-        if "engine_error" in getattr(_scope, "faults", {}):
+        fired = getattr(_scope, "faults", {})
+        if "engine_error" in fired:
             raise RuntimeError(ENGINE_ERROR)
+        if "device_lost" in fired:
+            from pipeline.job.device_health import DeviceLost
+
+            raise DeviceLost(f"cuda:0: {ENGINE_ERROR}")
+        if "oom_above" in fired and len(args[0]) > int(fired["oom_above"]["pairs"]):
+            import torch
+
+            raise torch.OutOfMemoryError(f"CUDA out of memory: {len(args[0])} pairs "
+                                         "(injected by NIBT_TEST_FAULTS)")
         return self.engine.attribute(*args, **kwargs)
 
 

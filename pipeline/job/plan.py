@@ -7,6 +7,8 @@ the data or to what determines the results maps to a new one.
 
 The footers read here also give each file's schema: a file whose columns cannot
 feed the audit is refused before any worker starts (``ConfigError``, exit 2).
+Footers come from ``pipeline.io.footers``: one ranged read per file, many in
+flight, none for a file the saved plan already holds unchanged.
 """
 
 from __future__ import annotations
@@ -14,21 +16,19 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
-import fsspec
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from pipeline.config import ConfigError
+from pipeline.config import ConfigError, StorageSettings
+from pipeline.io.footers import Footer, FooterCache, footers_of
 from pipeline.io.storage import InputFile
 
 #: ``check(schema)``: why a file with this schema cannot be audited, or None.
 SchemaCheck = Callable[[pa.Schema], "str | None"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Task:
     """A slice of one input file: whole row groups ``row_groups``, rows [row_start, row_end)."""
 
@@ -80,49 +80,42 @@ def split_row_groups(sizes: Sequence[int], rows_per_task: int) -> list[tuple[lis
 
 
 def plan_file(
-    f: InputFile, fs: fsspec.AbstractFileSystem, path: str, rows_per_task: int, fp: str,
+    f: InputFile, footer: Footer | BaseException, rows_per_task: int, fp: str,
     check: SchemaCheck | None = None,
 ) -> tuple[list[Task], str | None]:
-    """Tasks for one file, and what is wrong with its schema (``check``), if anything.
+    """Tasks for one file from its footer, and what is wrong with its schema (``check``),
+    if anything.
 
-    A file whose footer cannot be read becomes one failed task; a file without
+    A file whose footer could not be read becomes one failed task; a file without
     rows has none.
     """
-    try:
-        with fs.open(path, "rb") as fh:
-            pf = pq.ParquetFile(fh)
-            meta, schema = pf.metadata, pf.schema_arrow
-            sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
-    except Exception as e:
-        msg = f"cannot read Parquet footer of {f.uri}: {type(e).__name__}: {e}"
+    if isinstance(footer, BaseException):
+        msg = f"cannot read Parquet footer of {f.uri}: {type(footer).__name__}: {footer}"
         return [Task(task_id(f, 0, 0, fp), f.uri, f.size, f.tag, (), 0, 0, error=msg)], None
     tasks = [
         Task(task_id(f, s, e, fp), f.uri, f.size, f.tag, tuple(g), s, e)
-        for g, s, e in split_row_groups(sizes, rows_per_task)
+        for g, s, e in split_row_groups(footer.row_groups, rows_per_task)
     ]
-    return tasks, check(schema) if check is not None else None
+    return tasks, check(footer.schema) if check is not None else None
 
 
 def plan(
     files: Sequence[InputFile],
-    open_fs: Callable[[str], tuple[fsspec.AbstractFileSystem, str]],
+    storage: StorageSettings,
     rows_per_task: int,
     fp: str,
-    threads: int = 16,
+    in_flight: int = 64,
     check: SchemaCheck | None = None,
+    cache: FooterCache | None = None,
 ) -> list[Task]:
-    """All tasks for ``files`` in file order (footers read in parallel).
+    """All tasks for ``files`` in file order.
 
-    Raises ``ConfigError`` naming the files (up to five) whose schema ``check``
-    refuses.
+    Footers come from ``cache`` for unchanged files, else one ranged read each
+    (``in_flight`` at a time). Raises ``ConfigError`` naming the files (up to five)
+    whose schema ``check`` refuses.
     """
-
-    def one(f: InputFile) -> tuple[list[Task], str | None]:
-        fs, path = open_fs(f.uri)
-        return plan_file(f, fs, path, rows_per_task, fp, check)
-
-    with ThreadPoolExecutor(max_workers=max(1, min(threads, len(files)))) as pool:
-        planned = list(pool.map(one, files))
+    footers = footers_of(files, storage, cache, in_flight)
+    planned = [plan_file(f, footer, rows_per_task, fp, check) for f, footer in zip(files, footers)]
     bad = [(f.uri, problem) for f, (_, problem) in zip(files, planned) if problem]
     if bad:
         more = f" (and {len(bad) - 5} more files)" if len(bad) > 5 else ""

@@ -5,7 +5,9 @@ raises ``Stopped`` at once; from then on it only sets a flag: the dispatcher han
 out no new task, abandons those in flight, the driver kills the actors, shuts Ray
 down and writes the manifest and the summary with status ``stopped``, and the
 process exits ``128 + signal`` (143 for SIGTERM, 130 for SIGINT). A second
-signal is noted and ignored: the stop is already bounded.
+signal is noted and ignored: the stop is already bounded. A signal the process
+was started with ignored stays ignored: that is how shells keep Ctrl-C in a
+terminal away from background jobs (``nibt-audit ... &`` in a script, nohup).
 """
 
 from __future__ import annotations
@@ -60,7 +62,8 @@ class StopSignals:
     def __enter__(self) -> StopSignals:
         if threading.current_thread() is threading.main_thread():
             for sig in SIGNALS:
-                self._previous[sig] = signal.signal(sig, self.handle)
+                if signal.getsignal(sig) is not signal.SIG_IGN:
+                    self._previous[sig] = signal.signal(sig, self.handle)
         return self
 
     def __exit__(self, *exc: object) -> None:

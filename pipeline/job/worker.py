@@ -19,7 +19,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
@@ -31,45 +31,20 @@ from pipeline.engine.model import load_clip
 from pipeline.engine.nibt import NIBT, default_budget_mb
 from pipeline.io.images import ERROR, Decoded
 from pipeline.io.parts import PartBuilder, commit_part, normalise_carried
-from pipeline.io.shards import TaskError, check_unchanged, iter_batches
-from pipeline.io.storage import file_tag, filesystem
+from pipeline.io.shards import TaskError, iter_batches
+from pipeline.io.storage import filesystem
 from pipeline.io.weights import weights_fetcher
-from pipeline.job import faults
-from pipeline.job.attribute import Attributor, auto_batch_size
+from pipeline.job import device_health, faults
+from pipeline.job.attribute import Attributor, Staged, Stager, auto_batch_size
 from pipeline.job.decode_pool import ProcessDecoder, ThreadDecoder
 from pipeline.job.device_decode import DeviceDecoder
 from pipeline.job.plan import Task
 from pipeline.job.preprocess import fast_preprocess, split_preprocess
-from pipeline.job.procstats import cap_data_memory, peak_rss_mb
+from pipeline.job.procstats import peak_rss_mb
 from pipeline.job.provenance import library_versions
+from pipeline.job.results import TaskResult
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class TaskResult:
-    """What a worker reports for one task (small: travels back to the driver)."""
-
-    task_id: str
-    uri: str
-    row_start: int
-    row_end: int
-    ok: bool
-    rows_out: int = 0
-    status_counts: dict[str, int] = field(default_factory=dict)
-    seconds: float = 0.0
-    part: str | None = None
-    error: str | None = None
-    retryable: bool = False
-    pid: int = 0
-    peak_rss_mb: float = 0.0
-    batch_splits: int = 0  # batches split in halves after running out of memory
-    compute_seconds: float = 0.0  # time spent attributing and scoring (the engine's share)
-    batch_size: int = 0  # pairs per batch the actor used (set, or chosen for its memory)
-    error_rows: int = 0  # rows that failed in the engine (status ``error``)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass
@@ -84,6 +59,8 @@ class _Batch:
     pixels: torch.Tensor | None = None  # [len(ok), ...], pinned when the model is on a GPU
     tokens: torch.Tensor | None = None
     truncated: list[bool] = field(default_factory=list)
+    fallbacks: int = 0  # JPEGs the device decoder left to the CPU
+    staged: Staged | None = None  # pixels and tokens on their way to the device
 
 
 def _prefetch(it: Iterator[Any], depth: int, pool: ThreadPoolExecutor) -> Iterator[Any]:
@@ -134,14 +111,9 @@ def _picklable(obj: Any) -> Any:
         return None
 
 
-def _start_threads(pool: ThreadPoolExecutor, n: int) -> None:
-    """Create all of ``pool``'s threads now (they start lazily otherwise): a worker
-    under a memory cap must not need a new thread stack mid-run."""
-    barrier = threading.Barrier(n + 1)
-    futures = [pool.submit(barrier.wait) for _ in range(n)]
-    barrier.wait()
-    for f in futures:
-        f.result()
+#: Share of an actor's declared memory one engine chunk may use on CPU (the model, the
+#: decoders, the task's rows and Python take the rest).
+CPU_BUDGET_SHARE = 0.25
 
 
 class TaskRunner:
@@ -158,7 +130,7 @@ class TaskRunner:
         decode_threads: int | None = None,
         decode_processes: int = 0,
         device: str | None = None,
-        memory_headroom_mb: int | None = None,
+        memory_mb: float | None = None,
         gpu_share: float = 1.0,
     ) -> None:
         dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -182,17 +154,17 @@ class TaskRunner:
         budget = model.memory_budget_mb
         if budget is None and gpu and 0 < gpu_share < 1:  # actors sharing a GPU share its memory
             budget = default_budget_mb(self.clip.device) * gpu_share
+        elif budget is None and not gpu and memory_mb:  # within what the actor declared
+            budget = min(default_budget_mb(self.clip.device), memory_mb * CPU_BUDGET_SHARE)
         image_layer, text_layer = bottleneck_layers(  # the job passes them resolved
             model.name, self.clip.weights, (self.clip.image.depth, self.clip.text.depth),
             model.layer, model.image_layer, model.text_layer)
         self.engine = faults.wrap_engine(NIBT(  # itself unless the test hook is on
             self.clip, steps=model.steps, schedule=model.schedule,
             image_layer=image_layer, text_layer=text_layer,
-            chunk_rows=model.chunk_rows, memory_budget_mb=budget,
+            chunk_rows=model.chunk_rows, memory_budget_mb=budget, compile=model.compile,
         ))
-        if model.compile:
-            for tower in (self.clip.image, self.clip.text):
-                tower.suffix = torch.compile(tower.suffix, dynamic=True)
+        self.stager = Stager(self.clip.device)
         self.attributor = Attributor(self.clip, self.engine)
         self.batch_size = model.batch_size or auto_batch_size(self.engine)
         log.info("batch size %d pairs%s", self.batch_size, "" if model.batch_size else " (auto)")
@@ -231,11 +203,6 @@ class TaskRunner:
             out_fs, out_path = filesystem(output, storage)
             out_fs.exists(out_path)
         self._compute = threading.Lock()
-        if memory_headroom_mb:
-            if isinstance(cpu_decoder, ThreadDecoder):
-                _start_threads(cpu_decoder.pool, cpu_decoder.threads)
-            _start_threads(self.reader, 1)
-            cap_data_memory(memory_headroom_mb)
 
     def _warm_up(self) -> None:
         """One small batch through the engine, so that one-time costs (kernel
@@ -270,12 +237,15 @@ class TaskRunner:
                     if v is not None:
                         ids[i] = v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
             carried = rb.select(d.keep_columns) if d.keep_columns else None
-            batch = _Batch(decoded.rows, ids, row, carried, decoded.ok, decoded.pixels)
+            batch = _Batch(decoded.rows, ids, row, carried, decoded.ok, decoded.pixels,
+                           fallbacks=decoded.fallbacks)
             if decoded.tokens is not None:  # tokenised by the decode processes
                 batch.tokens, batch.truncated = torch.from_numpy(decoded.tokens), decoded.truncated
             elif batch.ok:
                 batch.tokens, batch.truncated = self.clip.encode_captions(
                     [decoded.rows[i].caption for i in batch.ok])
+            if batch.ok:  # the copy to the device starts here, beside the compute
+                batch.staged = self.stager.stage(batch.pixels, batch.tokens)
             yield batch
             row += rb.num_rows
 
@@ -285,14 +255,12 @@ class TaskRunner:
         truncated: dict[int, bool] = {}
         spent, splits = 0.0, 0
         if batch.ok:
-            dev = self.clip.device
             # one batch on the device at a time: a second task running on this actor
             # reads and decodes meanwhile (see ``run``)
             with self._compute:
-                pixels = batch.pixels.to(dev, non_blocking=True)
+                pixels, tokens = self.stager.take(batch.staged)
                 if self.split is not None:
                     pixels = self.split.normalise(pixels)
-                tokens = batch.tokens.to(dev, non_blocking=True)
                 t0 = time.perf_counter()
                 before = self.attributor.splits
                 computed = self.attributor.compute(pixels, tokens)
@@ -304,7 +272,7 @@ class TaskRunner:
                 truncated[i] = t
         gh, gw = self.grid
         for i, dec in enumerate(batch.rows):
-            row = {"id": batch.ids[i], "source": None, "row": batch.first_row + i,
+            row = {"id": batch.ids[i], "row": batch.first_row + i,
                    "status": dec.status, "error": dec.error}
             r = results.get(i)
             if isinstance(r, Exception):
@@ -314,6 +282,7 @@ class TaskRunner:
                 row.update(grid_h=gh, grid_w=gw, caption_truncated=truncated[i])
             counts[row["status"]] += 1
             part.add(row)
+        part.seal(ERROR)
         return spent, splits
 
     # ------------------------------------------------------------------- task
@@ -327,7 +296,7 @@ class TaskRunner:
         exits 3 and the next run recomputes the task).
         """
         t0 = time.perf_counter()
-        compute, splits = 0.0, 0
+        compute, splits, fallbacks = 0.0, 0, 0
         base = {"task_id": task.task_id, "uri": task.uri, "row_start": task.row_start,
                 "row_end": task.row_end, "pid": os.getpid()}
         if task.error:
@@ -335,23 +304,21 @@ class TaskRunner:
         try:
             with faults.task_scope(task.uri, task.row_start):  # inert unless the test hook is on
                 fs, path = filesystem(task.uri, self.storage)
-                check_unchanged(fs, path, task, file_tag)
-                part = PartBuilder()
+                part = PartBuilder(task.uri)
                 counts: Counter = Counter()
                 for batch in _prefetch(self._batches(task, fs, path), 2, self.reader):
                     if batch.carried is not None:
                         part.add_carried(batch.carried)
                     spent, split = self._attribute(batch, part, counts)
                     compute, splits = compute + spent, splits + split
+                    fallbacks += batch.fallbacks
             errors = counts.get(ERROR, 0)
             if errors and not final:
-                first_error = next(e for e, st in zip(part.columns["error"], part.columns["status"])
-                             if st == ERROR)
                 return TaskResult(ok=False, retryable=True, error_rows=errors,
+                                  device_fallbacks=fallbacks,
                                   error=f"{errors} of {part.rows} rows failed in the engine "
-                                        f"({first_error}); nothing committed",
+                                        f"({part.first_error}); nothing committed",
                                   seconds=time.perf_counter() - t0, **base)
-            part.columns["source"] = [task.uri] * part.rows
             carried_schema = None
             if self.data.keep_columns:
                 first = part.carried[0].schema if part.carried else None
@@ -362,16 +329,20 @@ class TaskRunner:
                         input_fingerprint=task.input_fingerprint, status_counts=dict(counts))
             out_fs, out_path = filesystem(self.output, self.storage)
             table = part.table(meta, carried_schema)
-            path_written = commit_part(out_fs, out_path, task.task_id, table)
+            path_written, size = commit_part(out_fs, out_path, task.task_id, table)
             secs = time.perf_counter() - t0
             log.info("task %s: %d rows in %.1fs (%s)", task.task_id, part.rows, secs, dict(counts))
             return TaskResult(ok=True, rows_out=part.rows, status_counts=dict(counts),
-                              seconds=secs, part=path_written, peak_rss_mb=peak_rss_mb(),
+                              seconds=secs, part=path_written, part_bytes=size,
+                              peak_rss_mb=peak_rss_mb(),
                               batch_splits=splits, compute_seconds=compute,
-                              batch_size=self.batch_size, error_rows=errors, **base)
+                              batch_size=self.batch_size, error_rows=errors,
+                              device_fallbacks=fallbacks, **base)
         except TaskError as e:
             return TaskResult(ok=False, error=str(e), retryable=e.retryable,
                               seconds=time.perf_counter() - t0, **base)
         except Exception as e:
+            if device_health.is_fatal(e, self.clip.device):  # a broken context: restart
+                device_health.end_process(e)
             return TaskResult(ok=False, error=f"{type(e).__name__}: {e}", retryable=True,
                               seconds=time.perf_counter() - t0, **base)

@@ -52,12 +52,13 @@ REPORT_VERSION = 1
 
 def load_manifest(results: str, storage: StorageSettings,
                   setting: str = "results") -> dict[str, Any]:
-    """The results' manifest; ``ConfigError`` (naming ``setting``) when it is missing or not
-    a manifest."""
+    """The results' manifest with its parts (``read_manifest``: the header and the parts
+    table it names, or the inline parts of earlier releases); ``ConfigError`` (naming
+    ``setting``) when it is missing or not a manifest."""
     try:
-        manifest = read_manifest(results, storage)
+        manifest = read_manifest(results, storage, parts=True)
     except Exception as e:
-        raise ConfigError(f"{setting}: cannot read {results}/_manifest.json "
+        raise ConfigError(f"{setting}: cannot read {results}/_manifest.json or its parts table "
                           f"({type(e).__name__}: {e}); is it an nibt-audit output?") from None
     if not isinstance(manifest, dict) or not isinstance(manifest.get("parts"), list):
         raise ConfigError(f"{setting}: {results}/_manifest.json lists no parts")

@@ -60,7 +60,7 @@ def test_a_run_logs_summarises_and_leaks_no_secret(tmp_path):
     assert (tmp_path / "out" / "report" / "report.html").exists()
     assert summary["report"]["path"].endswith("report")
     log_files = list(logs.rglob("*.log"))
-    assert log_files and "task " in log_files[0].read_text()
+    assert log_files and "progress: 1 of 1 tasks (100.0%), 12 rows" in log_files[0].read_text()
     for path in [*tmp_path.rglob("*")]:
         if path.is_file():
             assert SECRET.encode() not in path.read_bytes(), path

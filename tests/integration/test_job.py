@@ -6,7 +6,6 @@ import io
 import os
 import signal
 import threading
-import time
 
 import pyarrow.parquet as pq
 import pytest
@@ -19,10 +18,11 @@ from pipeline.engine.model import load_clip
 from pipeline.engine.nibt import NIBT
 from pipeline.io.manifest import read_manifest
 from pipeline.io.results import read_results
+from pipeline.job import faults
 from pipeline.job.driver import EXIT_OK, EXIT_PARTIAL, run_job
 from tests.data import caption, pairs_table, png, write_shards, write_table
 from tests.jobutil import TEST_MODEL, settings
-from tests.procs import children, own_workers, wait_gone
+from tests.procs import children, wait_for, wait_gone
 
 
 def engine_oracle(table):
@@ -111,7 +111,12 @@ def test_resume_runs_only_the_missing_task(ray_local, local_input, tmp_path):
     before = read_results(str(out))
     parts = sorted(os.listdir(out / "parts"))
     os.remove(out / "parts" / parts[1])
-    code, second = run_job(settings(str(root), str(out)))
+    # the ledger is the record of what is committed: a part removed by hand is seen only
+    # when the parts are verified against it
+    code, trusted = run_job(settings(str(root), str(out)))
+    assert (trusted["tasks_run"], trusted["tasks_skipped"]) == (0, 4)
+    assert not (out / "parts" / parts[1]).exists()
+    code, second = run_job(settings(str(root), str(out), run={"verify_parts": True}))
     assert code == EXIT_OK
     assert (second["tasks_run"], second["tasks_skipped"]) == (1, 3)
     assert second["rows_out"] == 48
@@ -155,13 +160,22 @@ def test_bad_rows_get_statuses_and_a_broken_shard_fails_alone(ray_local, tmp_pat
 
 
 
+@pytest.fixture(scope="module")
+def ray_local(ray_faults):
+    """This module's Ray sees the fault hook (inert until a test arms it): the kill test
+    stalls a task with it, to kill its worker inside the task."""
+    yield
+
+
 @pytest.mark.parametrize(("in_flight", "decoders"), [(1, 0), (2, 0), (2, 1)])
 def test_killed_worker_task_is_retried_and_rows_appear_once(
-        ray_local, local_input, tmp_path, in_flight, decoders):
+        ray_local, inject, fault_file, local_input, tmp_path, in_flight, decoders):
     """With 2 tasks in flight both die with the worker; both are retried on the
     restarted worker, which gets both of its slots back. A killed worker's decode
-    processes exit with it."""
+    processes exit with it. The worker is killed inside a task: the task's first
+    attempt stalls."""
     root, tables = local_input
+    inject({"stall": {"times": 1, "seconds": 3600}})
     result: dict = {}
     job = threading.Thread(
         target=lambda: result.update(zip(("code", "summary"), run_job(
@@ -171,19 +185,12 @@ def test_killed_worker_task_is_retried_and_rows_appear_once(
         )))
     )
     job.start()
-    deadline = time.time() + 120
-    killed = None
-    orphans: list[int] = []
-    while time.time() < deadline and killed is None:
-        pids = own_workers()  # never another process's Ray worker
-        if pids:
-            time.sleep(0.3)  # let it get into the task
-            orphans = children(pids[0])
-            os.kill(pids[0], signal.SIGKILL)
-            killed = pids[0]
-        time.sleep(0.05)
+    stalled = wait_for(lambda: faults.fired_in(fault_file, "stall"), 120)
+    assert stalled, "no task attempt stalled"
+    killed = next(iter(stalled))
+    orphans = wait_for(lambda: children(killed), 10) if decoders else children(killed)
+    os.kill(killed, signal.SIGKILL)
     job.join(timeout=300)
-    assert killed is not None, "never saw a worker running a task"
     summary = result["summary"]
     assert result["code"] == EXIT_OK
     assert summary["tasks_retried"] >= 1

@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from pipeline.io.manifest import read_manifest
 from tests.data import pairs_table, write_table
 
 FACTS = Path(__file__).resolve().parents[2] / "pipeline" / "engine" / "weights" / "nibt-demo.json"
@@ -62,7 +63,7 @@ def expected() -> dict:
 def test_parts_manifest_and_summary_record_the_resolved_values(run):
     tmp, summary, _ = run
     want = expected()
-    manifest = json.loads((tmp / "out" / "_manifest.json").read_text())
+    manifest = read_manifest(str(tmp / "out"))
     assert len(manifest["parts"]) == 2
     for entry in manifest["parts"]:
         meta = pq.read_schema(tmp / "out" / entry["path"]).metadata

@@ -14,49 +14,24 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from pipeline.config import ClusterSettings, StorageSettings
+from pipeline.config import StorageSettings
 from pipeline.io.manifest import read_manifest
 from pipeline.io.results import read_results
 from pipeline.job import faults
-from pipeline.job.cluster import patched_env, ray_session
 from pipeline.job.driver import EXIT_CONFIG, EXIT_OK, EXIT_PARTIAL, run_job
-from tests.data import write_shards
+from tests.data import pairs_table, write_shards, write_table
 from tests.jobutil import settings
-from tests.procs import running
+from tests.procs import running, wait_for
 from tests.silent import SilentEndpoint
 
 #: Two 1-CPU actors, so that a retry can go to the other one.
 TWO_ACTORS = {"num_actors": 2, "cpus_per_actor": 1, "actor_start_timeout_s": 180}
-
-
-@pytest.fixture(scope="module")
-def fault_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("faults") / "faults.json"
-    with patched_env({faults.ENV: str(path)}):
-        yield path
-
-
-@pytest.fixture(scope="module")
-def ray_faults(fault_file):
-    """This module's Ray, started with the test hook's variable set (its workers see it)."""
-    with ray_session(ClusterSettings(), num_cpus=2):
-        yield
-
-
-@pytest.fixture
-def inject(fault_file):
-    """``inject(spec)`` arms faults for this test; disarmed (and their counts reset) after."""
-    def arm(spec: dict) -> None:
-        fault_file.write_text(json.dumps(spec))
-
-    yield arm
-    fault_file.unlink(missing_ok=True)
-    shutil.rmtree(faults.marker_dir(fault_file), ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -158,6 +133,27 @@ def test_passing_engine_fault(ray_faults, inject, shards, tmp_path, figure):
     assert set(got.column("status").to_pylist()) == {"ok"}
 
 
+def test_a_lost_device_ends_the_actor_and_the_task_runs_again(ray_faults, inject, shards,
+                                                             tmp_path, figure):
+    """A fatal device error (an illegal memory access on a GPU, injected as the
+    DeviceLost it becomes) ends the worker process instead of failing its rows one by
+    one on a broken context: Ray restarts the actor and the task is retried; exit 0."""
+    root, tables = shards
+    inject({"device_lost": {"source": "shard-1", "row_start": 0, "times": 1}})
+    t0 = time.monotonic()
+    code, s = run_job(settings(str(root), str(tmp_path / "out"), cluster=TWO_ACTORS,
+                               run={"rows_per_task": 8}))
+    got = read_results(str(tmp_path / "out"), columns=["id", "status"])
+    (pid,) = faults.fired_in(os.environ[faults.ENV], "device_lost")
+    figure(injected="DeviceLost in the first attempt of one task", exit_code=code,
+           tasks_retried=s["tasks_retried"], status_counts=s["status_counts"],
+           rows_out=got.num_rows, seconds=round(time.monotonic() - t0, 1))
+    assert not running(pid)  # the worker it fired in ended
+    assert code == EXIT_OK and s["tasks_retried"] == 1
+    assert s["status_counts"] == {"ok": 64}
+    assert sorted(got.column("id").to_pylist()) == all_ids(tables)
+
+
 def test_lasting_engine_fault_is_committed_then_recomputed(ray_faults, inject, shards, tmp_path,
                                                            figure):
     """The engine fails on every try of one task: its rows are committed as error after
@@ -232,7 +228,8 @@ def test_stop_signal(shards, tmp_path, figure):
             "model.steps=6", "run.rows_per_task=8", f"cluster.temp_dir={ray_tmp}"]
     env = cli_env(tmp_path)
     code, err, seconds = _signal_mid_run(args, env, out, signal.SIGTERM, 0)
-    time.sleep(2)  # Ray's last processes end a moment after the driver
+    # Ray's last processes end a moment after the driver: waited for, within a bound
+    wait_for(lambda: not _ray_processes(ray_tmp), 15)
     left = _ray_processes(ray_tmp)
     summary = json.loads((out / "_summary.json").read_text())
     listed = {p["path"] for p in read_manifest(str(out))["parts"]}
@@ -264,4 +261,135 @@ def test_stop_signal(shards, tmp_path, figure):
     assert summary_int["stopped_by"] == "SIGINT" and summary_int["tasks_skipped"] >= len(on_disk)
     assert final.returncode == EXIT_OK, final.stderr[-3000:]
     assert last["tasks_skipped"] >= 2 and last["tasks_run"] == 8 - last["tasks_skipped"]
+    assert sorted(got) == all_ids(tables)
+
+
+# driver killed ----------------------------------------------------------------------------
+def _ledger_state(fs, out: str) -> tuple[set[str], list[str]]:
+    """What the ledger on storage records (read here with pyarrow, not the job's code): the
+    task ids, and the frontier of its newest file."""
+    import pyarrow.parquet as pq
+
+    files = sorted(fs.find(f"{out}/_ledger"), key=lambda p: p.rsplit("-", 1)[-1])
+    files = [f for f in files if f.rsplit("/", 1)[-1].startswith("L")]
+    ids: set[str] = set()
+    for f in files:
+        ids |= set(pq.read_table(fs.open(f)).column("task_id").to_pylist())
+    newest = pq.read_schema(fs.open(files[-1])).metadata if files else {}
+    return ids, json.loads(newest.get(b"nibt.frontier", b"[]")) if files else []
+
+
+def test_driver_killed_after_a_checkpoint(s3_endpoint, tmp_path, figure):
+    """SIGKILL the driver once parts were committed after its last checkpoint: the rerun
+    reads the ledger, finds those parts from one footer read each (the frontier's), runs
+    only the rest, and the output holds every row once."""
+    import s3fs
+
+    from pipeline.devtools.s3local import StoreControl
+
+    fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_endpoint})
+    fs.mkdir("killed")
+    tables = write_s3_shards(fs, "killed/in", 4, 16, seed=140)  # 4-row groups: 16 tasks
+    ray_tmp = f"/tmp/nibt-killed-{os.getpid()}"
+    args = [sys.executable, "-m", "pipeline", "input=s3://killed/in/", "output=s3://killed/out",
+            "storage=s3", f"storage.endpoint_url={s3_endpoint}", *TINY_CLI, "model.steps=12",
+            "run.rows_per_task=4", "run.checkpoint_every_tasks=2", "run.checkpoint_every_s=600",
+            f"cluster.temp_dir={ray_tmp}"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env=cli_env(tmp_path))
+    deadline, ledger, frontier, parts = time.monotonic() + 300, set(), [], set()
+    while time.monotonic() < deadline and proc.poll() is None:
+        fs.invalidate_cache()
+        parts = {p.rsplit("/", 1)[1][:-8] for p in fs.find("killed/out/parts")
+                 if p.endswith(".parquet") and "/." not in p}
+        ledger, frontier = _ledger_state(fs, "killed/out")
+        if ledger and parts - ledger:  # a checkpoint written, and a part committed after it
+            break
+        time.sleep(0.1)
+    proc.kill()
+    proc.communicate(timeout=60)
+    for pid in _ray_processes(ray_tmp):  # a killed driver leaves Ray's helpers behind
+        os.kill(pid, signal.SIGKILL)
+    shutil.rmtree(ray_tmp, ignore_errors=True)
+    fs.invalidate_cache()
+    parts = {p.rsplit("/", 1)[1][:-8] for p in fs.find("killed/out/parts")
+             if p.endswith(".parquet") and "/." not in p}
+    ledger, frontier = _ledger_state(fs, "killed/out")
+    late = parts - ledger
+    assert ledger and late, "the driver was not caught between a checkpoint and the next"
+    assert late <= set(frontier)  # every part committed after the checkpoint is in it
+
+    store = StoreControl(s3_endpoint)
+    store.reset()
+    rerun = subprocess.run(args, capture_output=True, text=True, env=cli_env(tmp_path),
+                           timeout=600)
+    code, s = rerun.returncode, json.loads(rerun.stdout.strip().splitlines()[-1])
+    reads = {k: n for (op, k), n in store.requests().items() if k.startswith("killed/out/parts/")
+             and op in ("GET", "HEAD", "LIST")}
+    shutil.rmtree(ray_tmp, ignore_errors=True)
+    storage = settings("x", "y", endpoint=s3_endpoint).storage
+    got = read_results("s3://killed/out", storage, columns=["id"]).column("id").to_pylist()
+    figure(tasks=s["tasks_total"], committed_in_ledger=len(ledger), committed_after_checkpoint=len(late),
+           frontier=len(frontier), rerun_part_reads=sum(reads.values()),
+           rerun_tasks_skipped=s["tasks_skipped"], rerun_tasks_recovered=s["tasks_recovered"],
+           rerun_tasks_run=s["tasks_run"], rows_out=len(got),
+           duplicates=len(got) - len(set(got)))
+    assert code == EXIT_OK, rerun.stderr[-3000:]
+    assert s["tasks_recovered"] == len(late)
+    assert s["tasks_skipped"] == len(ledger | late)
+    assert s["tasks_run"] == s["tasks_total"] - len(ledger | late)
+    # one footer read for each frontier task the ledger did not hold, and nothing else
+    assert reads == {f"killed/out/parts/{t}.parquet": 1 for t in set(frontier) - ledger}
+    assert sorted(got) == all_ids(tables)
+
+
+def write_s3_shards(fs, prefix: str, shards: int, rows: int, seed: int):
+    from tests.data import pairs_table, write_table
+
+    tables = [pairs_table(rows, seed=seed + s) for s in range(shards)]
+    for s, t in enumerate(tables):
+        write_table(t, f"{prefix}/shard-{s}.parquet", fs=fs, row_group_size=4)
+    return tables
+
+
+# a batch too big for the device -----------------------------------------------------------
+def test_batch_that_does_not_fit_is_split(ray_faults, inject, tmp_path, figure):
+    """CUDA's out-of-memory error above 40 pairs (injected): the 128-pair batch is split in
+    halves until it fits, and every row is computed."""
+    root = tmp_path / "in"
+    root.mkdir()
+    write_table(pairs_table(128, seed=90), str(root / "a.parquet"), row_group_size=128)
+    inject({"oom_above": {"pairs": 40, "times": 99}})
+    t0 = time.time()
+    code, s = run_job(settings(str(root), str(tmp_path / "out"),
+                               model={"batch_size": 128}, run={"rows_per_task": 128}))
+    figure(batch_size=128, fits_up_to=40, batch_splits=s["batch_splits"],
+           status_counts=s["status_counts"], seconds=round(time.time() - t0, 1))
+    assert code == EXIT_OK
+    assert s["batch_splits"] == 2  # 128 -> 64 -> 32: the later batches start at the limit
+    assert s["status_counts"] == {"ok": 128}
+
+
+# worker killed ---------------------------------------------------------------------------
+def test_actor_killed_inside_a_task(ray_faults, inject, fault_file, shards, tmp_path, figure):
+    """SIGKILL to the actor while it is inside a task (its first attempt stalls, so the kill
+    cannot fall between two tasks): Ray restarts it, the task is retried, every row once."""
+    root, tables = shards
+    inject({"stall": {"times": 1, "seconds": 3600}})
+    result: dict = {}
+    t0 = time.time()
+    job = threading.Thread(target=lambda: result.update(zip(("code", "summary"), run_job(
+        settings(str(root), str(tmp_path / "out"), run={"rows_per_task": 8})))))
+    job.start()
+    stalled = wait_for(lambda: faults.fired_in(fault_file, "stall"), 120)
+    assert stalled, "no task attempt stalled"
+    pid = next(iter(stalled))
+    os.kill(pid, signal.SIGKILL)
+    job.join(timeout=600)
+    got = ids(tmp_path / "out")
+    s = result["summary"]
+    figure(rows_in=s["rows_in"], rows_out=len(got), duplicates=len(got) - len(set(got)),
+           retries=s["tasks_retried"], seconds=round(time.time() - t0, 1))
+    assert result["code"] == EXIT_OK
+    assert s["tasks_retried"] >= 1
     assert sorted(got) == all_ids(tables)

@@ -3,7 +3,6 @@ the benchmark claims, the report reads them right, and the benchmark section run
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 
 import numpy as np
@@ -12,6 +11,7 @@ import pytest
 
 from benchmarks import report as bench
 from pipeline.engine.words import SPECIAL, merge_words
+from pipeline.io.manifest import read_manifest
 from pipeline.io.results import read_results
 from pipeline.io.schema import RESULT_FIELDS
 from pipeline.report import ReportSettings, build_report
@@ -25,7 +25,7 @@ def synthetic(tmp_path_factory):
 
 
 def test_synthetic_results_follow_the_schema_and_the_plan(synthetic):
-    manifest = json.loads((synthetic / "_manifest.json").read_text())
+    manifest = read_manifest(str(synthetic))
     assert [p["rows"] for p in manifest["parts"]] == [2000, 2000, 2000]
     table = read_results(str(synthetic))
     assert table.schema.names == [f.name for f in RESULT_FIELDS]

@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from benchmarks import report as bench
+from pipeline.io.manifest import read_manifest
 from pipeline.io.results import read_results
 from pipeline.report import ReportSettings, aggregate, build_report, passes
 from pipeline.report.aggregate import Aggregator, GridConflict
@@ -191,7 +192,7 @@ def big(tmp_path_factory):
     mp = pytest.MonkeyPatch()
     mp.setattr(passes, "TASK_ROWS", 8_000)
     mp.setattr(passes, "TASK_PARTS", 4)
-    assert len(passes.cut(json.loads((d / "res" / "_manifest.json").read_text())["parts"])) == 13
+    assert len(passes.cut(read_manifest(str(d / "res"))["parts"])) == 13
     build_report(str(d / "res"), str(d / "one"), dataclasses.replace(SETTINGS, workers=1))
     yield d
     mp.undo()

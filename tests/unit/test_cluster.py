@@ -48,8 +48,26 @@ def test_tasks_in_flight_per_actor():
     assert plan_actors(ClusterSettings(), {"CPU": 16, "GPU": 1}, tasks=9).slots == 2
     assert plan_actors(ClusterSettings(), {"CPU": 16}, tasks=9).slots == 1
     assert plan_actors(ClusterSettings(tasks_per_actor=3), {"CPU": 2}, tasks=9).slots == 3
-    capped = ClusterSettings(worker_memory_headroom_mb=1200)
-    assert plan_actors(capped, {"CPU": 16, "GPU": 1}, tasks=9).slots == 1
+
+
+
+def test_memory_each_actor_declares():
+    """A node's memory, as Ray counts it, shared among the actors it holds (the smallest
+    share over the nodes); or as set."""
+    gb = 2**30
+    assert plan_actors(ClusterSettings(), {"CPU": 16, "memory": 32 * gb}, tasks=9).memory_mb \
+        == 32 * 1024 / 4  # four 4-CPU actors
+    assert plan_actors(ClusterSettings(), {"CPU": 16, "GPU": 2, "memory": 64 * gb},
+                       tasks=9).memory_mb == 64 * 1024 / 4  # two per GPU
+    nodes = [{"CPU": 4, "memory": 8 * gb}, {"CPU": 8, "memory": 64 * gb}]
+    assert plan_actors(ClusterSettings(), {"CPU": 12, "memory": 72 * gb}, tasks=9,
+                       nodes=nodes).memory_mb == 8 * 1024
+    assert plan_actors(ClusterSettings(memory_per_actor_mb=3000), {"CPU": 16}, tasks=9) \
+        .memory_mb == 3000
+    assert plan_actors(ClusterSettings(), {"CPU": 16}, tasks=9).memory_mb is None
+    odd = 14751891456  # a node's memory as Ray counted it: the share must not round up past it
+    p = plan_actors(ClusterSettings(), {"CPU": 2, "memory": odd}, tasks=9)
+    assert p.num_actors == 1 and p.memory_mb * 2**20 <= odd
 
 
 def test_decode_processes_beside_a_gpu_threads_on_cpu():

@@ -63,6 +63,8 @@ def test_bad_values_name_the_setting():
         ModelSettings(name="ViT-B-32", steps=0)
     with pytest.raises(ConfigError, match="model.precision"):
         ModelSettings(name="ViT-B-32", precision="int4")
+    with pytest.raises(ConfigError, match="model.precision: fp16 is refused.*use bf16"):
+        ModelSettings(name="ViT-B-32", precision="fp16")
     with pytest.raises(ConfigError, match="data.keep_columns: 'score'"):
         with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
             cfg = compose("audit", overrides=["model=demo", "input=/in", "output=/out",

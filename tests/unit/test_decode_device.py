@@ -153,3 +153,72 @@ def test_tokens_follow_the_rows_across_both_decoders(fast):
     ok_captions = [out.rows[i].caption for i in out.ok]
     assert np.array_equal(out.tokens, tok(ok_captions).numpy())
     assert out.truncated == [len(c.split()) > 75 for c in ok_captions]
+
+
+class Log:
+    """What happened, in order: a stand-in CUDA stream's waits, decode calls, resizes."""
+
+    def __init__(self) -> None:
+        self.events: list[str] = []
+
+    def synchronize(self) -> None:  # the stand-in stream
+        self.events.append("wait")
+
+    def decode(self, data, **kw):
+        self.events.append("decode")
+        return decode_jpeg(data, **kw)
+
+
+def test_each_decode_waits_for_the_last_chunks_resizes(fast, monkeypatch):
+    """nvJPEG writes on a stream of its own into memory allocated on the decoder's: the
+    decoder waits for its stream (chunk k's queued resizes, which read memory freed at
+    once) before every decode call, and once more before handing the pixels over."""
+    import pipeline.job.device_decode as dd
+
+    log = Log()
+    real = dd.resize_crop
+    monkeypatch.setattr(dd, "resize_crop", lambda x, g: (log.events.append("resize"),
+                                                         real(x, g))[1])
+    images = [im.photo_jpeg(i, (320, 240)) for i in range(6)]
+    captions = [f"photo {i}" for i in range(6)]
+    cpu = ThreadDecoder(fast, *LIMITS, threads=1, draft=fast.draft_size)
+    d = DeviceDecoder(cpu, fast.geometry, *LIMITS, device="cpu", decode=log.decode, chunk=4,
+                      stream=log)
+    try:
+        out = d.decode(images, captions)
+    finally:
+        d.close()
+    assert log.events == ["wait", "decode", *["resize"] * 4, "wait", "decode", *["resize"] * 2,
+                          "wait"]
+    check(out, oracle(images, captions, fast), fast, max_mean=1.0)
+    assert out.fallbacks == 0
+
+
+def test_fallbacks_are_counted_per_batch(fast):
+    images = [im.photo_jpeg(i, (320, 240)) for i in range(6)]
+    captions = [f"photo {i}" for i in range(6)]
+    cpu = ThreadDecoder(fast, *LIMITS, threads=1, draft=fast.draft_size)
+    d = DeviceDecoder(cpu, fast.geometry, *LIMITS, device="cpu", decode=FailsWithOne(images[4]))
+    try:
+        first, second = d.decode(images, captions), d.decode(images[:3], captions[:3])
+    finally:
+        d.close()
+    assert (first.fallbacks, second.fallbacks, d.fallbacks) == (1, 0, 1)
+
+
+def test_a_fatal_device_error_is_not_a_cpu_fallback(fast, monkeypatch):
+    """An illegal memory access on a CUDA device ends the actor (DeviceLost), never a
+    quiet fallback of every image to the CPU on a broken context."""
+    from pipeline.job import device_health
+
+    def broken(data, **kw):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    cpu = ThreadDecoder(fast, *LIMITS, threads=1, draft=fast.draft_size)
+    d = DeviceDecoder(cpu, fast.geometry, *LIMITS, device="cpu", decode=broken)
+    d.device = torch.device("cuda")  # as on a GPU; the CPU decoder stays a CPU decoder
+    try:
+        with pytest.raises(device_health.DeviceLost, match="illegal memory access"):
+            d._on_device([im.photo_jpeg(0, (64, 48))])
+    finally:
+        d.close()

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from pipeline.job.dispatch import ActorLost, Dispatcher
 from pipeline.job.plan import Task
-from pipeline.job.worker import TaskResult
+from pipeline.job.results import TaskResult
 
 NEVER = float("inf")
 

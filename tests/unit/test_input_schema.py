@@ -11,7 +11,7 @@ import pytest
 
 from pipeline.config import ConfigError, DataSettings, StorageSettings
 from pipeline.io.shards import schema_problem
-from pipeline.io.storage import filesystem, list_inputs
+from pipeline.io.storage import list_inputs
 from pipeline.job.plan import plan
 
 HF_IMAGE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
@@ -24,7 +24,7 @@ def write(path, **columns: pa.Array) -> None:
 def plan_with(where, data: DataSettings):
     storage = StorageSettings()
     others = [c for c in data.read_columns() if c not in (data.image_column, data.caption_column)]
-    return plan(list_inputs(str(where), storage), lambda u: filesystem(u, storage), 16, "fp",
+    return plan(list_inputs(str(where), storage), storage, 16, "fp",
                 check=lambda s: schema_problem(s, data.image_column, data.caption_column, others))
 
 

@@ -124,3 +124,9 @@ def test_sha256_is_checked(tmp_path):
     assert load_clip("nibt-demo", str(path), sha256=digest).weights == f"sha256:{digest}"
     with pytest.raises(WeightsError, match="expected"):
         load_clip("nibt-demo", str(path), sha256="0" * 64)
+
+
+def test_fp16_is_refused_in_favour_of_bf16():
+    """The engine takes gradients; fp16's underflow without loss scaling."""
+    with pytest.raises(ValueError, match="fp16 is refused.*bf16"):
+        load_clip("nibt-demo", None, precision="fp16")

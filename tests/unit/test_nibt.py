@@ -134,20 +134,19 @@ def test_mismatched_batch_is_refused(tiny):
 
 
 def test_pairs_per_chunk_and_auto_batch_follow_the_memory_model(vitb32):
-    """Hand arithmetic of the documented per-row memory (18*T*W + 2*H*T*T per block,
-    plus 2*T*W, times element bytes) for ViT-B-32 at layer 9 (3 blocks above):
-    image rows 4 * (3 * (18*50*768 + 2*12*50*50) + 2*50*768) = 9,321,600 B,
-    text rows (full context) 4 * (3 * (18*77*512 + 2*8*77*77) + 2*77*512) = 9,969,344 B:
-    the text tower binds."""
+    """Hand arithmetic of the documented per-row memory (per token and unit of width:
+    40 bytes per full block and 13 for the last, fp32; 36 and 11, bf16) for ViT-B-32 at
+    layer 9 (3 blocks above): image rows 50*768*(2*40 + 13) = 3,571,200 B, text rows
+    (full context) 77*512*93 = 3,666,432 B: the text tower binds."""
     from pipeline.engine.model import load_clip
     from pipeline.job.attribute import auto_batch_size
 
     small = NIBT(vitb32, layer=9, steps=10, memory_budget_mb=512)
-    assert small.pairs_per_chunk() == (512 * 2**20 // 9_969_344) // 10 == 5
-    assert auto_batch_size(small) == 8  # never below 8
-    big = NIBT(vitb32, layer=9, steps=10, memory_budget_mb=70_000)
-    assert big.pairs_per_chunk() == auto_batch_size(big) == 736
+    assert small.pairs_per_chunk() == (512 * 2**20 // 3_666_432) // 10 == 14
+    assert auto_batch_size(NIBT(vitb32, layer=9, steps=10, memory_budget_mb=200)) == 8  # >= 8
+    big = NIBT(vitb32, layer=9, steps=10, memory_budget_mb=30_000)
+    assert big.pairs_per_chunk() == auto_batch_size(big) == 857
     assert auto_batch_size(NIBT(vitb32, layer=9, steps=10, memory_budget_mb=10**6)) == 1024
     bf16 = NIBT(load_clip("ViT-B-32", None, precision="bf16"), layer=9, steps=10,
-                memory_budget_mb=70_000)
-    assert bf16.pairs_per_chunk() == (70_000 * 2**20 // (9_969_344 // 2)) // 10 == 1472
+                memory_budget_mb=30_000)
+    assert bf16.pairs_per_chunk() == (30_000 * 2**20 // (77 * 512 * (2 * 36 + 11))) // 10 == 961

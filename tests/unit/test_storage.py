@@ -97,3 +97,27 @@ def test_listing_a_silent_endpoint_ends_in_a_named_error_within_the_bound():
     assert "input: cannot list s3://bucket/in/" in str(e.value)
     assert connections == 4
     assert 4 * 1.0 <= seconds <= s.worst_case_s() + 5
+
+
+def test_a_put_to_a_silent_endpoint_ends_within_the_bound():
+    """botocore's Expect: 100-continue would make a PUT wait for ever (aiohttp sets no
+    timeout on that answer); without it, the read timeout and the tries bound it."""
+    import time
+
+    from pipeline.io.storage import check_writable
+    from tests.silent import SilentEndpoint
+
+    endpoint = SilentEndpoint()
+    with endpoint as url:
+        s = StorageSettings(endpoint_url=url, max_attempts=2, read_timeout_s=1,
+                            connect_timeout_s=1)
+        fs, path = filesystem("s3://bucket/out", s)
+        t0 = time.monotonic()
+        with pytest.raises(ConfigError) as e:
+            check_writable(fs, f"{path}/parts", "s3://bucket/out", s)
+        seconds = time.monotonic() - t0
+        connections = endpoint.connections
+    assert f"output: cannot write to s3://bucket/out: storage endpoint {url} did not answer" \
+        in str(e.value)
+    assert connections == 4
+    assert seconds <= s.worst_case_s() + 5

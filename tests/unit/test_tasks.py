@@ -6,32 +6,25 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.config import StorageSettings
-from pipeline.io.storage import InputFile, filesystem, list_inputs
+from pipeline.io.storage import InputFile, list_inputs
 from pipeline.job.plan import plan, split_row_groups, task_id
 
-
-def naive_split(sizes, target):
-    """Oracle: walk rows one group at a time, cut once a task holds >= target rows."""
-    tasks, cur, start, pos = [], [], 0, 0
-    for i, n in enumerate(sizes):
-        cur.append(i)
-        pos += n
-        if pos - start >= target:
-            tasks.append((cur, start, pos))
-            cur, start = [], pos
-    if pos > start:
-        tasks.append((cur, start, pos))
-    return tasks
+#: (row-group sizes, rows per task) -> the tasks, written out by hand: (groups, start, end)
+SPLITS = [
+    (([64] * 5, 100), [([0, 1], 0, 128), ([2, 3], 128, 256), ([4], 256, 320)]),
+    (([10, 0, 0, 5], 10), [([0], 0, 10), ([1, 2, 3], 10, 15)]),
+    (([3, 7, 1, 9, 2], 4), [([0, 1], 0, 10), ([2, 3], 10, 20), ([4], 20, 22)]),
+    (([], 5), []),
+    (([0, 0], 5), []),
+    (([100], 1), [([0], 0, 100)]),
+    (([5, 5, 5], 5), [([0], 0, 5), ([1], 5, 10), ([2], 10, 15)]),
+]
 
 
-def test_split_matches_naive_walk():
-    for sizes, target in [([64] * 5, 100), ([10, 0, 0, 5], 10), ([3, 7, 1, 9, 2], 4), ([], 5),
-                          ([0, 0], 5), ([100], 1)]:
+def test_split_gives_the_tasks_written_out_by_hand():
+    for (sizes, target), want in SPLITS:
         got = split_row_groups(sizes, target)
-        assert got == naive_split(sizes, target)
-        covered = [g for groups, _, _ in got for g in groups]
-        assert covered == sorted(covered)  # each group once, in order
-        assert sum(e - s for _, s, e in got) == sum(sizes)
+        assert [(list(g), s, e) for g, s, e in got] == want, (sizes, target)
 
 
 def test_task_ids_change_with_data_and_settings():
@@ -53,7 +46,7 @@ def test_plan_local_files(tmp_path):
     storage = StorageSettings()
     files = list_inputs(str(tmp_path), storage)
     assert [f.uri.rsplit("/", 1)[1] for f in files] == ["bad.parquet", "empty.parquet", "one.parquet"]
-    tasks = plan(files, lambda u: filesystem(u, storage), 20, "fp")
+    tasks = plan(files, storage, 20, "fp")
     assert [(t.row_start, t.row_end) for t in tasks if not t.error] == [(0, 20), (20, 40), (40, 50)]
     bad = [t for t in tasks if t.error]
     assert len(bad) == 1 and "bad.parquet" in bad[0].error
