@@ -301,9 +301,8 @@ def _store(r: dict) -> str:
     return "local disk" if r["store"] == "local" else r["store"].replace("S3, ", "local S3, ")
 
 
-def report(d: dict) -> str:
-    """The report at scale: each size, part size, store and number of workers; the speed-up
-    of two workers; memory at the largest size; the comparison; the extrapolation."""
+def _runs(d: dict) -> list[str]:
+    """The table of ``d["runs"]`` and the speed-up of two workers over one."""
     rows = []
     for r in d["runs"]:
         gets = (f"{r['gets_per_part_min']}-{r['gets_per_part_max']}"
@@ -331,6 +330,18 @@ def report(d: dict) -> str:
                          + (f" (means of {len(one)} and {len(two)} runs)" if len(one) > 1 else ""))
     if speed:
         out.append("Two workers over one: " + "; ".join(speed) + ".")
+    return out
+
+
+def report_check(d: dict) -> str:
+    """Runs of the report measured again on a later commit (the same benchmark, fewer sizes)."""
+    return "\n\n".join(_runs(d))
+
+
+def report(d: dict) -> str:
+    """The report at scale: each size, part size, store and number of workers; the speed-up
+    of two workers; memory at the largest size; the comparison; the extrapolation."""
+    out = _runs(d)
     alone = {(r["rows"], r["part_rows"]): r["store_alone_seconds"] for r in d["runs"]
              if "store_alone_seconds" in r}
     if alone:
@@ -501,6 +512,7 @@ RENDER: dict[str, tuple[str, Callable[[dict], str]]] = {
     "decode-64": ("decode", decode_64), "decode-parity": ("decode", decode_parity),
     "decode-pools": ("decode", decode_pools), "decode-job": ("decode_job", decode_job),
     "decoders": ("decoders", decoders), "report": ("report", report),
+    "report-check": ("report_check", report_check),
     "evaluate": ("evaluate", evaluate),
     "controlplane-planning": ("controlplane", controlplane_planning),
     "controlplane-dispatch": ("controlplane", controlplane_dispatch),
