@@ -91,10 +91,10 @@ def transforms() -> dict[str, object]:
 
 def paths(transform) -> dict[str, Callable[[list[bytes]], object]]:
     """Each path as a function of a list of encoded images."""
+    from pipeline.decode.device import DeviceDecoder
+    from pipeline.decode.pixels import fast_preprocess
+    from pipeline.decode.pool import ThreadDecoder
     from pipeline.io.images import decode_pair
-    from pipeline.job.decode_pool import ThreadDecoder
-    from pipeline.job.device_decode import DeviceDecoder
-    from pipeline.job.preprocess import fast_preprocess
 
     fast = fast_preprocess(transform)
     device = DeviceDecoder(ThreadDecoder(fast, *LIMITS, threads=1, draft=fast.draft_size),
@@ -219,8 +219,8 @@ class DataLoaderPerBatch:
 def pools(blobs: list[bytes], workers: int = 2, batch: int = 128, repeats: int = 3) -> dict:
     import open_clip
 
-    from pipeline.job.decode_pool import ProcessDecoder, ThreadDecoder
-    from pipeline.job.preprocess import fast_preprocess
+    from pipeline.decode.pixels import fast_preprocess
+    from pipeline.decode.pool import ProcessDecoder, ThreadDecoder
 
     fast = fast_preprocess(open_clip.create_model_and_transforms("ViT-B-32")[2])
     captions = ["a photo"] * len(blobs)
@@ -263,7 +263,7 @@ def _device_cpu(blob: bytes, geometry) -> torch.Tensor:
     """The device path's pixels on a CPU: torchvision's decode_jpeg, then resize_crop."""
     from torchvision.io import ImageReadMode, decode_jpeg
 
-    from pipeline.job.preprocess import resize_crop
+    from pipeline.decode.pixels import resize_crop
 
     x = decode_jpeg([torch.frombuffer(bytearray(blob), dtype=torch.uint8)],
                     mode=ImageReadMode.RGB)[0]
@@ -273,11 +273,11 @@ def _device_cpu(blob: bytes, geometry) -> torch.Tensor:
 def parity() -> dict:
     from torch.nn.functional import normalize
 
+    from pipeline.decode.pixels import fast_preprocess
     from pipeline.demo.scenes import make_pair
     from pipeline.engine.model import load_clip
     from pipeline.engine.nibt import NIBT
     from pipeline.io.images import decode_image
-    from pipeline.job.preprocess import fast_preprocess
 
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     out: dict = {}

@@ -247,12 +247,12 @@ def decode_section(z: Sizes) -> dict:
     import open_clip
 
     from benchmarks.common import decode_rate
+    from pipeline.decode.device import DeviceDecoder
+    from pipeline.decode.pixels import fast_preprocess
+    from pipeline.decode.pool import ProcessDecoder
     from pipeline.engine.model import load_clip, register_configs
     from pipeline.engine.nibt import NIBT
     from pipeline.io.images import DEFAULT_MAX_CAPTION_CHARS, DEFAULT_MAX_PIXELS
-    from pipeline.job.decode_pool import ProcessDecoder
-    from pipeline.job.device_decode import DeviceDecoder
-    from pipeline.job.preprocess import fast_preprocess
 
     limits = (DEFAULT_MAX_PIXELS, DEFAULT_MAX_CAPTION_CHARS)
     register_configs()

@@ -51,9 +51,11 @@ def table(header: list[str], rows: list[list[str]]) -> str:
 def stamp(m: dict) -> str:
     """When, where and how: the line under every table (``render`` adds it)."""
     gpu = m.get("gpu") or "no GPU"
+    load = (f"; load average {m['load_average'][0]:g} when it began"
+            if m.get("load_average") else "")
     return (f"*{m['date']}; {m['cpu']}, {m['cores']} cores, {m['memory_gib']:g} GiB, {gpu}; "
             f"Python {m['python']}, torch {m['torch']}; `.venv/bin/python -m "
-            f"{m['command'].removeprefix('python -m ')}` at commit {m['commit']}.*")
+            f"{m['command'].removeprefix('python -m ')}` at commit {m['commit']}{load}.*")
 
 
 # ------------------------------------------------------------------ renderers

@@ -30,9 +30,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pipeline.decode.pixels import split_preprocess
 from pipeline.demo.scenes import Pair, Settings, make_pair, make_twins
 from pipeline.engine.model import Clip, load_clip
-from pipeline.job.preprocess import split_preprocess
 
 MODEL = "nibt-demo"
 THREADS = 2

@@ -13,7 +13,8 @@ import subprocess
 
 
 def machine(command: str) -> dict:
-    """Date (UTC), CPU, cores, memory, GPU, the command, the commit and the versions."""
+    """Date (UTC), CPU, cores, memory, GPU, the command, the commit, the versions and the
+    load average when it began (other work on the machine slows what it measures)."""
     import torch
 
     cpu = platform.processor() or platform.machine()
@@ -33,4 +34,5 @@ def machine(command: str) -> dict:
     return {"date": datetime.datetime.now(datetime.timezone.utc).date().isoformat(),
             "cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(mem, 1), "gpu": gpu,
             "command": command, "commit": commit, "python": platform.python_version(),
-            "torch": torch.__version__}
+            "torch": torch.__version__,
+            "load_average": [round(x, 2) for x in os.getloadavg()]}

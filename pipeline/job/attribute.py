@@ -18,10 +18,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from pipeline.engine import device_health
 from pipeline.engine.metrics import confidence
 from pipeline.engine.model import Clip
 from pipeline.engine.nibt import NIBT
-from pipeline.job import device_health
 
 log = logging.getLogger(__name__)
 

@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from pipeline.config import ClusterSettings
+from pipeline.decode.build import decode_processes
 
 
 @dataclass
@@ -42,13 +43,11 @@ MAX_ACTORS_PER_GPU, MIN_CPUS_PER_GPU_ACTOR = 4, 4
 
 def default_gpu_share(cpus: float, gpus: float) -> float:
     """GPU fraction per actor when ``gpus_per_actor`` is unset: one actor per 4 CPUs
-    the GPU has, 1 to 4 of them. Measured when actors decoded in threads: one
-    process decoded at most ~1,900 images/s (the GIL), and the ViT-B-32 job on an
-    H200 with 16 CPUs ran 855 pairs/s with one actor, 1,401 with two and 1,462 with
-    four (docs/performance.md, "On a GPU"). Actors now decode in processes of their own, so one
-    actor may do as well; until a GPU measures it (``make bench-gpu`` runs one
-    actor beside this default) several actors also keep several host threads
-    feeding the GPU."""
+    the GPU has, 1 to 4 of them. Several actors keep several host threads launching
+    kernels: on an H200 with 16 CPUs, with decoding in threads, the ViT-B-32 job ran
+    855 pairs/s with one actor, 1,401 with two and 1,462 with four (docs/performance.md,
+    "On a GPU"). Whether one actor decoding in processes does as well is what
+    ``make bench-gpu`` measures: it runs one actor beside this default."""
     per_gpu = int(min(MAX_ACTORS_PER_GPU, max(1, (cpus / gpus) // MIN_CPUS_PER_GPU_ACTOR)))
     return round(1.0 / per_gpu, 4)
 
@@ -83,10 +82,7 @@ def plan_actors(cfg: ClusterSettings, resources: dict[str, float], tasks: int,
             n = max(1, int(fits))
         plan = ActorPlan(n, per_cpu, 0.0, max(1, int(per_cpu)))
     plan.num_actors = max(1, min(plan.num_actors, max(tasks, 1)))
-    # Beside a GPU, decode in processes: decode threads would hold the GIL the
-    # compute thread needs for every kernel launch (decoders.py). On CPU, threads.
-    plan.decode_processes = (cfg.decode_processes if cfg.decode_processes is not None
-                             else max(1, plan.threads - 1) if gpus > 0 else 0)
+    plan.decode_processes = decode_processes(cfg.decode_processes, plan.threads, gpus)
     # Two tasks in flight beside a GPU; one on CPU.
     plan.slots = cfg.tasks_per_actor or (2 if gpus > 0 else 1)
     plan.memory_mb = cfg.memory_per_actor_mb or _memory_share(plan, gpus, nodes, resources)

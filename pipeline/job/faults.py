@@ -135,7 +135,7 @@ class FaultyEngine:
         if "engine_error" in fired:
             raise RuntimeError(ENGINE_ERROR)
         if "device_lost" in fired:
-            from pipeline.job.device_health import DeviceLost
+            from pipeline.engine.device_health import DeviceLost
 
             raise DeviceLost(f"cuda:0: {ENGINE_ERROR}")
         if "oom_above" in fired and len(args[0]) > int(fired["oom_above"]["pairs"]):

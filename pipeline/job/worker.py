@@ -12,12 +12,11 @@ import contextlib
 import gc
 import logging
 import os
-import pickle
 import queue
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +25,8 @@ import pyarrow as pa
 import torch
 
 from pipeline.config import DataSettings, ModelSettings, StorageSettings
+from pipeline.decode.build import Decoding, build_decoder
+from pipeline.engine import device_health
 from pipeline.engine.layers import bottleneck_layers
 from pipeline.engine.model import load_clip
 from pipeline.engine.nibt import NIBT, default_budget_mb
@@ -34,12 +35,9 @@ from pipeline.io.parts import PartBuilder, commit_part, normalise_carried
 from pipeline.io.shards import TaskError, iter_batches
 from pipeline.io.storage import filesystem
 from pipeline.io.weights import weights_fetcher
-from pipeline.job import device_health, faults
+from pipeline.job import faults
 from pipeline.job.attribute import Attributor, Staged, Stager, auto_batch_size
-from pipeline.job.decode_pool import ProcessDecoder, ThreadDecoder
-from pipeline.job.device_decode import DeviceDecoder
 from pipeline.job.plan import Task
-from pipeline.job.preprocess import fast_preprocess, split_preprocess
 from pipeline.job.procstats import peak_rss_mb
 from pipeline.job.provenance import library_versions
 from pipeline.job.results import TaskResult
@@ -101,23 +99,17 @@ def _prefetch(it: Iterator[Any], depth: int, pool: ThreadPoolExecutor) -> Iterat
         future.result()
 
 
-def _picklable(obj: Any) -> Any:
-    """``obj`` if it pickles (to go to the decode processes), else None (an unusual
-    tokenizer: captions are then tokenised in the worker itself)."""
-    try:
-        pickle.dumps(obj)
-        return obj
-    except Exception:
-        return None
-
-
 #: Share of an actor's declared memory one engine chunk may use on CPU (the model, the
 #: decoders, the task's rows and Python take the rest).
 CPU_BUDGET_SHARE = 0.25
 
 
 class TaskRunner:
-    """Holds the model and runs whole tasks, writing one part each."""
+    """Holds the model and runs whole tasks, writing one part each.
+
+    ``decoders`` builds the batch decoder from the loaded model and the data settings
+    (``decode.build.build_decoder``: threads, processes or the device); a test or a
+    benchmark may hand another."""
 
     def __init__(
         self,
@@ -132,6 +124,7 @@ class TaskRunner:
         device: str | None = None,
         memory_mb: float | None = None,
         gpu_share: float = 1.0,
+        decoders: Callable[..., Decoding] = build_decoder,
     ) -> None:
         dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
         gpu = dev.startswith("cuda")
@@ -168,34 +161,12 @@ class TaskRunner:
         self.attributor = Attributor(self.clip, self.engine)
         self.batch_size = model.batch_size or auto_batch_size(self.engine)
         log.info("batch size %d pairs%s", self.batch_size, "" if model.batch_size else " (auto)")
-        # Decoding stops at uint8 pixels; the batch is normalised on the device.
-        self.split = split_preprocess(self.clip.preprocess)
-        fast = fast_preprocess(self.clip.preprocess) if data.decode != "exact" else None
-        if data.decode != "exact" and fast is None:
-            log.warning("data.decode=%s: the model's transform is not a resize and centre "
-                        "crop; images are decoded exactly", data.decode)
-        self.preprocess = fast or (self.split.image if self.split else self.clip.preprocess)
-        draft = fast.draft_size if fast else None
+        decoding = decoders(self.clip, data, decode_processes, threads, decode_threads)
+        self.decoder, self.split = decoding.decoder, decoding.split
         self.output = output
         # what this worker runs with, as used: over the job's values
         self.metadata = {**metadata, **self.engine.config(), "batch_size": self.batch_size,
                          **library_versions()}
-        d = data
-        if decode_processes > 0:  # beside a GPU: no decoding under the compute thread's GIL
-            self.decoder: ThreadDecoder | ProcessDecoder | DeviceDecoder = ProcessDecoder(
-                self.preprocess, d.max_pixels, d.max_caption_chars, decode_processes, pin=gpu,
-                tokenize=_picklable(self.clip.caption_encoder()), draft=draft)
-        else:
-            if decode_threads is None:
-                decode_threads = max(2, int(threads or 2) - 1) if gpu else 2
-            self.decoder = ThreadDecoder(self.preprocess, d.max_pixels, d.max_caption_chars,
-                                         decode_threads, pin=gpu, one_torch_thread=True,
-                                         draft=draft)
-        cpu_decoder = self.decoder
-        if data.decode == "device" and fast is not None:  # JPEGs on the device, the rest as fast
-            tokenize = self.clip.caption_encoder() if cpu_decoder.tokenizes else None
-            self.decoder = DeviceDecoder(cpu_decoder, fast.geometry, d.max_pixels,
-                                         d.max_caption_chars, self.clip.device, tokenize)
         self.reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nibt-read")
         self.grid = self.clip.image.grid
         self._warm_up()

@@ -27,12 +27,6 @@ def diverging(values: np.ndarray) -> np.ndarray:
     return np.where(v >= 0, white + v * (red - white), white + (-v) * (blue - white))
 
 
-def unnormalize(pixels: np.ndarray, mean: tuple, std: tuple) -> np.ndarray:
-    """A preprocessed [3, H, W] tensor back to a uint8 [H, W, 3] image (what the model saw)."""
-    arr = pixels.transpose(1, 2, 0) * np.asarray(std) + np.asarray(mean)
-    return (np.clip(arr, 0, 1) * 255 + 0.5).astype(np.uint8)
-
-
 def symmetric_scale(grid: np.ndarray) -> float:
     """The map's largest |value|: its colour scale runs from minus that to plus that."""
     g = np.nan_to_num(np.asarray(grid, dtype=np.float64))

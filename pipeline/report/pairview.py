@@ -128,6 +128,28 @@ def _value(a: float) -> str:
     return f"{a:+.2g}"
 
 
+class _Sheet:
+    """A figure laid out in pixels from its top-left corner (matplotlib counts in
+    fractions from the bottom-left)."""
+
+    def __init__(self, fig: Figure, w: float, h: float, top: float) -> None:
+        self.fig, self.w, self.h, self.top = fig, w, h, top  # top: the panels' first row
+
+    def axes(self, x: float, y: float, w: float, h: float):
+        return self.fig.add_axes([x / self.w, 1 - (y + h) / self.h, w / self.w, h / self.h])
+
+    def text(self, x: float, y: float, s: str, **kw):
+        return self.fig.text(x / self.w, 1 - y / self.h, s, **kw)
+
+    def panel(self, x: float, w: float, h: float, name: str):
+        """Axes without ticks at ``x`` on the panels' row, named above."""
+        ax = self.axes(x, self.top, w, h)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        self.text(x, self.top - 8, name, fontsize=12, va="bottom", ha="left")
+        return ax
+
+
 def pair_figure(image: Image.Image, values: np.ndarray | None, words: Sequence[tuple[str, float]],
                 title: str, crop: tuple[int, int, int, int] | None = None,
                 min_px: int = MIN_PX, max_px: int = MAX_PX) -> bytes:
@@ -143,7 +165,6 @@ def pair_figure(image: Image.Image, values: np.ndarray | None, words: Sequence[t
     shown = resized(image, size)
     box = _scaled_box(crop or centre_square(image.size), image.size, size)
     cw, ch = box[2] - box[0], box[3] - box[1]
-    cropped = shown.crop(box)
     pad, head, label, bar = 28, 46, 30, 110
     total_w = pad + size[0] + pad + cw + 14 + bar + pad + cw + pad
     row_h = max(size[1], ch)
@@ -154,61 +175,58 @@ def pair_figure(image: Image.Image, values: np.ndarray | None, words: Sequence[t
     total_h = head + label + row_h + pad + label + cap_h + 70 + pad
     fig = Figure(figsize=(total_w / dpi, total_h / dpi), dpi=dpi, facecolor="white")
     FigureCanvasAgg(fig)
-
-    def axes(x: float, y: float, w: float, h: float):
-        return fig.add_axes([x / total_w, 1 - (y + h) / total_h, w / total_w, h / total_h])
-
-    def panel(x: float, w: float, h: float, name: str):
-        ax = axes(x, head + label, w, h)
-        ax.set_xticks([])
-        ax.set_yticks([])
-        fig.text(x / total_w, 1 - (head + label - 8) / total_h, name, fontsize=12,
-                 va="bottom", ha="left")
-        return ax
-
-    fig.text(pad / total_w, 1 - 12 / total_h, title, fontsize=13, va="top", ha="left",
-             weight="bold", wrap=True)
-    ax = panel(pad, size[0], size[1], "image")
+    sheet = _Sheet(fig, total_w, total_h, head + label)
+    sheet.text(pad, 12, title, fontsize=13, va="top", ha="left", weight="bold", wrap=True)
+    ax = sheet.panel(pad, size[0], size[1], "image")
     ax.imshow(np.asarray(shown), interpolation="none", aspect="auto")
     if box != (0, 0, *size):
         ax.add_patch(Rectangle((box[0] - 0.5, box[1] - 0.5), cw, ch, fill=False,
                                edgecolor="#ffc800", linewidth=2))
         ax.set_title("outline: what the model saw", fontsize=9, loc="right")
-    x_map = pad + size[0] + pad
-    x_over = x_map + cw + 14 + bar + pad
-    top = symmetric_scale(values) if values is not None else 0.0
-    scale = top if top > 0 else 1.0
     if values is not None:
-        ax = panel(x_map, cw, ch, "patch attribution (the map alone)")
-        ax.imshow(np.asarray(map_image(values, (cw, ch), scale)), interpolation="none",
-                  aspect="auto")
-        cax = axes(x_map + cw + 14, head + label, 18, ch)
-        cb = fig.colorbar(ScalarMappable(Normalize(-scale, scale), CMAP), cax=cax,
-                          ticks=np.linspace(-scale, scale, 5), format="%.2g")
-        cb.set_label("attribution: red raises, blue lowers\nthe image-text alignment; 0 = white",
-                     fontsize=9)
-        cb.ax.tick_params(labelsize=9)
-        ax = panel(x_over, cw, ch, "overlay (on grey)")
-        ax.imshow(np.asarray(overlay(cropped, values, scale=scale)), interpolation="none",
-                  aspect="auto")
-    y_cap = head + label + row_h + pad
-    fig.text(pad / total_w, 1 - y_cap / total_h, "caption, each word coloured by its attribution "
-             "(value below it)", fontsize=12, va="top", ha="left")
-    wscale = max((abs(a) for _, a in words), default=0.0) or 1.0
-    placed, _ = _words_layout(fig, words, total_w - 2 * pad, pad, y_cap + label, 13)
-    for word, a, x, y in placed:
-        colour = CMAP(0.5 + 0.5 * max(-1.0, min(1.0, a / wscale)))
-        fig.text(x / total_w, 1 - (y + 10) / total_h, word, fontsize=13, va="center",
-                 ha="center", bbox={"facecolor": colour, "edgecolor": "#999999",
-                                    "boxstyle": "round,pad=0.3"})
-        fig.text(x / total_w, 1 - (y + 33) / total_h, _value(a), fontsize=8.5, va="center",
-                 ha="center", color="#333333")
-    cax = axes(pad, total_h - pad - 22, min(360, total_w - 2 * pad), 12)
-    cb = fig.colorbar(ScalarMappable(Normalize(-wscale, wscale), CMAP), cax=cax,
-                      orientation="horizontal", ticks=np.linspace(-wscale, wscale, 5),
-                      format="%.2g")
-    cb.ax.tick_params(labelsize=8)
-    cb.ax.set_title("word attribution (scale of this caption; 0 = white)", fontsize=9, loc="left")
+        x_map = pad + size[0] + pad
+        _draw_maps(sheet, values, shown.crop(box), x_map, x_map + cw + 14 + bar + pad)
+    _draw_caption(sheet, words, pad, head + label + row_h + pad, label)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi, metadata={"Software": None})
     return buf.getvalue()
+
+
+def _draw_maps(sheet: _Sheet, values: np.ndarray, cropped: Image.Image, x_map: float,
+               x_over: float) -> None:
+    """The map alone with its colour bar at ``x_map``, the overlay at ``x_over``."""
+    cw, ch = cropped.size
+    top = symmetric_scale(values)
+    scale = top if top > 0 else 1.0
+    ax = sheet.panel(x_map, cw, ch, "patch attribution (the map alone)")
+    ax.imshow(np.asarray(map_image(values, (cw, ch), scale)), interpolation="none",
+              aspect="auto")
+    cax = sheet.axes(x_map + cw + 14, sheet.top, 18, ch)
+    cb = sheet.fig.colorbar(ScalarMappable(Normalize(-scale, scale), CMAP), cax=cax,
+                            ticks=np.linspace(-scale, scale, 5), format="%.2g")
+    cb.set_label("attribution: red raises, blue lowers\nthe image-text alignment; 0 = white",
+                 fontsize=9)
+    cb.ax.tick_params(labelsize=9)
+    ax = sheet.panel(x_over, cw, ch, "overlay (on grey)")
+    ax.imshow(np.asarray(overlay(cropped, values, scale=scale)), interpolation="none",
+              aspect="auto")
+
+
+def _draw_caption(sheet: _Sheet, words: Sequence[tuple[str, float]], pad: float, y_cap: float,
+                  label: float) -> None:
+    """The caption from ``y_cap``: each word on its colour, its value below, a colour bar."""
+    sheet.text(pad, y_cap, "caption, each word coloured by its attribution (value below it)",
+               fontsize=12, va="top", ha="left")
+    wscale = max((abs(a) for _, a in words), default=0.0) or 1.0
+    placed, _ = _words_layout(sheet.fig, words, sheet.w - 2 * pad, pad, y_cap + label, 13)
+    for word, a, x, y in placed:
+        colour = CMAP(0.5 + 0.5 * max(-1.0, min(1.0, a / wscale)))
+        sheet.text(x, y + 10, word, fontsize=13, va="center", ha="center",
+                   bbox={"facecolor": colour, "edgecolor": "#999999", "boxstyle": "round,pad=0.3"})
+        sheet.text(x, y + 33, _value(a), fontsize=8.5, va="center", ha="center", color="#333333")
+    cax = sheet.axes(pad, sheet.h - pad - 22, min(360, sheet.w - 2 * pad), 12)
+    cb = sheet.fig.colorbar(ScalarMappable(Normalize(-wscale, wscale), CMAP), cax=cax,
+                            orientation="horizontal", ticks=np.linspace(-wscale, wscale, 5),
+                            format="%.2g")
+    cb.ax.tick_params(labelsize=8)
+    cb.ax.set_title("word attribution (scale of this caption; 0 = white)", fontsize=9, loc="left")

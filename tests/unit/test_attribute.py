@@ -91,7 +91,7 @@ class BrokenDevice:
 
 
 def test_a_fatal_device_error_ends_the_batch_without_retries(tiny):
-    from pipeline.job.device_health import DeviceLost
+    from pipeline.engine.device_health import DeviceLost
 
     engine = BrokenDevice(NIBT(tiny, image_layer=1, text_layer=1, steps=2),
                           "CUDA error: device-side assert triggered")
@@ -103,7 +103,7 @@ def test_a_fatal_device_error_ends_the_batch_without_retries(tiny):
 
 
 def test_an_error_the_device_survives_is_retried_pair_by_pair(tiny, monkeypatch):
-    from pipeline.job import device_health
+    from pipeline.engine import device_health
 
     engine = BrokenDevice(NIBT(tiny, image_layer=1, text_layer=1, steps=2),
                           "CUDA error: invalid argument")
@@ -126,10 +126,10 @@ def test_a_lost_device_ends_the_process_with_its_status(tmp_path):
     import subprocess
     import sys
 
-    from pipeline.job.device_health import EXIT_DEVICE_LOST
+    from pipeline.engine.device_health import EXIT_DEVICE_LOST
 
     code = ("import threading, time\n"
-            "from pipeline.job.device_health import DeviceLost, end_process\n"
+            "from pipeline.engine.device_health import DeviceLost, end_process\n"
             "threading.Thread(target=time.sleep, args=(60,)).start()\n"
             "end_process(DeviceLost('cuda:0: CUDA error: an illegal memory access'))\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from benchmarks.gpu import FALLBACK_BOUND, parse_job
 
 
@@ -42,6 +44,7 @@ def test_what_fails_a_job():
     assert errors == []
 
 
+@pytest.mark.slow
 def test_the_smoke_run_goes_through_every_section(tmp_path):
     out = tmp_path / "gpu.json"
     r = subprocess.run([sys.executable, "-m", "benchmarks.gpu", "--smoke", "--out", str(out)],

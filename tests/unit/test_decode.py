@@ -98,8 +98,8 @@ def test_split_preprocess_equals_the_whole_transform(model):
     import open_clip
     import torch
 
+    from pipeline.decode.pixels import split_preprocess
     from pipeline.engine.model import load_clip
-    from pipeline.job.preprocess import split_preprocess
 
     transform = (open_clip.create_model_and_transforms("ViT-B-32")[2] if model == "ViT-B-32"
                  else load_clip(model, None).preprocess)
@@ -120,7 +120,7 @@ def test_split_preprocess_equals_the_whole_transform(model):
 def test_split_preprocess_refuses_other_transforms():
     from torchvision import transforms as T
 
-    from pipeline.job.preprocess import split_preprocess
+    from pipeline.decode.pixels import split_preprocess
 
     norm = T.Normalize((0.5,) * 3, (0.5,) * 3)
     assert split_preprocess(T.Compose([T.Resize(8), T.ToTensor()])) is None  # no Normalize
@@ -179,7 +179,7 @@ def test_geometry_is_torchvisions():
     resized size and the crop's place (found by matching pixels) are the same."""
     from torchvision import transforms as T
 
-    from pipeline.job.preprocess import geometry_of
+    from pipeline.decode.pixels import geometry_of
 
     for size, crop in ((224, 224), (64, 64), ((200, 150), (100, 120)), (96, (80, 60))):
         steps = [T.Resize(size, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(crop)]
@@ -199,7 +199,7 @@ def test_geometry_is_torchvisions():
 def test_geometry_refuses_other_transforms():
     from torchvision import transforms as T
 
-    from pipeline.job.preprocess import fast_preprocess, geometry_of
+    from pipeline.decode.pixels import fast_preprocess, geometry_of
 
     bicubic = T.InterpolationMode.BICUBIC
     assert geometry_of([T.Resize(8, interpolation=T.InterpolationMode.NEAREST),
@@ -220,7 +220,7 @@ def test_resize_crop_is_pils_bicubic_within_a_level():
     levels and by under a quarter level on average; the same size stays the same."""
     import torch
 
-    from pipeline.job.preprocess import fast_preprocess, resize_crop
+    from pipeline.decode.pixels import fast_preprocess, resize_crop
 
     fast = fast_preprocess(vit_b_32_transform())
     for w, h in ((640, 480), (300, 500), (224, 224), (225, 1000), (5, 7), (1024, 768)):
@@ -239,7 +239,7 @@ def test_resize_crop_of_a_scaled_decode_keeps_the_geometry():
     column are partial (641x479 at 1/2 and 1/4) must not shift or stretch the crop:
     a one-pixel shift of this image's sharp edges would leave max differences of
     ~100 levels; a scaled decode's smoothing leaves a few levels on average."""
-    from pipeline.job.preprocess import fast_preprocess
+    from pipeline.decode.pixels import fast_preprocess
 
     fast = fast_preprocess(vit_b_32_transform())
     for size in ((641, 479), (1283, 963), (640, 480)):
@@ -254,7 +254,7 @@ def test_resize_crop_of_a_scaled_decode_keeps_the_geometry():
 
 def test_fast_preprocess_runs_the_exact_steps_on_other_images():
     """Oracle: SplitPreprocess.image (bit for bit open_clip's PIL steps)."""
-    from pipeline.job.preprocess import fast_preprocess
+    from pipeline.decode.pixels import fast_preprocess
 
     fast = fast_preprocess(vit_b_32_transform())
     for data in (im.rgba_png(), im.cmyk_jpeg(), im.exif_rotated_jpeg()[0],

@@ -15,11 +15,11 @@ import torch
 from PIL import Image
 from torchvision.io import decode_jpeg
 
+from pipeline.decode.device import DeviceDecoder
+from pipeline.decode.pixels import fast_preprocess
+from pipeline.decode.pool import ThreadDecoder
 from pipeline.engine.model import CaptionEncoder
 from pipeline.io.images import OK, decode_image, decode_pair
-from pipeline.job.decode_pool import ThreadDecoder
-from pipeline.job.device_decode import DeviceDecoder
-from pipeline.job.preprocess import fast_preprocess
 from tests import images as im
 from tests.reliability.test_faults import BAD_CASES
 
@@ -173,7 +173,7 @@ def test_each_decode_waits_for_the_last_chunks_resizes(fast, monkeypatch):
     """nvJPEG writes on a stream of its own into memory allocated on the decoder's: the
     decoder waits for its stream (chunk k's queued resizes, which read memory freed at
     once) before every decode call, and once more before handing the pixels over."""
-    import pipeline.job.device_decode as dd
+    import pipeline.decode.device as dd
 
     log = Log()
     real = dd.resize_crop
@@ -209,7 +209,7 @@ def test_fallbacks_are_counted_per_batch(fast):
 def test_a_fatal_device_error_is_not_a_cpu_fallback(fast, monkeypatch):
     """An illegal memory access on a CUDA device ends the actor (DeviceLost), never a
     quiet fallback of every image to the CPU on a broken context."""
-    from pipeline.job import device_health
+    from pipeline.engine import device_health
 
     def broken(data, **kw):
         raise RuntimeError("CUDA error: an illegal memory access was encountered")

@@ -15,11 +15,11 @@ import pytest
 import torch
 from torch.nn.functional import normalize
 
+from pipeline.decode.pixels import fast_preprocess, resize_crop
 from pipeline.demo.scenes import make_pair
 from pipeline.engine.model import load_clip
 from pipeline.engine.nibt import NIBT
 from pipeline.io.images import decode_image
-from pipeline.job.preprocess import fast_preprocess, resize_crop
 from tests import images as im
 
 SIZES = ((640, 480), (1024, 768))

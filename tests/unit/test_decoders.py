@@ -19,9 +19,9 @@ import pytest
 import torch
 from PIL import Image
 
+from pipeline.decode import pool as decode_pool
+from pipeline.decode.pool import CRASHED, HUNG, ProcessDecoder, ThreadDecoder
 from pipeline.io.images import BAD_CAPTION, BAD_IMAGE, OK, decode_pair
-from pipeline.job import decode_pool
-from pipeline.job.decode_pool import CRASHED, HUNG, ProcessDecoder, ThreadDecoder
 from tests import images as im
 from tests.procs import running, wait_gone
 
@@ -129,6 +129,7 @@ def test_process_decoder_equals_the_loop(procs):
     assert [r.status for r in bad.rows] == [BAD_IMAGE, BAD_IMAGE] and bad.pixels is None
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_a_row_that_crashes_or_hangs_its_process_is_reported_and_the_rest_go_on(procs):
     images, captions = rows()
@@ -210,7 +211,7 @@ def test_a_killed_parent_leaves_no_decode_process_or_buffer():
     code = textwrap.dedent("""
         import time
         from tests.unit.test_decoders import Prep, rows
-        from pipeline.job.decode_pool import ProcessDecoder
+        from pipeline.decode.pool import ProcessDecoder
         d = ProcessDecoder(Prep(), 10_000_000, 4096, processes=2, chunk_rows=4, readers=2)
         d.decode(*rows())
         print(" ".join(str(p) for p, _ in d.pool.procs), flush=True)

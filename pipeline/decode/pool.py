@@ -78,7 +78,7 @@ class DecodedRows:
     # decoder tokenises (processes do); else the caller tokenises the captions
     tokens: np.ndarray | None = None
     truncated: list[bool] = field(default_factory=list)
-    fallbacks: int = 0  # JPEGs the device path refused and the CPU decoded (device_decode)
+    fallbacks: int = 0  # JPEGs the device path refused and the CPU decoded (decode/device.py)
 
 
 class Gather:

@@ -30,6 +30,9 @@ import numpy as np
 import torch
 from torchvision.io import ImageReadMode, decode_jpeg
 
+from pipeline.decode.pixels import Geometry, resize_crop
+from pipeline.decode.pool import DecodedRows, ProcessDecoder, ThreadDecoder
+from pipeline.engine import device_health
 from pipeline.io.images import (
     OK,
     Decoded,
@@ -39,9 +42,6 @@ from pipeline.io.images import (
     open_image,
     plain_jpeg,
 )
-from pipeline.job import device_health
-from pipeline.job.decode_pool import DecodedRows, ProcessDecoder, ThreadDecoder
-from pipeline.job.preprocess import Geometry, resize_crop
 
 log = logging.getLogger(__name__)
 
