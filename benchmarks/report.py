@@ -21,22 +21,28 @@ attribution, so the comparison's first word finding should name it.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.config import StorageSettings
-from pipeline.io.manifest import PartEntry, write_manifest
+from pipeline.io.manifest import PartEntry, read_manifest, write_manifest
 from pipeline.io.schema import RESULT_FIELDS, result_schema
 from pipeline.io.storage import filesystem
+from pipeline.report.passes import cut
+from pipeline.report.pool import available_cores
 
 GRID = 7
 CORNER = GRID * GRID - 1  # bottom-right cell, where the shortcut word's maps peak
@@ -48,7 +54,11 @@ TERMS = [(("woman",), 0.04, 0.02), (("man",), 0.04, 0.0), (("girl",), 0.01, 0.01
 STATUSES = [("ok", 0.98), ("bad_image", 0.01), ("bad_caption", 0.005), ("error", 0.005)]
 #: Planted words at the end of the vocabulary, which random captions never draw.
 PLANTED = len({SHORTCUT, *(w for t, _, _ in TERMS for w in t)})
-LIMIT_S, LIMIT_MB = 600.0, 2048.0
+LIMIT_MB = 2048.0
+#: The far-away store: each request to the local S3 server waits this long.
+DELAY_MS = 30.0
+#: Share of captions with a word from the long tail (``make_part(tail=...)``).
+TAIL_SHARE = 0.05
 
 
 def vocabulary(n: int, seed: int) -> list[str]:
@@ -96,9 +106,11 @@ def _lists(lengths: np.ndarray, values: pa.Array, valid: np.ndarray) -> pa.Array
 
 
 def make_part(n: int, part: int, pieces: Pieces, index: dict[str, int], seed: int,
-              bias: dict[str, float] | None = None) -> pa.Table:
+              bias: dict[str, float] | None = None, tail: int = 0) -> pa.Table:
     """One part of ``n`` result rows (vectorised; ~0.1 s for 10,000 rows); ``bias``
-    overrides a planted term's attribution bias (``TERMS``) by its first word."""
+    overrides a planted term's attribution bias (``TERMS``) by its first word. With
+    ``tail``, ``TAIL_SHARE`` of the captions hold one word drawn from ``tail`` rare words
+    (``t<number>x``) besides the vocabulary, so the distinct words grow with the rows."""
     rng = np.random.default_rng([seed, part])
     status = rng.choice([s for s, _ in STATUSES], size=n, p=[p for _, p in STATUSES])
     ok = status == "ok"
@@ -124,7 +136,14 @@ def make_part(n: int, part: int, pieces: Pieces, index: dict[str, int], seed: in
     form = words + caps * pieces.n_words
     attr = rng.normal(0.004, 0.02, words.size) + word_bias
     # pieces: <start>, each word's 1 or 2 pieces, <end>
-    second = pieces.second[form]
+    first, second = pieces.first[form], pieces.second[form].copy()
+    strings = pieces.strings
+    if tail:  # the second word of some captions (not the shortcut's) from the long tail
+        rows = np.flatnonzero(ok & ~vintage & (k >= 5) & (rng.random(n) < TAIL_SHARE))
+        rare = rng.integers(0, tail, size=rows.size)
+        first[starts[rows] + 1] = len(strings) + np.arange(rows.size)
+        second[starts[rows] + 1] = -1
+        strings = pa.concat_arrays([strings, pa.array([f"t{r}x</w>" for r in rare.tolist()])])
     n_pieces = 1 + (second >= 0)
     row_of_word = np.repeat(np.arange(n), k)
     per_row = np.bincount(row_of_word, weights=n_pieces, minlength=n).astype(np.int64)
@@ -139,11 +158,11 @@ def make_part(n: int, part: int, pieces: Pieces, index: dict[str, int], seed: in
     before = np.cumsum(n_pieces) - n_pieces  # pieces of the earlier words, all rows
     word_pos = tok_start[row_of_word] + 1 + before - before[starts[row_of_word]]
     two = second >= 0
-    ids[word_pos] = pieces.first[form]
+    ids[word_pos] = first
     vals[word_pos] = np.where(two, 0.3, 1.0) * attr
     ids[word_pos[two] + 1] = second[two]
     vals[word_pos[two] + 1] = 0.7 * attr[two]
-    tokens = _lists(lengths, pieces.strings.take(pa.array(ids)), ok)
+    tokens = _lists(lengths, strings.take(pa.array(ids)), ok)
     text_attr = _lists(lengths, pa.array(vals.astype(np.float32)), ok)
     # maps: noise plus a peak; the shortcut word's captions peak in the corner
     cells = GRID * GRID
@@ -182,47 +201,75 @@ def make_part(n: int, part: int, pieces: Pieces, index: dict[str, int], seed: in
     return pa.table(cols, schema=pa.schema(list(RESULT_FIELDS)))
 
 
-def make_results(root: str, rows: int = 1_000_000, parts: int = 100, vocab_size: int = 3000,
-                 seed: int = 0, bias: dict[str, float] | None = None) -> str:
-    """Write ``rows`` synthetic result rows in ``parts`` parts plus ``_manifest.json``."""
-    vocab = vocabulary(vocab_size, seed)
-    pieces, index = Pieces(vocab), {w: i for i, w in enumerate(vocab)}
-    meta = {"model": "synthetic", "weights": "none", "steps": 10, "schedule": "uniform",
-            "precision": "fp32", "code_version": "bench", "fingerprint": "bench",
-            "schema_version": 1}
-    schema = result_schema(None, meta)
-    fs, out = filesystem(root, StorageSettings())
+META = {"model": "synthetic", "weights": "none", "steps": 10, "schedule": "uniform",
+        "precision": "fp32", "code_version": "bench", "fingerprint": "bench", "schema_version": 1}
+
+
+def _write_part(args: tuple) -> dict:
+    """Generate and write one part (a process of its own may run it); its manifest entry."""
+    root, p, n, vocab_size, seed, bias, tail = args
+    vocab = _vocab(vocab_size, seed)
+    table = make_part(n, p, vocab[0], vocab[1], seed, bias, tail).replace_schema_metadata(
+        result_schema(None, META).metadata)
+    task = f"task{p:05d}"
+    path = os.path.join(root, "parts", f"{task}.parquet")
+    pq.write_table(table, path)
+    counts = dict(zip(*np.unique(table.column("status").to_numpy(zero_copy_only=False),
+                                 return_counts=True)))
+    return asdict(PartEntry(task, f"parts/{task}.parquet", n, f"/bench/input-{p:05d}.parquet",
+                            0, n, "bench", {str(k): int(v) for k, v in counts.items()}))
+
+
+_VOCAB: dict = {}
+
+
+def _vocab(size: int, seed: int) -> tuple[Pieces, dict[str, int]]:
+    if (size, seed) not in _VOCAB:
+        words = vocabulary(size, seed)
+        _VOCAB[(size, seed)] = (Pieces(words), {w: i for i, w in enumerate(words)})
+    return _VOCAB[(size, seed)]
+
+
+def make_results(root: str, rows: int = 1_000_000, parts: int | None = 100,
+                 vocab_size: int = 3000, seed: int = 0, bias: dict[str, float] | None = None,
+                 part_rows: int | None = None, tail: int = 0, processes: int = 1) -> str:
+    """Write ``rows`` synthetic result rows plus ``_manifest.json``: in ``parts`` parts, or
+    in parts of ``part_rows`` rows; ``tail``: see ``make_part``; ``processes`` write parts
+    side by side."""
     os.makedirs(os.path.join(root, "parts"), exist_ok=True)
-    entries, per = [], -(-rows // parts)
-    for p in range(parts):
-        n = min(per, rows - p * per)
-        table = make_part(n, p, pieces, index, seed, bias).replace_schema_metadata(
-            schema.metadata)
-        task = f"task{p:04d}"
-        pq.write_table(table, os.path.join(root, "parts", f"{task}.parquet"))
-        counts = dict(zip(*np.unique(table.column("status").to_numpy(zero_copy_only=False),
-                                     return_counts=True)))
-        entries.append(PartEntry(task, f"parts/{task}.parquet", n, f"/bench/input-{p:03d}.parquet",
-                                 0, n, "bench", {str(k): int(v) for k, v in counts.items()}))
+    per = part_rows or -(-rows // parts)
+    jobs = [(root, p, min(per, rows - p * per), vocab_size, seed, bias, tail)
+            for p in range(-(-rows // per))]
+    if processes > 1:
+        ctx = multiprocessing.get_context("spawn")
+        with ctx.Pool(processes) as pool:
+            entries = pool.map(_write_part, jobs, chunksize=8)
+    else:
+        entries = [_write_part(j) for j in jobs]
     settings = {"input": "/bench/", "output": root, "model": {"name": "synthetic", "layer": 9},
                 "data": {"image_column": "image", "caption_column": "caption"}}
-    write_manifest(fs, out, {"fingerprint": "bench", "metadata": meta, "settings": settings},
-                   entries)
+    fs, out = filesystem(root, StorageSettings())
+    write_manifest(fs, out, {"fingerprint": "bench", "metadata": META, "settings": settings},
+                   [PartEntry(**e) for e in entries])
     return root
 
 
-def run_report(results: str, output: str, timeout: float = 3600,
-               baseline: str | None = None) -> dict:
-    """``nibt-report`` in a subprocess: wall seconds, peak RSS (polled VmHWM) and its summary."""
-    env = {**os.environ, "NIBT_LOG_DIR": os.path.join(output, "logs")}
+def run_report(results: str, output: str, timeout: float = 3600, baseline: str | None = None,
+               args: Sequence[str] = (), env: dict[str, str] | None = None) -> dict:
+    """``nibt-report`` in a subprocess: wall seconds, the peak of the resident memory of it
+    and its workers together (polled every 0.2 s), its summary (which has its own peak and
+    its workers' and the seconds of each step)."""
+    env = {**os.environ, **(env or {}), "NIBT_LOG_DIR": os.path.join(output, "logs")}
     cmd = [sys.executable, "-m", "pipeline.cli.report", f"results={results}", f"output={output}",
-           *([f"baseline={baseline}"] if baseline else [])]
-    t0 = time.perf_counter()
+           *([f"baseline={baseline}"] if baseline else []), *args]
+    t0, load = time.perf_counter(), os.getloadavg()[0]
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env, text=True)
-        peak_kb = 0
+        peak_kb, cpu = 0, {}
         while proc.poll() is None:
-            peak_kb = max(peak_kb, _vmhwm_kb(proc.pid))
+            tree = _tree(proc.pid)
+            peak_kb = max(peak_kb, sum(_rss_kb(p) for p in tree))
+            cpu.update({p: t for p in tree if (t := _cpu_s(p)) is not None})
             if time.perf_counter() - t0 > timeout:
                 proc.kill()
             time.sleep(0.2)
@@ -232,57 +279,208 @@ def run_report(results: str, output: str, timeout: float = 3600,
         stdout, stderr = out.read(), err.read()
     if proc.returncode != 0:
         raise RuntimeError(f"nibt-report failed ({proc.returncode}): {stderr[-3000:]}")
-    return {"seconds": seconds, "polled_peak_rss_mb": peak_kb / 1024, "summary": json.loads(stdout)}
+    return {"seconds": seconds, "tree_peak_rss_mb": peak_kb / 1024,
+            "cpu_seconds": sum(cpu.values()), "driver_cpu_seconds": cpu.get(proc.pid, 0.0),
+            "load_before": load, "summary": json.loads(stdout)}
 
 
-def _vmhwm_kb(pid: int) -> int:
+def _cpu_s(pid: int) -> float | None:
+    """User and system CPU seconds of ``pid`` so far (None once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _tree(pid: int) -> list[int]:
+    """``pid`` and its descendants."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as f:
+                    todo += [int(c) for c in f.read().split()]
+        except OSError:
+            pass
+    return out
+
+
+def _rss_kb(pid: int) -> int:
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
-                if line.startswith("VmHWM:"):
+                if line.startswith("VmRSS:"):
                     return int(line.split()[1])
     except OSError:
         pass
     return 0
 
 
+def _ints(name: str, default: str) -> list[int]:
+    return [int(x) for x in os.environ.get(name, default).split(",") if x.strip() and int(x)]
+
+
+def one_run(results: str, out: str, rows: int, part_rows: int, workers: int,
+            store: str = "local", args: Sequence[str] = (), env: dict | None = None) -> dict:
+    """One report and its figures."""
+    r = run_report(results, out, args=[f"report.workers={workers}", *args], env=env)
+    summary = r["summary"]
+    report = json.loads(Path(out, "report.json").read_text())
+    suspects = [p["word"] for p in report["space"]["suspects"]]
+    used = summary["workers"]
+    return {
+        "rows": rows, "part_rows": part_rows, "parts": -(-rows // part_rows), "store": store,
+        "workers": used, "seconds": round(r["seconds"], 1),
+        "rows_per_s": round(rows / r["seconds"]),
+        "rows_per_s_per_worker": round(rows / r["seconds"] / used),
+        "cpu_seconds": round(r["cpu_seconds"], 1),
+        "driver_cpu_seconds": round(r["driver_cpu_seconds"], 1),
+        "rows_per_cpu_s": round(rows / max(r["cpu_seconds"], 1e-9)),
+        "load_average_before": round(r["load_before"], 2),
+        "step_seconds": summary["seconds"],
+        "peak_rss_mb": round(r["tree_peak_rss_mb"], 1),
+        "driver_peak_rss_mb": summary["peak_rss_mb"],
+        "workers_peak_rss_mb": summary["workers_peak_rss_mb"],
+        "distinct_words": report["words"]["distinct"], "flagged": summary["flagged"],
+        "planted_shortcut_found": bool(suspects) and suspects[0] == SHORTCUT,
+    }
+
+
+def _workers(results: str) -> tuple[int, ...]:
+    """1 and 2 workers; 1 alone when the results make one task (2 would run as 1)."""
+    entries = read_manifest(results)["parts"]
+    return (1, 2) if len(cut(entries)) > 1 else (1,)
+
+
+def local_runs(tmp: Path, rows_grid: list[int], part_grid: list[int], out: dict) -> None:
+    """Reports of local results into ``out["runs"]``: each size and part size with 1 and 2
+    workers; at the smallest size alternated 1, 2, 2, 1 (the machine is shared: its load
+    moves)."""
+    for rows in rows_grid:
+        for part_rows in part_grid:
+            res = str(tmp / f"res-{rows}-{part_rows}")
+            make_results(res, rows, None, part_rows=part_rows, tail=rows // 20, processes=2)
+            order = _workers(res)
+            if rows == min(rows_grid) and len(order) == 2:
+                order = (1, 2, 2, 1)
+            for i, workers in enumerate(order):
+                out["runs"].append(one_run(res, str(tmp / f"out-{rows}-{part_rows}-{i}"), rows,
+                                           part_rows, workers))
+                _progress(out)
+            shutil.rmtree(res, ignore_errors=True)
+
+
+def _progress(out: dict) -> None:
+    """The figures so far into ``NIBT_BENCH_REPORT_PROGRESS`` (a file), when set: a run that
+    ends early keeps what it measured."""
+    path = os.environ.get("NIBT_BENCH_REPORT_PROGRESS")
+    if path:
+        Path(path).write_text(json.dumps(out, indent=1))
+
+
+def remote_runs(tmp: Path, rows: int, part_grid: list[int], delay_ms: float) -> list[dict]:
+    """Reports of results in a local S3 store ``delay_ms`` away, and its GETs per part."""
+    import s3fs
+
+    from pipeline.devtools.s3local import LOCAL_S3_ENV, StoreControl, local_s3
+
+    runs = []
+    with local_s3() as url:
+        store = StoreControl(url)
+        fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": url}, **_creds(LOCAL_S3_ENV))
+        fs.mkdir("nibt-bench")
+        for part_rows in part_grid:
+            res = str(tmp / f"res-{rows}-{part_rows}")
+            make_results(res, rows, None, part_rows=part_rows, tail=rows // 20, processes=2)
+            key = f"nibt-bench/res-{part_rows}"
+            fs.put(res + "/", key, recursive=True)
+            store.set_delay(delay_ms)
+            alone = _store_alone(fs, key)
+            for workers in _workers(res):
+                store.set_delay(delay_ms)
+                store.reset()
+                run = one_run(f"s3://{key}", str(tmp / f"s3-{part_rows}-{workers}"), rows,
+                              part_rows, workers, f"S3, {delay_ms:g} ms a request",
+                              [f"storage.endpoint_url={url}"], LOCAL_S3_ENV)
+                gets = [n for (op, k), n in store.requests().items()
+                        if op == "GET" and k.startswith(f"{key}/parts/")]
+                heads = store.count("HEAD", f"{key}/parts/")
+                store.set_delay(0)
+                runs.append({**run, "gets_per_part_max": max(gets, default=0),
+                             "gets_per_part_min": min(gets, default=0), "heads_on_parts": heads,
+                             "store_alone_seconds": alone})
+            fs.rm(key, recursive=True)
+            shutil.rmtree(res, ignore_errors=True)
+    return runs
+
+
+def _store_alone(fs: Any, key: str) -> float:
+    """Seconds the store takes to serve every part object once, 16 GETs in flight, nothing
+    done with them: the peer of a pass over the same parts."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    paths = sorted(fs.find(f"{key}/parts"))
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda p: len(fs.cat_file(p, max_concurrency=1)), paths))
+    return round(time.perf_counter() - t0, 2)
+
+
+def _creds(env: dict[str, str]) -> dict[str, str]:
+    return {"key": env["AWS_ACCESS_KEY_ID"], "secret": env["AWS_SECRET_ACCESS_KEY"]}
+
+
+def memory_run(tmp: Path, rows: int, part_rows: int) -> dict:
+    """One report of ``rows`` rows with 2 workers, for its peak memory."""
+    res = str(tmp / "res-memory")
+    make_results(res, rows, None, part_rows=part_rows, tail=rows // 20, processes=2)
+    try:
+        return one_run(res, str(tmp / "out-memory"), rows, part_rows, 2)
+    finally:
+        shutil.rmtree(res, ignore_errors=True)
+
+
+def compare_run(tmp: Path, rows: int) -> dict:
+    """The comparison of ``rows`` rows with ``rows`` (one planted change), 2 workers, and
+    the plain report of the same results as its peer."""
+    res, base = str(tmp / "cmp-res"), str(tmp / "cmp-base")
+    make_results(res, rows, None, part_rows=10_000, processes=2)
+    make_results(base, rows, None, part_rows=10_000, seed=1, bias={"woman": 0.0}, processes=2)
+    plain = one_run(res, str(tmp / "cmp-plain"), rows, 10_000, 2)
+    r = run_report(res, str(tmp / "cmp-out"), baseline=base, args=["report.workers=2"])
+    comparison = json.loads((tmp / "cmp-out" / "report.json").read_text())["comparison"]
+    words = [f for f in comparison["findings"] if f["kind"] == "word"]
+    return {"rows": [rows, rows], "seconds": round(r["seconds"], 1),
+            "peak_rss_mb": round(r["tree_peak_rss_mb"], 1), "report_seconds": plain["seconds"],
+            "vs_report": round(r["seconds"] / plain["seconds"], 2),
+            "findings": len(comparison["findings"]),
+            "planted_word_change_found": bool(words) and "\u201cwoman\u201d" in words[0]["text"]}
+
+
 def run() -> dict:
-    """Generate the results sets, build the report and the comparison, return the figures."""
-    rows = int(os.environ.get("NIBT_BENCH_REPORT_ROWS", 1_000_000))
-    parts = max(1, min(100, rows // 10_000))
+    """Every figure of the report at scale (sizes from the environment, see the module)."""
+    rows_grid = _ints("NIBT_BENCH_REPORT_ROWS", "1000000,10000000")
+    part_grid = _ints("NIBT_BENCH_REPORT_PART_ROWS", "1024,10000")
+    remote = _ints("NIBT_BENCH_REPORT_REMOTE_ROWS", "1000000")
+    memory = _ints("NIBT_BENCH_REPORT_MEMORY_ROWS", "50000000")
+    compare = _ints("NIBT_BENCH_REPORT_COMPARE_ROWS", "1000000")
     tmp = Path(tempfile.mkdtemp(prefix="nibt-bench-report-"))
     try:
-        t0 = time.perf_counter()
-        make_results(str(tmp / "results"), rows, parts)
-        gen_s = time.perf_counter() - t0
-        make_results(str(tmp / "baseline"), rows, parts, seed=1, bias={"woman": 0.0})
-        size = sum(f.stat().st_size for f in (tmp / "results").rglob("*.parquet"))
-        r = run_report(str(tmp / "results"), str(tmp / "report"))
-        report = json.loads((tmp / "report" / "report.json").read_text())
-        peak = max(r["polled_peak_rss_mb"], r["summary"].get("peak_rss_mb") or 0.0)
-        suspects = [p["word"] for p in report["space"]["suspects"]]
-        c = run_report(str(tmp / "results"), str(tmp / "compare"),
-                       baseline=str(tmp / "baseline"))
-        comparison = json.loads((tmp / "compare" / "report.json").read_text())["comparison"]
-        c_peak = max(c["polled_peak_rss_mb"], c["summary"].get("peak_rss_mb") or 0.0)
-        words = [f for f in comparison["findings"] if f["kind"] == "word"]
-        return {
-            "rows": rows, "parts": parts, "results_mb": round(size / 2**20, 1),
-            "generate_seconds": round(gen_s, 1),
-            "report_seconds": round(r["seconds"], 1),
-            "report_rows_per_s": round(rows / r["seconds"]),
-            "report_peak_rss_mb": round(peak, 1),
-            "rows_ok": report["overview"]["rows_ok"],
-            "planted_shortcut_found": bool(suspects) and suspects[0] == SHORTCUT,
-            "findings": len(report["findings"]),
-            "within_bar": r["seconds"] < LIMIT_S and peak < LIMIT_MB,
-            "compare_rows": [rows, rows],
-            "compare_seconds": round(c["seconds"], 1),
-            "compare_peak_rss_mb": round(c_peak, 1),
-            "compare_vs_report_seconds": round(c["seconds"] / r["seconds"], 2),
-            "compare_findings": len(comparison["findings"]),
-            "planted_word_change_found": bool(words) and "\u201cwoman\u201d" in words[0]["text"],
-            "compare_within_bar": c["seconds"] < LIMIT_S and c_peak < LIMIT_MB,
-        }
+        out: dict = {"cores": available_cores(), "runs": []}
+        local_runs(tmp, rows_grid, part_grid, out)
+        if remote:
+            out["runs"] += remote_runs(tmp, remote[0], part_grid, DELAY_MS)
+            _progress(out)
+        if compare:
+            out["compare"] = compare_run(tmp, compare[0])
+            _progress(out)
+        if memory:
+            out["memory"] = memory_run(tmp, memory[0], 10_000)
+            _progress(out)
+        return out
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -4,30 +4,38 @@
     nibt-report results=<audit> baseline=<earlier audit> output=<dir>   # and what changed
     nibt-report results=<root>/dt=2026-11-29 baseline=previous output=<dir>
 
+    nibt-report results=... output=... cluster=existing               # passes on a Ray cluster
+
 ``baseline=previous`` compares with the latest earlier ``dt=`` sibling of
 ``results`` that has ``_SUCCESS`` (none: a plain report, and the log says so).
+The passes run in a worker process per core (``report.workers``), or with
+``cluster=existing`` (``cluster=local``: an embedded Ray) as Ray tasks.
 
-Exit codes: 0 report written, 2 bad configuration or unreadable results,
-1 unexpected crash. Logs go to stderr (and the Hydra run dir); stdout carries
-only a short JSON summary.
+Exit codes: 0 report written, 2 bad configuration or no manifest, 4 a part that
+cannot be read (named; nothing published), 1 unexpected crash. Logs go to stderr
+(and the Hydra run dir); stdout carries only a short JSON summary.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import sys
 
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.cli.app import CONF_DIR, EXIT_OK, guarded, instantiate_group, run_app
 from pipeline.config import ConfigError, StorageSettings
+from pipeline.io.results import PartUnreadable
 from pipeline.job.procstats import peak_rss_mb
 from pipeline.report.build import build_report
 from pipeline.report.compare import previous_success
 from pipeline.report.settings import ReportSettings
 
-__all__ = ["CONF_DIR", "main", "run_from_config", "settings_from_config"]
+__all__ = ["CONF_DIR", "EXIT_UNREADABLE", "main", "run_from_config", "settings_from_config"]
 log = logging.getLogger("nibt-report")
+#: A part of the results (or of the baseline) could not be read: no report was published.
+EXIT_UNREADABLE = 4
 
 
 def settings_from_config(cfg: DictConfig) -> tuple[ReportSettings, StorageSettings]:
@@ -63,10 +71,26 @@ def run_from_config(cfg: DictConfig) -> int:
             raise ConfigError("results and output are required: nibt-report results=... output=...")
         settings, storage = settings_from_config(cfg)
         baseline = resolve_baseline(cfg, storage)
-        report = build_report(str(cfg.results), str(cfg.output), settings, storage, baseline)
+        executor = None
+        if cfg.get("cluster") is not None:
+            from pipeline.cli.report_ray import RayPool
+
+            executor = RayPool(instantiate_group(cfg, "cluster"))
+        stats: dict = {}
+        try:
+            report = build_report(str(cfg.results), str(cfg.output), settings, storage, baseline,
+                                  executor, stats)
+        except PartUnreadable as e:
+            log.error("report not published: %s", e)
+            print(f"nibt-report: {e}; no report was published", file=sys.stderr)
+            return EXIT_UNREADABLE
+        finally:
+            if executor is not None:
+                executor.close()
         out = str(cfg.output).rstrip("/")
         peak = peak_rss_mb()
-        log.info("report: peak RSS %.0f MiB", peak)
+        log.info("report: peak RSS %.0f MiB here, %.0f MiB in %d worker(s)", peak,
+                 stats.get("workers_peak_rss_mb", 0.0), stats.get("workers", 1))
         comparison = report.get("comparison")
         print(json.dumps({
             "output": out, "files": [f"{out}/report.html", f"{out}/report.json",
@@ -77,6 +101,9 @@ def run_from_config(cfg: DictConfig) -> int:
             "baseline": baseline,
             "changes": [f["text"] for f in comparison["findings"]] if comparison else None,
             "flagged": report["flags"]["rows"], "peak_rss_mb": peak,
+            "workers": stats.get("workers", 1),
+            "workers_peak_rss_mb": stats.get("workers_peak_rss_mb", 0.0),
+            "seconds": stats.get("seconds", {}),
         }, indent=2, ensure_ascii=False))
         return EXIT_OK
 

@@ -1,10 +1,15 @@
 """The report's first pass: everything that one streaming read of the results can count.
 
 ``Aggregator.add(table, part)`` takes one results part at a time and keeps only
-running sums, fixed-size histograms, seeded reservoirs and the few pointers of
-pairs to review, so memory does not grow with the number of rows (the word
-table grows with the number of distinct words). Only ``status == "ok"`` rows
-enter the statistics; the others are counted with their errors.
+running sums, fixed-size histograms, seeded reservoirs and the few pairs to
+review, so memory does not grow with the number of rows (the word table grows
+with the number of distinct words). Only ``status == "ok"`` rows enter the
+statistics; the others are counted with their errors.
+
+Aggregators of consecutive runs of parts ``merge`` into the aggregator of all of
+them: counts, histograms, reservoirs, the pairs to review and the error kinds
+exactly as one aggregator reading every part would have them, moments to
+rounding (``stats.Moments.merge``). So the parts can be read by many workers.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -20,7 +26,7 @@ import pyarrow.compute as pc
 
 from pipeline.report.regions import Grid, first_grid, maps_of, positive_maps, region_shares
 from pipeline.report.settings import GroupFamily, ReportSettings
-from pipeline.report.stats import Moments, Reservoir, stable_seed
+from pipeline.report.stats import Moments, Reservoir, part_keys
 from pipeline.report.tokens import FamilyMatcher, Matcher, part_words
 
 __all__ = ["Aggregator", "Matcher", "error_kind"]
@@ -29,9 +35,12 @@ METRICS = ("img_conf_drop", "img_conf_incr", "txt_conf_drop", "txt_conf_incr")
 GROUP_METRICS = ("score", "term_attr", "term_share")
 #: Fixed score histogram bins over the cosine range (0.005 wide), so parts add up exactly.
 SCORE_EDGES = np.linspace(-1.0, 1.0, 401)
-COLUMNS = ["id", "status", "error", "score", "image_attr", "grid_h", "grid_w",
+COLUMNS = ["id", "source", "row", "status", "error", "score", "image_attr", "grid_h", "grid_w",
            "image_cls_share", "tokens", "text_attr", "text_eot_share", "caption_truncated",
            *METRICS]
+#: What the report shows of a pair to review (kept with the pair from the first pass on).
+ROW_COLUMNS = ["id", "source", "row", "status", "score", "image_attr", "grid_h", "grid_w",
+               "tokens", "text_attr"]
 MAX_ERROR_KINDS = 200
 
 
@@ -40,16 +49,30 @@ def error_kind(message: str | None) -> str:
     return re.sub(r"\d+", "#", str(message or "(no message)"))[:160]
 
 
+def score_bins(values: np.ndarray) -> np.ndarray:
+    """Each value's bin of ``SCORE_EDGES`` (values clipped to [-1, 1], the last bin closed);
+    -1 for NaN and infinities."""
+    v = np.asarray(values, dtype=np.float64)
+    ok = np.isfinite(v)
+    out = np.full(v.shape, -1, np.int64)
+    b = np.searchsorted(SCORE_EDGES, np.clip(v[ok], -1.0, 1.0), side="right") - 1
+    out[ok] = np.minimum(b, SCORE_EDGES.size - 2)
+    return out
+
+
 def score_hist(values: np.ndarray) -> np.ndarray:
-    v = np.clip(values[np.isfinite(values)], -1.0, 1.0)
-    return np.histogram(v, bins=SCORE_EDGES)[0].astype(np.int64)
+    """Counts of finite values per bin of ``SCORE_EDGES``."""
+    b = score_bins(values)
+    return np.bincount(b[b >= 0], minlength=SCORE_EDGES.size - 1).astype(np.int64)
 
 
 class Vocabulary:
     """Running per-word sums; memory grows with distinct words, not with rows.
 
     The sums of squares give each word's variance of attribution and share, so a
-    comparison of two audits can put an interval on a word's change.
+    comparison of two audits can put an interval on a word's change. Adding a
+    part's (or another vocabulary's) sums costs time in proportion to its own
+    words, not to the vocabulary's size: the arrays grow by doubling.
     """
 
     FIELDS = ("count", "attr_sum", "negative", "share_sum", "pairs", "attr_sq", "share_sq")
@@ -57,9 +80,16 @@ class Vocabulary:
     def __init__(self) -> None:
         self.index: dict[str, int] = {}
         self.words: list[str] = []
-        self.sums = {f: np.zeros(0) for f in self.FIELDS}
+        self._sums = np.zeros((len(self.FIELDS), 0))
+
+    @property
+    def sums(self) -> dict[str, np.ndarray]:
+        """Each field's sums, one per word (views)."""
+        n = len(self.words)
+        return {f: self._sums[i, :n] for i, f in enumerate(self.FIELDS)}
 
     def ids(self, words: Iterable[str]) -> list[int]:
+        """Vocabulary ids of ``words``, new words appended in order."""
         out = []
         for w in words:
             i = self.index.get(w)
@@ -69,39 +99,77 @@ class Vocabulary:
             out.append(i)
         return out
 
-    def add(self, ids: np.ndarray, attrs: np.ndarray, shares: np.ndarray,
-            pair_ids: np.ndarray) -> None:
-        """Add word uses (vocabulary ids, attributions, shares) and each pair's distinct ids."""
+    def add_sums(self, words: list[str], sums: np.ndarray) -> None:
+        """Add ``sums`` (``FIELDS`` x distinct ``words``) to those words' sums."""
+        ids = np.asarray(self.ids(words), np.int64)
         n = len(self.words)
+        if n > self._sums.shape[1]:
+            grown = np.zeros((len(self.FIELDS), max(n, 2 * self._sums.shape[1], 64)))
+            grown[:, : self._sums.shape[1]] = self._sums
+            self._sums = grown
+        self._sums[:, ids] += sums
+
+    def add(self, words: list[str], word: np.ndarray, attrs: np.ndarray, shares: np.ndarray,
+            pair_words: np.ndarray) -> None:
+        """Add word uses (index into ``words``, attribution, share) and each pair's distinct
+        words (indices into ``words``)."""
+        n = len(words)
         a = np.asarray(attrs, dtype=np.float64)
         sh = np.asarray(shares, dtype=np.float64)
-        i = np.asarray(ids, dtype=np.int64)
-        add = {"count": np.bincount(i, minlength=n),
-               "attr_sum": np.bincount(i, weights=a, minlength=n),
-               "negative": np.bincount(i, weights=(a < 0).astype(np.float64), minlength=n),
-               "share_sum": np.bincount(i, weights=sh, minlength=n),
-               "pairs": np.bincount(np.asarray(pair_ids, dtype=np.int64), minlength=n),
-               "attr_sq": np.bincount(i, weights=a * a, minlength=n),
-               "share_sq": np.bincount(i, weights=sh * sh, minlength=n)}
-        for f, v in add.items():
-            old = self.sums[f]
-            self.sums[f] = np.concatenate([old, np.zeros(n - old.size)]) + v
+        i = np.asarray(word, dtype=np.int64)
+        self.add_sums(words, np.stack([
+            np.bincount(i, minlength=n), np.bincount(i, weights=a, minlength=n),
+            np.bincount(i, weights=(a < 0).astype(np.float64), minlength=n),
+            np.bincount(i, weights=sh, minlength=n),
+            np.bincount(np.asarray(pair_words, dtype=np.int64), minlength=n),
+            np.bincount(i, weights=a * a, minlength=n),
+            np.bincount(i, weights=sh * sh, minlength=n)]).astype(np.float64))
+
+    def merge(self, other: Vocabulary) -> None:
+        """Add a vocabulary of later parts (its new words follow in its order)."""
+        if other.words:
+            self.add_sums(other.words, other._sums[:, : len(other.words)])
 
 
 class TopN:
-    """The ``n`` smallest values seen, with (part, row) pointers; ties by position."""
+    """The ``n`` smallest values seen, with (part, row) pointers and the rows themselves
+    (``ROW_COLUMNS``); ties by position."""
 
     def __init__(self, n: int) -> None:
         self.n = n
         self.values, self.parts, self.rows = np.empty(0), np.empty(0, np.int64), np.empty(0, np.int64)
+        self.data: dict[tuple[int, int], dict[str, Any]] = {}
 
-    def add(self, values: np.ndarray, part: int, rows: np.ndarray) -> None:
-        ok = np.isfinite(values)
-        v = np.concatenate([self.values, values[ok]])
-        p = np.concatenate([self.parts, np.full(int(ok.sum()), part, dtype=np.int64)])
-        r = np.concatenate([self.rows, rows[ok].astype(np.int64)])
+    def add(self, values: np.ndarray, parts: np.ndarray, rows: np.ndarray,
+            table: pa.Table | None = None, at: np.ndarray | None = None) -> None:
+        """Add values at (``parts``, ``rows``) pointers; with ``table``, keep the rows
+        themselves (row ``at[i]`` of ``table`` for value ``i``)."""
+        ok = np.flatnonzero(np.isfinite(values))
+        if ok.size > 4 * self.n > 0:  # the n smallest and their ties, before sorting
+            ok = ok[values[ok] <= np.partition(values[ok], self.n - 1)[self.n - 1]]
+        ok = ok[np.lexsort((rows[ok], parts[ok], values[ok]))[: self.n]]
+        self._keep(values[ok], parts[ok].astype(np.int64), rows[ok].astype(np.int64))
+        if table is not None:
+            kept = set(zip(self.parts.tolist(), self.rows.tolist()))
+            take = [i for i in ok.tolist() if (int(parts[i]), int(rows[i])) in kept]
+            if take:
+                got = table.select(ROW_COLUMNS).take(pa.array(at[take])).to_pylist()
+                for i, d in zip(take, got):
+                    self.data[(int(parts[i]), int(rows[i]))] = d
+
+    def _keep(self, values: np.ndarray, parts: np.ndarray, rows: np.ndarray) -> None:
+        v = np.concatenate([self.values, values])
+        p = np.concatenate([self.parts, parts])
+        r = np.concatenate([self.rows, rows])
         keep = np.lexsort((r, p, v))[: self.n]
         self.values, self.parts, self.rows = v[keep], p[keep], r[keep]
+        kept = set(zip(self.parts.tolist(), self.rows.tolist()))
+        self.data = {k: d for k, d in self.data.items() if k in kept}
+
+    def merge(self, other: TopN) -> None:
+        """Add another TopN (of other parts)."""
+        self.data.update(other.data)
+        self._keep(other.values, other.parts, other.rows)
 
     def pointers(self) -> list[tuple[int, int, float]]:
         return [(int(p), int(r), float(v)) for p, r, v in zip(self.parts, self.rows, self.values)]
@@ -128,14 +196,40 @@ class GroupAcc:
         self.moments[metric].add(values)
         self.reservoirs[metric].add(values, keys)
 
+    def merge(self, other: GroupAcc) -> None:
+        """Add the same group's statistics over later parts."""
+        for m in GROUP_METRICS:
+            self.moments[m].merge(other.moments[m])
+            self.reservoirs[m].merge(other.reservoirs[m])
+        self.hist += other.hist
+        if other.map_sum is not None:
+            self.map_sum = other.map_sum.copy() if self.map_sum is None \
+                else self.map_sum + other.map_sum
+        self.map_n += other.map_n
+        self.border.merge(other.border)
+        self.corner.merge(other.corner)
+        self.pairs += other.pairs
+
+
+class GridConflict(Exception):
+    """Parts aggregated under another patch grid than the results' first one."""
+
 
 class Aggregator:
-    """Pass one over the results: overview, words, groups, dataset maps, review pointers."""
+    """Pass one over the results: overview, words, groups, dataset maps, pairs to review.
 
-    def __init__(self, settings: ReportSettings, families: list[GroupFamily]) -> None:
+    ``grid`` fixes the patch grid (else the first part with a map sets it);
+    ``capped=False`` keeps every error kind, not only the first ``MAX_ERROR_KINDS``
+    (an aggregator of some of the parts, whose merge applies the cap as one
+    aggregator of all of them would).
+    """
+
+    def __init__(self, settings: ReportSettings, families: list[GroupFamily],
+                 grid: Grid | None = None, capped: bool = True) -> None:
         self.s = settings
         self.families = families
         self.matchers = [FamilyMatcher(f) for f in families]
+        self.capped = capped
         self.rows = 0
         self.status: Counter = Counter()
         self.errors: dict[str, list] = {}  # kind -> [count, example ids]
@@ -149,8 +243,9 @@ class Aggregator:
         self.vocab = Vocabulary()
         self.groups = [[GroupAcc(settings.bootstrap_reservoir) for _ in f.names] for f in families]
         self.overlap = [0 for _ in families]
-        self.grid: Grid | None = None
+        self.grid: Grid | None = grid
         self.grid_mismatch = 0
+        self.unplaced = 0  # rows with a map seen before any grid was known
         self.map_sum: np.ndarray | None = None
         self.map_n = 0
         self.pos_sum: np.ndarray | None = None
@@ -160,40 +255,97 @@ class Aggregator:
         self.lowest = TopN(settings.review_pairs)
         self.negative = TopN(settings.review_pairs)
 
-    def consume(self, tables: Iterable[pa.Table]) -> Aggregator:
-        """Add each table in turn (part index = position); nothing is concatenated."""
-        for part, table in enumerate(tables):
+    def consume(self, tables: Iterable[pa.Table], first: int = 0) -> Aggregator:
+        """Add each table in turn (part index = ``first`` + position); nothing is
+        concatenated."""
+        for part, table in enumerate(tables, first):
             self.add(table, part)
         return self
 
-    def add(self, table: pa.Table, part: int) -> None:
-        """Add one results part; ``part`` (its manifest index) goes into review pointers."""
-        self.rows += table.num_rows
+    def add(self, table: pa.Table, part: int | np.ndarray, pos: np.ndarray | None = None) -> None:
+        """Add one results part (``part``: its manifest index), or consecutive parts joined
+        (``part`` and ``pos``: each row's part and row in it; review pointers and sample
+        keys come from them, so they are the same either way)."""
+        n = table.num_rows
+        parts = np.full(n, part, np.int64) if np.ndim(part) == 0 else np.asarray(part, np.int64)
+        pos = np.arange(n, dtype=np.int64) if pos is None else np.asarray(pos, np.int64)
+        self.rows += n
         status = table.column("status")
         self.status.update(_counts(status))
         ok = pc.equal(status, "ok").fill_null(False).to_numpy(zero_copy_only=False)
-        self._errors(table.filter(pa.array(~ok)))
-        rows = np.flatnonzero(ok)
-        t = table.filter(pa.array(ok))
-        if t.num_rows == 0:
+        self._errors(table.select(["id", "error"]).filter(pa.array(~ok)))
+        rows = np.flatnonzero(ok)  # the ok rows: what the statistics index (nothing is copied)
+        if rows.size == 0:
             return
-        score = _floats(t, "score")
+        score = _floats(table, "score")[rows]
         self.score.add(score)
         self.hist += score_hist(score)
         for m in METRICS:
-            self.metrics[m].add(_floats(t, m))
-        self.cls_share.add(_floats(t, "image_cls_share"))
-        self.eot_share.add(_floats(t, "text_eot_share"))
-        self.truncated += int(pc.sum(t.column("caption_truncated").fill_null(False)).as_py() or 0)
-        keys = np.random.default_rng(stable_seed(self.s.seed, "reservoir", part)).random(t.num_rows)
-        members, min_attr = self._words(t)
-        self.lowest.add(score, part, rows)
-        self.negative.add(min_attr, part, rows)
-        map_row, maps = self._maps(t)
+            self.metrics[m].add(_floats(table, m)[rows])
+        self.cls_share.add(_floats(table, "image_cls_share")[rows])
+        self.eot_share.add(_floats(table, "text_eot_share")[rows])
+        self.truncated += int(table.column("caption_truncated").fill_null(False).to_numpy(
+            zero_copy_only=False)[rows].sum())
+        keys = part_keys(self.s.seed, "reservoir", parts[rows])
+        members, min_attr = self._words(table, ok)
+        self.lowest.add(score, parts[rows], pos[rows], table, rows)
+        self.negative.add(min_attr, parts[rows], pos[rows], table, rows)
+        map_row, maps = self._maps(table, ok)
         for fi, fam in enumerate(members):
             for gi, (idx, term_attr, term_share) in enumerate(fam):
                 self._group(self.groups[fi][gi], idx, term_attr, term_share, score, keys,
                             map_row, maps)
+
+    def merge(self, other: Aggregator) -> None:
+        """Add the aggregator of the parts that follow this one's (``GridConflict`` when
+        ``other`` placed maps on another grid: aggregate its parts again with ``grid``)."""
+        if other.grid is not None and self.grid is not None and other.grid != self.grid:
+            raise GridConflict(f"{other.grid} after {self.grid}")
+        if self.grid is not None:
+            self.grid_mismatch += other.grid_mismatch + other.unplaced
+        else:
+            self.grid, self.grid_mismatch = other.grid, other.grid_mismatch
+            self.unplaced += other.unplaced
+        self.rows += other.rows
+        self.status.update(other.status)
+        self._merge_errors(other)
+        for mine, theirs in ((self.score, other.score), (self.cls_share, other.cls_share),
+                             (self.eot_share, other.eot_share), (self.border, other.border),
+                             (self.corner, other.corner),
+                             *((self.metrics[m], other.metrics[m]) for m in METRICS)):
+            mine.merge(theirs)
+        self.hist += other.hist
+        self.truncated += other.truncated
+        self.skipped_tokens += other.skipped_tokens
+        self.vocab.merge(other.vocab)
+        for fi in range(len(self.families)):
+            self.overlap[fi] += other.overlap[fi]
+            for mine_g, theirs_g in zip(self.groups[fi], other.groups[fi]):
+                mine_g.merge(theirs_g)
+        if other.map_sum is not None:
+            if self.map_sum is None:
+                self.map_sum, self.pos_sum = np.zeros_like(other.map_sum), np.zeros_like(other.pos_sum)
+                self.top_counts = np.zeros_like(other.top_counts)
+            self.map_sum += other.map_sum
+            self.pos_sum += other.pos_sum
+            self.top_counts += other.top_counts
+        self.map_n += other.map_n
+        self.space_n += other.space_n
+        self.lowest.merge(other.lowest)
+        self.negative.merge(other.negative)
+
+    def _merge_errors(self, other: Aggregator) -> None:
+        """Error kinds of later parts, in their order of first appearance, under the cap."""
+        self.errors_other += other.errors_other
+        for kind, (count, examples) in other.errors.items():
+            entry = self.errors.get(kind)
+            if entry is None:
+                if self.capped and len(self.errors) >= MAX_ERROR_KINDS:
+                    self.errors_other += count
+                    continue
+                entry = self.errors[kind] = [0, []]
+            entry[0] += count
+            entry[1] += examples[: max(0, self.s.errors_examples - len(entry[1]))]
 
     def _errors(self, bad: pa.Table) -> None:
         """Count failed rows by error kind (kinds in order of first appearance), keep examples."""
@@ -213,7 +365,7 @@ class Aggregator:
         for k in sorted(range(len(names)), key=lambda k: order[firsts[k]]):
             entry = self.errors.get(names[k])
             if entry is None:
-                if len(self.errors) >= MAX_ERROR_KINDS:
+                if self.capped and len(self.errors) >= MAX_ERROR_KINDS:
                     self.errors_other += int(counts[k])
                     continue
                 entry = self.errors[names[k]] = [0, []]
@@ -223,22 +375,21 @@ class Aggregator:
                 take = order[firsts[k] : firsts[k] + min(need, int(counts[k]))]
                 entry[1] += [str(x) for x in ids.take(pa.array(take)).to_pylist()]
 
-    def _words(self, t: pa.Table) -> tuple[list, np.ndarray]:
-        """Per-word sums; per family and group: (rows, term attribution, term share)."""
-        n = t.num_rows
+    def _words(self, table: pa.Table, ok: np.ndarray) -> tuple[list, np.ndarray]:
+        """Per-word sums; per family and group: (ok rows, term attribution, term share)."""
+        n = int(ok.sum())
         min_attr = np.full(n, np.nan)
-        pw = part_words(t.column("tokens"), t.column("text_attr"))
+        pw = part_words(table.column("tokens"), table.column("text_attr"), ok)
+        pw.row = (np.cumsum(ok) - 1)[pw.row]  # as indices among the ok rows
         self.skipped_tokens += pw.skipped
         members = [[(np.empty(0, np.int64), np.empty(0), np.empty(0)) for _ in f.names]
                    for f in self.families]
         if pw.word.size == 0:
             return members, min_attr
-        ids = np.asarray(self.vocab.ids(pw.words), np.int64)[pw.word]
         total = np.bincount(pw.row, weights=np.abs(pw.attr), minlength=n)
         safe = np.where(total > 0, total, 1.0)
         share = np.where(total[pw.row] > 0, pw.attr / safe[pw.row], 0.0)
-        pairs = np.unique(pw.row * (len(self.vocab.words) + 1) + ids) % (len(self.vocab.words) + 1)
-        self.vocab.add(ids, pw.attr, share, pairs)
+        self.vocab.add(pw.words, pw.word, pw.attr, share, pw.pair_words())
         starts = pw.starts()
         with_words = pw.row[starts]
         min_attr[with_words] = np.minimum.reduceat(pw.attr, starts)
@@ -260,18 +411,19 @@ class Aggregator:
                 members[fi][-1] = (with_words[per_row[with_words] == 0], np.empty(0), np.empty(0))
         return members, min_attr
 
-    def _maps(self, t: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    def _maps(self, table: pa.Table, ok: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Dataset map sums; returns each ok row's index into the part's maps (-1: none), maps."""
         if self.grid is None:
-            self.grid = first_grid(t)
-        map_row = np.full(t.num_rows, -1, dtype=np.int64)
+            self.grid = first_grid(table, ok)
+        map_row = np.full(int(ok.sum()), -1, dtype=np.int64)
+        has_map = ok & (pc.list_value_length(table.column("image_attr")).fill_null(0)
+                        .to_numpy(zero_copy_only=False) > 0)
         if self.grid is None:
+            self.unplaced += int(has_map.sum())
             return map_row, np.empty((0, 0))
-        maps, valid = maps_of(t, self.grid)
-        self.grid_mismatch += int(
-            (~valid & (pc.list_value_length(t.column("image_attr")).fill_null(0)
-                       .to_numpy(zero_copy_only=False) > 0)).sum())
-        map_row[valid] = np.arange(int(valid.sum()))
+        maps, valid = maps_of(table, self.grid, ok)
+        self.grid_mismatch += int((has_map & ~valid).sum())
+        map_row[valid[ok]] = np.arange(int(valid.sum()))
         if maps.shape[0] == 0:
             return map_row, maps
         cells = self.grid.cells

@@ -1,16 +1,20 @@
 """``build_report``: audit results -> ``report.html``, ``report.json``, ``flags.parquet``,
 ``aggregates/*.parquet``; with a baseline audit, a comparison of the two.
 
-Streaming passes over the parts that one read of the manifest lists (so all
-passes see the same parts even if an audit commits more meanwhile): the first
-aggregates everything but the per-word maps; the second the maps of the words
-frequent enough to be shortcut suspects; a third, only when two or more words
-qualify, checks each candidate without the better ones it appears with; the
-last collects the curation list. Then the few pairs to review are read back by
-pointer, with their input images. A baseline goes through the same passes
-(not the last), with the words either side tracks, so the comparison
-differences aggregates (``compare``). Same results and settings in, same bytes
-out: every sample is seeded and nothing reads the clock.
+Three passes over the parts that one read of the manifest lists (so all passes
+see the same parts even if an audit commits more meanwhile), each spread over
+workers (``pool``; ``report.workers``) and merged in order (``passes``): the
+first aggregates everything but the per-word maps and keeps the pairs to
+review by score and by word attribution; the second the maps of the words
+frequent enough to be shortcut suspects; the last checks each candidate
+without the better ones it appears with, collects the curation list and the
+rows of the suspects' example pairs. Then the input images of the few pairs to
+review are read. A baseline goes through the same passes (its last one only
+when two or more words are candidates), with the words either side tracks, so
+the comparison differences aggregates (``compare``). Same results and settings
+in, same bytes out, however many workers: every sample is seeded, the tasks
+depend on the manifest alone, and nothing reads the clock. The files are
+written under a temporary prefix and moved into place together (``output``).
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ from __future__ import annotations
 import io
 import json
 import logging
-from collections.abc import Iterator, Sequence
+import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -35,17 +40,17 @@ from pipeline.config import (
 from pipeline.engine.words import merge_words
 from pipeline.io.images import DEFAULT_MAX_PIXELS
 from pipeline.io.manifest import read_manifest
-from pipeline.io.results import iter_parts
-from pipeline.io.storage import filesystem, join, put_atomic
-from pipeline.report import aggregate, flags, space, summary
+from pipeline.report import aggregate, passes, summary
 from pipeline.report.aggregate import Aggregator
 from pipeline.report.compare import Audit, compare, has_success
 from pipeline.report.findings import findings
-from pipeline.report.flags import Flagger
+from pipeline.report.flags import FlagList, FlagScan, low_bin, low_score_pairs
+from pipeline.report.output import Staging
 from pipeline.report.pairview import zoom_images
+from pipeline.report.pool import Executor, InProcess, LocalPool, available_cores
 from pipeline.report.settings import ReportSettings
-from pipeline.report.space import WordSpace
-from pipeline.report.thumbs import fetch_rows, read_images, thumbnail
+from pipeline.report.space import CoOccurrence, WordSpace
+from pipeline.report.thumbs import read_images, thumbnail
 
 log = logging.getLogger("nibt-report")
 REPORT_VERSION = 1
@@ -53,31 +58,17 @@ REPORT_VERSION = 1
 
 def load_manifest(results: str, storage: StorageSettings,
                   setting: str = "results") -> dict[str, Any]:
-    """The results' manifest; ``ConfigError`` (naming ``setting``) when it is missing or not
-    a manifest."""
+    """The results' manifest with its parts (``read_manifest``: the header and the parts
+    table it names, or the inline parts of earlier releases); ``ConfigError`` (naming
+    ``setting``) when it is missing or not a manifest."""
     try:
-        manifest = read_manifest(results, storage)
+        manifest = read_manifest(results, storage, parts=True)
     except Exception as e:
-        raise ConfigError(f"{setting}: cannot read {results}/_manifest.json "
+        raise ConfigError(f"{setting}: cannot read {results}/_manifest.json or its parts table "
                           f"({type(e).__name__}: {e}); is it an nibt-audit output?") from None
     if not isinstance(manifest, dict) or not isinstance(manifest.get("parts"), list):
         raise ConfigError(f"{setting}: {results}/_manifest.json lists no parts")
     return manifest
-
-
-def iter_results(results: str, manifest: dict[str, Any], storage: StorageSettings,
-                 columns: Sequence[str], setting: str = "results") -> Iterator[pa.Table]:
-    """The manifest's parts, one table at a time; an unreadable part is a ConfigError."""
-    parts = iter_parts(results, storage, columns, manifest=manifest)
-    while True:
-        try:
-            table = next(parts)
-        except StopIteration:
-            return
-        except Exception as e:
-            raise ConfigError(f"{setting}: cannot read a part of {results} "
-                              f"({type(e).__name__}: {e})") from None
-        yield table
 
 
 def _clean(obj: Any) -> Any:
@@ -95,52 +86,95 @@ def _clean(obj: Any) -> Any:
     return obj
 
 
+def default_executor(s: ReportSettings, *manifests: dict[str, Any] | None) -> Executor:
+    """``report.workers`` processes (all cores when unset), no more than the largest pass has
+    tasks; in this process when that is one."""
+    n = max((len(passes.cut(m["parts"])) for m in manifests if m is not None), default=1)
+    workers = min(s.workers or available_cores(), n)
+    return LocalPool(workers) if workers > 1 else InProcess()
+
+
 def tracked_words(agg: Aggregator, s: ReportSettings) -> list[str]:
     """Words frequent enough for the spatial pass, most frequent first (capped)."""
-    pairs = agg.vocab.sums["pairs"]
-    cands = [(int(pairs[i]), w) for i, w in enumerate(agg.vocab.words)
-             if pairs[i] >= max(s.shortcut_min_count, 1)
-             and (not s.words_skip_punctuation or summary.has_alnum(w))]
-    cands.sort(key=lambda c: (-c[0], c[1]))
-    return [w for _, w in cands[: s.shortcut_max_words]]
+    pairs, words = agg.vocab.sums["pairs"], agg.vocab.words
+    cand = np.flatnonzero(pairs >= max(s.shortcut_min_count, 1))
+    if s.words_skip_punctuation and cand.size:
+        cand = cand[summary.alnum_mask([words[i] for i in cand])]
+    return [words[i] for i in summary.top_by(cand, -pairs, words.__getitem__,
+                                              s.shortcut_max_words)]
 
 
-def word_spaces(results: str, manifest: dict[str, Any], agg: Aggregator, words: list[str],
-                extra: list[str], s: ReportSettings, storage: StorageSettings,
-                setting: str = "results") -> tuple[WordSpace | None, WordSpace | None, list[dict]]:
-    """The spatial pass: maps of the tracked ``words`` (profiled) and of ``extra`` words
-    (counted for a comparison only), in one read; returns both and the profiles."""
-    if agg.grid is None or not agg.space_n or not (words or extra):
-        return None, None, []
-    log.info("report: spatial pass over %d words of %s", len(words) + len(extra), results)
-    ws = WordSpace(words, agg.grid, s.seed, 4 * max(s.review_suspect_examples, 1)) \
-        if words else None
-    wx = WordSpace(extra, agg.grid, s.seed, 1) if extra else None
-    for part, table in enumerate(iter_results(results, manifest, storage, space.COLUMNS,
-                                              setting)):
-        for w in (ws, wx):
-            if w is not None:
-                w.add(table, part)
-    profiles = ws.profiles(agg.pos_sum / agg.space_n, agg.top_counts / agg.space_n,
-                           s.shortcut_min_count) if ws is not None else []
-    return ws, wx, profiles
+@dataclass
+class Read:
+    """One audit as the passes left it."""
+
+    results: str
+    manifest: dict[str, Any]
+    agg: Aggregator
+    ws: WordSpace | None = None  # its tracked words' maps
+    wx: WordSpace | None = None  # the other side's tracked words' maps (a comparison)
+    profiles: list[dict] | None = None
+    suspects: list[dict] | None = None
+    explained: list[dict] | None = None
+    rows: dict | None = None  # the example pairs' rows, by (part, row)
+    devs: dict | None = None  # summary.group_deviations
+    thumbs: dict | None = None  # the pairs to review: thumbnails and enlarged views by key
+    zooms: dict | None = None
 
 
-def shortcut_suspects(results: str, manifest: dict[str, Any], agg: Aggregator,
-                      profiles: list[dict], s: ReportSettings,
-                      storage: StorageSettings) -> tuple[list[dict], list[dict]]:
-    """Candidates over the threshold, less those explained by a better one they appear with.
+def first(ex: Executor, results: str, manifest: dict[str, Any], s: ReportSettings,
+          storage: StorageSettings) -> Read:
+    """Pass one over an audit: its aggregates."""
+    log.info("report: %d parts in %s", len(manifest["parts"]), results)
+    return Read(results, manifest, passes.first_pass(ex, results, storage, manifest["parts"], s))
 
-    With two or more candidates, one more pass (``space.CoOccurrence``) checks
-    each against the pairs without the candidates already kept.
-    """
-    cands = [p for p in profiles if p["score"] >= s.shortcut_min_excess]
-    cands = cands[: 2 * max(s.shortcut_listed, 1)]
-    if len(cands) < 2 or agg.grid is None:
+
+def spaces(ex: Executor, a: Read, words: list[str], extra: list[str], s: ReportSettings,
+           storage: StorageSettings) -> None:
+    """Pass two: maps of the tracked ``words`` (profiled) and of ``extra`` words (counted for
+    a comparison only)."""
+    a.profiles = []
+    if a.agg.grid is None or not a.agg.space_n or not (words or extra):
+        return
+    log.info("report: spatial pass over %d words of %s", len(words) + len(extra), a.results)
+    work = passes.SpacePass(a.agg.grid, s.seed, 4 * max(s.review_suspect_examples, 1),
+                            words, extra)
+    a.ws, a.wx = passes.space_pass(ex, a.results, storage, a.manifest["parts"], work)
+    if a.ws is not None:
+        a.profiles = a.ws.profiles(a.agg.pos_sum / a.agg.space_n,
+                                   a.agg.top_counts / a.agg.space_n, s.shortcut_min_count)
+
+
+def last(ex: Executor, a: Read, s: ReportSettings, storage: StorageSettings,
+         flag_list: FlagList | None) -> None:
+    """Pass three: shortcut candidates checked against the better ones they appear with;
+    with ``flag_list``, the curation list's rows and the suspects' example rows too."""
+    agg = a.agg
+    cands = _cands(a, s)
+    cooccur = len(cands) >= 2 and agg.grid is not None
+    a.rows = {}
+    if flag_list is None and not cooccur:
+        a.suspects = [dict(p, alone_pairs=p["pairs"], alone_score=p["score"]) for p in cands]
+        a.suspects, a.explained = a.suspects[: s.shortcut_listed], []
+        return
+    pointers = {ptr for p in cands for ptr in a.ws.example_pointers(
+        p["_wid"], p["modal_cell"], s.review_suspect_examples)} if flag_list else set()
+    scan = FlagScan([p["modal_cell"] for p in cands], agg.grid,
+                    low_bin(agg.hist, flag_list.k)) if flag_list is not None else None
+    work = passes.LastPass(agg.grid, [p["word"] for p in cands], cooccur, scan, pointers)
+    log.info("report: last pass over %s", a.results)
+    done = passes.last_pass(ex, a.results, storage, a.manifest["parts"], work, flag_list)
+    a.rows = done.rows
+    a.suspects, a.explained = resolve(agg, cands, done.co, s)
+
+
+def resolve(agg: Aggregator, cands: list[dict], co: CoOccurrence | None,
+            s: ReportSettings) -> tuple[list[dict], list[dict]]:
+    """Candidates over the threshold, less those explained by a better one they appear with
+    (``space.CoOccurrence``, counted when two or more are candidates)."""
+    if co is None:
         return [dict(p, alone_pairs=p["pairs"], alone_score=p["score"]) for p in cands][
             : s.shortcut_listed], []
-    co = space.CoOccurrence([p["word"] for p in cands], agg.grid).consume(
-        iter_results(results, manifest, storage, space.COLUMNS))
     kept, expl = co.resolve(agg.top_counts / agg.space_n, s.shortcut_min_count,
                             s.shortcut_min_excess)
     suspects = [dict(cands[k["index"]], alone_pairs=k["alone_pairs"], alone_score=k["alone_score"])
@@ -170,24 +204,21 @@ def _shards(data: dict[str, Any]) -> DataSettings | None:
     return DataSettings(format="webdataset", **{k: data[k] for k in keys if k in data})
 
 
-def review_section(results: str, manifest: dict[str, Any], agg: Aggregator,
-                   ws: WordSpace | None, suspects: list[dict], s: ReportSettings,
-                   storage: StorageSettings
+def review_section(a: Read, s: ReportSettings, storage: StorageSettings
                    ) -> tuple[dict[str, Any], dict[str, bytes], dict[str, dict[str, Any]]]:
     """The pairs to review (JSON), their thumbnails (PNG bytes by ``thumb`` key) and their
     enlarged views (``pairview.zoom_images`` by the same key)."""
+    agg = a.agg
     lists: list[tuple[str, str, list[tuple[int, int, float]]]] = [
         ("lowest_score", "score", agg.lowest.pointers()),
         ("most_negative", "min_word_attr", agg.negative.pointers()),
     ]
     by_word = []
-    for p in suspects[: s.review_suspects] if ws is not None else []:
-        ptrs = ws.example_pointers(p["_wid"], p["modal_cell"], s.review_suspect_examples)
-        by_word.append((p["word"], [(a, b, float("nan")) for a, b in ptrs]))
-    wanted = [(p, r) for _, _, ptrs in lists for p, r, _ in ptrs]
-    wanted += [(p, r) for _, ptrs in by_word for p, r, _ in ptrs]
-    rows = fetch_rows(results, manifest, wanted, storage) if wanted else {}
-    data = (manifest.get("settings") or {}).get("data") or {}
+    for p in (a.suspects or [])[: s.review_suspects] if a.ws is not None else []:
+        ptrs = a.ws.example_pointers(p["_wid"], p["modal_cell"], s.review_suspect_examples)
+        by_word.append((p["word"], [(x, y, float("nan")) for x, y in ptrs]))
+    rows = {**(a.rows or {}), **agg.lowest.data, **agg.negative.data}
+    data = (a.manifest.get("settings") or {}).get("data") or {}
     images = read_images(sorted({(r["source"], r["row"]) for r in rows.values()}),
                          data.get("image_column") or "image", storage,
                          int(data.get("max_pixels") or DEFAULT_MAX_PIXELS), _shards(data))
@@ -197,19 +228,14 @@ def review_section(results: str, manifest: dict[str, Any], agg: Aggregator,
     def entry(ptr: tuple[int, int, float], key: str) -> dict[str, Any]:
         row = rows[ptr[0], ptr[1]]
         img = images.get((row["source"], row["row"]))
+        pic = img if not isinstance(img, str) else None
+        grid = (row.get("grid_h") or 0, row.get("grid_w") or 0)
         tkey = f"p{ptr[0]}r{ptr[1]}"
         if tkey not in thumbs:
-            thumbs[tkey] = thumbnail(img if not isinstance(img, str) else None,
-                                     row.get("image_attr"),
-                                     (row.get("grid_h") or 0, row.get("grid_w") or 0),
-                                     s.thumbnail_px)
-            zooms[tkey] = zoom_images(img if not isinstance(img, str) else None,
-                                      row.get("image_attr"),
-                                      (row.get("grid_h") or 0, row.get("grid_w") or 0),
-                                      s.zoom_px, 2 * s.zoom_px)
+            thumbs[tkey] = thumbnail(pic, row.get("image_attr"), grid, s.thumbnail_px)
+            zooms[tkey] = zoom_images(pic, row.get("image_attr"), grid, s.zoom_px, 2 * s.zoom_px)
         out = _pair(row, key, ptr[2])
-        out.update(thumb=tkey, image="ok" if img is not None and not isinstance(img, str)
-                   else (img or "image not read"))
+        out.update(thumb=tkey, image="ok" if pic is not None else (img or "image not read"))
         return out
 
     review: dict[str, Any] = {name: [entry(p, key) for p in ptrs] for name, key, ptrs in lists}
@@ -224,14 +250,8 @@ def _parquet(table: pa.Table) -> bytes:
     return buf.getvalue()
 
 
-def _tables(report: dict[str, Any], word_rows: list[dict], ws: WordSpace | None,
-            profiles: list[dict]) -> dict[str, pa.Table]:
-    words = pa.Table.from_pylist(_clean(word_rows), schema=pa.schema([
-        ("word", pa.string()), ("count", pa.int64()), ("pairs", pa.int64()),
-        ("mean_attr", pa.float64()), ("share_negative", pa.float64()),
-        ("mean_share", pa.float64()), ("space_pairs", pa.int64()), ("modal_cell", pa.int32()),
-        ("consistency", pa.float64()), ("baseline", pa.float64()),
-        ("shortcut_score", pa.float64()), ("concentration", pa.float64()), ("kl", pa.float64())]))
+def _tables(report: dict[str, Any], a: Read) -> dict[str, pa.Table]:
+    words = summary.word_table(a.agg, a.profiles or [])
     grows, erows = [], []
     for fam in report["groups"]:
         for g in fam["groups"]:
@@ -252,107 +272,171 @@ def _tables(report: dict[str, Any], word_rows: list[dict], ws: WordSpace | None,
         ("n_a", pa.int64()), ("n_b", pa.int64()), ("mean_a", num), ("mean_b", num),
         ("diff", num), ("ci_low", num), ("ci_high", num), ("cohens_d", num),
         ("cliffs_delta", num), ("gap", pa.bool_())]))
-    regions = summary.regions_table(report["space"], report["groups"], ws, profiles)
+    regions = summary.regions_table(report["space"], report["groups"], a.ws,
+                                     a.profiles or [])
     return {"words": words, "groups": groups, "group_effects": effects, "regions": regions}
 
 
-def _aggregate(results: str, manifest: dict[str, Any], s: ReportSettings,
-               families: list, storage: StorageSettings, setting: str) -> Aggregator:
-    log.info("report: %d parts in %s", len(manifest["parts"]), results)
-    return Aggregator(s, families).consume(
-        iter_results(results, manifest, storage, aggregate.COLUMNS, setting))
+def _checked(name: str, value: Any) -> str:
+    if not value or str(value) == "???":
+        raise ConfigError(f"{name} is required: nibt-report results=... output=...")
+    check_no_credentials(name, str(value))
+    return str(value).rstrip("/")
 
 
 def build_report(results: str, output: str, settings: ReportSettings | None = None,
-                 storage: StorageSettings | None = None,
-                 baseline: str | None = None) -> dict[str, Any]:
+                 storage: StorageSettings | None = None, baseline: str | None = None,
+                 executor: Executor | None = None,
+                 stats: dict[str, Any] | None = None) -> dict[str, Any]:
     """Build the report of the audit ``results`` into ``output``; returns ``report.json``'s dict.
 
     With ``baseline`` (an earlier audit, or the same data under other settings),
-    the report also compares the two (``comparison``). Raises ``ConfigError``
-    for bad settings or unreadable results.
+    the report also compares the two (``comparison``). ``executor`` runs the
+    passes' tasks (default: ``default_executor``); ``stats`` receives how many
+    workers ran them, their summed peak memory and the seconds each step took (none
+    of which goes into the report: it is the same either way). Raises ``ConfigError`` for bad
+    settings or a missing manifest, ``io.results.PartUnreadable`` for a part that
+    cannot be read; either way nothing is published.
     """
-    from pipeline.report.render import render_html
-
     s = settings or ReportSettings()
     storage = storage or StorageSettings()
-    for name, value in (("results", results), ("output", output)):
-        if not value or str(value) == "???":
-            raise ConfigError(f"{name} is required: nibt-report results=... output=...")
-        check_no_credentials(name, str(value))
-    if baseline is not None:
-        check_no_credentials("baseline", str(baseline))
-        baseline = str(baseline).rstrip("/")
-    results, output = str(results).rstrip("/"), str(output).rstrip("/")
-    families = s.families()
+    results, output = _checked("results", results), _checked("output", output)
+    baseline = _checked("baseline", baseline) if baseline is not None else None
     manifest = load_manifest(results, storage)
-    agg = _aggregate(results, manifest, s, families, storage, "results")
     bman = load_manifest(baseline, storage, "baseline") if baseline else None
-    bagg = _aggregate(baseline, bman, s, families, storage, "baseline") if baseline else None
-    words = tracked_words(agg, s)
-    bwords = tracked_words(bagg, s) if bagg is not None else []
-    ws, wx, profiles = word_spaces(results, manifest, agg, words,
-                                   [w for w in bwords if w not in set(words)], s, storage)
-    suspects, explained = shortcut_suspects(results, manifest, agg, profiles, s, storage)
-    word_rows = summary.word_rows(agg, profiles)
-    devs = summary.group_deviations(agg, s)
-    report: dict[str, Any] = {
-        "report_version": REPORT_VERSION,
-        "results": results,
-        "run": summary.run_info(manifest),
-        "overview": summary.overview(agg, s, len(manifest["parts"])),
-        "words": summary.words_section(word_rows, s),
-        "groups": summary.groups_section(agg, s, devs),
-        "space": summary.space_section(agg, profiles, suspects, explained, s),
-    }
-    if ws is not None:
-        report["space"]["suspect_maps"] = [
-            {"word": p["word"], "positive_mean_map": [float(x) for x in ws.mean_map(p["_wid"])],
-             "top_share": [float(x) for x in ws.top_share(p["_wid"])]} for p in suspects]
-    report["review"], thumbs, zooms = review_section(results, manifest, agg, ws, suspects, s,
-                                                     storage)
-    report["findings"] = findings(report)
-    log.info("report: flags pass over %s", results)
-    flagger = Flagger(report["space"]["suspects"], agg.grid, int(agg.status.get("ok", 0)),
-                      s.flags_low_score_share).consume(
-        iter_results(results, manifest, storage, flags.COLUMNS))
-    flag_table, report["flags"] = flagger.table()
-    report["flags"]["path"] = "flags.parquet"
-    # the list carries what made it: the results, their fingerprint, the report's settings
-    flag_table = flag_table.replace_schema_metadata({"nibt.flags": json.dumps(_clean({
-        "results": results, "fingerprint": report["run"].get("fingerprint"),
-        "report_version": REPORT_VERSION, **report["flags"], "settings": public(s)}))})
-    compared = None
-    if bagg is not None:
-        bws, bwx, bprofiles = word_spaces(baseline, bman, bagg, bwords,
-                                          [w for w in words if w not in set(bwords)], s, storage,
-                                          "baseline")
-        bsuspects, _ = shortcut_suspects(baseline, bman, bagg, bprofiles, s, storage)
-        bdevs = summary.group_deviations(bagg, s)
-        cur = Audit(results, manifest, agg, [w for w in (ws, wx) if w is not None], suspects,
-                    report["groups"], devs, has_success(results, storage))
-        base = Audit(baseline, bman, bagg, [w for w in (bws, bwx) if w is not None], bsuspects,
-                     summary.groups_section(bagg, s, bdevs), bdevs, has_success(baseline, storage))
-        comparison, compared = compare(cur, base, s)
-        report = {"report_version": REPORT_VERSION, "results": results, "baseline": baseline,
-                  "comparison": comparison, **{k: v for k, v in report.items()
-                                               if k not in ("report_version", "results")}}
-    report["settings"] = public(s)
-    report = _clean(report)
-    tables = _tables(report, word_rows, ws, profiles)
-    if compared is not None:
-        tables["comparison_words"] = compared
-    html = render_html(report, thumbs, zooms)
-    fs, root = filesystem(output, storage)
-    for name, table in tables.items():
-        put_atomic(fs, join(root, "aggregates", f"{name}.parquet"), _parquet(table))
-    put_atomic(fs, join(root, "flags.parquet"), _parquet(flag_table))
-    body = json.dumps(report, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
-    put_atomic(fs, join(root, "report.json"), body.encode())
-    put_atomic(fs, join(root, "report.html"), html.encode())
+    ex = executor or default_executor(s, manifest, bman)
+    staging = Staging(output, storage)
+    try:
+        report = _build(ex, (results, manifest), (baseline, bman), s, storage, staging,
+                        stats if stats is not None else {})
+        staging.publish()
+    except BaseException:
+        staging.discard()
+        raise
+    finally:
+        if stats is not None:
+            stats.update(workers=ex.workers,
+                         workers_peak_rss_mb=round(sum(ex.peak_rss_mb().values()), 1))
+        if executor is None:
+            ex.close()
+    return report
+
+
+def _build(ex: Executor, audit: tuple[str, dict[str, Any]],
+           baseline: tuple[str | None, dict[str, Any] | None], s: ReportSettings,
+           storage: StorageSettings, staging: Staging, stats: dict[str, Any]) -> dict[str, Any]:
+    """The passes, then every file written to ``staging``; step times into ``stats``."""
+    clock = stats.setdefault("seconds", {})
+    t = time.monotonic()
+
+    def lap(name: str) -> None:
+        nonlocal t
+        clock[name] = round(time.monotonic() - t, 3)
+        t = time.monotonic()
+
+    cur = first(ex, *audit, s, storage)
+    base = first(ex, *baseline, s, storage) if baseline[1] is not None else None
+    lap("first_pass")
+    words = tracked_words(cur.agg, s)
+    bwords = tracked_words(base.agg, s) if base is not None else []
+    spaces(ex, cur, words, [w for w in bwords if w not in set(words)], s, storage)
+    if base is not None:
+        spaces(ex, base, bwords, [w for w in words if w not in set(bwords)], s, storage)
+    lap("space_pass")
+    flag_list = FlagList(low_score_pairs(int(cur.agg.status.get("ok", 0)),
+                                         s.flags_low_score_share))
+    try:
+        last(ex, cur, s, storage, flag_list)
+        if base is not None:
+            last(ex, base, s, storage, None)
+        lap("last_pass")
+        report = _sections(cur, s, storage)
+        report["flags"] = flag_list.summary(report["space"]["suspects"],
+                                            {p["word"]: i for i, p in enumerate(_cands(cur, s))},
+                                            cur.agg.grid, int(cur.agg.status.get("ok", 0)))
+        report["flags"]["path"] = "flags.parquet"
+        # the list carries what made it: the results, their fingerprint, the report's settings
+        meta = {"nibt.flags": json.dumps(_clean({
+            "results": cur.results, "fingerprint": report["run"].get("fingerprint"),
+            "report_version": REPORT_VERSION, **report["flags"], "settings": _settings(s)}))}
+        tables = {}
+        if base is not None:
+            report, tables["comparison_words"] = _compared(report, cur, base, s, storage)
+        report["settings"] = _settings(s)
+        report = _clean(report)
+        lap("sections")
+        from pipeline.report.render import render_html
+
+        html = render_html(report, cur.thumbs, cur.zooms)
+        lap("render")
+        _write(staging, report, html, {**_tables(report, cur), **tables}, flag_list, meta)
+        lap("write")
+        stats["flagged"] = report["flags"]["rows"]
+    finally:
+        flag_list.close()
     if report["overview"]["notice"]:
         log.warning("report: %s", report["overview"]["notice"])
-    log.info("report: %d rows, %d findings%s -> %s", agg.rows, len(report["findings"]),
-             f", {len(report['comparison']['findings'])} changes" if compared is not None else "",
-             output)
+    log.info("report: %d rows, %d findings%s -> %s", cur.agg.rows, len(report["findings"]),
+             f", {len(report['comparison']['findings'])} changes" if base is not None else "",
+             staging.root)
     return report
+
+
+def _settings(s: ReportSettings) -> dict[str, Any]:
+    """The settings that made the report (not where it ran: same numbers either way)."""
+    return {k: v for k, v in public(s).items() if k != "workers"}
+
+
+def _cands(a: Read, s: ReportSettings) -> list[dict]:
+    """The shortcut candidates of ``last`` (in its order: flag rows name them by index)."""
+    return [p for p in a.profiles or [] if p["score"] >= s.shortcut_min_excess][
+        : 2 * max(s.shortcut_listed, 1)]
+
+
+def _sections(a: Read, s: ReportSettings, storage: StorageSettings) -> dict[str, Any]:
+    """The report's own sections (no comparison, no flags)."""
+    agg = a.agg
+    a.devs = summary.group_deviations(agg, s)
+    report: dict[str, Any] = {
+        "report_version": REPORT_VERSION,
+        "results": a.results,
+        "run": summary.run_info(a.manifest),
+        "overview": summary.overview(agg, s, len(a.manifest["parts"])),
+        "words": summary.words_section(agg, s),
+        "groups": summary.groups_section(agg, s, a.devs),
+        "space": summary.space_section(agg, a.profiles or [], a.suspects or [],
+                                       a.explained or [], s),
+    }
+    if a.ws is not None:
+        report["space"]["suspect_maps"] = [
+            {"word": p["word"], "positive_mean_map": [float(x) for x in a.ws.mean_map(p["_wid"])],
+             "top_share": [float(x) for x in a.ws.top_share(p["_wid"])]} for p in a.suspects]
+    report["review"], a.thumbs, a.zooms = review_section(a, s, storage)
+    report["findings"] = findings(report)
+    return report
+
+
+def _compared(report: dict[str, Any], cur: Read, base: Read, s: ReportSettings,
+              storage: StorageSettings) -> tuple[dict[str, Any], pa.Table]:
+    """The report with the comparison first, and the per-word comparison table."""
+    base.devs = summary.group_deviations(base.agg, s)
+    audits = [Audit(x.results, x.manifest, x.agg, [w for w in (x.ws, x.wx) if w is not None],
+                    x.suspects or [], groups, x.devs, has_success(x.results, storage))
+              for x, groups in ((cur, report["groups"]),
+                                (base, summary.groups_section(base.agg, s, base.devs)))]
+    comparison, table = compare(audits[0], audits[1], s)
+    return {"report_version": REPORT_VERSION, "results": cur.results, "baseline": base.results,
+            "comparison": comparison, **{k: v for k, v in report.items()
+                                         if k not in ("report_version", "results")}}, table
+
+
+def _write(staging: Staging, report: dict[str, Any], html: str, tables: dict[str, pa.Table],
+           flag_list: FlagList, meta: dict[str, str]) -> None:
+    """Every file of the report into ``staging``, report.json and report.html last."""
+    for name, table in tables.items():
+        staging.put(f"aggregates/{name}.parquet", _parquet(table))
+    with staging.open("flags.parquet") as f:
+        flag_list.write(f, meta)
+    body = json.dumps(report, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+    staging.put("report.json", body.encode())
+    staging.put("report.html", html.encode())

@@ -29,11 +29,13 @@ gaps, failed rows, the score, group shares, words.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipeline.config import StorageSettings
 from pipeline.io.storage import filesystem, join
@@ -51,7 +53,7 @@ from pipeline.report.stats import (
     proportion_diff,
     z_value,
 )
-from pipeline.report.summary import GROUP_METRIC_LABELS, finite_or_none, has_alnum
+from pipeline.report.summary import GROUP_METRIC_LABELS, alnum_mask, finite_or_none, top_by
 
 #: What a setting can change: CLIP scores, row statuses, attributions (maps and words).
 SCORE, STATUS, ATTR = "score", "status", "attributions"
@@ -291,10 +293,7 @@ def word_section(cur: Aggregator, base: Aggregator, s: ReportSettings,
     schedule, precision), raw values do not compare and the share is the basis.
     """
     z = z_value(s.confidence)
-    words = sorted(set(cur.vocab.index) | set(base.vocab.index))
-    keep = [w for w in words if has_alnum(w) or not s.words_skip_punctuation]
-    ic = np.array([cur.vocab.index.get(w, -1) for w in keep], np.int64)
-    ib = np.array([base.vocab.index.get(w, -1) for w in keep], np.int64)
+    keep, ic, ib = _word_union(cur, base, s.words_skip_punctuation)
     a, b = _word_stats(cur, ic), _word_stats(base, ib)
     m = max(s.compare_min_count, 2)
     both = (a["n"] >= m) & (b["n"] >= m)
@@ -326,29 +325,53 @@ def word_section(cur: Aggregator, base: Aggregator, s: ReportSettings,
             cols[f"{key}_d"] = np.where(nan, np.nan, d)
     cols["moved"] = moved
     cols.setdefault("p_value", np.full(len(keep), np.nan))
-    table = pa.table({k: pa.array(v) for k, v in cols.items()})
-    order = sorted(np.flatnonzero(moved), key=lambda i: (-rank[i], keep[i]))
+    table = pa.table({k: v if isinstance(v, pa.Array) else pa.array(v) for k, v in cols.items()})
+    name = _namer(keep)
+    order = top_by(np.flatnonzero(moved), -rank, name, s.compare_words_top)
 
     def entry(i: int) -> dict[str, Any]:
-        return {"word": keep[i], "count": int(a["n"][i]), "baseline_count": int(b["n"][i]),
+        return {"word": name(i), "count": int(a["n"][i]), "baseline_count": int(b["n"][i]),
                 "p_value": finite_or_none(cols["p_value"][i]),
                 **{f"{p}{key}{q}": finite_or_none(cols[f"{p}{key}{q}"][i])
                    for key in ("attr", "share")
                    for p, q in (("mean_", ""), ("baseline_mean_", ""), ("", "_diff"),
                                 ("", "_ci_low"), ("", "_ci_high"), ("", "_d"))}}
 
-    new = sorted((i for i in range(len(keep)) if a["n"][i] >= m and b["n"][i] == 0),
-                 key=lambda i: (-a["n"][i], keep[i]))
-    gone = sorted((i for i in range(len(keep)) if b["n"][i] >= m and a["n"][i] == 0),
-                  key=lambda i: (-b["n"][i], keep[i]))
-    top = s.compare_words_top
+    is_new = np.flatnonzero((a["n"] >= m) & (b["n"] == 0))
+    is_gone = np.flatnonzero((b["n"] >= m) & (a["n"] == 0))
+    new = top_by(is_new, -a["n"], name, s.compare_words_top)
+    gone = top_by(is_gone, -b["n"], name, s.compare_words_top)
     return {"min_count": m, "basis": basis, "compared": int(both.sum()),
             "moved_count": int(moved.sum()),
-            "moved": [entry(i) for i in order[:top]],
-            "new": [{"word": keep[i], "count": int(a["n"][i])} for i in new[:top]],
-            "new_count": len(new),
-            "gone": [{"word": keep[i], "baseline_count": int(b["n"][i])} for i in gone[:top]],
-            "gone_count": len(gone)}, table
+            "moved": [entry(i) for i in order],
+            "new": [{"word": name(i), "count": int(a["n"][i])} for i in new],
+            "new_count": int(is_new.size),
+            "gone": [{"word": name(i), "baseline_count": int(b["n"][i])} for i in gone],
+            "gone_count": int(is_gone.size)}, table
+
+
+def _word_union(cur: Aggregator, base: Aggregator,
+                skip_punctuation: bool) -> tuple[pa.Array, np.ndarray, np.ndarray]:
+    """Every word of either vocabulary in code-point order (without punctuation-only words
+    when ``skip_punctuation``), and its index in each (-1: absent). By column: the
+    vocabularies grow with the rows."""
+    cw = pa.array(cur.vocab.words, pa.string())
+    bw = pa.array(base.vocab.words, pa.string())
+    words = pc.unique(pa.concat_arrays([cw, bw]))
+    words = words.take(pc.sort_indices(words))  # UTF-8 byte order is code-point order
+    if skip_punctuation and len(words):
+        words = words.filter(pa.array(alnum_mask(words)))
+
+    def index(vocab: pa.Array) -> np.ndarray:
+        return pc.index_in(words, value_set=vocab).fill_null(-1).to_numpy(
+            zero_copy_only=False).astype(np.int64)
+
+    return words, index(cw), index(bw)
+
+
+def _namer(words: pa.Array) -> Callable[[int], str]:
+    """``i -> words[i]`` as str."""
+    return lambda i: words[int(i)].as_py()
 
 
 # ---------------------------------------------------------------- shortcuts

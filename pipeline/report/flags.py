@@ -10,22 +10,34 @@ and ``row``), with every reason it is flagged and what each reason rests on:
   attributed pairs by CLIP score (exactly that many, ties by input position);
 * ``not_ok``: the row was not attributed (its status and error).
 
-One streaming pass over the results: failed rows and suspects' pairs are kept
-as they come (they are the list), the lowest scores as a running bottom-k.
+Built in two steps so that no step holds the list in memory. ``FlagScan``, in
+the last pass over the parts (on any worker), keeps each part's rows that may
+be flagged: every failed row, the pairs of every shortcut candidate that peak
+in its cell, and the pairs whose score falls in the score histogram's bins up
+to the one holding the k-th lowest (``low_bin``: a threshold from the first
+pass, so no part is sorted against the others). ``FlagList`` appends those rows
+in input order to a staging file on local disk, keeps the (score, part, row)
+of the low-score candidates (24 bytes each) pruned to the lowest k as they
+come, and at the end writes ``flags.parquet`` batch by batch: the suspects that
+survived the co-occurrence check, the exact k lowest with their ranks.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
-from pipeline.report.regions import Grid, maps_of, positive_maps
-from pipeline.report.space import incidence
+from pipeline.report.aggregate import SCORE_EDGES, score_bins
+from pipeline.report.regions import Grid
 
 COLUMNS = ["id", "source", "row", "status", "error", "score", "tokens", "image_attr",
            "grid_h", "grid_w"]
@@ -35,121 +47,236 @@ SCHEMA = pa.schema([
     ("evidence", pa.list_(pa.string())), ("suspect_words", pa.list_(pa.string())),
     ("top_cell", pa.int32()), ("score_rank", pa.int64()), ("error", pa.string()),
 ])
+#: The rows a part contributes to the staging file (``pos``: the row's index in its part).
+STAGE = pa.schema([
+    ("part", pa.int64()), ("pos", pa.int64()), ("id", pa.string()), ("source", pa.string()),
+    ("row", pa.int64()), ("status", pa.string()), ("error", pa.string()),
+    ("score", pa.float64()), ("top_cell", pa.int32()), ("cands", pa.list_(pa.int32())),
+    ("low", pa.bool_()),
+])
 REASONS = ("shortcut", "low_score", "not_ok")
+BATCH = 65_536
 
 
-class Flagger:
-    """Collects the flagged pairs of one results set, part by part."""
+def low_score_pairs(rows_ok: int, share: float) -> int:
+    """How many pairs the low-score flag takes: ceil(share x attributed pairs)."""
+    return min(rows_ok, math.ceil(share * rows_ok)) if share > 0 else 0
 
-    def __init__(self, suspects: list[dict[str, Any]], grid: Grid | None, rows_ok: int,
-                 low_share: float) -> None:
-        self.suspects = [p for p in suspects if grid is not None]
-        self.index = {p["word"]: i for i, p in enumerate(self.suspects)}
-        self.cells = np.array([p["modal_cell"] for p in self.suspects], np.int64)
-        self.grid = grid
-        self.rows_ok = rows_ok
-        self.k = min(rows_ok, math.ceil(low_share * rows_ok)) if low_share > 0 else 0
-        self.bad: list[dict[str, Any]] = []
-        self.hits: dict[tuple[int, int], dict[str, Any]] = {}  # (part, row): shortcut rows
-        self.low = {k: np.empty(0, t) for k, t in (("score", np.float64), ("part", np.int64),
-                                                    ("row", np.int64))}
-        self.low_rows: dict[tuple[int, int], dict[str, Any]] = {}
 
-    def consume(self, tables: Iterable[pa.Table]) -> Flagger:
-        for part, table in enumerate(tables):
-            self.add(table, part)
-        return self
+def low_bin(hist: np.ndarray, k: int) -> int:
+    """The last score bin whose pairs may be among the ``k`` lowest (-1 for none)."""
+    if k <= 0 or hist.sum() == 0:
+        return -1
+    return int(min(np.searchsorted(np.cumsum(hist), k), SCORE_EDGES.size - 2))
 
-    def add(self, table: pa.Table, part: int) -> None:
-        status = table.column("status")
-        ok = pc.equal(status, "ok").fill_null(False).to_numpy(zero_copy_only=False)
-        bad = np.flatnonzero(~ok)
-        if bad.size:
-            rows = table.select(["id", "source", "row", "status", "error"]).take(pa.array(bad))
-            for i, r in zip(bad.tolist(), rows.to_pylist()):
-                r["_key"] = (part, i)
-                self.bad.append(r)
+
+class FlagScan:
+    """The rows of one part that may be flagged (``STAGE``), given the shortcut candidates'
+    cells (``cells[i]``: candidate i's modal cell) and ``low_bin``."""
+
+    def __init__(self, cells: list[int], grid: Grid | None, low_bin: int) -> None:
+        self.cells = np.asarray(cells, np.int64)
+        self.grid, self.low_bin = grid, low_bin
+
+    def rows(self, table: pa.Table, parts: np.ndarray, pos: np.ndarray, ok: np.ndarray,
+             hits: tuple[np.ndarray, np.ndarray, np.ndarray]) -> pa.Table:
+        """The rows of ``table`` (row i: row ``pos[i]`` of part ``parts[i]``) that may be
+        flagged. ``ok``: the ok mask; ``hits``: (row, candidate, top cell) of each candidate
+        in each ok row with a usable map, by row then candidate."""
         okr = np.flatnonzero(ok)
-        if okr.size == 0:
-            return
-        t = table.take(pa.array(okr))
-        score = t.column("score").to_numpy(zero_copy_only=False).astype(np.float64)
-        if self.k:
-            self._low(t, score, okr, part)
-        if self.suspects and self.grid is not None:
-            self._shortcuts(t, score, okr, part)
+        mi, wi, top = hits
+        mi = (np.cumsum(ok) - 1)[mi]  # as indices among the ok rows
+        score = table.column("score").to_numpy(zero_copy_only=False).astype(np.float64)[okr]
+        b = score_bins(score)
+        low = (b >= 0) & (b <= self.low_bin)
+        there = top == self.cells[wi] if wi.size else np.zeros(0, bool)
+        mi, wi, top = mi[there], wi[there], top[there]
+        keep = low.copy()
+        keep[mi] = True
+        sel = np.sort(np.concatenate([np.flatnonzero(~ok), okr[keep]]))
+        n = sel.size
+        if n == 0:
+            return STAGE.empty_table()
+        stage_of = np.full(table.num_rows, -1, np.int64)
+        stage_of[sel] = np.arange(n)
+        j = np.full(table.num_rows, -1, np.int64)
+        j[okr] = np.arange(okr.size)
+        j = j[sel]
+        is_ok = j >= 0
+        sc, lw = np.full(n, np.nan), np.zeros(n, bool)
+        sc[is_ok], lw[is_ok] = score[j[is_ok]], low[j[is_ok]]
+        st = stage_of[okr[mi]]
+        cell = np.full(n, -1, np.int64)
+        cell[st] = top
+        offsets = np.r_[0, np.cumsum(np.bincount(st, minlength=n))].astype(np.int32)
+        sub = table.select(["id", "source", "row", "status", "error"]).take(pa.array(sel))
+        return pa.table({
+            "part": pa.array(parts[sel].astype(np.int64)), "pos": pa.array(pos[sel].astype(np.int64)),
+            **{c: sub.column(c) for c in ("id", "source", "row", "status", "error")},
+            "score": pa.array(sc, mask=~np.isfinite(sc)),
+            "top_cell": pa.array(cell.astype(np.int32), mask=cell < 0),
+            "cands": pa.ListArray.from_arrays(pa.array(offsets), pa.array(wi.astype(np.int32))),
+            "low": pa.array(lw),
+        }, schema=STAGE)
 
-    def _low(self, t: pa.Table, score: np.ndarray, okr: np.ndarray, part: int) -> None:
-        fin = np.flatnonzero(np.isfinite(score))
-        cand = fin[np.lexsort((okr[fin], score[fin]))][: self.k]
-        cat = {"score": np.concatenate([self.low["score"], score[cand]]),
-               "part": np.concatenate([self.low["part"], np.full(cand.size, part, np.int64)]),
-               "row": np.concatenate([self.low["row"], okr[cand].astype(np.int64)])}
-        keep = np.lexsort((cat["row"], cat["part"], cat["score"]))[: self.k]
-        self.low = {k: v[keep] for k, v in cat.items()}
-        kept = set(zip(self.low["part"].tolist(), self.low["row"].tolist()))
-        self.low_rows = {key: r for key, r in self.low_rows.items() if key in kept}
-        rows = t.select(["id", "source", "row", "status", "error"]).take(pa.array(cand))
-        for i, r in zip(cand.tolist(), rows.to_pylist()):
-            key = (part, int(okr[i]))
-            if key in kept:
-                r["score"] = float(score[i])
-                self.low_rows[key] = r
 
-    def _shortcuts(self, t: pa.Table, score: np.ndarray, okr: np.ndarray, part: int) -> None:
-        maps, valid = maps_of(t, self.grid)
-        _, top, usable = positive_maps(maps)
-        t_rows = np.flatnonzero(valid)[usable]
-        if t_rows.size == 0:
-            return
-        top = top[usable]
-        mi, wi = incidence(t.column("tokens").take(pa.array(t_rows, pa.int64())), self.index)
-        there = top[mi] == self.cells[wi]
-        if not there.any():
-            return
-        mi, wi = mi[there], wi[there]
-        rows = t.select(["id", "source", "row", "status", "error"]).take(
-            pa.array(t_rows[np.unique(mi)], pa.int64())).to_pylist()
-        for r, m in zip(rows, np.unique(mi).tolist()):
-            i = int(t_rows[m])
-            r.update(score=float(score[i]), top_cell=int(top[m]),
-                     words=[self.suspects[w]["word"] for w in wi[mi == m].tolist()])
-            self.hits[(part, int(okr[i]))] = r
+@dataclass
+class _Decision:
+    """What a batch of staged rows is: shortcut (kept suspects ``words[at[i]:at[i+1]]``),
+    low-score rank (0: none), failed, flagged at all."""
 
-    def table(self) -> tuple[pa.Table, dict[str, Any]]:
-        """``flags.parquet``'s table (input order: part, then row) and its summary."""
-        rank = {(int(p), int(r)): i + 1 for i, (p, r) in
-                enumerate(zip(self.low["part"], self.low["row"]))}
-        threshold = float(self.low["score"][-1]) if self.low["score"].size else None
-        out: dict[tuple[int, int], dict[str, Any]] = {}
-        for key, r in self.hits.items():
-            cell = self.grid.name(r["top_cell"]) if self.grid is not None else ""
-            ev = []
-            for w in r["words"]:
-                p = self.suspects[self.index[w]]
-                ev.append(f"caption has shortcut suspect \u201c{w}\u201d, whose pairs peak in "
-                          f"cell {cell} ({p['consistency']:.0%} of {p['pairs']}; all pairs "
-                          f"{p['baseline']:.0%}); this pair's top patch is there")
-            out[key] = {**r, "reasons": ["shortcut"], "evidence": ["; ".join(ev)],
-                        "suspect_words": r["words"], "score_rank": None}
+    short: np.ndarray
+    words: np.ndarray
+    at: np.ndarray
+    rank: np.ndarray
+    bad: np.ndarray
+    keep: np.ndarray
+
+
+def _np(a: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    return a.to_numpy(zero_copy_only=False)
+
+
+class FlagList:
+    """The staged rows of every part in input order, and the lowest-score candidates."""
+
+    def __init__(self, k: int) -> None:
+        self.k = k
+        self.dir = tempfile.mkdtemp(prefix="nibt-flags-")
+        self.path = os.path.join(self.dir, "stage.parquet")
+        self.writer = pq.ParquetWriter(self.path, STAGE)
+        self.low = (np.empty(0), np.empty(0, np.int64), np.empty(0, np.int64))
+        self.staged = 0
+
+    def add(self, staged: pa.Table) -> None:
+        """Append a task's staged rows (parts in order)."""
+        if staged.num_rows == 0:
+            return
+        self.writer.write_table(staged, row_group_size=BATCH)
+        self.staged += staged.num_rows
+        low = staged.filter(staged.column("low"))
+        if low.num_rows:
+            s, p, r = self.low
+            self.low = (np.r_[s, low.column("score").to_numpy(zero_copy_only=False)],
+                        np.r_[p, low.column("part").to_numpy()], np.r_[r, low.column("pos").to_numpy()])
+            if self.low[0].size > 2 * self.k + 4096:
+                self._prune()
+
+    def _prune(self) -> None:
+        s, p, r = self.low
+        keep = np.lexsort((r, p, s))[: self.k]
+        self.low = (s[keep], p[keep], r[keep])
+
+    def summary(self, suspects: list[dict[str, Any]], cand_index: dict[str, int],
+                grid: Grid | None, rows_ok: int) -> dict[str, Any]:
+        """Settle the list (the lowest k with their ranks, the suspects kept) and count it."""
+        self.writer.close()
+        self.writer = None
+        self._prune()
+        s, p, r = self.low
+        self.threshold = float(s[-1]) if s.size else None
+        key = p * 2**32 + r
+        order = np.argsort(key)
+        self.low_keys, self.low_ranks = key[order], order + 1
+        self.grid = grid
+        self.suspects = [x for x in suspects if grid is not None]
+        self.kept = {cand_index[x["word"]]: x for x in self.suspects}
+        self.rows_ok = rows_ok
+        by, rows = dict.fromkeys(REASONS, 0), 0
+        for batch in self._batches():
+            d = self._decide(batch)
+            by["shortcut"] += int(d.short.sum())
+            by["low_score"] += int((d.rank > 0).sum())
+            by["not_ok"] += int(d.bad.sum())
+            rows += int(d.keep.sum())
+        return {"rows": rows, "by_reason": by, "low_score_pairs": self.k,
+                "low_score_share": self.k / rows_ok if rows_ok else 0.0,
+                "low_score_max": self.threshold, "suspects": [x["word"] for x in self.suspects]}
+
+    def _batches(self) -> Iterator[pa.RecordBatch]:
+        if self.staged:
+            yield from pq.ParquetFile(self.path).iter_batches(batch_size=BATCH)
+
+    def _decide(self, batch: pa.RecordBatch) -> _Decision:
+        """Per staged row: the kept suspects it carries, its low-score rank, whether it failed."""
+        n = batch.num_rows
+        cands = batch.column("cands")
+        flat = _np(pc.list_flatten(cands)).astype(np.int64)
+        parent = _np(pc.list_parent_indices(cands)).astype(np.int64)
+        mine = np.isin(flat, np.fromiter(self.kept, np.int64, len(self.kept)))
+        words, parent = flat[mine], parent[mine]
+        count = np.bincount(parent, minlength=n)
+        key = batch.column("part").to_numpy() * 2**32 + batch.column("pos").to_numpy()
+        rank = np.zeros(n, np.int64)
+        if self.low_keys.size:
+            at = np.minimum(np.searchsorted(self.low_keys, key), self.low_keys.size - 1)
+            hit = self.low_keys[at] == key
+            rank[hit] = self.low_ranks[at[hit]]
+        bad = ~_np(pc.equal(batch.column("status"), "ok").fill_null(False))
+        short = (count > 0) & ~bad
+        return _Decision(short, words, np.r_[0, np.cumsum(count)], rank, bad,
+                         bad | short | (rank > 0))
+
+    def write(self, sink: Any, metadata: dict[bytes, bytes] | None = None) -> None:
+        """``flags.parquet`` into ``sink`` (a path or a writable file), input order, one batch
+        of staged rows at a time, built by column."""
         share = self.k / self.rows_ok if self.rows_ok else 0.0
-        for key, r in self.low_rows.items():
-            ev = (f"score {r['score']:.4g}: rank {rank[key]} of {self.rows_ok} attributed pairs, "
-                  f"among the lowest {self.k} ({share:.1%}; at most {threshold:.4g})")
-            e = out.setdefault(key, {**r, "reasons": [], "evidence": [], "suspect_words": [],
-                                     "top_cell": None})
-            e["reasons"].append("low_score")
-            e["evidence"].append(ev)
-            e["score_rank"] = rank[key]
-        for r in self.bad:
-            msg = r["error"] if r["error"] else "no error message"
-            out[r["_key"]] = {**r, "score": None, "reasons": ["not_ok"],
-                              "evidence": [f"status {r['status']}: {msg}"], "suspect_words": [],
-                              "top_cell": None, "score_rank": None}
-        rows = [out[k] for k in sorted(out)]
-        table = pa.Table.from_pylist([{f: r.get(f) for f in SCHEMA.names} for r in rows],
-                                     schema=SCHEMA)
-        by_reason = {name: sum(name in r["reasons"] for r in rows) for name in REASONS}
-        return table, {"rows": len(rows), "by_reason": by_reason, "low_score_pairs": self.k,
-                       "low_score_share": share, "low_score_max": threshold,
-                       "suspects": [p["word"] for p in self.suspects]}
+        said = {}
+        for c, x in self.kept.items():
+            cell = self.grid.name(x["modal_cell"])
+            said[c] = (f"caption has shortcut suspect \u201c{x['word']}\u201d, whose pairs "
+                       f"peak in cell {cell} ({x['consistency']:.0%} of {x['pairs']}; all "
+                       f"pairs {x['baseline']:.0%}); this pair's top patch is there")
+        tail = (f" of {self.rows_ok} attributed pairs, among the lowest {self.k} ({share:.1%}; "
+                f"at most {self.threshold:.4g})" if self.threshold is not None else "")
+        with pq.ParquetWriter(sink, SCHEMA.with_metadata(metadata)) as out:
+            for batch in self._batches():
+                d = self._decide(batch)
+                sel = np.flatnonzero(d.keep)
+                if sel.size:
+                    out.write_table(self._rows(batch.take(pa.array(sel)), d, sel, said, tail))
+
+    def _rows(self, b: pa.RecordBatch, d: _Decision, sel: np.ndarray, said: dict[int, str],
+              tail: str) -> pa.Table:
+        """The flagged rows ``sel`` of a staged batch (``b``: those rows) as ``SCHEMA``."""
+        bad, short, rank = d.bad[sel], d.short[sel], d.rank[sel]
+        low = rank > 0
+        score = _np(b.column("score")).astype(np.float64)
+        low_text = pc.binary_join_element_wise(
+            "score ", pa.array([f"{x:.4g}" for x in score[low]], pa.string()), ": rank ",
+            pa.array(rank[low]).cast(pa.string()), tail, "").to_pylist()
+        error = b.column("error")
+        bad_text = pc.binary_join_element_wise(
+            "status ", b.column("status").fill_null(""), ": ",
+            pc.if_else(pc.greater(pc.binary_length(error).fill_null(0), 0), error,
+                       "no error message"), "").to_pylist()
+        lows, reasons, evidence, suspects = iter(low_text), [], [], []
+        for i, (f, s_, q) in enumerate(zip(bad.tolist(), short.tolist(), low.tolist())):
+            if f:
+                reasons.append(["not_ok"])
+                evidence.append([bad_text[i]])
+                suspects.append([])
+                continue
+            mine = d.words[d.at[sel[i]]:d.at[sel[i] + 1]].tolist() if s_ else []
+            reasons.append(["shortcut"] * s_ + ["low_score"] * q)
+            evidence.append((["; ".join(said[c] for c in mine)] if s_ else [])
+                            + ([next(lows)] if q else []))
+            suspects.append([self.kept[c]["word"] for c in mine])
+        cell = _np(b.column("top_cell").fill_null(-1)).astype(np.int64)
+        return pa.table({
+            "id": b.column("id"), "source": b.column("source"), "row": b.column("row"),
+            "status": b.column("status"), "score": pa.array(score, mask=bad | ~np.isfinite(score)),
+            "reasons": pa.array(reasons, pa.list_(pa.string())),
+            "evidence": pa.array(evidence, pa.list_(pa.string())),
+            "suspect_words": pa.array(suspects, pa.list_(pa.string())),
+            "top_cell": pa.array(cell.astype(np.int32), mask=~short | (cell < 0)),
+            "score_rank": pa.array(rank, mask=~low), "error": error}, schema=SCHEMA)
+
+    def close(self) -> None:
+        """Remove the staging file."""
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+        import shutil
+
+        shutil.rmtree(self.dir, ignore_errors=True)

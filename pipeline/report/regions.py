@@ -47,29 +47,36 @@ class Grid:
         return f"r{r} c{c}{where}"
 
 
-def first_grid(table: pa.Table) -> Grid | None:
-    """The grid of the first row with a map whose length fits its ``grid_h x grid_w``."""
-    h = table.column("grid_h").to_numpy(zero_copy_only=False)
-    w = table.column("grid_w").to_numpy(zero_copy_only=False)
+def first_grid(table: pa.Table, rows: np.ndarray | None = None) -> Grid | None:
+    """The grid of the first row (of those in the mask ``rows``) with a map whose length fits
+    its ``grid_h x grid_w``."""
+    h = table.column("grid_h").fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+    w = table.column("grid_w").fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
     n = pc.list_value_length(table.column("image_attr")).fill_null(0).to_numpy(zero_copy_only=False)
-    for hi, wi, ni in zip(h, w, n):
-        if np.isfinite(hi) and np.isfinite(wi) and hi > 0 and wi > 0 and ni == hi * wi:
-            return Grid(int(hi), int(wi))
-    return None
+    fits = (h > 0) & (w > 0) & (n == h * w)
+    if rows is not None:
+        fits &= rows
+    first = np.flatnonzero(fits)
+    return Grid(int(h[first[0]]), int(w[first[0]])) if first.size else None
 
 
-def maps_of(table: pa.Table, grid: Grid) -> tuple[np.ndarray, np.ndarray]:
-    """``(maps [m, cells] float64, valid [rows] bool)``: the rows whose map fits ``grid``."""
+def maps_of(table: pa.Table, grid: Grid,
+            rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``(maps [m, cells] float64, valid [rows] bool)``: the rows (of those in the mask
+    ``rows``) whose map fits ``grid``."""
     col = table.column("image_attr").combine_chunks()
     lengths = pc.list_value_length(col).fill_null(0).to_numpy(zero_copy_only=False)
     h = table.column("grid_h").fill_null(0).to_numpy(zero_copy_only=False)
     w = table.column("grid_w").fill_null(0).to_numpy(zero_copy_only=False)
     valid = (lengths == grid.cells) & (h == grid.h) & (w == grid.w)
+    if rows is not None:
+        valid &= rows
     if not valid.any():
         return np.empty((0, grid.cells)), valid
     kept = col.filter(pa.array(valid))
     values = kept.flatten().fill_null(0).to_numpy(zero_copy_only=False).astype(np.float64)
-    maps = np.nan_to_num(values.reshape(-1, grid.cells), nan=0.0, posinf=0.0, neginf=0.0)
+    maps = np.nan_to_num(values.reshape(-1, grid.cells), copy=False, nan=0.0, posinf=0.0,
+                         neginf=0.0)
     return maps, valid
 
 

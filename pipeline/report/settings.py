@@ -104,6 +104,7 @@ class ReportSettings:
     compare_min_share_change: float = 0.05
     compare_words_top: int = 15
     compare_word_findings: int = 3
+    workers: int | None = None  # processes for the passes; None: every core, 1: this process
     groups: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -117,6 +118,8 @@ class ReportSettings:
         for name in ("compare_min_effect", "compare_min_status_change",
                      "compare_min_shortcut_change", "compare_min_share_change"):
             _require(getattr(self, name) >= 0, f"report.{name}", "must be >= 0")
+        _require(self.workers is None or self.workers >= 1, "report.workers",
+                 "must be >= 1 (or null: every core)")
         _require(0 <= self.flags_low_score_share <= 1, "report.flags_low_score_share",
                  "must be in [0, 1]")
         _require(0 < self.compare_fdr < 1, "report.compare_fdr", "must be in (0, 1)")

@@ -27,27 +27,51 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.report.regions import Grid, maps_of, positive_maps
-from pipeline.report.stats import kl_divergence, stable_seed, wilson_lower
-from pipeline.report.tokens import part_words
+from pipeline.report.stats import kl_divergence, part_keys, wilson_lower
+from pipeline.report.tokens import part_words, unique_ints
 
 COLUMNS = ["status", "tokens", "image_attr", "grid_h", "grid_w"]
 
 
-def incidence(tokens: pa.Array | pa.ChunkedArray,
-              index: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
-    """``(row, word)`` for each distinct tracked word (``index``) of each row's caption.
+def incidence(tokens: pa.Array | pa.ChunkedArray, index: dict[str, int],
+              rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``(row, word)`` for each distinct tracked word (``index``) of each row's caption (of
+    the rows in the mask ``rows``, when given).
 
     Sorted by row, then word id.
     """
-    pw = part_words(tokens)
+    pw = part_words(tokens, rows=rows)
     ids = np.array([index.get(w, -1) for w in pw.words] or [-1], np.int64)
     wid = ids[pw.word] if pw.word.size else np.empty(0, np.int64)
     keep = wid >= 0
     if not keep.any():
         return np.empty(0, np.int64), np.empty(0, np.int64)
     n = max(len(index), 1)
-    key = np.unique(pw.row[keep] * n + wid[keep])
+    key = unique_ints(pw.row[keep] * n + wid[keep])
     return key // n, key % n
+
+
+def usable_maps(table: pa.Table, grid: Grid, rows: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The rows (of the mask ``rows``) with a usable map on ``grid``: a mask, and each
+    table row's index into the returned normalised maps and top cells (-1: none)."""
+    maps, valid = maps_of(table, grid, rows)
+    norm, top, usable = positive_maps(maps)
+    at = np.full(table.num_rows, -1, np.int64)
+    keep = np.flatnonzero(valid)[usable]
+    at[keep] = np.arange(keep.size)
+    mask = np.zeros(table.num_rows, bool)
+    mask[keep] = True
+    return mask, at, (norm[usable], top[usable])
+
+
+def candidate_hits(table: pa.Table, grid: Grid, index: dict[str, int],
+                   rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(row, word, top cell)`` for each distinct word of ``index`` in each row (of the mask
+    ``rows``) whose map is usable on ``grid``; by row, then word id."""
+    mask, at, (_, top) = usable_maps(table, grid, rows)
+    mi, wi = incidence(table.column("tokens"), index, mask)
+    return mi, wi, top[at[mi]]
 
 
 class WordSpace:
@@ -68,69 +92,91 @@ class WordSpace:
                    (("word", np.int64), ("key", np.float64), ("part", np.int64),
                     ("row", np.int64), ("top", np.int64))}
 
-    def consume(self, tables: Iterable[pa.Table]) -> WordSpace:
-        for part, table in enumerate(tables):
+    def consume(self, tables: Iterable[pa.Table], first: int = 0) -> WordSpace:
+        for part, table in enumerate(tables, first):
             self.add(table, part)
         return self
 
-    def add(self, table: pa.Table, part: int) -> None:
+    def add(self, table: pa.Table, part: int | np.ndarray, pos: np.ndarray | None = None) -> None:
+        """Add one part (``part``: its manifest index), or consecutive parts joined (each row's
+        ``part`` and ``pos`` in it)."""
+        n = table.num_rows
+        parts = np.full(n, part, np.int64) if np.ndim(part) == 0 else np.asarray(part, np.int64)
+        pos = np.arange(n, dtype=np.int64) if pos is None else np.asarray(pos, np.int64)
         ok = pc.equal(table.column("status"), "ok").fill_null(False).to_numpy(zero_copy_only=False)
-        rows = np.flatnonzero(ok)
-        t = table.filter(pa.array(ok))
-        if t.num_rows == 0:
+        if not ok.any():
             return
-        maps, valid = maps_of(t, self.grid)
-        norm, top, usable = positive_maps(maps)
-        t_rows = np.flatnonzero(valid)[usable]  # ok-table rows with a usable map
-        norm, top = norm[usable], top[usable]
-        mi, wi = incidence(t.column("tokens").take(pa.array(t_rows, pa.int64())), self.index)
+        mask, at, (norm, top) = usable_maps(table, self.grid, ok)
+        mi, wi = incidence(table.column("tokens"), self.index, mask)
         if mi.size == 0:
             return
+        ri, mi = mi, at[mi]  # each (map, word) pair's table row, and its map
         n_words, cells = len(self.words), self.grid.cells
-        order = np.argsort(wi, kind="stable")  # (map, word) pairs grouped by word
-        sw = wi[order]
-        starts = np.flatnonzero(np.r_[True, sw[1:] != sw[:-1]])
-        self.pos_sum[sw[starts]] += np.add.reduceat(norm[mi[order]], starts, axis=0)
+        # each word's summed maps, one cell at a time (a scatter-add of whole maps costs more)
+        by_cell = np.ascontiguousarray(norm.T)
+        for c in range(cells):
+            self.pos_sum[:, c] += np.bincount(wi, weights=by_cell[c][mi], minlength=n_words)
         self.top += np.bincount(wi * cells + top[mi], minlength=n_words * cells).reshape(
             n_words, cells)
         self.n += np.bincount(wi, minlength=n_words)
-        rng = np.random.default_rng(stable_seed(self.seed, "examples", part))
-        self._keep_examples(wi, rng.random(wi.size), part, rows[t_rows[mi]], top[mi])
+        self._keep_examples(wi, part_keys(self.seed, "examples", parts[ri]), parts[ri], pos[ri],
+                            top[mi])
 
-    def _keep_examples(self, words: np.ndarray, keys: np.ndarray, part: int,
+    def _keep_examples(self, words: np.ndarray, keys: np.ndarray, part: int | np.ndarray,
                        rows: np.ndarray, top: np.ndarray) -> None:
-        new = {"word": words, "key": keys, "part": np.full(words.size, part, np.int64),
-               "row": rows.astype(np.int64), "top": top.astype(np.int64)}
+        """Keep each word's ``examples`` smallest keys among those held and these."""
+        bound = np.full(len(self.words), np.inf)  # a key a new pair must beat
+        held = self.ex["word"]
+        if held.size:
+            count = np.bincount(held, minlength=len(self.words))
+            full = np.flatnonzero(count >= self.examples)
+            bound[full] = self.ex["key"][np.r_[0, np.cumsum(count)[:-1]][full] + self.examples - 1]
+        cand = keys < bound[words]
+        new = {"word": words[cand], "key": keys[cand], "part": np.broadcast_to(
+                   np.asarray(part, np.int64), words.shape)[cand],
+               "row": rows[cand].astype(np.int64), "top": top[cand].astype(np.int64)}
         cat = {k: np.concatenate([self.ex[k], new[k]]) for k in self.ex}
-        order = np.lexsort((cat["key"], cat["word"]))
+        order = np.argsort(cat["key"], kind="stable")  # by word, then key
+        order = order[np.argsort(cat["word"][order], kind="stable")]
         w = cat["word"][order]
         first = np.searchsorted(w, w, side="left")
         keep = order[(np.arange(w.size) - first) < self.examples]
         self.ex = {k: v[keep] for k, v in cat.items()}
+
+    def merge(self, other: WordSpace) -> None:
+        """Add the same words' maps over other parts (examples: the smallest keys of both)."""
+        self.pos_sum += other.pos_sum
+        self.top += other.top
+        self.n += other.n
+        self._keep_examples(other.ex["word"], other.ex["key"], other.ex["part"],
+                            other.ex["row"], other.ex["top"])
 
     def profiles(self, dataset_pos_mean: np.ndarray, dataset_top_share: np.ndarray,
                  min_count: int) -> list[dict]:
         """One row per tracked word with at least ``min_count`` pairs, best suspect first."""
         out = []
         ref_max = float(dataset_pos_mean.max()) if dataset_pos_mean.size else 0.0
-        for wid in np.flatnonzero(self.n >= max(min_count, 1)):
+        names = [self.grid.name(c) for c in range(self.grid.cells)]
+        wids = np.flatnonzero(self.n >= max(min_count, 1))
+        modal = np.argmax(self.top[wids], axis=1) if wids.size else wids
+        hits = self.top[wids, modal]
+        lower = wilson_lower(hits, self.n[wids])
+        for wid, cell, hit, low in zip(wids.tolist(), modal.tolist(), hits.tolist(),
+                                       lower.tolist()):
             n = int(self.n[wid])
-            modal = int(np.argmax(self.top[wid]))
-            hits = int(self.top[wid, modal])
             mean_map = self.pos_sum[wid] / n
-            baseline = float(dataset_top_share[modal])
-            lower = float(wilson_lower(np.array([hits]), np.array([n]))[0])
+            baseline = float(dataset_top_share[cell])
             out.append({
                 "word": self.words[wid],
                 "pairs": n,
-                "modal_cell": modal,
-                "modal_cell_name": self.grid.name(modal),
-                "consistency": hits / n,
+                "modal_cell": cell,
+                "modal_cell_name": names[cell],
+                "consistency": hit / n,
                 "baseline": baseline,
-                "score": lower - baseline,
+                "score": low - baseline,
                 "concentration": float(mean_map.max()) / ref_max if ref_max > 0 else float("nan"),
                 "kl": kl_divergence(mean_map, dataset_pos_mean),
-                "_wid": int(wid),
+                "_wid": wid,
             })
         out.sort(key=lambda r: (-r["score"], -r["consistency"], r["word"]))
         return out
@@ -172,13 +218,11 @@ class CoOccurrence:
 
     def add(self, table: pa.Table) -> None:
         ok = pc.equal(table.column("status"), "ok").fill_null(False).to_numpy(zero_copy_only=False)
-        t = table.filter(pa.array(ok))
-        if t.num_rows == 0:
-            return
-        maps, valid = maps_of(t, self.grid)
-        _, top, usable = positive_maps(maps)
-        t_rows = np.flatnonzero(valid)[usable]
-        mi, wi = incidence(t.column("tokens").take(pa.array(t_rows, pa.int64())), self.index)
+        if ok.any():
+            self.add_hits(*candidate_hits(table, self.grid, self.index, ok))
+
+    def add_hits(self, mi: np.ndarray, wi: np.ndarray, cell: np.ndarray) -> None:
+        """Count (row, candidate, top cell) triples (``candidate_hits``)."""
         if mi.size == 0:
             return
         # each (map, candidate) pair keyed by the set of the other candidates in its caption,
@@ -189,7 +233,6 @@ class CoOccurrence:
         np.bitwise_or.at(masks, (inv, wi // 62), np.left_shift(1, wi % 62).astype(np.int64))
         others = masks[inv].copy()
         others[np.arange(wi.size), wi // 62] &= ~np.left_shift(1, wi % 62).astype(np.int64)
-        cell = top[usable][mi]
         keys, counts = np.unique(np.column_stack([wi, others, cell]), axis=0, return_counts=True)
         for key, c in zip(keys.tolist(), counts.tolist()):
             i, bits, cl = key[0], key[1:-1], key[-1]
@@ -197,6 +240,15 @@ class CoOccurrence:
                                 if v >> b & 1)
             arr = self.counts.setdefault((i, present), np.zeros(self.grid.cells, np.int64))
             arr[cl] += c
+
+    def merge(self, other: CoOccurrence) -> None:
+        """Add the same candidates' counts over other parts."""
+        for key, c in other.counts.items():
+            mine = self.counts.get(key)
+            if mine is None:
+                self.counts[key] = c.copy()
+            else:
+                mine += c
 
     def resolve(self, top_share: np.ndarray, min_count: int,
                 min_score: float) -> tuple[list[dict], list[dict]]:

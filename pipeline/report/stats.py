@@ -1,8 +1,9 @@
 """Bounded-memory statistics for the report: moments, reservoirs, bootstrap, effect sizes.
 
-Everything here is streaming-friendly: ``Moments`` merges exact count / mean /
-variance part by part (Chan's parallel update), ``Reservoir`` keeps a seeded
-uniform sample of fixed size (bottom-k of random keys), and the bootstrap runs
+Everything here is streaming-friendly and mergeable: ``Moments`` merges exact
+count / mean / variance part by part (Chan's parallel update), ``Reservoir``
+keeps a seeded uniform sample of fixed size (bottom-k of random keys, which two
+workers' samples merge into exactly), and the bootstrap runs
 on that sample. When a group has more values than the reservoir holds, the
 bootstrap spread of the sample mean is rescaled by ``sqrt(k / n)`` and centred
 on the exact mean, so the interval describes all ``n`` values, not just the
@@ -24,6 +25,18 @@ def stable_seed(seed: int, *names: object) -> list[int]:
     return [int(seed), *(zlib.crc32(str(n).encode()) for n in names)]
 
 
+def part_keys(seed: int, name: str, parts: np.ndarray) -> np.ndarray:
+    """A seeded random key per element of ``parts`` (part indices, each part's elements
+    together): each part's keys come in order from its own stream (``stable_seed(seed, name,
+    part)``), so they do not depend on which parts are worked on together."""
+    parts = np.asarray(parts, np.int64)
+    out = np.empty(parts.size)
+    starts = np.flatnonzero(np.r_[True, parts[1:] != parts[:-1]]) if parts.size else parts
+    for a, b in zip(starts.tolist(), np.r_[starts[1:], parts.size].tolist()):
+        out[a:b] = np.random.default_rng(stable_seed(seed, name, int(parts[a]))).random(b - a)
+    return out
+
+
 @dataclass
 class Moments:
     """Exact count, mean and variance of a stream of values (NaNs skipped)."""
@@ -33,16 +46,22 @@ class Moments:
     m2: float = 0.0
 
     def add(self, values: np.ndarray) -> None:
+        """Add a batch of values (its own moments, merged in)."""
         v = np.asarray(values, dtype=np.float64)
         v = v[np.isfinite(v)]
         if v.size == 0:
             return
-        nb, mb = v.size, float(v.mean())
-        m2b = float(((v - mb) ** 2).sum())
-        n = self.n + nb
-        delta = mb - self.mean
-        self.mean += delta * nb / n
-        self.m2 += m2b + delta * delta * self.n * nb / n
+        mb = float(v.mean())
+        self.merge(Moments(v.size, mb, float(((v - mb) ** 2).sum())))
+
+    def merge(self, other: Moments) -> None:
+        """Add another stream's moments (Chan et al.'s pairwise update)."""
+        if other.n == 0:
+            return
+        n = self.n + other.n
+        delta = other.mean - self.mean
+        self.mean += delta * other.n / n
+        self.m2 += other.m2 + delta * delta * self.n * other.n / n
         self.n = n
 
     @property
@@ -79,10 +98,25 @@ class Reservoir:
         keys = np.concatenate([self.keys, k])
         vals = np.concatenate([self.values, v])
         if keys.size > self.size:
-            keep = np.argsort(keys, kind="stable")[: self.size]
-            keep.sort()
+            keep = _smallest(keys, self.size)
             keys, vals = keys[keep], vals[keep]
         self.keys, self.values = keys, vals
+
+    def merge(self, other: Reservoir) -> None:
+        """Add another reservoir of the same size that sampled a later part of the stream:
+        the result is the reservoir of the whole stream (bottom-k of bottom-ks)."""
+        self.add(other.values, other.keys)
+
+
+def _smallest(keys: np.ndarray, k: int) -> np.ndarray:
+    """Positions of the ``k`` smallest keys, in position order; on a tie at the boundary the
+    earlier position (as a stable sort would choose)."""
+    keep = np.argpartition(keys, k - 1)[:k]
+    edge = keys[keep].max()
+    if np.count_nonzero(keys == edge) > np.count_nonzero(keys[keep] == edge):
+        keep = np.argsort(keys, kind="stable")[:k]  # a tie at the boundary
+    keep.sort()
+    return keep
 
 
 def boot_deviations(

@@ -8,11 +8,13 @@ reservoirs (see ``stats``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from itertools import combinations
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipeline.report.aggregate import GROUP_METRICS, METRICS, SCORE_EDGES, Aggregator
 from pipeline.report.settings import ReportSettings
@@ -57,6 +59,25 @@ def finite_or_none(x: Any) -> float | None:
 def has_alnum(word: str) -> bool:
     """Whether ``word`` has a letter or digit (punctuation-only words are left out)."""
     return any(ch.isalnum() for ch in word)
+
+
+def alnum_mask(words: list[str] | pa.Array) -> np.ndarray:
+    """``has_alnum`` of each word: by a regular expression over the ASCII ones (nearly all),
+    one by one over the others."""
+    arr = words if isinstance(words, pa.Array) else pa.array(words, pa.string())
+    if len(arr) == 0:
+        return np.zeros(0, bool)
+    out = pc.match_substring_regex(arr, "[A-Za-z0-9]").to_numpy(zero_copy_only=False).copy()
+    other = np.flatnonzero(~pc.string_is_ascii(arr).to_numpy(zero_copy_only=False))
+    out[other] = [has_alnum(arr[int(i)].as_py()) for i in other]
+    return out
+
+
+def top_by(idx: np.ndarray, key: np.ndarray, name: Callable[[int], str], k: int) -> list[int]:
+    """The ``k`` of ``idx`` with the smallest ``key``, ties by ``name(i)``."""
+    if idx.size > 4 * k > 0:  # keep the k smallest keys and their ties before sorting
+        idx = idx[key[idx] <= np.partition(key[idx], k - 1)[k - 1]]
+    return sorted(idx.tolist(), key=lambda i: (key[i], name(i)))[:k]
 
 
 #: What ``run_info`` takes from the manifest's metadata: the resolved values that
@@ -133,37 +154,56 @@ def overview(agg: Aggregator, s: ReportSettings, parts: int | None = None) -> di
     }
 
 
-def word_rows(agg: Aggregator, profiles: list[dict]) -> list[dict[str, Any]]:
-    """Every word with its sums turned into means, plus its spatial profile when it has one."""
+#: Per-profile columns of ``aggregates/words.parquet`` (profile key, column, type).
+PROFILE_COLUMNS = (("pairs", "space_pairs", pa.int64()), ("modal_cell", "modal_cell", pa.int32()),
+                   ("consistency", "consistency", pa.float64()),
+                   ("baseline", "baseline", pa.float64()),
+                   ("score", "shortcut_score", pa.float64()),
+                   ("concentration", "concentration", pa.float64()), ("kl", "kl", pa.float64()))
+
+
+def word_table(agg: Aggregator, profiles: list[dict]) -> pa.Table:
+    """Every word with its sums turned into means, plus its spatial profile when it has one
+    (``aggregates/words.parquet``; built by column: the vocabulary grows with the rows)."""
     v, sums = agg.vocab, agg.vocab.sums
-    prof = {p["word"]: p for p in profiles}
-    out = []
-    for i, w in enumerate(v.words):
-        c = int(sums["count"][i])
-        p = prof.get(w, {})
-        out.append({"word": w, "count": c, "pairs": int(sums["pairs"][i]),
-                    "mean_attr": sums["attr_sum"][i] / c, "share_negative": sums["negative"][i] / c,
-                    "mean_share": sums["share_sum"][i] / c,
-                    "space_pairs": p.get("pairs"), "modal_cell": p.get("modal_cell"),
-                    "consistency": p.get("consistency"), "baseline": p.get("baseline"),
-                    "shortcut_score": p.get("score"), "concentration": finite_or_none(p.get("concentration")),
-                    "kl": p.get("kl")})
-    return out
+    count = sums["count"]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        means = {"mean_attr": sums["attr_sum"] / count,
+                 "share_negative": sums["negative"] / count,
+                 "mean_share": sums["share_sum"] / count}
+    cols: dict[str, pa.Array] = {
+        "word": pa.array(v.words, pa.string()), "count": pa.array(count.astype(np.int64)),
+        "pairs": pa.array(sums["pairs"].astype(np.int64)),
+        **{k: pa.array(x, mask=~np.isfinite(x)) for k, x in means.items()}}
+    at = np.array([v.index[p["word"]] for p in profiles], np.int64)
+    for key, name, typ in PROFILE_COLUMNS:
+        vals = np.full(len(v.words), np.nan)
+        vals[at] = [np.nan if finite_or_none(p[key]) is None else p[key] for p in profiles]
+        ok = np.isfinite(vals)
+        cols[name] = pa.array(np.where(ok, vals, 0).astype(typ.to_pandas_dtype()), typ, mask=~ok)
+    return pa.table(cols)
 
 
-def words_section(rows: list[dict], s: ReportSettings) -> dict[str, Any]:
-    ok = [r for r in rows if r["count"] >= s.words_min_count
-          and (has_alnum(r["word"]) or not s.words_skip_punctuation)]
-    keep = ("word", "count", "mean_attr", "share_negative", "mean_share")
+def words_section(agg: Aggregator, s: ReportSettings) -> dict[str, Any]:
+    """The words that raise and lower the alignment most, among those used often enough."""
+    v, sums = agg.vocab, agg.vocab.sums
+    count = sums["count"]
+    mean = sums["attr_sum"] / np.maximum(count, 1)
+    ok = count >= s.words_min_count
+    if s.words_skip_punctuation:
+        ok &= alnum_mask(v.words)
+
+    def row(i: int) -> dict[str, Any]:
+        return {"word": v.words[i], "count": int(count[i]), "mean_attr": float(mean[i]),
+                "share_negative": float(sums["negative"][i] / count[i]),
+                "mean_share": float(sums["share_sum"][i] / count[i])}
+
     # a word lowering the alignment on average is never listed as raising it, and vice versa
-    helps = sorted((r for r in ok if r["mean_attr"] > 0),
-                   key=lambda r: (-r["mean_attr"], r["word"]))[: s.words_top]
-    hurts = sorted((r for r in ok if r["mean_attr"] < 0),
-                   key=lambda r: (r["mean_attr"], r["word"]))[: s.words_top]
-    return {"distinct": len(rows), "occurrences": int(sum(r["count"] for r in rows)),
-            "min_count": s.words_min_count, "eligible": len(ok),
-            "helps": [{k: r[k] for k in keep} for r in helps],
-            "hurts": [{k: r[k] for k in keep} for r in hurts]}
+    helps = top_by(np.flatnonzero(ok & (mean > 0)), -mean, v.words.__getitem__, s.words_top)
+    hurts = top_by(np.flatnonzero(ok & (mean < 0)), mean, v.words.__getitem__, s.words_top)
+    return {"distinct": len(v.words), "occurrences": int(count.sum()),
+            "min_count": s.words_min_count, "eligible": int(ok.sum()),
+            "helps": [row(i) for i in helps], "hurts": [row(i) for i in hurts]}
 
 
 def _stat(m: Moments, dev: np.ndarray, confidence: float) -> dict[str, Any]:

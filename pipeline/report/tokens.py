@@ -31,6 +31,11 @@ class PartWords:
     words: list[str]  # the part's distinct case-folded words, in order of first use
     skipped: int = 0  # rows left out: no tokens, or values missing / of another length
 
+    def pair_words(self) -> np.ndarray:
+        """Each row's distinct words (indices into ``words``), row by row."""
+        n = max(len(self.words), 1)
+        return unique_ints(self.row * n + self.word) % n
+
     def starts(self) -> np.ndarray:
         """Index of each row's first word (rows in ascending order, only rows with words)."""
         return np.flatnonzero(np.r_[True, self.row[1:] != self.row[:-1]]) if self.row.size \
@@ -45,12 +50,48 @@ def _list(col: pa.Array | pa.ChunkedArray) -> pa.Array:
     return col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
 
 
+def unique_ints(x: np.ndarray) -> np.ndarray:
+    """``np.unique`` of integers by a sort (several times faster than its hashing here: the
+    keys come nearly sorted)."""
+    s = np.sort(x)
+    return s[np.r_[True, s[1:] != s[:-1]]] if s.size else s
+
+
+def _pieces(tokens: pa.Array, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, pa.Array]:
+    """The pieces of the rows in ``mask``: each piece's row and dictionary index, and the
+    dictionary (null pieces are "")."""
+    flat = pc.list_flatten(tokens)
+    row = _np(pc.list_parent_indices(tokens))
+    keep = mask[row]
+    if not pa.types.is_dictionary(flat.type):
+        flat = pc.dictionary_encode(flat.fill_null(""))
+    elif flat.null_count:
+        flat = pc.dictionary_encode(pc.cast(flat, pa.string()).fill_null(""))
+    return row[keep], _np(flat.indices).astype(np.int64)[keep], flat.dictionary
+
+
+def _folded(words: pa.Array) -> pa.Array:
+    """``str.casefold`` of each word: ASCII lower case for the ASCII ones (the same thing),
+    Python's for the others."""
+    low = pc.ascii_lower(words)
+    other = np.flatnonzero(~_np(pc.string_is_ascii(words)))
+    if other.size == 0:
+        return low
+    out = low.to_pylist()
+    for i in other:
+        out[i] = out[i].casefold()
+    return pa.array(out, pa.string())
+
+
 def part_words(tokens: pa.Array | pa.ChunkedArray,
-               values: pa.Array | pa.ChunkedArray | None = None) -> PartWords:
-    """Every row's ``merge_words(tokens, values, lower=True)``, flattened.
+               values: pa.Array | pa.ChunkedArray | None = None,
+               rows: np.ndarray | None = None) -> PartWords:
+    """Every row's ``merge_words(tokens, values, lower=True)``, flattened (only the rows in
+    the mask ``rows``, when given; row numbers stay those of ``tokens``).
 
     With ``values``, rows whose tokens or values are null or whose lengths
     differ are skipped (counted in ``skipped``) and null values count as 0.
+    ``tokens`` may hold its pieces dictionary-encoded (as Parquet stores them).
     """
     tokens = _list(tokens)
     n = len(tokens)
@@ -60,26 +101,21 @@ def part_words(tokens: pa.Array | pa.ChunkedArray,
         values = _list(values)
         valid = valid & _np(values.is_valid()) & \
             (lengths == _np(pc.list_value_length(values).fill_null(-1)))
-    skipped = int(n - valid.sum()) if values is not None else 0
+    wanted = np.ones(n, bool) if rows is None else rows
+    skipped = int((wanted & ~valid).sum()) if values is not None else 0
     empty = PartWords(np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0), [], skipped)
-    rows = np.flatnonzero(valid & (lengths > 0))
-    if rows.size == 0:
+    mask = valid & (lengths > 0) & wanted
+    if not mask.any():
         return empty
-    mask = pa.array(valid & (lengths > 0))
-    kept = tokens.filter(mask)
-    flat = pc.list_flatten(kept).fill_null("")
-    row = rows[_np(pc.list_parent_indices(kept))]
+    row, piece, uniq = _pieces(tokens, mask)
     if values is not None:
-        val = _np(pc.list_flatten(values.filter(mask)).fill_null(0.0)).astype(np.float64)
+        vrow = _np(pc.list_parent_indices(values))
+        val = _np(pc.list_flatten(values).fill_null(0.0)).astype(np.float64)[mask[vrow]]
     else:
-        val = np.zeros(len(flat))
-    enc = pc.dictionary_encode(flat).combine_chunks() if isinstance(flat, pa.ChunkedArray) \
-        else pc.dictionary_encode(flat)
-    piece = _np(enc.indices).astype(np.int64)
-    uniq = enc.dictionary.to_pylist()
-    special = np.array([p in SPECIAL for p in uniq], bool)
-    end = np.array([p.endswith(END_OF_WORD) for p in uniq], bool)
-    stripped = pa.array([p[: -len(END_OF_WORD)] if e else p for p, e in zip(uniq, end)], pa.string())
+        val = np.zeros(row.size)
+    special = _np(pc.is_in(uniq, value_set=pa.array(sorted(SPECIAL), pa.string())))
+    end = _np(pc.ends_with(uniq, END_OF_WORD))
+    stripped = pc.if_else(end, pc.utf8_slice_codeunits(uniq, 0, -len(END_OF_WORD)), uniq)
     keep = ~special[piece]
     piece, row, val = piece[keep], row[keep], val[keep]
     if piece.size == 0:
@@ -88,27 +124,52 @@ def part_words(tokens: pa.Array | pa.ChunkedArray,
     ends[:-1] |= row[1:] != row[:-1]  # a caption's trailing pieces form a word too
     ends[-1] = True
     first = np.r_[True, ends[:-1]]
-    word_of_piece = np.cumsum(first) - 1
     starts = np.flatnonzero(first)
-    attr = np.bincount(word_of_piece, weights=val, minlength=starts.size)
-    offsets = np.r_[starts, piece.size].astype(np.int32)
-    if starts.size == piece.size:  # every word is one piece
-        text = stripped.take(pa.array(piece))
-    else:
-        text = pc.binary_join(pa.ListArray.from_arrays(pa.array(offsets),
-                                                       stripped.take(pa.array(piece))), "")
+    attr = np.add.reduceat(val, starts) if val.size else val
+    key, text = _word_keys(piece, starts, stripped)
     row = row[starts]
     unended = ~end[piece[np.r_[starts[1:], piece.size] - 1]]
     if unended.any():  # an empty trailing buffer (pieces "" only) is no word
-        drop = unended & (_np(pc.binary_length(text)) == 0)
+        drop = unended & (_np(pc.binary_length(text))[key] == 0)
         if drop.any():
-            text, row, attr = text.filter(pa.array(~drop)), row[~drop], attr[~drop]
-    wenc = pc.dictionary_encode(text)
-    folded: dict[str, int] = {}
-    remap = np.array([folded.setdefault(w.casefold(), len(folded))
-                      for w in wenc.dictionary.to_pylist()], np.int64)
-    word = remap[_np(wenc.indices).astype(np.int64)]
-    return PartWords(row, word, attr, list(folded), skipped)
+            key, row, attr = key[~drop], row[~drop], attr[~drop]
+    # distinct words in order of first use, then their case-folded forms likewise
+    at = np.empty(len(text), np.int64)
+    at[key[::-1]] = np.arange(key.size)[::-1]  # each key's first position (last write wins)
+    used = unique_ints(key)
+    used = used[np.argsort(at[used], kind="stable")]
+    rank = np.empty(len(text), np.int64)
+    rank[used] = np.arange(used.size)
+    fenc = pc.dictionary_encode(_folded(text.take(pa.array(used))))
+    word = _np(fenc.indices).astype(np.int64)[rank[key]]
+    return PartWords(row, word, attr, fenc.dictionary.to_pylist(), skipped)
+
+
+def _word_keys(piece: np.ndarray, starts: np.ndarray,
+               stripped: pa.Array) -> tuple[np.ndarray, pa.Array]:
+    """Each word's key into a table of texts: a one-piece word is its piece's text, a word
+    of several pieces the join of theirs (built once per distinct run of pieces)."""
+    size = np.diff(np.r_[starts, piece.size])
+    multi = np.flatnonzero(size > 1)
+    key = piece[starts].copy()
+    if multi.size == 0:
+        return key, stripped
+    idx = _ranges(starts[multi], size[multi])
+    offsets = np.r_[0, np.cumsum(size[multi])].astype(np.int32)
+    joined = pc.binary_join(pa.ListArray.from_arrays(
+        pa.array(offsets), stripped.take(pa.array(piece[idx]))), "")
+    enc = pc.dictionary_encode(joined)
+    key[multi] = len(stripped) + _np(enc.indices).astype(np.int64)
+    return key, pa.concat_arrays([stripped, enc.dictionary])
+
+
+def _ranges(starts: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """``concatenate([arange(a, a + k) for a, k in zip(starts, sizes)])``, vectorised."""
+    out = np.ones(int(sizes.sum()), np.int64)
+    first = np.r_[0, np.cumsum(sizes)[:-1]]
+    out[first] = starts - np.r_[0, (starts + sizes)[:-1]] + 1
+    out[0] = starts[0]
+    return np.cumsum(out)
 
 
 class Matcher:

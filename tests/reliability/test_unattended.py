@@ -275,8 +275,11 @@ def _ledger_state(fs, out: str) -> tuple[set[str], list[str]]:
     ids: set[str] = set()
     for f in files:
         ids |= set(pq.read_table(fs.open(f)).column("task_id").to_pylist())
-    newest = pq.read_schema(fs.open(files[-1])).metadata if files else {}
-    return ids, json.loads(newest.get(b"nibt.frontier", b"[]")) if files else []
+    if not files:
+        return ids, []
+    with fs.open(files[-1]) as f:  # the frontier is in the file's footer, not Arrow's schema
+        newest = pq.ParquetFile(f).metadata.metadata or {}
+    return ids, json.loads(newest.get(b"nibt.frontier", b"[]"))
 
 
 def test_driver_killed_after_a_checkpoint(s3_endpoint, tmp_path, figure):

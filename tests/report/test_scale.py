@@ -79,11 +79,30 @@ def test_the_report_of_synthetic_results_counts_every_word(synthetic, tmp_path):
     assert report["space"]["suspects"][0]["word"] == bench.SHORTCUT
 
 
+def test_the_vocabulary_grows_with_the_rows_when_asked(tmp_path):
+    """``tail``: 5% of the captions hold one of ``tail`` rare words, so the distinct words
+    grow with the rows (the benchmark's memory bar is measured so)."""
+    pieces, index = bench._vocab(500, 1)
+    words = set()
+    for p in range(4):
+        t = bench.make_part(2000, p, pieces, index, seed=1, tail=10_000)
+        for r in t.column("tokens").to_pylist():
+            words.update(x[:-4] for x in r or [] if x.startswith("t") and x.endswith("x</w>"))
+    assert 300 < len(words) <= 0.05 * 8000  # about 5% of 8,000 captions, nearly all distinct
+
+
 def test_the_benchmark_section_runs_small(monkeypatch):
-    monkeypatch.setenv("NIBT_BENCH_REPORT_ROWS", "20000")
+    """One local report (its 4 parts make one task: 1 worker only) and the comparison; the
+    store that is far away has its own test (test_reads.py)."""
+    for name, value in (("ROWS", "20000"), ("PART_ROWS", "5000"), ("REMOTE_ROWS", "0"),
+                        ("MEMORY_ROWS", "0"), ("COMPARE_ROWS", "20000")):
+        monkeypatch.setenv(f"NIBT_BENCH_REPORT_{name}", value)
     figures = bench.run()
-    assert figures["rows"] == 20000 and figures["parts"] == 2
-    assert figures["planted_shortcut_found"] and figures["within_bar"]
-    assert 0 < figures["report_peak_rss_mb"] < 2048 and figures["report_seconds"] > 0
-    assert figures["planted_word_change_found"] and figures["compare_within_bar"]
-    assert figures["compare_rows"] == [20000, 20000] and figures["compare_seconds"] > 0
+    [run] = figures["runs"]
+    assert (run["rows"], run["part_rows"], run["parts"], run["workers"]) == (20000, 5000, 4, 1)
+    assert run["planted_shortcut_found"] and run["distinct_words"] > 500 and run["flagged"] > 0
+    assert 0 < run["peak_rss_mb"] < 2048 and run["seconds"] > 0
+    assert set(run["step_seconds"]) == {"first_pass", "space_pass", "last_pass", "sections",
+                                        "render", "write"}
+    c = figures["compare"]
+    assert c["planted_word_change_found"] and c["rows"] == [20000, 20000] and c["seconds"] > 0

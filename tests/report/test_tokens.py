@@ -51,11 +51,18 @@ def random_captions(n: int, seed: int) -> tuple[list, list]:
     return tokens, values
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_part_words_matches_merge_words(seed):
+@pytest.mark.parametrize(("seed", "encoded"), [(0, False), (1, False), (2, True)])
+def test_part_words_matches_merge_words(seed, encoded):
+    """``encoded``: the pieces dictionary-encoded, as the passes read them from Parquet
+    (``io.results.TOKEN_DICTIONARY``), including null pieces."""
     tokens, values = random_captions(400, seed)
-    tk = pa.chunked_array([pa.array(tokens[:150], pa.list_(pa.string())),
-                           pa.array(tokens[150:], pa.list_(pa.string()))])
+    if encoded:
+        tokens = [t if t is None else [None if p == "" else p for p in t] for t in tokens]
+    piece = pa.dictionary(pa.int32(), pa.string()) if encoded else pa.string()
+    tk = pa.chunked_array([pa.array(tokens[:150], pa.list_(piece)),
+                           pa.array(tokens[150:], pa.list_(piece))])
+    if encoded:
+        tokens = [t if t is None else ["" if p is None else p for p in t] for t in tokens]
     va = pa.array(values, pa.list_(pa.float32()))
     pw = part_words(tk, va)
     got = defaultdict(list)

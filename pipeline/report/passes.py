@@ -1,0 +1,270 @@
+"""The report's passes over an audit's parts, cut into tasks that any worker can run.
+
+A task is a run of consecutive parts (at least ``TASK_PARTS`` parts and
+``TASK_ROWS`` rows, so that a worker reads ahead ``PREFETCH`` parts and its
+result is worth sending; about ``TASKS`` tasks a pass for large results, so
+that merging them costs the driver little); the cut depends only on the manifest, never on the
+number of workers, so partial results merge into the same bytes however many
+workers there are. Each pass's work is a small picklable object whose ``run``
+turns the task's tables into a partial result; the driver merges the partial
+results in task order (``Pass.merge``).
+
+* ``FirstPass``: the aggregates (``aggregate.Aggregator``) and the pairs to
+  review by score and by word attribution, with their rows;
+* ``SpacePass``: the maps of the tracked words (``space.WordSpace``);
+* ``LastPass``: the shortcut candidates' co-occurrence counts
+  (``space.CoOccurrence``), the rows that may be flagged (``flags.FlagScan``)
+  and the rows of the suspects' example pairs.
+
+So each part is read three times at most, once per pass, in one request each.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipeline.config import StorageSettings
+from pipeline.io.results import PREFETCH, TOKEN_DICTIONARY, prefetched
+from pipeline.report import aggregate, flags, space
+from pipeline.report.aggregate import ROW_COLUMNS, Aggregator, GridConflict
+from pipeline.report.flags import FlagList, FlagScan
+from pipeline.report.pool import Executor
+from pipeline.report.regions import Grid
+from pipeline.report.settings import ReportSettings
+from pipeline.report.space import CoOccurrence, WordSpace, candidate_hits
+
+#: Consecutive small parts are worked on together, this many rows at least at a time (what
+#: a part costs apart from its rows is paid once a chunk).
+CHUNK_ROWS = 8192
+#: A task holds at least this many rows and this many parts (the last one fewer), and
+#: larger results are cut into about ``TASKS`` tasks a pass, at most ``MAX_TASK_ROWS`` rows
+#: each: the merge of a task's result costs the driver about the same whatever its size.
+TASK_ROWS, TASK_PARTS, TASKS, MAX_TASK_ROWS = 50_000, 16, 256, 2_000_000
+
+
+@dataclass
+class Task:
+    """Parts ``first`` .. ``first + len(entries) - 1`` of an audit, and the pass's work."""
+
+    results: str
+    storage: StorageSettings
+    first: int
+    entries: list[dict[str, Any]]
+    work: Any
+    prefetch: int = PREFETCH
+
+
+def cut(entries: Sequence[dict[str, Any]], rows: int | None = None,
+        parts: int | None = None) -> list[tuple[int, int]]:
+    """The manifest's parts as ``(start, stop)`` runs of at least ``rows`` rows and ``parts``
+    parts (the last run may hold fewer). Default: ``TASK_PARTS`` parts and ``TASK_ROWS``
+    rows, or a ``TASKS``-th of all rows (up to ``MAX_TASK_ROWS``) when that is more."""
+    total = sum(int(e.get("rows") or 0) for e in entries)
+    rows = rows or max(TASK_ROWS, min(MAX_TASK_ROWS, -(-total // TASKS)))
+    parts = parts or TASK_PARTS
+    out, start, held = [], 0, 0
+    for i, e in enumerate(entries):
+        held += int(e.get("rows") or 0)
+        if held >= rows and i + 1 - start >= parts:
+            out.append((start, i + 1))
+            start, held = i + 1, 0
+    if start < len(entries):
+        out.append((start, len(entries)))
+    return out
+
+
+def tasks(results: str, storage: StorageSettings, entries: Sequence[dict[str, Any]],
+          work: Any) -> list[Task]:
+    """One pass's tasks over ``entries`` (the manifest's parts)."""
+    return [Task(results, storage, a, list(entries[a:b]), work) for a, b in cut(entries)]
+
+
+def run_task(task: Task) -> Any:
+    """A task's partial result (what a worker runs)."""
+    tables = prefetched(task.results, task.storage, task.entries, task.work.columns,
+                        task.prefetch, TOKEN_DICTIONARY)
+    return task.work.run(enumerate(tables, task.first))
+
+
+@dataclass
+class Chunk:
+    """Consecutive parts joined: the table, and each row's part and row in it."""
+
+    table: pa.Table
+    part: np.ndarray
+    pos: np.ndarray
+
+
+def chunks(tables: Iterator[tuple[int, pa.Table]], alone: Any = None) -> Iterator[Chunk]:
+    """Consecutive parts joined until they hold ``CHUNK_ROWS`` rows; while ``alone()`` is
+    true, each part by itself (checked as each part comes)."""
+    held: list[tuple[int, pa.Table]] = []
+    for part, table in tables:
+        if alone is not None and alone():
+            yield from ([_join(held)] if held else [])
+            held = []
+            yield _join([(part, table)])
+            continue
+        held.append((part, table))
+        if sum(t.num_rows for _, t in held) >= CHUNK_ROWS:
+            yield _join(held)
+            held = []
+    if held:
+        yield _join(held)
+
+
+def _join(held: list[tuple[int, pa.Table]]) -> Chunk:
+    sizes = [t.num_rows for _, t in held]
+    table = held[0][1] if len(held) == 1 else pa.concat_tables(
+        [t.replace_schema_metadata(None) for _, t in held])
+    return Chunk(table, np.repeat(np.array([p for p, _ in held], np.int64), sizes),
+                 np.concatenate([np.arange(n, dtype=np.int64) for n in sizes]))
+
+
+def _ok(table: pa.Table) -> np.ndarray:
+    return pc.equal(table.column("status"), "ok").fill_null(False).to_numpy(zero_copy_only=False)
+
+
+@dataclass
+class FirstPass:
+    """The aggregates; ``grid`` fixes the patch grid (a task aggregated again under the
+    results' grid when its own first grid differed)."""
+
+    settings: ReportSettings
+    grid: Grid | None = None
+    columns: list[str] = field(default_factory=lambda: list(aggregate.COLUMNS))
+
+    def run(self, tables: Iterator[tuple[int, pa.Table]]) -> Aggregator:
+        agg = Aggregator(self.settings, self.settings.families(), self.grid, capped=False)
+        # part by part until a part sets the grid (its rows and those before it count so)
+        for c in chunks(tables, alone=lambda: agg.grid is None):
+            agg.add(c.table, c.part, c.pos)
+        return agg
+
+
+@dataclass
+class SpacePass:
+    """The maps of the tracked ``words`` (profiled, with examples) and of ``extra`` words
+    (counted for a comparison)."""
+
+    grid: Grid
+    seed: int
+    examples: int
+    words: list[str]
+    extra: list[str]
+    columns: list[str] = field(default_factory=lambda: list(space.COLUMNS))
+
+    def spaces(self) -> tuple[WordSpace | None, WordSpace | None]:
+        """Empty word spaces of this pass (the partial result of no parts)."""
+        return (WordSpace(self.words, self.grid, self.seed, self.examples) if self.words
+                else None, WordSpace(self.extra, self.grid, self.seed, 1) if self.extra else None)
+
+    def run(self, tables: Iterator[tuple[int, pa.Table]]
+            ) -> tuple[WordSpace | None, WordSpace | None]:
+        ws, wx = self.spaces()
+        for c in chunks(tables):
+            for w in (ws, wx):
+                if w is not None:
+                    w.add(c.table, c.part, c.pos)
+        return ws, wx
+
+
+@dataclass
+class LastResult:
+    """A ``LastPass`` task's partial result."""
+
+    co: CoOccurrence | None
+    staged: list[pa.Table]
+    rows: dict[tuple[int, int], dict[str, Any]]
+
+
+@dataclass
+class LastPass:
+    """Co-occurrence of the shortcut candidates (``cooccur``), the rows that may be flagged
+    (``scan``), and the rows at ``pointers`` ((part, row) of example pairs)."""
+
+    grid: Grid | None
+    cands: list[str]
+    cooccur: bool
+    scan: FlagScan | None
+    pointers: set[tuple[int, int]]
+    columns: list[str] = field(default_factory=lambda: sorted(
+        set(flags.COLUMNS) | set(ROW_COLUMNS) | set(space.COLUMNS)))
+
+    def empty(self) -> LastResult:
+        return LastResult(CoOccurrence(self.cands, self.grid) if self.cooccur else None, [], {})
+
+    def run(self, tables: Iterator[tuple[int, pa.Table]]) -> LastResult:
+        out = self.empty()
+        index = {w: i for i, w in enumerate(self.cands)}
+        for c in chunks(tables):
+            table = c.table
+            if self.pointers:
+                at = {(p, r): i for i, (p, r) in enumerate(zip(c.part.tolist(), c.pos.tolist()))
+                      if (p, r) in self.pointers}
+                if at:
+                    keys = sorted(at)
+                    got = table.select(ROW_COLUMNS).take(pa.array([at[k] for k in keys]))
+                    out.rows.update(zip(keys, got.to_pylist()))
+            ok = _ok(table)
+            hits = (np.empty(0, np.int64),) * 3
+            if self.grid is not None and self.cands and ok.any():
+                mi, wi, top = candidate_hits(table, self.grid, index, ok)
+                hits = (mi, wi, top)
+                if out.co is not None:
+                    out.co.add_hits(mi, wi, top)
+            if self.scan is not None:
+                staged = self.scan.rows(table, c.part, c.pos, ok, hits)
+                if staged.num_rows:
+                    out.staged.append(staged)
+        return out
+
+
+# ------------------------------------------------------------ the driver's side
+def first_pass(ex: Executor, results: str, storage: StorageSettings,
+               entries: Sequence[dict[str, Any]], s: ReportSettings) -> Aggregator:
+    """The aggregates of every part (tasks spread over ``ex``, merged in order)."""
+    total = Aggregator(s, s.families())
+    ts = tasks(results, storage, entries, FirstPass(s))
+    for task, part in zip(ts, ex.map(run_task, ts)):
+        try:
+            total.merge(part)
+        except GridConflict:  # its maps went on its own first grid: again, on the results'
+            total.merge(run_task(replace(task, work=FirstPass(s, total.grid))))
+    return total
+
+
+def space_pass(ex: Executor, results: str, storage: StorageSettings,
+               entries: Sequence[dict[str, Any]], work: SpacePass
+               ) -> tuple[WordSpace | None, WordSpace | None]:
+    """The tracked words' maps over every part."""
+    ws, wx = work.spaces()
+    ts = tasks(results, storage, entries, work)
+    for pws, pwx in ex.map(run_task, ts):
+        for mine, theirs in ((ws, pws), (wx, pwx)):
+            if mine is not None:
+                mine.merge(theirs)
+    return ws, wx
+
+
+def last_pass(ex: Executor, results: str, storage: StorageSettings,
+              entries: Sequence[dict[str, Any]], work: LastPass,
+              flag_list: FlagList | None = None) -> LastResult:
+    """Co-occurrence counts and example rows over every part; the rows that may be flagged
+    go to ``flag_list`` as they come."""
+    total = work.empty()
+    ts = tasks(results, storage, entries, work)
+    for part in ex.map(run_task, ts):
+        if total.co is not None:
+            total.co.merge(part.co)
+        total.rows.update(part.rows)
+        for staged in part.staged:
+            if flag_list is not None:
+                flag_list.add(staged)
+    return total

@@ -1,0 +1,254 @@
+"""Where the report's per-part work runs: in this process, or in worker processes.
+
+An executor maps a picklable function over tasks and yields the results in task
+order, whatever order the workers finish in, so the merge of partial aggregates
+(and with it the report) does not depend on how many workers there are.
+
+``LocalPool`` starts its worker processes from a fork server (never a fork of a
+process holding threads and a storage client) and keeps ``in_flight`` tasks with
+each, so a worker
+finds its next task waiting. A worker that dies (killed, out of memory) is
+replaced and its tasks are sent again, to whichever worker is free; a task that
+runs past ``task_timeout_s`` has its worker killed and is sent again the same
+way; after ``retries`` such attempts the task fails the report. An exception a
+task raises is not retried (the same parts would raise it again): it ends the
+report. Every wait is bounded (a worker's start counts towards its first task's
+time). One ``map`` at a time, consumed to its end or followed by ``close``. ``pipeline.cli.report_ray`` has the same
+interface over a Ray cluster.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import multiprocessing.connection as mpc
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+#: Seconds a task may run before its worker is killed and the task sent again.
+TASK_TIMEOUT_S = 900.0
+#: Attempts after the first for a task whose worker died or timed out.
+TASK_RETRIES = 2
+
+
+class WorkerLost(RuntimeError):
+    """A task's workers died or timed out on every attempt."""
+
+
+class Executor(Protocol):
+    """Runs ``fn`` over tasks; results in task order."""
+
+    workers: int
+
+    def map(self, fn: Callable[[Any], Any], tasks: Sequence[Any]) -> Iterator[Any]: ...
+
+    def close(self) -> None: ...
+
+    def peak_rss_mb(self) -> dict[str, float]: ...
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory in MiB (VmHWM; 0 where /proc has none)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def available_cores() -> int:
+    """The cores this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+class InProcess:
+    """The tasks one after the other in this process (``report.workers=1``)."""
+
+    workers = 1
+
+    def map(self, fn: Callable[[Any], Any], tasks: Sequence[Any]) -> Iterator[Any]:
+        for task in tasks:
+            yield fn(task)
+
+    def close(self) -> None:
+        pass
+
+    def peak_rss_mb(self) -> dict[str, float]:
+        return {}
+
+    def __enter__(self) -> InProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _serve(conn: mpc.Connection) -> None:
+    """A worker's loop: receive ``(id, fn, task)``, send ``(id, ok, result or error, peak)``."""
+    while True:
+        try:
+            msg = conn.recv()
+        except EOFError:
+            return
+        if msg is None:
+            return
+        tid, fn, task = msg
+        try:
+            out: tuple = (tid, True, fn(task), peak_rss_mb())
+        except BaseException as e:  # noqa: BLE001 - sent to the driver, which raises it
+            out = (tid, False, _portable(e), peak_rss_mb())
+        try:
+            conn.send(out)
+        except Exception as e:  # a result that does not pickle
+            conn.send((tid, False, RuntimeError(f"task result not sent: {e}"), peak_rss_mb()))
+
+
+def _portable(e: BaseException) -> BaseException:
+    """``e`` if it survives pickling, else a RuntimeError with its text."""
+    import pickle
+
+    try:
+        pickle.loads(pickle.dumps(e))
+        return e
+    except Exception:
+        return RuntimeError(f"{type(e).__name__}: {e}")
+
+
+def _context() -> multiprocessing.context.BaseContext:
+    """Workers forked from a fork server (a clean process that has imported the report's
+    modules once: a new worker starts in milliseconds, and never from a process holding
+    threads or a storage client); spawned where there is no fork server."""
+    try:
+        ctx = multiprocessing.get_context("forkserver")
+    except ValueError:
+        return multiprocessing.get_context("spawn")
+    ctx.set_forkserver_preload(["pipeline.report.passes"])
+    return ctx
+
+
+@dataclass
+class _Worker:
+    proc: Any
+    conn: mpc.Connection
+    tasks: deque = field(default_factory=deque)  # ids sent, oldest first
+    busy_since: float = 0.0  # when the oldest task started (its predecessor's end)
+
+
+class LocalPool:
+    """``workers`` spawned worker processes on this machine."""
+
+    def __init__(self, workers: int, task_timeout_s: float = TASK_TIMEOUT_S,
+                 retries: int = TASK_RETRIES, in_flight: int = 2) -> None:
+        self.workers = max(1, int(workers))
+        self.task_timeout_s, self.retries, self.in_flight = task_timeout_s, retries, in_flight
+        self._ctx = _context()
+        self._pool: list[_Worker] = [self._start() for _ in range(self.workers)]
+        self._peaks: dict[str, float] = {}
+        self.replaced = self._idle_deaths = 0
+
+    def _start(self) -> _Worker:
+        parent, child = self._ctx.Pipe()
+        proc = self._ctx.Process(target=_serve, args=(child,), daemon=True,
+                                 name="nibt-report-worker")
+        proc.start()
+        child.close()
+        return _Worker(proc, parent)
+
+    def _stop(self, w: _Worker) -> None:
+        if w.proc.is_alive():
+            w.proc.kill()
+        w.proc.join(10)
+        w.conn.close()
+
+    def map(self, fn: Callable[[Any], Any], tasks: Sequence[Any]) -> Iterator[Any]:
+        """``fn(task)`` for each task in worker processes, yielded in task order."""
+        todo = deque(range(len(tasks)))
+        attempts = [0] * len(tasks)
+        done: dict[int, Any] = {}
+        window = self.workers * self.in_flight * 2  # results held before they are yielded
+        nxt = 0
+        while nxt < len(tasks):
+            self._send(fn, tasks, todo, nxt + window)
+            self._collect(done, todo, attempts)
+            while nxt in done:
+                yield done.pop(nxt)
+                nxt += 1
+
+    def _send(self, fn: Callable, tasks: Sequence[Any], todo: deque, limit: int) -> None:
+        for w in self._pool:
+            while len(w.tasks) < self.in_flight and todo and todo[0] < limit:
+                tid = todo.popleft()
+                if not w.tasks:
+                    w.busy_since = time.monotonic()
+                w.conn.send((tid, fn, tasks[tid]))
+                w.tasks.append(tid)
+
+    def _collect(self, done: dict[int, Any], todo: deque, attempts: list[int]) -> None:
+        """Wait (bounded) for results, deaths and timeouts; requeue what was lost."""
+        now = time.monotonic()
+        deadlines = [w.busy_since + self.task_timeout_s for w in self._pool if w.tasks]
+        wait = max(0.0, min(deadlines, default=now + 1.0) - now)
+        ready = set(mpc.wait([w.conn for w in self._pool] + [w.proc.sentinel for w in self._pool],
+                             timeout=min(wait, 5.0)))
+        for i, w in enumerate(list(self._pool)):
+            if w.conn in ready:
+                try:
+                    tid, ok, value, peak = w.conn.recv()
+                except (EOFError, OSError):
+                    self._replace(i, w, todo, attempts, "died")
+                    continue
+                self._peaks[str(w.proc.pid)] = peak
+                w.tasks.remove(tid)
+                w.busy_since = time.monotonic()
+                if not ok:
+                    raise value
+                done[tid] = value
+            elif w.proc.sentinel in ready and not w.proc.is_alive():
+                self._replace(i, w, todo, attempts, f"died (exit code {w.proc.exitcode})")
+            elif w.tasks and time.monotonic() > w.busy_since + self.task_timeout_s:
+                self._replace(i, w, todo, attempts, f"ran past {self.task_timeout_s:g} s")
+
+    def _replace(self, i: int, w: _Worker, todo: deque, attempts: list[int], why: str) -> None:
+        """Stop worker ``w``, put its tasks back first in line, start another in its place."""
+        self._stop(w)
+        self._idle_deaths = 0 if w.tasks else self._idle_deaths + 1
+        if self._idle_deaths > self.workers * (self.retries + 1):
+            raise WorkerLost(f"report workers keep dying before any task ({why})")
+        if w.tasks:
+            head = w.tasks[0]
+            attempts[head] += 1
+            if attempts[head] > self.retries:
+                raise WorkerLost(f"report task {head}: its worker {why} on "
+                                 f"{attempts[head]} attempts")
+            todo.extendleft(sorted(w.tasks, reverse=True))
+        self._pool[i] = self._start()
+        self.replaced += 1
+
+    def peak_rss_mb(self) -> dict[str, float]:
+        """Each worker process's peak resident memory (MiB) as it last reported it."""
+        return dict(self._peaks)
+
+    def close(self) -> None:
+        for w in self._pool:
+            with contextlib.suppress(OSError, ValueError):
+                w.conn.send(None)
+        deadline = time.monotonic() + 10
+        for w in self._pool:
+            w.proc.join(max(0.0, deadline - time.monotonic()))
+            self._stop(w)
+
+    def __enter__(self) -> LocalPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

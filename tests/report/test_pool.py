@@ -1,0 +1,76 @@
+"""The report's worker processes: results in task order, a dead or stuck worker replaced and
+its task sent again, a task's own error raised as it was, every wait bounded."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from pipeline.io.results import PartUnreadable
+from pipeline.report.pool import InProcess, LocalPool, WorkerLost
+
+
+def slow_square(x: int) -> int:
+    time.sleep(0.05 * (x % 3))  # finish out of order
+    return x * x
+
+
+def die_once(args: tuple[str, int]) -> int:
+    """Kill this worker the first time task ``x == 3`` runs (a marker file remembers)."""
+    marker, x = args
+    if x == 3:
+        try:
+            os.close(os.open(marker, os.O_CREAT | os.O_EXCL))
+            os.kill(os.getpid(), signal.SIGKILL)
+        except FileExistsError:
+            pass
+    return x * 10
+
+
+def always_die(x: int) -> int:
+    os.kill(os.getpid(), signal.SIGKILL)
+    return x
+
+
+def hang(x: int) -> int:
+    if x == 1:
+        time.sleep(3600)
+    return x
+
+
+def unreadable(x: int) -> int:
+    if x == 2:
+        raise PartUnreadable(f"/r/parts/task{x:04d}.parquet", "truncated")
+    return x
+
+
+def test_results_come_in_task_order_whatever_order_workers_finish_in():
+    with LocalPool(2) as pool:
+        assert list(pool.map(slow_square, list(range(12)))) == [x * x for x in range(12)]
+        assert list(pool.map(slow_square, [5, 4])) == [25, 16]  # the pool serves map after map
+        assert len(pool.peak_rss_mb()) == 2 and all(v > 0 for v in pool.peak_rss_mb().values())
+    assert list(InProcess().map(slow_square, [3, 2])) == [9, 4]
+
+
+def test_a_worker_that_dies_is_replaced_and_its_task_sent_again(tmp_path):
+    marker = str(tmp_path / "died")
+    with LocalPool(2) as pool:
+        got = list(pool.map(die_once, [(marker, x) for x in range(8)]))
+        assert got == [x * 10 for x in range(8)]
+        assert pool.replaced == 1 and os.path.exists(marker)
+    with LocalPool(2, retries=1) as pool, pytest.raises(WorkerLost, match="died"):
+        list(pool.map(always_die, [1]))
+
+
+def test_a_stuck_task_times_out_and_a_tasks_error_is_raised_as_it_was():
+    t = time.monotonic()
+    with LocalPool(2, task_timeout_s=1.0, retries=1) as pool, \
+            pytest.raises(WorkerLost, match="ran past 1 s"):
+        list(pool.map(hang, [0, 1, 2]))
+    assert time.monotonic() - t < 30
+    with LocalPool(2) as pool, pytest.raises(PartUnreadable, match="task0002.parquet") as e:
+        list(pool.map(unreadable, list(range(5))))
+    assert e.value.path == "/r/parts/task0002.parquet" and e.value.reason == "truncated"

@@ -1,0 +1,102 @@
+"""How the report reads the parts: each part object at most once per pass, in one GET, at
+most 4 times in all (a comparison's reads included); a part that cannot be read ends the
+report with exit 4 naming it, and nothing is published."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from collections import Counter
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from benchmarks import report as bench
+from pipeline.cli.report import CONF_DIR, EXIT_UNREADABLE, run_from_config
+from pipeline.config import StorageSettings
+from pipeline.devtools.s3local import StoreControl
+from pipeline.report import ReportSettings, build_report, passes
+from tests.report.builders import random_rows, write_input, write_results
+
+
+def test_a_comparison_reads_each_part_object_at_most_4_times(tmp_path, s3_endpoint):
+    """Two audits on S3 (the local store, its requests counted): every part of the current
+    audit is read in exactly 3 GETs (one a pass), every part of the baseline in at most 3;
+    no part is ever asked for its size first."""
+    import s3fs
+
+    fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_endpoint})
+    fs.mkdir("nibt-report-reads")
+    for name, seed in (("cur", 0), ("base", 1)):
+        bench.make_results(str(tmp_path / name), 24_000, None, seed=seed, part_rows=1_000)
+        fs.put(str(tmp_path / name) + "/", f"nibt-report-reads/{name}", recursive=True)
+    store = StoreControl(s3_endpoint)
+    store.reset()
+    report = build_report("s3://nibt-report-reads/cur", str(tmp_path / "out"),
+                          ReportSettings(words_min_count=5, workers=1),
+                          StorageSettings(endpoint_url=s3_endpoint),
+                          baseline="s3://nibt-report-reads/base")
+    assert report["space"]["explained"], "the co-occurrence pass ran (on both audits)"
+    gets = Counter()
+    for (op, key), n in store.requests().items():
+        m = re.match(r"nibt-report-reads/(cur|base)/parts/", key)
+        if m:
+            assert op == "GET", (op, key)
+            gets[m.group(1), key] += n
+    per_audit = {a: sorted(n for (b, _), n in gets.items() if b == a) for a in ("cur", "base")}
+    assert len(per_audit["cur"]) == len(per_audit["base"]) == 24
+    assert set(per_audit["cur"]) == {3} and max(per_audit["base"]) <= 3
+
+
+@pytest.fixture()
+def small(tmp_path):
+    src = str(tmp_path / "input.parquet")
+    write_input(src, 60)
+    rows = random_rows(60, seed=4, bad_every=10)
+    write_results(str(tmp_path / "res"), [rows[:20], rows[20:40], rows[40:]], src)
+    return tmp_path
+
+
+def _run(*overrides: str) -> int:
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return run_from_config(compose(config_name="report", overrides=list(overrides)))
+
+
+@pytest.mark.parametrize(("damage", "workers"), [("truncated", 2), ("gone", 1)])
+def test_a_part_that_cannot_be_read_is_exit_4_and_nothing_is_published(small, capsys,
+                                                                       monkeypatch, damage,
+                                                                       workers):
+    monkeypatch.setattr(passes, "TASK_ROWS", 1)  # three tasks: the pool's path with 2 workers
+    monkeypatch.setattr(passes, "TASK_PARTS", 1)
+    out = small / "out"
+    args = (f"results={small / 'res'}", f"output={out}", "report.words_min_count=2",
+            f"report.workers={workers}")
+    assert _run(*args) == 0
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    part = small / "res" / "parts" / "task0001.parquet"
+    if damage == "gone":
+        os.remove(part)
+    else:
+        part.write_bytes(part.read_bytes()[:200])
+    capsys.readouterr()
+    assert _run(*args) == EXIT_UNREADABLE
+    err = capsys.readouterr().err
+    assert "parts/task0001.parquet" in err and "no report was published" in err
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert not [p for p in os.listdir(out) if p.startswith(".tmp-")]
+
+
+def test_the_report_on_a_ray_cluster_is_the_report_of_one_process(small, monkeypatch):
+    """``cluster=local`` (an embedded Ray, as ``cluster=existing`` joins one): the passes as
+    Ray tasks give the same bytes."""
+    monkeypatch.setattr(passes, "TASK_ROWS", 1)
+    monkeypatch.setattr(passes, "TASK_PARTS", 1)
+    common = (f"results={small / 'res'}", "report.words_min_count=2")
+    assert _run(*common, f"output={small / 'one'}", "report.workers=1") == 0
+    assert _run(*common, f"output={small / 'ray'}", "cluster=local") == 0
+    for name in ("report.json", "flags.parquet", "aggregates/words.parquet"):
+        assert (small / "ray" / name).read_bytes() == (small / "one" / name).read_bytes(), name
+    assert json.loads((small / "ray" / "report.json").read_text())["overview"]["rows"] == 60
+    shutil.rmtree(small / "ray")
