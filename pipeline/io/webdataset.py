@@ -17,7 +17,7 @@ samples and those chunks, never the shard. The headers are parsed here: a sample
 needs only a member's name, type and size, and reading them straight from the block
 costs a fifth of ``tarfile.TarFile.next`` (which decodes every field; the
 ``webdataset`` package reads through it too): with a near store a shard reads as fast
-as Parquet; 30 ms a request away, at 0.84x of its rate (``python -m benchmarks
+as Parquet; 30 ms a request away, at about 0.9x of its rate (``python -m benchmarks
 webdataset``, docs/performance.md). Checksums, POSIX (ustar) and GNU long
 names and pax headers are handled as tarfile handles them, with its helpers for the
 rare cases; a GNU sparse member fails the shard.
@@ -63,7 +63,7 @@ from pipeline.io.shards import InputRows, Shard, TaskError, open_pinned
 BLOCK = 512
 #: Bytes read from the shard at a time (one ranged GET on S3), and the chunks fetched
 #: ahead while one is parsed: a task's read buffers hold ``READ_AHEAD + 1`` chunks.
-READ_BYTES, READ_AHEAD = 8 * 2**20, 2
+READ_BYTES, READ_AHEAD = 8 * 2**20, 4
 #: Members larger than this are not read (their sample gets a null in that place).
 MAX_MEMBER_BYTES = 256 * 2**20
 #: What the plan keeps of a shard that is a tar archive (in the saved plan, as a Parquet
