@@ -34,9 +34,10 @@ from pipeline.config import ConfigError, StorageSettings, check_no_credentials, 
 from pipeline.engine.words import merge_words
 from pipeline.io.images import DEFAULT_MAX_PIXELS
 from pipeline.io.manifest import read_manifest
+from pipeline.io.previous import has_success
 from pipeline.report import aggregate, passes, summary
 from pipeline.report.aggregate import Aggregator
-from pipeline.report.compare import Audit, compare, has_success
+from pipeline.report.compare import Audit, compare
 from pipeline.report.findings import findings
 from pipeline.report.flags import FlagList, FlagScan, low_bin, low_score_pairs
 from pipeline.report.output import Staging
