@@ -23,7 +23,9 @@ from pipeline.report.stats import (
     interval,
     mean_diff,
     normal_p,
+    pooled_d,
     proportion_diff,
+    welch_se,
     z_value,
 )
 from pipeline.report.summary import GROUP_METRIC_LABELS, alnum_mask, finite_or_none, top_by
@@ -142,10 +144,8 @@ def word_section(cur: Aggregator, base: Aggregator, s: ReportSettings,
     with np.errstate(invalid="ignore", divide="ignore"):
         for key in ("attr", "share"):
             diff = a[f"{key}_mean"] - b[f"{key}_mean"]
-            se = np.sqrt(a[f"{key}_var"] / a["n"] + b[f"{key}_var"] / b["n"])
-            pooled = np.sqrt(((a["n"] - 1) * a[f"{key}_var"] + (b["n"] - 1) * b[f"{key}_var"])
-                             / (a["n"] + b["n"] - 2))
-            d = np.where(pooled > 0, diff / pooled, np.where(diff == 0, 0.0, np.inf * np.sign(diff)))
+            se = welch_se(a[f"{key}_var"], a["n"], b[f"{key}_var"], b["n"])
+            d = pooled_d(diff, a[f"{key}_var"], a["n"], b[f"{key}_var"], b["n"])
             lo, hi = diff - z * se, diff + z * se
             if key == basis:
                 # thousands of words are tested at once: the false discovery rate is
