@@ -26,10 +26,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipeline.cli.app import CONF_DIR, EXIT_OK, guarded, instantiate_group, run_app
 from pipeline.config import ConfigError, StorageSettings
+from pipeline.io.previous import previous_success
 from pipeline.io.results import PartUnreadable
 from pipeline.job.procstats import peak_rss_mb
 from pipeline.report.build import build_report
-from pipeline.report.compare import previous_success
 from pipeline.report.settings import ReportSettings
 
 __all__ = ["CONF_DIR", "EXIT_UNREADABLE", "main", "run_from_config", "settings_from_config"]

@@ -40,16 +40,17 @@ from pipeline.config import (
 from pipeline.engine.words import merge_words
 from pipeline.io.images import DEFAULT_MAX_PIXELS
 from pipeline.io.manifest import read_manifest
+from pipeline.io.previous import has_success
 from pipeline.report import aggregate, passes, summary
 from pipeline.report.aggregate import Aggregator
-from pipeline.report.compare import Audit, compare, has_success
+from pipeline.report.compare import Audit, compare
 from pipeline.report.findings import findings
 from pipeline.report.flags import FlagList, FlagScan, low_bin, low_score_pairs
 from pipeline.report.output import Staging
 from pipeline.report.pairview import zoom_images
 from pipeline.report.pool import Executor, InProcess, LocalPool, available_cores
 from pipeline.report.settings import ReportSettings
-from pipeline.report.space import CoOccurrence, WordSpace
+from pipeline.report.space import WORD_ID, CoOccurrence, WordSpace
 from pipeline.report.thumbs import read_images, thumbnail
 
 log = logging.getLogger("nibt-report")
@@ -158,7 +159,7 @@ def last(ex: Executor, a: Read, s: ReportSettings, storage: StorageSettings,
         a.suspects, a.explained = a.suspects[: s.shortcut_listed], []
         return
     pointers = {ptr for p in cands for ptr in a.ws.example_pointers(
-        p["_wid"], p["modal_cell"], s.review_suspect_examples)} if flag_list else set()
+        p[WORD_ID], p["modal_cell"], s.review_suspect_examples)} if flag_list else set()
     scan = FlagScan([p["modal_cell"] for p in cands], agg.grid,
                     low_bin(agg.hist, flag_list.k)) if flag_list is not None else None
     work = passes.LastPass(agg.grid, [p["word"] for p in cands], cooccur, scan, pointers)
@@ -215,7 +216,7 @@ def review_section(a: Read, s: ReportSettings, storage: StorageSettings
     ]
     by_word = []
     for p in (a.suspects or [])[: s.review_suspects] if a.ws is not None else []:
-        ptrs = a.ws.example_pointers(p["_wid"], p["modal_cell"], s.review_suspect_examples)
+        ptrs = a.ws.example_pointers(p[WORD_ID], p["modal_cell"], s.review_suspect_examples)
         by_word.append((p["word"], [(x, y, float("nan")) for x, y in ptrs]))
     rows = {**(a.rows or {}), **agg.lowest.data, **agg.negative.data}
     data = (a.manifest.get("settings") or {}).get("data") or {}
@@ -409,8 +410,8 @@ def _sections(a: Read, s: ReportSettings, storage: StorageSettings) -> dict[str,
     }
     if a.ws is not None:
         report["space"]["suspect_maps"] = [
-            {"word": p["word"], "positive_mean_map": [float(x) for x in a.ws.mean_map(p["_wid"])],
-             "top_share": [float(x) for x in a.ws.top_share(p["_wid"])]} for p in a.suspects]
+            {"word": p["word"], "positive_mean_map": [float(x) for x in a.ws.mean_map(p[WORD_ID])],
+             "top_share": [float(x) for x in a.ws.top_share(p[WORD_ID])]} for p in a.suspects]
     report["review"], a.thumbs, a.zooms = review_section(a, s, storage)
     report["findings"] = findings(report)
     return report

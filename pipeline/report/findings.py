@@ -10,14 +10,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from pipeline.report.formats import fmt
+
 #: A cell holding the top patch this often (and 3x its uniform share) is a model-wide hot spot.
 HOTSPOT_MIN_SHARE = 0.10
 #: Mean class-token share of the image attribution above which maps carry little.
 CLS_SHARE_HIGH = 0.8
-
-
-def _g(x: float | None, spec: str = ".3g") -> str:
-    return "n/a" if x is None else format(x, spec)
 
 
 def findings(report: dict[str, Any]) -> list[dict[str, Any]]:
@@ -38,12 +36,12 @@ def findings(report: dict[str, Any]) -> list[dict[str, Any]]:
             if e["gap"]:
                 out.append({"kind": "group_gap", "anchor": f"group-{fi}", "family": fam["name"],
                             "text": f"{fam['name']}: {e['label']} differs between "
-                                    f"\u201c{e['a']}\u201d ({_g(e['mean_a'])}, n={e['n_a']}) and "
-                                    f"\u201c{e['b']}\u201d ({_g(e['mean_b'])}, n={e['n_b']}): "
-                                    f"difference {_g(e['diff'])} "
-                                    f"[{_g(e['ci_low'])}, {_g(e['ci_high'])}], "
-                                    f"Cohen's d {_g(e['cohens_d'], '.2f')}, "
-                                    f"Cliff's delta {_g(e['cliffs_delta'], '.2f')}."})
+                                    f"\u201c{e['a']}\u201d ({fmt(e['mean_a'])}, n={e['n_a']}) and "
+                                    f"\u201c{e['b']}\u201d ({fmt(e['mean_b'])}, n={e['n_b']}): "
+                                    f"difference {fmt(e['diff'])} "
+                                    f"[{fmt(e['ci_low'])}, {fmt(e['ci_high'])}], "
+                                    f"Cohen's d {fmt(e['cohens_d'], '.2f')}, "
+                                    f"Cliff's delta {fmt(e['cliffs_delta'], '.2f')}."})
     hot = space.get("hotspot")
     if hot and hot["share"] >= max(HOTSPOT_MIN_SHARE, 3 * hot["uniform"]):
         there = [p["word"] for p in space.get("suspects", []) if p["modal_cell"] == hot["cell"]]
@@ -69,5 +67,5 @@ def findings(report: dict[str, Any]) -> list[dict[str, Any]]:
             w = words[key][0]
             out.append({"kind": f"word_{key}", "anchor": "words", "word": w["word"],
                         "text": f"\u201c{w['word']}\u201d {verb} the alignment most "
-                                f"(mean attribution {_g(w['mean_attr'])} over {w['count']} uses)."})
+                                f"(mean attribution {fmt(w['mean_attr'])} over {w['count']} uses)."})
     return out

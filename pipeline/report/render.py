@@ -20,6 +20,9 @@ from matplotlib.colors import Normalize, TwoSlopeNorm
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
+from pipeline.report.aggregate import SCORE_EDGES
+from pipeline.report.formats import fmt, pct, pts
+
 _ENV = jinja2.Environment(
     loader=jinja2.PackageLoader("pipeline.report", "templates"),
     autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
@@ -29,8 +32,8 @@ DPI = 96
 SHARE_LABELS = ("share of positive attribution", "share of pairs")
 RED = np.array([178, 24, 43])
 BLUE = np.array([33, 102, 172])
-#: The report's fixed score bins (``aggregate.SCORE_EDGES``): from -1, 400 bins.
-SCORE_EDGES_START, SCORE_BINS = -1.0, 400
+#: The report's fixed score bins (``aggregate.SCORE_EDGES``): where they start, how many.
+SCORE_EDGES_START, SCORE_BINS = float(SCORE_EDGES[0]), SCORE_EDGES.size - 1
 
 
 def data_uri(data: bytes, mime: str = "image/png") -> str:
@@ -155,19 +158,6 @@ def caption(words: list[dict[str, Any]]) -> list[dict[str, Any]]:
             for w in words]
 
 
-def fmt(x: Any, spec: str = ".3g") -> str:
-    """A number for display ('n/a' for None)."""
-    if x is None:
-        return "n/a"
-    if isinstance(x, bool) or not isinstance(x, (int, float)):
-        return str(x)
-    return format(x, spec)
-
-
-def pct(x: Any, spec: str = ".1%") -> str:
-    return "n/a" if x is None else format(x, spec)
-
-
 def comparison_score_figure(c: dict[str, Any]) -> Figure | None:
     """The two audits' score distributions on one axis (share of each one's pairs)."""
     sc = c["score"]
@@ -193,7 +183,7 @@ def plots(report: dict[str, Any]) -> dict[str, Any]:
     }
     grid = sp.get("grid")
     for fam in report["groups"]:
-        out["groups"].append(group_score_plot(fam["groups"], -1.0, ov["score"]["hist_bin"]))
+        out["groups"].append(group_score_plot(fam["groups"], SCORE_EDGES_START, ov["score"]["hist_bin"]))
         out["group_maps"].append(map_plot([(g["name"], g["mean_map"]) for g in fam["groups"]],
                                           grid, shared=True) if grid else None)
     if grid:
@@ -221,11 +211,6 @@ def zoom_uris(zooms: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
                     "overlay": data_uri(z["overlay"], "image/jpeg") if z.get("overlay") else None,
                     "map": data_uri(z["map"]) if z.get("map") else None}
     return out
-
-
-def pts(x: Any, spec: str = "+.1f") -> str:
-    """A change of shares in percentage points ('n/a' for None)."""
-    return "n/a" if x is None else format(100 * x, spec)
 
 
 def render_html(report: dict[str, Any], thumbs: dict[str, bytes],

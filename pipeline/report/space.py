@@ -31,6 +31,9 @@ from pipeline.report.stats import kl_divergence, part_keys, wilson_lower
 from pipeline.report.tokens import part_words, unique_ints
 
 COLUMNS = ["status", "tokens", "image_attr", "grid_h", "grid_w"]
+#: The key of a word profile (``WordSpace.profiles``) holding the word's row in its space;
+#: used while building the report, never written to report.json.
+WORD_ID = "word_id"
 
 
 def incidence(tokens: pa.Array | pa.ChunkedArray, index: dict[str, int],
@@ -153,7 +156,9 @@ class WordSpace:
 
     def profiles(self, dataset_pos_mean: np.ndarray, dataset_top_share: np.ndarray,
                  min_count: int) -> list[dict]:
-        """One row per tracked word with at least ``min_count`` pairs, best suspect first."""
+        """One row per tracked word with at least ``min_count`` pairs, best suspect first;
+        ``WORD_ID`` holds the word's row here (for ``mean_map``, ``top_share`` and
+        ``example_pointers``)."""
         out = []
         ref_max = float(dataset_pos_mean.max()) if dataset_pos_mean.size else 0.0
         names = [self.grid.name(c) for c in range(self.grid.cells)]
@@ -176,7 +181,7 @@ class WordSpace:
                 "score": low - baseline,
                 "concentration": float(mean_map.max()) / ref_max if ref_max > 0 else float("nan"),
                 "kl": kl_divergence(mean_map, dataset_pos_mean),
-                "_wid": wid,
+                WORD_ID: wid,
             })
         out.sort(key=lambda r: (-r["score"], -r["consistency"], r["word"]))
         return out

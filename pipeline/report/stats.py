@@ -154,10 +154,25 @@ def cohens_d(a: Moments, b: Moments) -> float:
     """Cohen's d: difference of means over the pooled standard deviation (exact moments)."""
     if a.n < 2 or b.n < 2:
         return float("nan")
-    pooled = ((a.n - 1) * a.var + (b.n - 1) * b.var) / (a.n + b.n - 2)
-    if pooled <= 0:
-        return 0.0 if a.mean == b.mean else float("inf") * np.sign(a.mean - b.mean)
-    return float((a.mean - b.mean) / np.sqrt(pooled))
+    return float(pooled_d(a.mean - b.mean, a.var, a.n, b.var, b.n))
+
+
+def pooled_d(diff: np.ndarray, var_a: np.ndarray, n_a: np.ndarray, var_b: np.ndarray,
+             n_b: np.ndarray) -> np.ndarray:
+    """Cohen's d elementwise from differences of means and each side's sample variance and
+    count: the difference over the pooled standard deviation; where both sides are
+    constant, 0 for equal means and an infinity of the difference's sign otherwise."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        pooled = np.sqrt(((n_a - 1) * var_a + (n_b - 1) * var_b) / (n_a + n_b - 2))
+        return np.where(pooled > 0, diff / pooled,
+                        np.where(diff == 0, 0.0, np.inf * np.sign(diff)))
+
+
+def welch_se(var_a: np.ndarray, n_a: np.ndarray, var_b: np.ndarray,
+             n_b: np.ndarray) -> np.ndarray:
+    """The standard error of a difference of two means (Welch), elementwise."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.sqrt(var_a / n_a + var_b / n_b)
 
 
 def cliffs_delta(a: np.ndarray, b: np.ndarray) -> float:
@@ -171,15 +186,23 @@ def cliffs_delta(a: np.ndarray, b: np.ndarray) -> float:
     return float((less.sum() - greater.sum()) / (a.size * b.size))
 
 
-def wilson_lower(successes: np.ndarray, n: np.ndarray, z: float = 1.96) -> np.ndarray:
-    """Wilson score lower bound of a proportion (0 where n is 0)."""
-    s = np.asarray(successes, dtype=np.float64)
-    n = np.asarray(n, dtype=np.float64)
+def _wilson(successes: np.ndarray, n: np.ndarray,
+            z: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The Wilson score interval's parts: its bounds are ``(centre -/+ margin) / scale``."""
     with np.errstate(divide="ignore", invalid="ignore"):
-        p = s / n
+        p = successes / n
         centre = p + z * z / (2 * n)
         margin = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-        low = (centre - margin) / (1 + z * z / n)
+        scale = 1 + z * z / n
+    return centre, margin, scale
+
+
+def wilson_lower(successes: np.ndarray, n: np.ndarray, z: float = 1.96) -> np.ndarray:
+    """Wilson score lower bound of a proportion (0 where n is 0)."""
+    n = np.asarray(n, dtype=np.float64)
+    centre, margin, scale = _wilson(np.asarray(successes, dtype=np.float64), n, z)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        low = (centre - margin) / scale
     return np.where(n > 0, low, 0.0)
 
 
@@ -197,13 +220,12 @@ def z_value(confidence: float) -> float:
 
 
 def wilson_interval(successes: float, n: float, z: float = 1.96) -> tuple[float, float]:
-    """Wilson score interval of a proportion; (0, 1) when ``n`` is 0."""
+    """Wilson score interval of a proportion, within [0, 1]; (0, 1) when ``n`` is 0."""
     if n <= 0:
         return 0.0, 1.0
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    margin = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return float(max(0.0, centre - margin)), float(min(1.0, centre + margin))
+    centre, margin, scale = _wilson(np.float64(successes), np.float64(n), z)
+    return float(max(0.0, centre / scale - margin / scale)), \
+        float(min(1.0, centre / scale + margin / scale))
 
 
 def proportion_diff(x1: float, n1: float, x0: float, n0: float,
@@ -229,7 +251,7 @@ def mean_diff(a: Moments, b: Moments, z: float = 1.96) -> tuple[float, float, fl
     if a.n < 2 or b.n < 2:
         return float("nan"), float("nan"), float("nan")
     d = a.mean - b.mean
-    se = float(np.sqrt(a.var / a.n + b.var / b.n))
+    se = float(welch_se(a.var, a.n, b.var, b.n))
     return float(d), d - z * se, d + z * se
 
 

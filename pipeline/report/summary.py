@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 
 from pipeline.report.aggregate import GROUP_METRICS, METRICS, SCORE_EDGES, Aggregator
 from pipeline.report.settings import ReportSettings
-from pipeline.report.space import WordSpace
+from pipeline.report.space import WORD_ID, WordSpace
 from pipeline.report.stats import (
     Moments,
     boot_deviations,
@@ -284,7 +284,7 @@ def space_section(agg: Aggregator, profiles: list[dict], suspects: list[dict],
     cells = grid.cells
     top_share = agg.top_counts / max(agg.space_n, 1)
     hot = int(np.argmax(top_share))
-    suspects = [{k: v for k, v in p.items() if not k.startswith("_")} for p in suspects]
+    suspects = [{k: v for k, v in p.items() if k != WORD_ID} for p in suspects]
     return {
         "grid": [grid.h, grid.w], "map_pairs": agg.map_n, "space_pairs": agg.space_n,
         "grid_mismatch": agg.grid_mismatch,
@@ -329,6 +329,6 @@ def regions_table(space: dict, groups: list[dict], ws: WordSpace | None,
                 if g["mean_map"] is not None:
                     put("group", fam["name"], g["name"], g["mean_map"])
         for p in profiles if ws is not None else []:
-            put("word", None, p["word"], None, ws.mean_map(p["_wid"]), ws.top_share(p["_wid"]))
+            put("word", None, p["word"], None, ws.mean_map(p[WORD_ID]), ws.top_share(p[WORD_ID]))
     schema = pa.schema(list(types.items()))
     return pa.concat_tables(chunks) if chunks else schema.empty_table()

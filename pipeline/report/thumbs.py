@@ -1,8 +1,7 @@
-"""The pairs to review: their result rows, their input images, and thumbnails with the map.
+"""The pairs to review: their input images, and thumbnails with the map.
 
-Result rows are read back from the manifest's parts by (part, row) pointer;
-images from the input by each row's ``source`` and ``row``: only the row group
-that holds the row is read (found from the Parquet footer), in small batches; a
+Images are read from the input by each row's ``source`` and ``row``: only the row
+group that holds the row is read (found from the Parquet footer), in small batches; a
 WebDataset shard (a tar has no index) up to the last sample wanted.
 Thumbnails are a centre square crop resized to ``px`` (open_clip's default
 preprocessing is a resize plus centre crop, so the map lines up with what the
@@ -24,32 +23,11 @@ from PIL import Image
 
 from pipeline.config import DataSettings, StorageSettings
 from pipeline.io.images import DEFAULT_MAX_PIXELS, decode_image, image_bytes
-from pipeline.io.storage import filesystem, join
+from pipeline.io.storage import filesystem
 from pipeline.io.webdataset import iter_samples, sample_row
 from pipeline.report.heatmap import overlay, png_bytes
 
 log = logging.getLogger("nibt-report")
-
-ROW_COLUMNS = ["id", "source", "row", "status", "score", "image_attr", "grid_h", "grid_w",
-               "tokens", "text_attr"]
-
-
-def fetch_rows(results: str, manifest: dict[str, Any], pointers: Sequence[tuple[int, int]],
-               storage: StorageSettings) -> dict[tuple[int, int], dict[str, Any]]:
-    """The result rows at ``(part index, row in part)``, reading each needed part once."""
-    fs, root = filesystem(results, storage)
-    by_part: dict[int, set[int]] = defaultdict(set)
-    for p, r in pointers:
-        by_part[p].add(r)
-    out: dict[tuple[int, int], dict[str, Any]] = {}
-    for p in sorted(by_part):
-        with fs.open(join(root, manifest["parts"][p]["path"]), "rb") as f:
-            pf = pq.ParquetFile(f)
-            for r in sorted(by_part[p]):
-                rg, offset = _row_group(pf, r)
-                table = pf.read_row_group(rg, columns=ROW_COLUMNS)
-                out[(p, r)] = table.slice(r - offset, 1).to_pylist()[0]
-    return out
 
 
 def _row_group(pf: pq.ParquetFile, row: int) -> tuple[int, int]:

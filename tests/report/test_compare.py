@@ -16,8 +16,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.config import ConfigError
+from pipeline.io.previous import previous_success
 from pipeline.report import ReportSettings, build_report
-from pipeline.report.compare import previous_success
 from pipeline.report.stats import hist_distances, proportion_diff
 from tests.report.builders import Row, write_input, write_results
 
