@@ -1,10 +1,5 @@
-"""Which decoder a worker gets: threads, processes or the device, decided here only.
-
-On a CPU the engine's operations are long, so decode threads beside them share the
-GIL at little cost. Beside a GPU the compute thread launches thousands of short
-kernels per batch and retakes the GIL for each; decode threads would hold it for
-their Python work, so decoding goes to processes of its own (``pool``). With
-``data.decode=device`` JPEGs are decoded on the device and the rest as above.
+"""Which decoder a worker gets: threads or processes (as many as ``where`` decided), and
+JPEGs on the device with ``data.decode=device``; built here only.
 """
 
 from __future__ import annotations
@@ -23,14 +18,6 @@ from pipeline.engine.model import Clip
 log = logging.getLogger("nibt-audit")
 
 Decoder = ThreadDecoder | ProcessDecoder | DeviceDecoder
-
-
-def decode_processes(configured: int | None, threads: int, gpus: float) -> int:
-    """Decode processes per actor: as configured, else beside a GPU one per CPU the
-    actor reserved but the compute thread's (at least one), on a CPU none (threads)."""
-    if configured is not None:
-        return configured
-    return max(1, threads - 1) if gpus > 0 else 0
 
 
 @dataclass

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from pipeline.config import ClusterSettings
-from pipeline.decode.build import decode_processes
+from pipeline.decode.where import decode_processes
 
 
 @dataclass

@@ -7,11 +7,15 @@ decoder the runner was given, in order.
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pyarrow as pa
 
 from pipeline.config import DataSettings, ModelSettings, StorageSettings
-from pipeline.decode.build import build_decoder, decode_processes
+from pipeline.decode.build import build_decoder
 from pipeline.decode.pool import ProcessDecoder, ThreadDecoder
+from pipeline.decode.where import decode_processes
 from pipeline.engine.model import load_clip
 from pipeline.io.storage import list_inputs
 from pipeline.job.plan import plan
@@ -26,6 +30,13 @@ def test_processes_beside_a_gpu_threads_on_a_cpu_the_setting_over_both():
     assert decode_processes(None, threads=4, gpus=0) == 0
     assert decode_processes(2, threads=4, gpus=0) == 2
     assert decode_processes(0, threads=4, gpus=1) == 0
+
+
+def test_planning_the_cluster_imports_no_torch():
+    """nibt-report plans its Ray workers with job.cluster: that must not load torch."""
+    code = ("import sys, pipeline.job.cluster; "
+            "sys.exit(1 if 'torch' in sys.modules or 'open_clip' in sys.modules else 0)")
+    assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0
 
 
 def test_the_builder_gives_threads_or_processes_as_asked():
