@@ -47,6 +47,10 @@ class Grid:
         return f"r{r} c{c}{where}"
 
 
+def _np(arr: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    return arr.to_numpy(zero_copy_only=False)
+
+
 def first_grid(table: pa.Table, rows: np.ndarray | None = None) -> Grid | None:
     """The grid of the first row (of those in the mask ``rows``) with a map whose length fits
     its ``grid_h x grid_w``."""
@@ -63,20 +67,32 @@ def first_grid(table: pa.Table, rows: np.ndarray | None = None) -> Grid | None:
 def maps_of(table: pa.Table, grid: Grid,
             rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``(maps [m, cells] float64, valid [rows] bool)``: the rows (of those in the mask
-    ``rows``) whose map fits ``grid``."""
-    col = table.column("image_attr").combine_chunks()
-    lengths = pc.list_value_length(col).fill_null(0).to_numpy(zero_copy_only=False)
-    h = table.column("grid_h").fill_null(0).to_numpy(zero_copy_only=False)
-    w = table.column("grid_w").fill_null(0).to_numpy(zero_copy_only=False)
+    ``rows``) whose map fits ``grid``; null and non-finite values count as 0.
+
+    The maps are cut straight out of the list's values (one slice when the rows'
+    maps lie back to back, as they do when every other row has no map), not
+    filtered and flattened row by row.
+    """
+    col = table.column("image_attr")
+    col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    lengths = _np(pc.list_value_length(col).fill_null(0))
+    h = _np(table.column("grid_h").fill_null(0))
+    w = _np(table.column("grid_w").fill_null(0))
     valid = (lengths == grid.cells) & (h == grid.h) & (w == grid.w)
     if rows is not None:
         valid &= rows
     if not valid.any():
         return np.empty((0, grid.cells)), valid
-    kept = col.filter(pa.array(valid))
-    values = kept.flatten().fill_null(0).to_numpy(zero_copy_only=False).astype(np.float64)
-    maps = np.nan_to_num(values.reshape(-1, grid.cells), copy=False, nan=0.0, posinf=0.0,
-                         neginf=0.0)
+    values = col.values  # the whole child array: the offsets below index into it
+    values = _np(values.fill_null(0) if values.null_count else values)
+    start = _np(col.offsets)[:-1][valid]
+    if (np.diff(start) == grid.cells).all():  # back to back: one slice
+        maps = values[start[0]: start[0] + start.size * grid.cells].reshape(-1, grid.cells)
+    else:
+        maps = values[start[:, None] + np.arange(grid.cells)]
+    maps = maps.astype(np.float64)
+    if not np.isfinite(maps).all():
+        np.nan_to_num(maps, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
     return maps, valid
 
 
@@ -88,10 +104,11 @@ def positive_maps(maps: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     """
     pos = np.maximum(maps, 0.0)
     mass = pos.sum(axis=1)
-    usable = (mass > 0) & (maps.max(axis=1) > maps.min(axis=1))
-    norm = np.divide(pos, mass[:, None], out=np.zeros_like(pos), where=mass[:, None] > 0)
     top = np.argmax(maps, axis=1) if maps.size else np.zeros(0, dtype=np.int64)
-    return norm, top, usable
+    high = maps[np.arange(maps.shape[0]), top] if maps.size else np.zeros(0)
+    usable = (mass > 0) & (high > maps.min(axis=1, initial=np.inf))
+    pos /= np.where(mass > 0, mass, 1.0)[:, None]  # a map without mass stays 0
+    return pos, top, usable
 
 
 def region_shares(maps: np.ndarray, grid: Grid) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -28,7 +28,7 @@ import pyarrow.compute as pc
 
 from pipeline.report.regions import Grid, maps_of, positive_maps
 from pipeline.report.stats import kl_divergence, part_keys, wilson_lower
-from pipeline.report.tokens import part_words, unique_ints
+from pipeline.report.tokens import may_hold, part_words, unique_ints
 
 COLUMNS = ["status", "tokens", "image_attr", "grid_h", "grid_w"]
 #: The key of a word profile (``WordSpace.profiles``) holding the word's row in its space;
@@ -72,6 +72,8 @@ def candidate_hits(table: pa.Table, grid: Grid, index: dict[str, int],
                    rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(row, word, top cell)`` for each distinct word of ``index`` in each row (of the mask
     ``rows``) whose map is usable on ``grid``; by row, then word id."""
+    words = sorted(index, key=index.__getitem__)
+    rows = rows & may_hold(table.column("tokens"), words)  # the others cannot hold one
     mask, at, (_, top) = usable_maps(table, grid, rows)
     mi, wi = incidence(table.column("tokens"), index, mask)
     return mi, wi, top[at[mi]]
@@ -139,8 +141,12 @@ class WordSpace:
                    np.asarray(part, np.int64), words.shape)[cand],
                "row": rows[cand].astype(np.int64), "top": top[cand].astype(np.int64)}
         cat = {k: np.concatenate([self.ex[k], new[k]]) for k in self.ex}
-        order = np.argsort(cat["key"], kind="stable")  # by word, then key
-        order = order[np.argsort(cat["word"][order], kind="stable")]
+        # by word, then key (random doubles: no ties to keep in order); words as int16 when
+        # they fit, which numpy sorts stably by radix
+        order = np.argsort(cat["key"])
+        w = cat["word"][order]
+        order = order[np.argsort(w.astype(np.int16) if len(self.words) < 2**15 else w,
+                                 kind="stable")]
         w = cat["word"][order]
         first = np.searchsorted(w, w, side="left")
         keep = order[(np.arange(w.size) - first) < self.examples]

@@ -145,6 +145,38 @@ def part_words(tokens: pa.Array | pa.ChunkedArray,
     return PartWords(row, word, attr, fenc.dictionary.to_pylist(), skipped)
 
 
+def may_hold(tokens: pa.Array | pa.ChunkedArray, words: list[str]) -> np.ndarray:
+    """The rows whose caption may hold one of ``words`` (case-folded words, as ``part_words``
+    gives them): a superset of those that do, found without merging any pieces.
+
+    A word's last piece, stripped of its end mark and folded, is a suffix of the
+    word, and that piece either ends a word or is its caption's last piece that
+    is not special. So a row can hold one of ``words`` only if it has such a
+    piece; the other rows can be skipped before the pieces are merged.
+    """
+    tokens = _list(tokens)
+    n = len(tokens)
+    if not words or n == 0:
+        return np.zeros(n, bool)
+    mask = _np(tokens.is_valid()) & (_np(pc.list_value_length(tokens).fill_null(0)) > 0)
+    if not mask.any():
+        return np.zeros(n, bool)
+    row, piece, uniq = _pieces(tokens, mask)
+    special = _np(pc.is_in(uniq, value_set=pa.array(sorted(SPECIAL), pa.string())))
+    end = _np(pc.ends_with(uniq, END_OF_WORD))
+    stripped = _folded(pc.if_else(end, pc.utf8_slice_codeunits(uniq, 0, -len(END_OF_WORD)),
+                                  uniq))
+    suffixes = pa.array(sorted({w[i:] for w in words for i in range(len(w) + 1)}), pa.string())
+    fits = _np(pc.is_in(stripped, value_set=suffixes)) & ~special
+    keep = ~special[piece]
+    row, piece = row[keep], piece[keep]
+    last = np.r_[row[1:] != row[:-1], True] if row.size else np.zeros(0, bool)
+    hit = fits[piece] & (end[piece] | last)
+    out = np.zeros(n, bool)
+    out[row[hit]] = True
+    return out
+
+
 def _word_keys(piece: np.ndarray, starts: np.ndarray,
                stripped: pa.Array) -> tuple[np.ndarray, pa.Array]:
     """Each word's key into a table of texts: a one-piece word is its piece's text, a word

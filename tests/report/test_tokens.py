@@ -21,7 +21,7 @@ from pipeline.report.aggregate import Aggregator, error_kind
 from pipeline.report.regions import Grid
 from pipeline.report.settings import GroupFamily
 from pipeline.report.space import CoOccurrence, WordSpace
-from pipeline.report.tokens import FamilyMatcher, part_words
+from pipeline.report.tokens import FamilyMatcher, may_hold, part_words
 
 PIECES = ["a</w>", "old</w>", "man</w>", "wo", "man</w>", "Man</w>", "ß</w>", "SS</w>",
           "pho", "to</w>", "dog", "<start_of_text>", "<end_of_text>", "of</w>", "vin", "tage</w>",
@@ -85,6 +85,24 @@ def test_part_words_matches_merge_words(seed, encoded):
     assert alone.skipped == 0
     rows_with_words = {i for i, t in enumerate(tokens) if t and merge_words(t, [0] * len(t))}
     assert set(alone.row.tolist()) == rows_with_words
+
+
+@pytest.mark.parametrize(("seed", "encoded"), [(3, False), (4, True)])
+def test_may_hold_keeps_every_row_that_holds_a_word(seed, encoded):
+    """The rows ``may_hold`` keeps are a superset of those whose merged words (the oracle,
+    ``merge_words``) hold one of the words, and it skips rows too."""
+    tokens, _ = random_captions(600, seed)
+    piece = pa.dictionary(pa.int32(), pa.string()) if encoded else pa.string()
+    tk = pa.array(tokens, pa.list_(piece))
+    for words in (["woman", "ss"], ["vintage", "photo"], ["dog"], ["man"], ["!"], []):
+        got = may_hold(tk, words)
+        assert got.dtype == bool and got.shape == (len(tokens),)
+        holds = np.array([bool(t) and bool({w for w, _ in merge_words(t, [0] * len(t),
+                                                                      lower=True)} & set(words))
+                          for t in tokens])
+        assert not (holds & ~got).any(), [tokens[i] for i in np.flatnonzero(holds & ~got)]
+        if words and words != ["!"]:
+            assert got.sum() < len(tokens), words  # a filter that keeps everything is no filter
 
 
 def greedy(words: list[str], terms: dict[tuple[str, ...], int]) -> list[tuple[int, float, int]]:
