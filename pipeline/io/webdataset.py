@@ -405,7 +405,7 @@ class _ReadAhead:
         self.read_range, self.size, self.chunk, self.depth = _ranges(fh), size, chunk, depth
         self.pos, self.buf = 0, memoryview(b"")  # ``buf``: fetched bytes from ``pos`` on
         self.own = pool is None  # a pool of its own, shut down on close; else the caller's
-        self.pool = pool or ThreadPoolExecutor(depth, thread_name_prefix="nibt-shard-read")
+        self.pool = pool or ThreadPoolExecutor(depth + 1, thread_name_prefix="nibt-shard-read")
         self.ahead: deque[tuple[int, Future]] = deque()  # (where, its fetch), in order
 
     def _submit(self, at: int) -> None:
@@ -421,13 +421,13 @@ class _ReadAhead:
             for _, f in self.ahead:
                 f.cancel()
             self.ahead.clear()
-        if not self.ahead:
-            self._submit(self.pos)
-        self.buf = memoryview(self.ahead.popleft()[1].result())
-        nxt = self.ahead[-1][0] + self.chunk if self.ahead else self.pos + self.chunk
-        while len(self.ahead) < self.depth and nxt < self.size:
+        # the chunk at ``pos`` and the ``depth`` after it asked for before waiting on it: a
+        # task's first GETs go out together, not the read-ahead one round trip later
+        nxt = self.ahead[-1][0] + self.chunk if self.ahead else self.pos
+        while len(self.ahead) <= self.depth and nxt < self.size:
             self._submit(nxt)
             nxt += self.chunk
+        self.buf = memoryview(self.ahead.popleft()[1].result())
         return bool(self.buf)
 
     def read(self, n: int) -> bytes:
