@@ -44,6 +44,7 @@ import io
 import json
 import os
 import tarfile
+import zlib
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor, wait
@@ -137,6 +138,9 @@ def split_name(name: str) -> tuple[str, str]:
     """(key, extension) of a member: its name up to the first dot of its basename (the
     directory kept), and the rest. A leading ``./`` is dropped; a basename starting with
     a dot is all key."""
+    if "/" not in name:  # most names: no directory
+        stem, _, ext = name.partition(".")
+        return (stem, ext) if stem else (name, "")
     name = name[2:] if name.startswith("./") else name
     folder, _, base = name.rpartition("/")
     stem, _, ext = base.partition(".")
@@ -150,7 +154,7 @@ def _damaged(uri: str, offset: int, size: int, samples: int, why: str) -> ShardE
                       f"{samples} whole sample(s); nothing from this shard is committed")
 
 
-@dataclass
+@dataclass(slots=True)
 class _Member:
     name: str
     ext: str  # lower case
@@ -181,7 +185,10 @@ def _header(block: bytes) -> tuple[str, bytes, int]:
     checksum as POSIX defines it (either byte sign, as tarfile accepts); the fields tarfile's
     way (``nts``, ``nti``)."""
     stored = _number(block[148:156])
-    if stored != sum(block) - sum(block[148:156]) + 256 and \
+    # the sum of the block's bytes from zlib's adler32 (its low half: 1 + the sum, modulo
+    # 65521, exact for 256 bytes) in C, not a Python loop over 512 ints
+    total = (zlib.adler32(block[:256]) & 0xFFFF) + (zlib.adler32(block[256:]) & 0xFFFF) - 2
+    if stored != total - sum(block[148:156]) + 256 and \
             stored not in tarfile.calc_chksums(block):
         raise tarfile.InvalidHeaderError("bad checksum")
     name = block[:100].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
@@ -234,12 +241,14 @@ def _members(fh: BinaryIO, uri: str, size: int) -> Iterator[tuple[str, _Member]]
                 fh.seek(-n % BLOCK, 1)
                 offset += BLOCK + n + -n % BLOCK
                 continue
-            name, n = meta.pop("path", name), int(meta.pop("size", n))
+            if meta:
+                name, n = meta.pop("path", name), int(meta.pop("size", n))
         except (tarfile.HeaderError, ValueError) as e:
             raise damaged(offset, f"a block that is no tar header ({e})") from None
-        data_at, offset = offset + BLOCK, offset + BLOCK + n + -n % BLOCK
+        pad = -n % BLOCK
+        data_at, offset = offset + BLOCK, offset + BLOCK + n + pad
         if kind == _DIR:
-            fh.seek(n + -n % BLOCK, 1)
+            fh.seek(n + pad, 1)
             continue
         key, ext = split_name(name)
         member = _Member(name, ext.lower(), None)
@@ -255,7 +264,7 @@ def _members(fh: BinaryIO, uri: str, size: int) -> Iterator[tuple[str, _Member]]
             member.data = fh.read(n)
             if len(member.data) < n:
                 raise damaged(data_at + len(member.data), f"member {name} cut short", key)
-        fh.seek((n if member.data is None else 0) + -n % BLOCK, 1)
+        fh.seek((n if member.data is None else 0) + pad, 1)
         if key != last:
             runs, last = runs + 1, key
         yield key, member

@@ -427,3 +427,37 @@ def test_a_shards_first_chunks_are_asked_for_together_and_no_more_than_the_bound
     assert got == expected
     assert sorted(fh.starts) == list(range(0, len(archive), chunk))  # each byte once
     assert max(fh.lead) <= depth * chunk  # the buffers: the chunk parsed and ``depth`` more
+
+
+def test_a_headers_checksum_is_judged_as_tarfile_judges_it():
+    """The block's byte sum (taken in C) accepts and refuses the headers ``tarfile`` does:
+    names of high bytes (the largest sums a block can have) and one byte changed anywhere."""
+    import random
+
+    rnd = random.Random(7)
+    high = 0
+    for i in range(200):
+        def text(most: int) -> str:  # 2 UTF-8 bytes a character, most of them high
+            return "".join(rnd.choice("\u07ff\u07ff\u00ffa") for _ in range(rnd.randint(most - 9, most)))
+
+        info = tarfile.TarInfo(f"{text(76)}/{text(48)}.{i % 10}")  # a prefix and a name
+        info.size, info.mtime = rnd.randint(0, 2**33 - 1), rnd.randint(0, 2**33 - 1)
+        info.type, info.linkname = tarfile.SYMTYPE, text(49)
+        info.uname, info.gname = text(15), text(15)
+        block = bytearray(info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "surrogateescape")[:512])
+        high += sum(block) > 65521  # past what one adler32 sum holds
+        if i % 2:  # one byte changed, the checksum field left as it was
+            at = rnd.choice([j for j in range(512) if not 148 <= j < 156])
+            block[at] = (block[at] + rnd.randint(1, 255)) % 256
+        try:
+            tarfile.TarInfo.frombuf(bytes(block), "utf-8", "surrogateescape")
+            expected = True
+        except tarfile.HeaderError:
+            expected = False
+        try:
+            wds._header(bytes(block))
+            got = True
+        except tarfile.HeaderError:
+            got = False
+        assert got == expected, (i, bytes(block))
+    assert high > 20
