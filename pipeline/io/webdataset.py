@@ -12,12 +12,13 @@ part has the same columns whatever each sample's JSON holds.
 
 The file is read as the plan saw it (``open_pinned``: on S3 every ranged GET carries
 ``If-Match`` with the planned ETag), front to back in chunks of ``READ_BYTES``, the
-next ``READ_AHEAD`` fetched while one is parsed. Memory per task is one batch of
+next ``READ_AHEAD`` fetched while one is parsed (the first chunk and the ``READ_AHEAD``
+after it asked for together). Memory per task is one batch of
 samples and those chunks, never the shard. The headers are parsed here: a sample
 needs only a member's name, type and size, and reading them straight from the block
 costs a fifth of ``tarfile.TarFile.next`` (which decodes every field; the
-``webdataset`` package reads through it too): with a near store a shard reads as fast
-as Parquet; 30 ms a request away, at about 0.9x of its rate (``python -m benchmarks
+``webdataset`` package reads through it too): with a near store a shard reads about as
+fast as Parquet; 30 ms a request away, at 1.2x of its rate (``python -m benchmarks
 webdataset``, docs/performance.md). Checksums, POSIX (ustar) and GNU long
 names and pax headers are handled as tarfile handles them, with its helpers for the
 rare cases; a GNU sparse member fails the shard.
