@@ -116,7 +116,7 @@ def run(rounds: int = ROUNDS) -> dict:
     cpu: dict[str, list[float]] = {}
     requests: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory(prefix="nibt-bench-wds-") as tmp, local_s3() as url, \
-            ThreadPoolExecutor(2 * READ_AHEAD, thread_name_prefix="nibt-shard-read") as pool:
+            ThreadPoolExecutor(2 * (READ_AHEAD + 1), thread_name_prefix="nibt-shard-read") as pool:
         inputs, jpeg_bytes = write_inputs(Path(tmp))
         sizes = {f: sum(p.stat().st_size for p in paths) for f, paths in inputs.items()}
         fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": url})

@@ -12,12 +12,13 @@ part has the same columns whatever each sample's JSON holds.
 
 The file is read as the plan saw it (``open_pinned``: on S3 every ranged GET carries
 ``If-Match`` with the planned ETag), front to back in chunks of ``READ_BYTES``, the
-next ``READ_AHEAD`` fetched while one is parsed. Memory per task is one batch of
+next ``READ_AHEAD`` fetched while one is parsed (the first chunk and the ``READ_AHEAD``
+after it asked for together). Memory per task is one batch of
 samples and those chunks, never the shard. The headers are parsed here: a sample
 needs only a member's name, type and size, and reading them straight from the block
 costs a fifth of ``tarfile.TarFile.next`` (which decodes every field; the
-``webdataset`` package reads through it too): with a near store a shard reads as fast
-as Parquet; 30 ms a request away, at about 0.9x of its rate (``python -m benchmarks
+``webdataset`` package reads through it too): with a near store a shard reads about as
+fast as Parquet; 30 ms a request away, at 1.2x of its rate (``python -m benchmarks
 webdataset``, docs/performance.md). Checksums, POSIX (ustar) and GNU long
 names and pax headers are handled as tarfile handles them, with its helpers for the
 rare cases; a GNU sparse member fails the shard.
@@ -44,6 +45,7 @@ import io
 import json
 import os
 import tarfile
+import zlib
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor, wait
@@ -137,6 +139,9 @@ def split_name(name: str) -> tuple[str, str]:
     """(key, extension) of a member: its name up to the first dot of its basename (the
     directory kept), and the rest. A leading ``./`` is dropped; a basename starting with
     a dot is all key."""
+    if "/" not in name:  # most names: no directory
+        stem, _, ext = name.partition(".")
+        return (stem, ext) if stem else (name, "")
     name = name[2:] if name.startswith("./") else name
     folder, _, base = name.rpartition("/")
     stem, _, ext = base.partition(".")
@@ -150,7 +155,7 @@ def _damaged(uri: str, offset: int, size: int, samples: int, why: str) -> ShardE
                       f"{samples} whole sample(s); nothing from this shard is committed")
 
 
-@dataclass
+@dataclass(slots=True)
 class _Member:
     name: str
     ext: str  # lower case
@@ -181,7 +186,10 @@ def _header(block: bytes) -> tuple[str, bytes, int]:
     checksum as POSIX defines it (either byte sign, as tarfile accepts); the fields tarfile's
     way (``nts``, ``nti``)."""
     stored = _number(block[148:156])
-    if stored != sum(block) - sum(block[148:156]) + 256 and \
+    # the sum of the block's bytes from zlib's adler32 (its low half: 1 + the sum, modulo
+    # 65521, exact for 256 bytes) in C, not a Python loop over 512 ints
+    total = (zlib.adler32(block[:256]) & 0xFFFF) + (zlib.adler32(block[256:]) & 0xFFFF) - 2
+    if stored != total - sum(block[148:156]) + 256 and \
             stored not in tarfile.calc_chksums(block):
         raise tarfile.InvalidHeaderError("bad checksum")
     name = block[:100].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
@@ -234,12 +242,14 @@ def _members(fh: BinaryIO, uri: str, size: int) -> Iterator[tuple[str, _Member]]
                 fh.seek(-n % BLOCK, 1)
                 offset += BLOCK + n + -n % BLOCK
                 continue
-            name, n = meta.pop("path", name), int(meta.pop("size", n))
+            if meta:
+                name, n = meta.pop("path", name), int(meta.pop("size", n))
         except (tarfile.HeaderError, ValueError) as e:
             raise damaged(offset, f"a block that is no tar header ({e})") from None
-        data_at, offset = offset + BLOCK, offset + BLOCK + n + -n % BLOCK
+        pad = -n % BLOCK
+        data_at, offset = offset + BLOCK, offset + BLOCK + n + pad
         if kind == _DIR:
-            fh.seek(n + -n % BLOCK, 1)
+            fh.seek(n + pad, 1)
             continue
         key, ext = split_name(name)
         member = _Member(name, ext.lower(), None)
@@ -255,7 +265,7 @@ def _members(fh: BinaryIO, uri: str, size: int) -> Iterator[tuple[str, _Member]]
             member.data = fh.read(n)
             if len(member.data) < n:
                 raise damaged(data_at + len(member.data), f"member {name} cut short", key)
-        fh.seek((n if member.data is None else 0) + -n % BLOCK, 1)
+        fh.seek((n if member.data is None else 0) + pad, 1)
         if key != last:
             runs, last = runs + 1, key
         yield key, member
@@ -405,7 +415,7 @@ class _ReadAhead:
         self.read_range, self.size, self.chunk, self.depth = _ranges(fh), size, chunk, depth
         self.pos, self.buf = 0, memoryview(b"")  # ``buf``: fetched bytes from ``pos`` on
         self.own = pool is None  # a pool of its own, shut down on close; else the caller's
-        self.pool = pool or ThreadPoolExecutor(depth, thread_name_prefix="nibt-shard-read")
+        self.pool = pool or ThreadPoolExecutor(depth + 1, thread_name_prefix="nibt-shard-read")
         self.ahead: deque[tuple[int, Future]] = deque()  # (where, its fetch), in order
 
     def _submit(self, at: int) -> None:
@@ -421,13 +431,13 @@ class _ReadAhead:
             for _, f in self.ahead:
                 f.cancel()
             self.ahead.clear()
-        if not self.ahead:
-            self._submit(self.pos)
-        self.buf = memoryview(self.ahead.popleft()[1].result())
-        nxt = self.ahead[-1][0] + self.chunk if self.ahead else self.pos + self.chunk
-        while len(self.ahead) < self.depth and nxt < self.size:
+        # the chunk at ``pos`` and the ``depth`` after it asked for before waiting on it: a
+        # task's first GETs go out together, not the read-ahead one round trip later
+        nxt = self.ahead[-1][0] + self.chunk if self.ahead else self.pos
+        while len(self.ahead) <= self.depth and nxt < self.size:
             self._submit(nxt)
             nxt += self.chunk
+        self.buf = memoryview(self.ahead.popleft()[1].result())
         return bool(self.buf)
 
     def read(self, n: int) -> bytes:

@@ -177,8 +177,9 @@ class TaskRunner:
                          **library_versions()}
         self.reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nibt-read")
         # threads that fetch a shard's chunks ahead, started once for every task (not one
-        # pool per shard), enough for two tasks in flight
-        self.shard_reads = ThreadPoolExecutor(max_workers=2 * wds.READ_AHEAD,
+        # pool per shard), enough for two tasks in flight (each asks for its first chunk and
+        # the READ_AHEAD after it at once)
+        self.shard_reads = ThreadPoolExecutor(max_workers=2 * (wds.READ_AHEAD + 1),
                                               thread_name_prefix="nibt-shard-read")
         self.grid = self.clip.image.grid
         self._warm_up()

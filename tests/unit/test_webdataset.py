@@ -383,3 +383,81 @@ def test_a_borrowed_pool_reads_the_same_and_stays_open(tmp_path, monkeypatch):
         assert pool.submit(lambda: "still open").result() == "still open"
     assert lent == rows(tmp_path, MEMBERS)
     assert [r["image"] for r in lent] == [png(i) for i in range(6)]
+
+
+class _RangedBytes:
+    """A file read only by ranged reads (as an S3 file is), which waits in each read until
+    ``together`` reads are in flight at once (a broken barrier when they never are), and
+    notes how far ahead of the reader each read starts."""
+
+    def __init__(self, data: bytes, together: int) -> None:
+        import threading
+
+        self.data, self.reader = data, None
+        self.barrier = threading.Barrier(together, timeout=10) if together > 1 else None
+        self.starts: list[int] = []
+        self.lead: list[int] = []  # bytes past the reader's position, for each read
+
+    def _fetch_range(self, start: int, end: int) -> bytes:
+        self.starts.append(start)
+        self.lead.append(start - self.reader.pos)
+        if self.barrier is not None and len(self.starts) <= self.barrier.parties:
+            self.barrier.wait()
+        return self.data[start:end]
+
+
+def test_a_shards_first_chunks_are_asked_for_together_and_no_more_than_the_bound():
+    """The first chunk and the ``READ_AHEAD`` after it go out before the first is waited
+    on (each first read waits for the others: asked one by one they would never meet);
+    later reads stay within ``READ_AHEAD`` chunks past the reader. The members read are
+    those ``tarfile`` reads from the same bytes."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    members = [(f"{i:04d}.{ext}", os.urandom(700 + 37 * i) if ext == "jpg" else b"cap %d" % i)
+               for i in range(40) for ext in ("jpg", "txt")]
+    archive, chunk, depth = tar_bytes(members), 4096, 2
+    assert len(archive) > (depth + 3) * chunk  # more chunks than are fetched at first
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        expected = [(m.name, tar.extractfile(m).read()) for m in tar.getmembers()]
+    fh = _RangedBytes(archive, together=depth + 1)
+    with ThreadPoolExecutor(depth + 1) as pool:
+        fh.reader = ra = wds._ReadAhead(fh, len(archive), chunk, depth, pool)
+        got = [(m.name, m.data) for _, m in wds._members(ra, "s.tar", len(archive))]
+        ra.close()
+    assert got == expected
+    assert sorted(fh.starts) == list(range(0, len(archive), chunk))  # each byte once
+    assert max(fh.lead) <= depth * chunk  # the buffers: the chunk parsed and ``depth`` more
+
+
+def test_a_headers_checksum_is_judged_as_tarfile_judges_it():
+    """The block's byte sum (taken in C) accepts and refuses the headers ``tarfile`` does:
+    names of high bytes (the largest sums a block can have) and one byte changed anywhere."""
+    import random
+
+    rnd = random.Random(7)
+    high = 0
+    for i in range(200):
+        def text(most: int) -> str:  # 2 UTF-8 bytes a character, most of them high
+            return "".join(rnd.choice("\u07ff\u07ff\u00ffa") for _ in range(rnd.randint(most - 9, most)))
+
+        info = tarfile.TarInfo(f"{text(76)}/{text(48)}.{i % 10}")  # a prefix and a name
+        info.size, info.mtime = rnd.randint(0, 2**33 - 1), rnd.randint(0, 2**33 - 1)
+        info.type, info.linkname = tarfile.SYMTYPE, text(49)
+        info.uname, info.gname = text(15), text(15)
+        block = bytearray(info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "surrogateescape")[:512])
+        high += sum(block) > 65521  # past what one adler32 sum holds
+        if i % 2:  # one byte changed, the checksum field left as it was
+            at = rnd.choice([j for j in range(512) if not 148 <= j < 156])
+            block[at] = (block[at] + rnd.randint(1, 255)) % 256
+        try:
+            tarfile.TarInfo.frombuf(bytes(block), "utf-8", "surrogateescape")
+            expected = True
+        except tarfile.HeaderError:
+            expected = False
+        try:
+            wds._header(bytes(block))
+            got = True
+        except tarfile.HeaderError:
+            got = False
+        assert got == expected, (i, bytes(block))
+    assert high > 20
