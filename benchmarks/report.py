@@ -35,10 +35,10 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from pipeline.config import StorageSettings
 from pipeline.io.manifest import PartEntry, read_manifest, write_manifest
+from pipeline.io.parts import encode_part
 from pipeline.io.schema import RESULT_FIELDS, result_schema
 from pipeline.io.storage import filesystem
 from pipeline.report.passes import cut
@@ -213,7 +213,8 @@ def _write_part(args: tuple) -> dict:
         result_schema(None, META).metadata)
     task = f"task{p:05d}"
     path = os.path.join(root, "parts", f"{task}.parquet")
-    pq.write_table(table, path)
+    with open(path, "wb") as f:  # encoded as an audit writes its parts
+        f.write(encode_part(table))
     counts = dict(zip(*np.unique(table.column("status").to_numpy(zero_copy_only=False),
                                  return_counts=True)))
     return asdict(PartEntry(task, f"parts/{task}.parquet", n, f"/bench/input-{p:05d}.parquet",

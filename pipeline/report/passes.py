@@ -175,6 +175,11 @@ class SpacePass:
         return ws, wx
 
 
+def _pointer_key(part: Any, row: Any) -> Any:
+    """A (part, row) pointer as one int64 (rows of a part stay below 2**32)."""
+    return (np.asarray(part, np.int64) << 32) | np.asarray(row, np.int64)
+
+
 @dataclass
 class LastResult:
     """A ``LastPass`` task's partial result."""
@@ -203,14 +208,14 @@ class LastPass:
     def run(self, tables: Iterator[tuple[int, pa.Table]]) -> LastResult:
         out = self.empty()
         index = {w: i for i, w in enumerate(self.cands)}
+        wanted = np.array(sorted(_pointer_key(p, r) for p, r in self.pointers), np.int64)
         for c in chunks(tables):
             table = c.table
-            if self.pointers:
-                at = {(p, r): i for i, (p, r) in enumerate(zip(c.part.tolist(), c.pos.tolist()))
-                      if (p, r) in self.pointers}
-                if at:
-                    keys = sorted(at)
-                    got = table.select(ROW_COLUMNS).take(pa.array([at[k] for k in keys]))
+            if wanted.size:
+                at = np.flatnonzero(np.isin(_pointer_key(c.part, c.pos), wanted))
+                if at.size:  # rows of a chunk come by part, then row: in pointer order
+                    got = table.select(ROW_COLUMNS).take(pa.array(at))
+                    keys = zip(c.part[at].tolist(), c.pos[at].tolist())
                     out.rows.update(zip(keys, got.to_pylist()))
             ok = _ok(table)
             hits = (np.empty(0, np.int64),) * 3
