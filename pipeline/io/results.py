@@ -47,18 +47,17 @@ def read_part(fs: fsspec.AbstractFileSystem, root: str, entry: dict[str, Any],
     on object storage one GET of the whole object. ``dictionary``: nested column paths read
     dictionary-encoded (``TOKEN_DICTIONARY``)."""
     path = join(root, entry["path"])
-    cols = list(columns) if columns else None
-    kw = {"columns": cols, "use_threads": False, "read_dictionary": list(dictionary) or None}
     try:
         if is_local(fs):
-            table = pq.read_table(path, **kw)
+            with open(path, "rb") as f:
+                data = f.read()
         else:
             one = {"max_concurrency": 1} if hasattr(fs, "max_concurrency") else {}
             data = fs.cat_file(path, **one)
             size = entry.get("bytes")
             if size is not None and len(data) != int(size):
                 raise PartUnreadable(path, f"{len(data)} bytes, the manifest lists {size}")
-            table = pq.read_table(pa.BufferReader(data), **kw)
+        table = decode_part(data, columns, dictionary)
     except PartUnreadable:
         raise
     except Exception as e:
@@ -67,6 +66,28 @@ def read_part(fs: fsspec.AbstractFileSystem, root: str, entry: dict[str, Any],
     if rows is not None and table.num_rows != int(rows):
         raise PartUnreadable(path, f"{table.num_rows} rows, the manifest lists {rows}")
     return table
+
+
+def decode_part(data: bytes, columns: Sequence[str] | None = None,
+                dictionary: Sequence[str] = ()) -> pa.Table:
+    """A part's bytes as a table of ``columns`` (all when None), row group by row group.
+
+    ``pq.ParquetFile`` straight on the bytes: about 0.7 ms a part less than
+    ``pq.read_table``'s dataset layer, which counts for parts of a thousand rows
+    read three times each. ``dictionary``: the nested column paths of those that
+    the file has are read dictionary-encoded.
+    """
+    source = pa.BufferReader(data)
+    meta = pq.read_metadata(source)
+    paths = {meta.schema.column(i).path for i in range(meta.num_columns)}
+    pf = pq.ParquetFile(source, metadata=meta,
+                        read_dictionary=[p for p in dictionary if p in paths] or None)
+    cols = list(columns) if columns is not None else None
+    if meta.num_row_groups == 0:
+        schema = pf.schema_arrow
+        return schema.empty_table().select(cols) if cols is not None else schema.empty_table()
+    return pa.concat_tables([pf.read_row_group(i, columns=cols, use_threads=False)
+                             for i in range(meta.num_row_groups)])
 
 
 def prefetched(output: str, storage: StorageSettings, entries: Sequence[dict[str, Any]],

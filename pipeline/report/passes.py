@@ -45,7 +45,7 @@ CHUNK_ROWS = 8192
 #: A task holds at least this many rows and this many parts (the last one fewer), and
 #: larger results are cut into about ``TASKS`` tasks a pass, at most ``MAX_TASK_ROWS`` rows
 #: each: the merge of a task's result costs the driver about the same whatever its size.
-TASK_ROWS, TASK_PARTS, TASKS, MAX_TASK_ROWS = 50_000, 16, 256, 2_000_000
+TASK_ROWS, TASK_PARTS, TASKS, MAX_TASK_ROWS = 50_000, 4, 256, 2_000_000
 
 
 @dataclass
