@@ -1,8 +1,9 @@
 """The report's passes over an audit's parts, cut into tasks that any worker can run.
 
 A task is a run of consecutive parts (at least ``TASK_PARTS`` parts and
-``TASK_ROWS`` rows, so that a worker reads ahead ``PREFETCH`` parts and its
-result is worth sending; about ``TASKS`` tasks a pass for large results, so
+``TASK_ROWS`` rows, so that its result is worth sending, while a small result
+still gives each worker several tasks; a worker reads up to ``PREFETCH`` of a
+task's parts ahead; about ``TASKS`` tasks a pass for large results, so
 that merging them costs the driver little); the cut depends only on the manifest, never on the
 number of workers, so partial results merge into the same bytes however many
 workers there are. Each pass's work is a small picklable object whose ``run``
