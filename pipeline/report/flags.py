@@ -16,10 +16,11 @@ be flagged: every failed row, the pairs of every shortcut candidate that peak
 in its cell, and the pairs whose score falls in the score histogram's bins up
 to the one holding the k-th lowest (``low_bin``: a threshold from the first
 pass, so no part is sorted against the others). ``FlagList`` appends those rows
-in input order to a staging file on local disk, keeps the (score, part, row)
-of the low-score candidates (24 bytes each) pruned to the lowest k as they
-come, and at the end writes ``flags.parquet`` batch by batch: the suspects that
-survived the co-occurrence check, the exact k lowest with their ranks.
+in input order to a staging file on local disk (``BATCH`` rows a write), keeps
+the (score, part, row) of the low-score candidates (24 bytes each) pruned to the
+lowest k as they come, and at the end writes ``flags.parquet`` batch by batch,
+built by column: the suspects that survived the co-occurrence check, the exact
+k lowest with their ranks.
 """
 
 from __future__ import annotations
@@ -137,6 +138,22 @@ def _np(a: pa.Array | pa.ChunkedArray) -> np.ndarray:
     return a.to_numpy(zero_copy_only=False)
 
 
+def _ranges(starts: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """``concatenate([arange(a, a + k) for a, k in zip(starts, sizes)])``."""
+    if sizes.sum() == 0:
+        return np.empty(0, np.int64)
+    return np.repeat(starts - np.r_[0, np.cumsum(sizes)[:-1]], sizes) + np.arange(sizes.sum())
+
+
+def _two_slots(has1: np.ndarray, first: np.ndarray, has2: np.ndarray,
+               second: np.ndarray) -> pa.ListArray:
+    """Per row the list [first[i] if has1[i]] + [second[i] if has2[i]] (strings)."""
+    both = np.stack([first, second], axis=1).ravel()
+    there = np.stack([has1, has2], axis=1).ravel()
+    offsets = np.r_[0, np.cumsum(has1.astype(np.int64) + has2)].astype(np.int32)
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(both[there], pa.string()))
+
+
 class FlagList:
     """The staged rows of every part in input order, and the lowest-score candidates."""
 
@@ -147,13 +164,16 @@ class FlagList:
         self.writer = pq.ParquetWriter(self.path, STAGE)
         self.low = (np.empty(0), np.empty(0, np.int64), np.empty(0, np.int64))
         self.staged = 0
+        self.held: list[pa.Table] = []  # staged rows not yet written (under ``BATCH``)
 
     def add(self, staged: pa.Table) -> None:
         """Append a task's staged rows (parts in order)."""
         if staged.num_rows == 0:
             return
-        self.writer.write_table(staged, row_group_size=BATCH)
+        self.held.append(staged)  # written a batch at a time: one small write a part costs
         self.staged += staged.num_rows
+        if sum(t.num_rows for t in self.held) >= BATCH:
+            self._flush()
         low = staged.filter(staged.column("low"))
         if low.num_rows:
             s, p, r = self.low
@@ -161,6 +181,11 @@ class FlagList:
                         np.r_[p, low.column("part").to_numpy()], np.r_[r, low.column("pos").to_numpy()])
             if self.low[0].size > 2 * self.k + 4096:
                 self._prune()
+
+    def _flush(self) -> None:
+        if self.held:
+            self.writer.write_table(pa.concat_tables(self.held), row_group_size=BATCH)
+            self.held = []
 
     def _prune(self) -> None:
         s, p, r = self.low
@@ -170,6 +195,7 @@ class FlagList:
     def summary(self, suspects: list[dict[str, Any]], cand_index: dict[str, int],
                 grid: Grid | None, rows_ok: int) -> dict[str, Any]:
         """Settle the list (the lowest k with their ranks, the suspects kept) and count it."""
+        self._flush()
         self.writer.close()
         self.writer = None
         self._prune()
@@ -238,37 +264,47 @@ class FlagList:
 
     def _rows(self, b: pa.RecordBatch, d: _Decision, sel: np.ndarray, said: dict[int, str],
               tail: str) -> pa.Table:
-        """The flagged rows ``sel`` of a staged batch (``b``: those rows) as ``SCHEMA``."""
+        """The flagged rows ``sel`` of a staged batch (``b``: those rows) as ``SCHEMA``, built
+        by column: each row's reasons and evidence are two slots, the first (``not_ok``, or
+        ``shortcut``) and the second (``low_score``), each there or not."""
         bad, short, rank = d.bad[sel], d.short[sel], d.rank[sel]
-        low = rank > 0
+        low = (rank > 0) & ~bad
+        n = sel.size
         score = _np(b.column("score")).astype(np.float64)
-        low_text = pc.binary_join_element_wise(
-            "score ", pa.array([f"{x:.4g}" for x in score[low]], pa.string()), ": rank ",
-            pa.array(rank[low]).cast(pa.string()), tail, "").to_pylist()
+        # the kept suspects of each shortcut row, in the order its caption's candidates come
+        count = np.where(short, d.at[sel + 1] - d.at[sel], 0)
+        words = d.words[_ranges(d.at[sel][short], count[short])]
+        word_of = {c: x["word"] for c, x in self.kept.items()}
+        suspects = pa.ListArray.from_arrays(
+            pa.array(np.r_[0, np.cumsum(count)].astype(np.int32)),
+            pa.array([word_of[c] for c in words.tolist()], pa.string()))
+        first = np.full(n, None, object)  # the first slot's evidence
         error = b.column("error")
-        bad_text = pc.binary_join_element_wise(
+        first[bad] = pc.binary_join_element_wise(
             "status ", b.column("status").fill_null(""), ": ",
             pc.if_else(pc.greater(pc.binary_length(error).fill_null(0), 0), error,
-                       "no error message"), "").to_pylist()
-        lows, reasons, evidence, suspects = iter(low_text), [], [], []
-        for i, (f, s_, q) in enumerate(zip(bad.tolist(), short.tolist(), low.tolist())):
-            if f:
-                reasons.append(["not_ok"])
-                evidence.append([bad_text[i]])
-                suspects.append([])
-                continue
-            mine = d.words[d.at[sel[i]]:d.at[sel[i] + 1]].tolist() if s_ else []
-            reasons.append(["shortcut"] * s_ + ["low_score"] * q)
-            evidence.append((["; ".join(said[c] for c in mine)] if s_ else [])
-                            + ([next(lows)] if q else []))
-            suspects.append([self.kept[c]["word"] for c in mine])
+                       "no error message"), "").filter(pa.array(bad)).to_numpy(
+                           zero_copy_only=False)
+        starts = np.r_[0, np.cumsum(count)]
+        said_of = np.array([said.get(c) for c in range(max(said, default=-1) + 1)], object)
+        one = count == 1  # most shortcut rows carry one suspect
+        first[one] = said_of[words[starts[:-1][one]]] if one.any() else []
+        many = np.flatnonzero(count > 1)
+        first[many] = ["; ".join(said_of[words[starts[i]:starts[i + 1]]].tolist())
+                       for i in many.tolist()]
+        second = np.full(n, None, object)
+        second[low] = pc.binary_join_element_wise(
+            "score ", pa.array([f"{x:.4g}" for x in score[low]], pa.string()), ": rank ",
+            pa.array(rank[low]).cast(pa.string()), tail, "").to_numpy(zero_copy_only=False)
+        has1, has2 = bad | short, low
+        reason1 = np.where(bad, "not_ok", "shortcut")
         cell = _np(b.column("top_cell").fill_null(-1)).astype(np.int64)
         return pa.table({
             "id": b.column("id"), "source": b.column("source"), "row": b.column("row"),
             "status": b.column("status"), "score": pa.array(score, mask=bad | ~np.isfinite(score)),
-            "reasons": pa.array(reasons, pa.list_(pa.string())),
-            "evidence": pa.array(evidence, pa.list_(pa.string())),
-            "suspect_words": pa.array(suspects, pa.list_(pa.string())),
+            "reasons": _two_slots(has1, reason1, has2, np.full(n, "low_score", object)),
+            "evidence": _two_slots(has1, first, has2, second),
+            "suspect_words": suspects,
             "top_cell": pa.array(cell.astype(np.int32), mask=~short | (cell < 0)),
             "score_rank": pa.array(rank, mask=~low), "error": error}, schema=SCHEMA)
 

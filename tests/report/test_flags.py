@@ -141,3 +141,70 @@ def test_no_suspects_and_nothing_failed_flags_only_low_scores(tmp_path):
                         ReportSettings(flags_low_score_share=0.0))
     assert none["flags"]["rows"] == 0
     assert pq.read_table(tmp_path / "out0" / "flags.parquet").num_rows == 0
+
+
+def test_flag_list_rows_with_several_suspects_match_a_naive_loop(tmp_path):
+    """``FlagList`` over hand-built staged rows (several candidates a row, kept and not,
+    failed rows, low-score candidates), batched writes included, against a loop that
+    applies the documented rules row by row."""
+    from pipeline.report.flags import STAGE, FlagList
+    from pipeline.report.regions import Grid
+
+    rng = np.random.default_rng(5)
+    grid, k = Grid(4, 4), 7
+    cands = ["vintage", "photo", "stock", "old"]
+    suspects = [{"word": w, "modal_cell": c, "consistency": 0.8, "pairs": 40, "baseline": 0.1}
+                for w, c in (("vintage", 15), ("stock", 0), ("old", 3))]
+    flag_list = FlagList(k)
+    rows_ok, staged = 0, []
+    for part in range(3):
+        n = 50
+        status = np.where(rng.random(n) < 0.1, "bad_image", "ok")
+        score = rng.normal(0.3, 0.05, n)
+        rows_ok += int((status == "ok").sum())
+        has = [sorted(rng.choice(4, size=int(rng.integers(0, 3)), replace=False).tolist())
+               for _ in range(n)]
+        table = pa.table({
+            "part": np.full(n, part), "pos": np.arange(n), "id": [f"p{part}-{i}" for i in range(n)],
+            "source": ["in.parquet"] * n, "row": np.arange(n) + 100 * part, "status": status,
+            "error": [None if s == "ok" else f"broken {i}" for i, s in enumerate(status)],
+            "score": pa.array(score, mask=status != "ok"),
+            "top_cell": pa.array(rng.integers(0, 16, n).astype(np.int32)),
+            "cands": pa.array(has, pa.list_(pa.int32())),
+            "low": (status == "ok") & (rng.random(n) < 0.3)}, schema=STAGE)
+        staged.append(table)
+        flag_list.add(table)
+    summary = flag_list.summary(suspects, {w: i for i, w in enumerate(cands)}, grid, rows_ok)
+    flag_list.write(str(tmp_path / "flags.parquet"))
+    flag_list.close()
+    got = pq.read_table(tmp_path / "flags.parquet").to_pylist()
+
+    every = [r for t in staged for r in t.to_pylist()]
+    lows = sorted((r["score"], r["part"], r["pos"]) for r in every if r["low"])[:k]
+    rank = {(p, q): i + 1 for i, (_, p, q) in enumerate(lows)}
+    kept = {cands.index(x["word"]): x["word"] for x in suspects}
+    want = []
+    for r in every:
+        if r["status"] != "ok":
+            want.append((r["id"], ["not_ok"], [f"status {r['status']}: {r['error']}"], [], None))
+            continue
+        mine = [kept[c] for c in r["cands"] if c in kept]
+        rk = rank.get((r["part"], r["pos"]))
+        reasons = ["shortcut"] * bool(mine) + ["low_score"] * (rk is not None)
+        if reasons:
+            want.append((r["id"], reasons, None, mine, rk))
+    assert [g["id"] for g in got] == [w[0] for w in want]
+    for g, (_, reasons, evidence, words, rk) in zip(got, want):
+        assert g["reasons"] == reasons and g["suspect_words"] == words and g["score_rank"] == rk
+        assert len(g["evidence"]) == len(reasons)
+        if evidence is not None:
+            assert g["evidence"] == evidence
+        if words:
+            assert g["evidence"][0].count("caption has shortcut suspect") == len(words)
+            assert all(f"\u201c{w}\u201d" in g["evidence"][0] for w in words)
+        if rk is not None:
+            assert f": rank {rk} of {rows_ok} attributed pairs" in g["evidence"][-1]
+    assert any(len(w[3]) > 1 for w in want)  # rows with two suspects were checked
+    assert summary["by_reason"] == {
+        "shortcut": sum(1 for w in want if w[3]), "low_score": k,
+        "not_ok": sum(1 for w in want if w[1] == ["not_ok"])}
