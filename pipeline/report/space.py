@@ -28,7 +28,7 @@ import pyarrow.compute as pc
 
 from pipeline.report.regions import Grid, maps_of, positive_maps
 from pipeline.report.stats import kl_divergence, part_keys, wilson_lower
-from pipeline.report.tokens import may_hold, part_words, unique_ints
+from pipeline.report.tokens import may_hold, word_hits
 
 COLUMNS = ["status", "tokens", "image_attr", "grid_h", "grid_w"]
 #: The key of a word profile (``WordSpace.profiles``) holding the word's row in its space;
@@ -43,15 +43,7 @@ def incidence(tokens: pa.Array | pa.ChunkedArray, index: dict[str, int],
 
     Sorted by row, then word id.
     """
-    pw = part_words(tokens, rows=rows)
-    ids = np.array([index.get(w, -1) for w in pw.words] or [-1], np.int64)
-    wid = ids[pw.word] if pw.word.size else np.empty(0, np.int64)
-    keep = wid >= 0
-    if not keep.any():
-        return np.empty(0, np.int64), np.empty(0, np.int64)
-    n = max(len(index), 1)
-    key = unique_ints(pw.row[keep] * n + wid[keep])
-    return key // n, key % n
+    return word_hits(tokens, pa.array(sorted(index, key=index.__getitem__), pa.string()), rows)
 
 
 def usable_maps(table: pa.Table, grid: Grid, rows: np.ndarray

@@ -107,32 +107,15 @@ def part_words(tokens: pa.Array | pa.ChunkedArray,
     mask = valid & (lengths > 0) & wanted
     if not mask.any():
         return empty
-    row, piece, uniq = _pieces(tokens, mask)
     if values is not None:
         vrow = _np(pc.list_parent_indices(values))
         val = _np(pc.list_flatten(values).fill_null(0.0)).astype(np.float64)[mask[vrow]]
     else:
-        val = np.zeros(row.size)
-    special = _np(pc.is_in(uniq, value_set=pa.array(sorted(SPECIAL), pa.string())))
-    end = _np(pc.ends_with(uniq, END_OF_WORD))
-    stripped = pc.if_else(end, pc.utf8_slice_codeunits(uniq, 0, -len(END_OF_WORD)), uniq)
-    keep = ~special[piece]
-    piece, row, val = piece[keep], row[keep], val[keep]
-    if piece.size == 0:
+        val = None
+    runs = _runs(tokens, mask, val)
+    if runs is None:
         return empty
-    ends = end[piece].copy()
-    ends[:-1] |= row[1:] != row[:-1]  # a caption's trailing pieces form a word too
-    ends[-1] = True
-    first = np.r_[True, ends[:-1]]
-    starts = np.flatnonzero(first)
-    attr = np.add.reduceat(val, starts) if val.size else val
-    key, text = _word_keys(piece, starts, stripped)
-    row = row[starts]
-    unended = ~end[piece[np.r_[starts[1:], piece.size] - 1]]
-    if unended.any():  # an empty trailing buffer (pieces "" only) is no word
-        drop = unended & (_np(pc.binary_length(text))[key] == 0)
-        if drop.any():
-            key, row, attr = key[~drop], row[~drop], attr[~drop]
+    row, key, text, attr = runs
     # distinct words in order of first use, then their case-folded forms likewise
     at = np.empty(len(text), np.int64)
     at[key[::-1]] = np.arange(key.size)[::-1]  # each key's first position (last write wins)
@@ -175,6 +158,60 @@ def may_hold(tokens: pa.Array | pa.ChunkedArray, words: list[str]) -> np.ndarray
     out = np.zeros(n, bool)
     out[row[hit]] = True
     return out
+
+
+def _runs(tokens: pa.Array, mask: np.ndarray, val: np.ndarray | None
+          ) -> tuple[np.ndarray, np.ndarray, pa.Array, np.ndarray] | None:
+    """The words of the rows in ``mask`` as runs of pieces: each word's row, its key into
+    the returned texts (unfolded), and its summed values (``val``: one per piece of those
+    rows, or None for zeros). None when there is no word."""
+    row, piece, uniq = _pieces(tokens, mask)
+    val = np.zeros(row.size) if val is None else val
+    special = _np(pc.is_in(uniq, value_set=pa.array(sorted(SPECIAL), pa.string())))
+    end = _np(pc.ends_with(uniq, END_OF_WORD))
+    stripped = pc.if_else(end, pc.utf8_slice_codeunits(uniq, 0, -len(END_OF_WORD)), uniq)
+    keep = ~special[piece]
+    piece, row, val = piece[keep], row[keep], val[keep]
+    if piece.size == 0:
+        return None
+    ends = end[piece].copy()
+    ends[:-1] |= row[1:] != row[:-1]  # a caption's trailing pieces form a word too
+    ends[-1] = True
+    first = np.r_[True, ends[:-1]]
+    starts = np.flatnonzero(first)
+    attr = np.add.reduceat(val, starts) if val.size else val
+    key, text = _word_keys(piece, starts, stripped)
+    row = row[starts]
+    unended = ~end[piece[np.r_[starts[1:], piece.size] - 1]]
+    if unended.any():  # an empty trailing buffer (pieces "" only) is no word
+        drop = unended & (_np(pc.binary_length(text))[key] == 0)
+        if drop.any():
+            key, row, attr = key[~drop], row[~drop], attr[~drop]
+    return row, key, text, attr
+
+
+def word_hits(tokens: pa.Array | pa.ChunkedArray, words: pa.Array,
+              rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``(row, i)`` for each distinct ``words[i]`` (case-folded words) in each row's caption
+    (of the rows in the mask ``rows``), by row then ``i``: what ``part_words`` would
+    give for those words, without ordering and folding every other word of the part."""
+    tokens = _list(tokens)
+    mask = _np(tokens.is_valid()) & (_np(pc.list_value_length(tokens).fill_null(0)) > 0)
+    if rows is not None:
+        mask &= rows
+    none = (np.empty(0, np.int64), np.empty(0, np.int64))
+    if len(words) == 0 or not mask.any():
+        return none
+    runs = _runs(tokens, mask, None)
+    if runs is None:
+        return none
+    row, key, text, _ = runs
+    of_text = _np(pc.index_in(_folded(text), value_set=words).fill_null(-1)).astype(np.int64)
+    wid = of_text[key]
+    hit = wid >= 0
+    n = len(words)
+    both = unique_ints(row[hit] * n + wid[hit])
+    return both // n, both % n
 
 
 def _word_keys(piece: np.ndarray, starts: np.ndarray,

@@ -21,7 +21,7 @@ from pipeline.report.aggregate import Aggregator, error_kind
 from pipeline.report.regions import Grid
 from pipeline.report.settings import GroupFamily
 from pipeline.report.space import CoOccurrence, WordSpace
-from pipeline.report.tokens import FamilyMatcher, may_hold, part_words
+from pipeline.report.tokens import FamilyMatcher, may_hold, part_words, word_hits
 
 PIECES = ["a</w>", "old</w>", "man</w>", "wo", "man</w>", "Man</w>", "ß</w>", "SS</w>",
           "pho", "to</w>", "dog", "<start_of_text>", "<end_of_text>", "of</w>", "vin", "tage</w>",
@@ -103,6 +103,12 @@ def test_may_hold_keeps_every_row_that_holds_a_word(seed, encoded):
         assert not (holds & ~got).any(), [tokens[i] for i in np.flatnonzero(holds & ~got)]
         if words and words != ["!"]:
             assert got.sum() < len(tokens), words  # a filter that keeps everything is no filter
+        # word_hits: the distinct (row, word) pairs, by row then word, rows of a mask only
+        pick = np.arange(len(tokens)) % 3 != 0
+        want = sorted({(i, words.index(w)) for i, t in enumerate(tokens) if t and pick[i]
+                       for w, _ in merge_words(t, [0] * len(t), lower=True) if w in words})
+        r, i = word_hits(tk, pa.array(words, pa.string()), pick)
+        assert list(zip(r.tolist(), i.tolist())) == want
 
 
 def greedy(words: list[str], terms: dict[tuple[str, ...], int]) -> list[tuple[int, float, int]]:
