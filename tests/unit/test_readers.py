@@ -94,3 +94,29 @@ def test_polars_reads_the_parts(output):
     row = frame.filter(pl.col("id") == "t1-3").row(0, named=True)
     assert row["image_attr"] == pytest.approx([k / 1000 + 1 + 3 for k in range(GRID * GRID)],
                                               rel=1e-6)
+
+
+def test_a_part_is_decoded_as_pyarrow_reads_it_and_a_missing_column_names_the_part(tmp_path):
+    """``read_part`` against ``pq.read_table`` on a hand-written file of three row groups
+    (dictionary-encoded pieces included); a column the part lacks is ``PartUnreadable``
+    naming the part, not a table without it."""
+    import pyarrow.parquet as pq
+
+    from pipeline.io.results import TOKEN_DICTIONARY, PartUnreadable, read_part
+
+    table = pa.table({"status": ["ok", "bad_image", "ok", "ok", None],
+                      "tokens": pa.array([["a</w>"], None, ["b", "c</w>"], [], ["a</w>"]],
+                                         pa.list_(pa.string())),
+                      "score": [0.1, None, 0.3, 0.4, 0.5]})
+    pq.write_table(table, tmp_path / "p.parquet", row_group_size=2)
+    assert pq.ParquetFile(tmp_path / "p.parquet").num_row_groups == 3
+    fs, root = filesystem(str(tmp_path), StorageSettings())
+    entry = {"path": "p.parquet", "rows": 5}
+    for cols in (["score", "tokens"], None):
+        got = read_part(fs, root, entry, cols, TOKEN_DICTIONARY)
+        want = pq.read_table(tmp_path / "p.parquet", columns=cols,
+                             read_dictionary=list(TOKEN_DICTIONARY))
+        assert got.equals(want)
+    assert pa.types.is_dictionary(got.schema.field("tokens").type.value_type)
+    with pytest.raises(PartUnreadable, match=r"p\.parquet.*image_attr"):
+        read_part(fs, root, entry, ["status", "image_attr"])
