@@ -290,11 +290,11 @@ class Aggregator:
         members, min_attr = self._words(table, ok)
         self.lowest.add(score, parts[rows], pos[rows], table, rows)
         self.negative.add(min_attr, parts[rows], pos[rows], table, rows)
-        map_row, maps = self._maps(table, ok)
+        map_row, maps, shares = self._maps(table, ok)
         for fi, fam in enumerate(members):
             for gi, (idx, term_attr, term_share) in enumerate(fam):
                 self._group(self.groups[fi][gi], idx, term_attr, term_share, score, keys,
-                            map_row, maps)
+                            map_row, maps, shares)
 
     def merge(self, other: Aggregator) -> None:
         """Add the aggregator of the parts that follow this one's (``GridConflict`` when
@@ -411,8 +411,11 @@ class Aggregator:
                 members[fi][-1] = (with_words[per_row[with_words] == 0], np.empty(0), np.empty(0))
         return members, min_attr
 
-    def _maps(self, table: pa.Table, ok: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Dataset map sums; returns each ok row's index into the part's maps (-1: none), maps."""
+    def _maps(self, table: pa.Table, ok: np.ndarray
+              ) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, ...]]:
+        """Dataset map sums; returns each ok row's index into the part's maps (-1: none), the
+        maps, and each map's border and corner shares and whether it has mass (for the
+        groups, computed once)."""
         if self.grid is None:
             self.grid = first_grid(table, ok)
         map_row = np.full(int(ok.sum()), -1, dtype=np.int64)
@@ -420,12 +423,12 @@ class Aggregator:
                         .to_numpy(zero_copy_only=False) > 0)
         if self.grid is None:
             self.unplaced += int(has_map.sum())
-            return map_row, np.empty((0, 0))
+            return map_row, np.empty((0, 0)), ()
         maps, valid = maps_of(table, self.grid, ok)
         self.grid_mismatch += int((has_map & ~valid).sum())
         map_row[valid[ok]] = np.arange(int(valid.sum()))
         if maps.shape[0] == 0:
-            return map_row, maps
+            return map_row, maps, ()
         cells = self.grid.cells
         if self.map_sum is None:
             self.map_sum, self.pos_sum = np.zeros(cells), np.zeros(cells)
@@ -439,11 +442,12 @@ class Aggregator:
         border, corner, has = region_shares(maps, self.grid)
         self.border.add(border[has])
         self.corner.add(corner[has])
-        return map_row, maps
+        return map_row, maps, (border, corner, has)
 
     def _group(self, g: GroupAcc, idx: np.ndarray, term_attr: np.ndarray,
                term_share: np.ndarray, score: np.ndarray, keys: np.ndarray,
-               map_row: np.ndarray, part_maps: np.ndarray) -> None:
+               map_row: np.ndarray, part_maps: np.ndarray,
+               shares: tuple[np.ndarray, ...]) -> None:
         if len(idx) == 0:
             return
         rows = np.asarray(idx, dtype=np.int64)
@@ -459,7 +463,7 @@ class Aggregator:
             maps = part_maps[mr]
             g.map_sum = (g.map_sum if g.map_sum is not None else 0.0) + maps.sum(axis=0)
             g.map_n += mr.size
-            border, corner, has = region_shares(maps, self.grid)
+            border, corner, has = (x[mr] for x in shares)
             g.border.add(border[has])
             g.corner.add(corner[has])
 
