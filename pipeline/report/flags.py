@@ -39,6 +39,7 @@ import pyarrow.parquet as pq
 
 from pipeline.report.aggregate import SCORE_EDGES, score_bins
 from pipeline.report.regions import Grid
+from pipeline.report.tokens import ranges
 
 COLUMNS = ["id", "source", "row", "status", "error", "score", "tokens", "image_attr",
            "grid_h", "grid_w"]
@@ -136,13 +137,6 @@ class _Decision:
 
 def _np(a: pa.Array | pa.ChunkedArray) -> np.ndarray:
     return a.to_numpy(zero_copy_only=False)
-
-
-def _ranges(starts: np.ndarray, sizes: np.ndarray) -> np.ndarray:
-    """``concatenate([arange(a, a + k) for a, k in zip(starts, sizes)])``."""
-    if sizes.sum() == 0:
-        return np.empty(0, np.int64)
-    return np.repeat(starts - np.r_[0, np.cumsum(sizes)[:-1]], sizes) + np.arange(sizes.sum())
 
 
 def _two_slots(has1: np.ndarray, first: np.ndarray, has2: np.ndarray,
@@ -273,7 +267,7 @@ class FlagList:
         score = _np(b.column("score")).astype(np.float64)
         # the kept suspects of each shortcut row, in the order its caption's candidates come
         count = np.where(short, d.at[sel + 1] - d.at[sel], 0)
-        words = d.words[_ranges(d.at[sel][short], count[short])]
+        words = d.words[ranges(d.at[sel][short], count[short])]
         word_of = {c: x["word"] for c, x in self.kept.items()}
         suspects = pa.ListArray.from_arrays(
             pa.array(np.r_[0, np.cumsum(count)].astype(np.int32)),

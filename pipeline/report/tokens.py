@@ -223,7 +223,7 @@ def _word_keys(piece: np.ndarray, starts: np.ndarray,
     key = piece[starts].copy()
     if multi.size == 0:
         return key, stripped
-    idx = _ranges(starts[multi], size[multi])
+    idx = ranges(starts[multi], size[multi])
     offsets = np.r_[0, np.cumsum(size[multi])].astype(np.int32)
     joined = pc.binary_join(pa.ListArray.from_arrays(
         pa.array(offsets), stripped.take(pa.array(piece[idx]))), "")
@@ -232,13 +232,12 @@ def _word_keys(piece: np.ndarray, starts: np.ndarray,
     return key, pa.concat_arrays([stripped, enc.dictionary])
 
 
-def _ranges(starts: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+def ranges(starts: np.ndarray, sizes: np.ndarray) -> np.ndarray:
     """``concatenate([arange(a, a + k) for a, k in zip(starts, sizes)])``, vectorised."""
-    out = np.ones(int(sizes.sum()), np.int64)
-    first = np.r_[0, np.cumsum(sizes)[:-1]]
-    out[first] = starts - np.r_[0, (starts + sizes)[:-1]] + 1
-    out[0] = starts[0]
-    return np.cumsum(out)
+    total = int(np.sum(sizes))
+    if total == 0:
+        return np.empty(0, np.int64)
+    return np.repeat(starts - np.r_[0, np.cumsum(sizes)[:-1]], sizes) + np.arange(total)
 
 
 class Matcher:
