@@ -224,3 +224,15 @@ def test_spatial_sums_and_cooccurrence_match_naive_loops():
         assert 0 < len(ptrs) <= 2
         for part, row in ptrs:
             assert w in [x.lower() for x in caps[row + 120 * part]]
+
+
+def test_ranges_equal_the_concatenated_aranges():
+    from pipeline.report.tokens import ranges
+
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        n = int(rng.integers(0, 6))
+        starts, sizes = rng.integers(0, 100, n), rng.integers(0, 4, n)
+        want = np.concatenate([np.arange(a, a + k) for a, k in zip(starts, sizes)] or
+                              [np.empty(0, np.int64)])
+        assert ranges(starts, sizes).tolist() == want.tolist()
