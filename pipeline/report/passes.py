@@ -208,7 +208,6 @@ class LastPass:
 
     def run(self, tables: Iterator[tuple[int, pa.Table]]) -> LastResult:
         out = self.empty()
-        index = {w: i for i, w in enumerate(self.cands)}
         wanted = np.array(sorted(_pointer_key(p, r) for p, r in self.pointers), np.int64)
         for c in chunks(tables):
             table = c.table
@@ -221,7 +220,7 @@ class LastPass:
             ok = _ok(table)
             hits = (np.empty(0, np.int64),) * 3
             if self.grid is not None and self.cands and ok.any():
-                mi, wi, top = candidate_hits(table, self.grid, index, ok)
+                mi, wi, top = candidate_hits(table, self.grid, self.cands, ok)
                 hits = (mi, wi, top)
                 if out.co is not None:
                     out.co.add_hits(mi, wi, top)

@@ -36,16 +36,6 @@ COLUMNS = ["status", "tokens", "image_attr", "grid_h", "grid_w"]
 WORD_ID = "word_id"
 
 
-def incidence(tokens: pa.Array | pa.ChunkedArray, index: dict[str, int],
-              rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """``(row, word)`` for each distinct tracked word (``index``) of each row's caption (of
-    the rows in the mask ``rows``, when given).
-
-    Sorted by row, then word id.
-    """
-    return word_hits(tokens, pa.array(sorted(index, key=index.__getitem__), pa.string()), rows)
-
-
 def usable_maps(table: pa.Table, grid: Grid, rows: np.ndarray
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The rows (of the mask ``rows``) with a usable map on ``grid``: a mask, and each
@@ -60,14 +50,13 @@ def usable_maps(table: pa.Table, grid: Grid, rows: np.ndarray
     return mask, at, (norm[usable], top[usable])
 
 
-def candidate_hits(table: pa.Table, grid: Grid, index: dict[str, int],
+def candidate_hits(table: pa.Table, grid: Grid, words: list[str],
                    rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(row, word, top cell)`` for each distinct word of ``index`` in each row (of the mask
-    ``rows``) whose map is usable on ``grid``; by row, then word id."""
-    words = sorted(index, key=index.__getitem__)
+    """``(row, i, top cell)`` for each distinct ``words[i]`` in each row (of the mask
+    ``rows``) whose map is usable on ``grid``; by row, then ``i``."""
     rows = rows & may_hold(table.column("tokens"), words)  # the others cannot hold one
     mask, at, (_, top) = usable_maps(table, grid, rows)
-    mi, wi = incidence(table.column("tokens"), index, mask)
+    mi, wi = word_hits(table.column("tokens"), pa.array(words, pa.string()), mask)
     return mi, wi, top[at[mi]]
 
 
@@ -77,6 +66,7 @@ class WordSpace:
     def __init__(self, words: list[str], grid: Grid, seed: int = 0, examples: int = 12) -> None:
         self.words = list(words)
         self.index = {w: i for i, w in enumerate(self.words)}
+        self.texts = pa.array(self.words, pa.string())  # what ``word_hits`` looks up
         self.grid = grid
         self.seed = seed
         self.examples = max(1, examples)
@@ -104,7 +94,7 @@ class WordSpace:
         if not ok.any():
             return
         mask, at, (norm, top) = usable_maps(table, self.grid, ok)
-        mi, wi = incidence(table.column("tokens"), self.index, mask)
+        mi, wi = word_hits(table.column("tokens"), self.texts, mask)
         if mi.size == 0:
             return
         ri, mi = mi, at[mi]  # each (map, word) pair's table row, and its map
@@ -210,7 +200,6 @@ class CoOccurrence:
 
     def __init__(self, words: list[str], grid: Grid) -> None:
         self.words = list(words)
-        self.index = {w: i for i, w in enumerate(self.words)}
         self.grid = grid
         self.counts: dict[tuple[int, frozenset[int]], np.ndarray] = {}
 
@@ -222,7 +211,7 @@ class CoOccurrence:
     def add(self, table: pa.Table) -> None:
         ok = pc.equal(table.column("status"), "ok").fill_null(False).to_numpy(zero_copy_only=False)
         if ok.any():
-            self.add_hits(*candidate_hits(table, self.grid, self.index, ok))
+            self.add_hits(*candidate_hits(table, self.grid, self.words, ok))
 
     def add_hits(self, mi: np.ndarray, wi: np.ndarray, cell: np.ndarray) -> None:
         """Count (row, candidate, top cell) triples (``candidate_hits``)."""

@@ -139,16 +139,12 @@ def may_hold(tokens: pa.Array | pa.ChunkedArray, words: list[str]) -> np.ndarray
     """
     tokens = _list(tokens)
     n = len(tokens)
-    if not words or n == 0:
-        return np.zeros(n, bool)
-    mask = _np(tokens.is_valid()) & (_np(pc.list_value_length(tokens).fill_null(0)) > 0)
-    if not mask.any():
+    mask = _with_pieces(tokens)
+    if not words or not mask.any():
         return np.zeros(n, bool)
     row, piece, uniq = _pieces(tokens, mask)
-    special = _np(pc.is_in(uniq, value_set=pa.array(sorted(SPECIAL), pa.string())))
-    end = _np(pc.ends_with(uniq, END_OF_WORD))
-    stripped = _folded(pc.if_else(end, pc.utf8_slice_codeunits(uniq, 0, -len(END_OF_WORD)),
-                                  uniq))
+    special, end, stripped = _marks(uniq)
+    stripped = _folded(stripped)
     suffixes = pa.array(sorted({w[i:] for w in words for i in range(len(w) + 1)}), pa.string())
     fits = _np(pc.is_in(stripped, value_set=suffixes)) & ~special
     keep = ~special[piece]
@@ -160,6 +156,20 @@ def may_hold(tokens: pa.Array | pa.ChunkedArray, words: list[str]) -> np.ndarray
     return out
 
 
+def _with_pieces(tokens: pa.Array) -> np.ndarray:
+    """The rows whose token list is there and not empty."""
+    return _np(tokens.is_valid()) & (_np(pc.list_value_length(tokens).fill_null(0)) > 0)
+
+
+def _marks(uniq: pa.Array) -> tuple[np.ndarray, np.ndarray, pa.Array]:
+    """Of each distinct piece: whether it is special, whether it ends a word, and its text
+    without the end mark."""
+    special = _np(pc.is_in(uniq, value_set=pa.array(sorted(SPECIAL), pa.string())))
+    end = _np(pc.ends_with(uniq, END_OF_WORD))
+    return special, end, pc.if_else(end, pc.utf8_slice_codeunits(uniq, 0, -len(END_OF_WORD)),
+                                    uniq)
+
+
 def _runs(tokens: pa.Array, mask: np.ndarray, val: np.ndarray | None
           ) -> tuple[np.ndarray, np.ndarray, pa.Array, np.ndarray] | None:
     """The words of the rows in ``mask`` as runs of pieces: each word's row, its key into
@@ -167,9 +177,7 @@ def _runs(tokens: pa.Array, mask: np.ndarray, val: np.ndarray | None
     rows, or None for zeros). None when there is no word."""
     row, piece, uniq = _pieces(tokens, mask)
     val = np.zeros(row.size) if val is None else val
-    special = _np(pc.is_in(uniq, value_set=pa.array(sorted(SPECIAL), pa.string())))
-    end = _np(pc.ends_with(uniq, END_OF_WORD))
-    stripped = pc.if_else(end, pc.utf8_slice_codeunits(uniq, 0, -len(END_OF_WORD)), uniq)
+    special, end, stripped = _marks(uniq)
     keep = ~special[piece]
     piece, row, val = piece[keep], row[keep], val[keep]
     if piece.size == 0:
@@ -196,7 +204,7 @@ def word_hits(tokens: pa.Array | pa.ChunkedArray, words: pa.Array,
     (of the rows in the mask ``rows``), by row then ``i``: what ``part_words`` would
     give for those words, without ordering and folding every other word of the part."""
     tokens = _list(tokens)
-    mask = _np(tokens.is_valid()) & (_np(pc.list_value_length(tokens).fill_null(0)) > 0)
+    mask = _with_pieces(tokens)
     if rows is not None:
         mask &= rows
     none = (np.empty(0, np.int64), np.empty(0, np.int64))
