@@ -139,9 +139,6 @@ def split_name(name: str) -> tuple[str, str]:
     """(key, extension) of a member: its name up to the first dot of its basename (the
     directory kept), and the rest. A leading ``./`` is dropped; a basename starting with
     a dot is all key."""
-    if "/" not in name:  # most names: no directory
-        stem, _, ext = name.partition(".")
-        return (stem, ext) if stem else (name, "")
     name = name[2:] if name.startswith("./") else name
     folder, _, base = name.rpartition("/")
     stem, _, ext = base.partition(".")
