@@ -73,9 +73,9 @@ def decode_part(data: bytes, columns: Sequence[str] | None = None,
     """A part's bytes as a table of ``columns`` (all when None or empty), row group by row
     group; ``KeyError`` for a column the part lacks.
 
-    ``pq.ParquetFile`` straight on the bytes: about 0.7 ms a part less than
-    ``pq.read_table``'s dataset layer, which counts for parts of a thousand rows
-    read three times each. ``dictionary``: the nested column paths of those that
+    ``pq.ParquetFile`` straight on the bytes, without ``pq.read_table``'s dataset
+    layer, whose cost per call counts for parts of a thousand rows read three times
+    each. ``dictionary``: the nested column paths of those that
     the file has are read dictionary-encoded.
     """
     source = pa.BufferReader(data)
