@@ -351,7 +351,7 @@ def _build(ex: Executor, audit: tuple[str, dict[str, Any]],
         if base is not None:
             last(ex, base, s, storage, None)
         lap("last_pass")
-        report = _sections(cur, s, storage)
+        report = _sections(cur, s, storage, ex.map)
         report["flags"] = flag_list.summary(report["space"]["suspects"],
                                             {p["word"]: i for i, p in enumerate(_cands(cur, s))},
                                             cur.agg.grid, int(cur.agg.status.get("ok", 0)))
@@ -362,13 +362,14 @@ def _build(ex: Executor, audit: tuple[str, dict[str, Any]],
             "report_version": REPORT_VERSION, **report["flags"], "settings": _settings(s)}))}
         tables = {}
         if base is not None:
-            report, tables["comparison_words"] = _compared(report, cur, base, s, storage)
+            report, tables["comparison_words"] = _compared(report, cur, base, s, storage,
+                                                            ex.map)
         report["settings"] = _settings(s)
         report = _clean(report)
         lap("sections")
         from pipeline.report.render import render_html
 
-        html = render_html(report, cur.thumbs, cur.zooms)
+        html = render_html(report, cur.thumbs, cur.zooms, ex.map)
         lap("render")
         _write(staging, report, html, {**_tables(report, cur), **tables}, flag_list, meta)
         lap("write")
@@ -394,10 +395,12 @@ def _cands(a: Read, s: ReportSettings) -> list[dict]:
         : 2 * max(s.shortcut_listed, 1)]
 
 
-def _sections(a: Read, s: ReportSettings, storage: StorageSettings) -> dict[str, Any]:
-    """The report's own sections (no comparison, no flags)."""
+def _sections(a: Read, s: ReportSettings, storage: StorageSettings,
+              run: summary.MapFn | None = None) -> dict[str, Any]:
+    """The report's own sections (no comparison, no flags); ``run`` draws the bootstrap
+    samples (``summary.group_deviations``)."""
     agg = a.agg
-    a.devs = summary.group_deviations(agg, s)
+    a.devs = summary.group_deviations(agg, s, run)
     report: dict[str, Any] = {
         "report_version": REPORT_VERSION,
         "results": a.results,
@@ -418,9 +421,10 @@ def _sections(a: Read, s: ReportSettings, storage: StorageSettings) -> dict[str,
 
 
 def _compared(report: dict[str, Any], cur: Read, base: Read, s: ReportSettings,
-              storage: StorageSettings) -> tuple[dict[str, Any], pa.Table]:
+              storage: StorageSettings, run: summary.MapFn | None = None
+              ) -> tuple[dict[str, Any], pa.Table]:
     """The report with the comparison first, and the per-word comparison table."""
-    base.devs = summary.group_deviations(base.agg, s)
+    base.devs = summary.group_deviations(base.agg, s, run)
     audits = [Audit(x.results, x.manifest, x.agg, [w for w in (x.ws, x.wx) if w is not None],
                     x.suspects or [], groups, x.devs, has_success(x.results, storage))
               for x, groups in ((cur, report["groups"]),

@@ -132,7 +132,7 @@ def _context() -> multiprocessing.context.BaseContext:
         ctx = multiprocessing.get_context("forkserver")
     except ValueError:
         return multiprocessing.get_context("spawn")
-    ctx.set_forkserver_preload(["pipeline.report.passes"])
+    ctx.set_forkserver_preload(["pipeline.report.passes", "pipeline.report.render"])
     return ctx
 
 

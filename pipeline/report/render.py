@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import base64
 import io
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import jinja2
@@ -173,31 +173,75 @@ def comparison_score_figure(c: dict[str, Any]) -> Figure | None:
     return group_score_figure(sides, SCORE_EDGES_START, width, "share of the audit's pairs")
 
 
-def plots(report: dict[str, Any]) -> dict[str, Any]:
-    """Every figure of the page as a data URI (None when there is nothing to draw)."""
+def comparison_score_plot(c: dict[str, Any]) -> str | None:
+    """``comparison_score_figure`` as a data URI."""
+    return _png(comparison_score_figure(c))
+
+
+#: The figures ``draw`` makes, by name.
+PLOTS: dict[str, Callable[..., str | None]] = {
+    "scores": score_plot, "group_scores": group_score_plot, "maps": map_plot,
+    "comparison_scores": comparison_score_plot,
+}
+#: A figure to draw: a ``PLOTS`` name, its arguments and keyword arguments.
+Job = tuple[str, tuple[Any, ...], dict[str, Any]]
+#: Maps a picklable function over jobs, results in job order (``pool.Executor.map``).
+MapFn = Callable[[Callable[[Any], Any], Sequence[Any]], Iterable[Any]]
+
+
+def draw(job: Job) -> str | None:
+    """One figure as a data URI (a worker process may draw it: it needs nothing else)."""
+    name, args, kwargs = job
+    return PLOTS[name](*args, **kwargs)
+
+
+def figure_jobs(report: dict[str, Any]) -> list[tuple[tuple[str, int | None], Job]]:
+    """Every figure of the page as ``((slot, index in the slot's list or None), job)``."""
     ov, sp = report["overview"], report["space"]
-    out: dict[str, Any] = {
-        "scores": score_plot(ov["score"]["hist_counts"], ov["score"]["hist_from"],
-                             ov["score"]["hist_bin"]),
-        "groups": [], "group_maps": [], "suspects": [],
-    }
+    bin_width = ov["score"]["hist_bin"]
+    jobs: list[tuple[tuple[str, int | None], Job]] = [
+        (("scores", None), ("scores", (ov["score"]["hist_counts"], ov["score"]["hist_from"],
+                                      bin_width), {}))]
     grid = sp.get("grid")
-    for fam in report["groups"]:
-        out["groups"].append(group_score_plot(fam["groups"], SCORE_EDGES_START, ov["score"]["hist_bin"]))
-        out["group_maps"].append(map_plot([(g["name"], g["mean_map"]) for g in fam["groups"]],
-                                          grid, shared=True) if grid else None)
+    for i, fam in enumerate(report["groups"]):
+        jobs.append((("groups", i), ("group_scores", (fam["groups"], SCORE_EDGES_START,
+                                                      bin_width), {})))
+        if grid:
+            jobs.append((("group_maps", i), ("maps", ([(g["name"], g["mean_map"])
+                                                       for g in fam["groups"]], grid),
+                                             {"shared": True})))
     if grid:
-        out["dataset_maps"] = map_plot([("mean signed map", sp["mean_map"])], grid)
-        out["dataset_shares"] = map_plot([("mean positive share", sp["positive_mean_map"]),
-                                          ("top-patch share", sp["top_share"])], grid,
-                                         signed=False, label=SHARE_LABELS)
-        out["suspects"] = [map_plot([(f"{m['word']}: positive share", m["positive_mean_map"]),
-                                     ("top-patch share", m["top_share"])], grid, signed=False,
-                                    label=("share of positive attribution",
-                                           "share of the word's pairs"))
-                           for m in sp.get("suspect_maps", [])]
+        jobs.append((("dataset_maps", None), ("maps", ([("mean signed map", sp["mean_map"])],
+                                                       grid), {})))
+        jobs.append((("dataset_shares", None), ("maps", (
+            [("mean positive share", sp["positive_mean_map"]), ("top-patch share",
+                                                             sp["top_share"])], grid),
+            {"signed": False, "label": SHARE_LABELS})))
+        for i, m in enumerate(sp.get("suspect_maps", [])):
+            jobs.append((("suspects", i), ("maps", (
+                [(f"{m['word']}: positive share", m["positive_mean_map"]),
+                 ("top-patch share", m["top_share"])], grid),
+                {"signed": False, "label": ("share of positive attribution",
+                                            "share of the word's pairs")})))
     if report.get("comparison"):
-        out["comparison_scores"] = _png(comparison_score_figure(report["comparison"]))
+        jobs.append((("comparison_scores", None), ("comparison_scores", (report["comparison"],),
+                                                   {})))
+    return jobs
+
+
+def plots(report: dict[str, Any], run: MapFn | None = None) -> dict[str, Any]:
+    """Every figure of the page as a data URI (None when there is nothing to draw); ``run``
+    draws them side by side (the report's workers), default one after the other."""
+    jobs = figure_jobs(report)
+    out: dict[str, Any] = {"groups": [], "group_maps": [], "suspects": []}
+    n_fam = len(report["groups"])
+    out["groups"], out["group_maps"] = [None] * n_fam, [None] * n_fam
+    out["suspects"] = [None] * sum(1 for (slot, _), _ in jobs if slot == "suspects")
+    for ((slot, i), _), uri in zip(jobs, list((run or map)(draw, [job for _, job in jobs]))):
+        if i is None:
+            out[slot] = uri
+        else:
+            out[slot][i] = uri
     return out
 
 
@@ -214,10 +258,10 @@ def zoom_uris(zooms: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 def render_html(report: dict[str, Any], thumbs: dict[str, bytes],
-                zooms: dict[str, dict[str, Any]] | None = None) -> str:
+                zooms: dict[str, dict[str, Any]] | None = None, run: MapFn | None = None) -> str:
     """The page: the comparison (with a baseline), findings, then overview, words, groups,
-    space, pairs to review (each enlarged on click)."""
+    space, pairs to review (each enlarged on click); ``run``: see ``plots``."""
     return _ENV.get_template("report.html.j2").render(
-        r=report, plots=plots(report), thumbs={k: data_uri(v) for k, v in thumbs.items()},
+        r=report, plots=plots(report, run), thumbs={k: data_uri(v) for k, v in thumbs.items()},
         zooms=zoom_uris(zooms or {}), caption=caption, fmt=fmt, pct=pct, pts=pts,
     )

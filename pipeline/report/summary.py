@@ -8,7 +8,7 @@ reservoirs (see ``stats``).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from itertools import combinations
 from typing import Any
 
@@ -212,21 +212,36 @@ def _stat(m: Moments, dev: np.ndarray, confidence: float) -> dict[str, Any]:
     return {"n": m.n, "mean": finite_or_none(mean), "std": finite_or_none(m.std), "ci_low": finite_or_none(lo), "ci_high": finite_or_none(hi)}
 
 
-def group_deviations(agg: Aggregator, s: ReportSettings) -> dict[tuple[int, int, str], np.ndarray]:
+#: Maps a picklable function over jobs, results in job order (``pool.Executor.map``).
+MapFn = Callable[[Callable[[Any], Any], Sequence[Any]], Iterable[Any]]
+
+
+def group_deviations(agg: Aggregator, s: ReportSettings, run: MapFn | None = None
+                     ) -> dict[tuple[int, int, str], np.ndarray]:
     """Bootstrap deviations of each group's mean, by (family, group, metric) index.
 
     Seeded by names, so two audits aggregated with the same settings draw the
     same resamples' indices (a comparison differences them per resample).
+    ``run`` draws them side by side (the report's workers; each draw depends on
+    its own seed alone, so the result is the same), default one after the other.
     """
-    devs: dict[tuple[int, int, str], np.ndarray] = {}
+    keys, jobs = [], []
     for fi, fam in enumerate(agg.families):
         accs = agg.groups[fi]
         for gi, name in enumerate(fam.names):
             for m in GROUP_METRICS:
-                rng = np.random.default_rng(stable_seed(s.seed, "bootstrap", fam.name, name, m))
-                devs[fi, gi, m] = boot_deviations(accs[gi].reservoirs[m].values,
-                                                  accs[gi].moments[m].n, s.bootstrap_samples, rng)
-    return devs
+                keys.append((fi, gi, m))
+                jobs.append((accs[gi].reservoirs[m].values, accs[gi].moments[m].n,
+                             s.bootstrap_samples, stable_seed(s.seed, "bootstrap", fam.name,
+                                                              name, m)))
+    return dict(zip(keys, list((run or map)(deviations, jobs))))
+
+
+def deviations(job: tuple[np.ndarray, int, int, list[int]]) -> np.ndarray:
+    """One ``group_deviations`` draw: ``(values, n_total, samples, seed)`` (a worker may run
+    it)."""
+    values, n_total, samples, seed = job
+    return boot_deviations(values, n_total, samples, np.random.default_rng(seed))
 
 
 def groups_section(agg: Aggregator, s: ReportSettings,

@@ -249,8 +249,9 @@ def test_one_task_or_many_differ_only_in_rounding(big, monkeypatch):
 
 
 def _die_on_task(marker: str, fn, task):
-    """Kill this worker the first time the task holding part 24 runs."""
-    if task.first <= 24 < task.first + len(task.entries):
+    """Kill this worker the first time the task holding part 24 runs (the executor also
+    draws the report's bootstrap samples and figures: those jobs pass)."""
+    if hasattr(task, "entries") and task.first <= 24 < task.first + len(task.entries):
         try:
             os.close(os.open(marker, os.O_CREAT | os.O_EXCL))
             os.kill(os.getpid(), signal.SIGKILL)
@@ -278,5 +279,7 @@ def test_the_report_of_two_workers_one_killed_on_its_way_is_the_report_of_one(bi
     assert one.keys() == two.keys() and len(one) == 6
     for name in one:
         assert one[name] == two[name] if name == "report.json" else one[name].equals(two[name]), name
+    # the bootstrap samples and the figures were drawn by the workers: the same bytes
+    assert (big / "one" / "report.html").read_bytes() == (big / "two" / "report.html").read_bytes()
     report = json.loads(one["report.json"])
     assert report["overview"]["rows"] == 100_000 and report["space"]["suspects"][0]["word"] == "vintage"
