@@ -323,27 +323,34 @@ def regions_table(space: dict, groups: list[dict], ws: WordSpace | None,
     types = {"scope": pa.string(), "family": pa.string(), "name": pa.string(), "cell": pa.int32(),
              "cell_row": pa.int32(), "cell_col": pa.int32(), "mean_attr": pa.float64(),
              "positive_share": pa.float64(), "top_share": pa.float64()}
-    chunks: list[pa.Table] = []
-    if space.get("grid"):
-        h, w = space["grid"]
-        cell = np.arange(h * w, dtype=np.int32)
-
-        def put(scope: str, family: str | None, name: str, mean=None, pos=None, top=None) -> None:
-            n = h * w
-            cols = {"scope": pa.array([scope] * n), "family": pa.array([family] * n, pa.string()),
-                    "name": pa.array([name] * n), "cell": cell, "cell_row": cell // w,
-                    "cell_col": cell % w}
-            for k, v in (("mean_attr", mean), ("positive_share", pos), ("top_share", top)):
-                cols[k] = pa.nulls(n, pa.float64()) if v is None else np.asarray(v, np.float64)
-            chunks.append(pa.table({k: pa.array(v, type=types[k]) if not isinstance(v, pa.Array)
-                                    else v.cast(types[k]) for k, v in cols.items()}))
-
-        put("dataset", None, "all", space["mean_map"], space["positive_mean_map"], space["top_share"])
-        for fam in groups:
-            for g in fam["groups"]:
-                if g["mean_map"] is not None:
-                    put("group", fam["name"], g["name"], g["mean_map"])
-        for p in profiles if ws is not None else []:
-            put("word", None, p["word"], None, ws.mean_map(p[WORD_ID]), ws.top_share(p[WORD_ID]))
     schema = pa.schema(list(types.items()))
-    return pa.concat_tables(chunks) if chunks else schema.empty_table()
+    if not space.get("grid"):
+        return schema.empty_table()
+    h, w = space["grid"]
+    cells = h * w
+    # one entry per map (scope, family, name, then its three value lists or None), built
+    # column by column: a word table holds thousands of maps
+    entries: list[tuple[str, str | None, str, Any, Any, Any]] = [
+        ("dataset", None, "all", space["mean_map"], space["positive_mean_map"],
+         space["top_share"])]
+    entries += [("group", fam["name"], g["name"], g["mean_map"], None, None)
+                for fam in groups for g in fam["groups"] if g["mean_map"] is not None]
+    if ws is not None and profiles:
+        wid = np.array([p[WORD_ID] for p in profiles], np.int64)
+        n = np.maximum(ws.n[wid], 1)[:, None]
+        pos, top = ws.pos_sum[wid] / n, ws.top[wid] / n
+        entries += [("word", None, p["word"], None, pos[i], top[i])
+                    for i, p in enumerate(profiles)]
+    each = np.repeat(np.arange(len(entries)), cells)
+    cell = np.tile(np.arange(cells, dtype=np.int32), len(entries))
+    cols: dict[str, pa.Array] = {
+        k: pa.array([e[i] for e in entries], types[k]).take(pa.array(each))
+        for i, k in enumerate(("scope", "family", "name"))}
+    cols.update(cell=pa.array(cell), cell_row=pa.array(cell // w), cell_col=pa.array(cell % w))
+    for i, k in enumerate(("mean_attr", "positive_share", "top_share"), 3):
+        missing = np.array([e[i] is None for e in entries])
+        values = np.zeros((len(entries), cells))
+        for j in np.flatnonzero(~missing):
+            values[j] = entries[j][i]
+        cols[k] = pa.array(values.ravel(), pa.float64(), mask=np.repeat(missing, cells))
+    return pa.table(cols, schema=schema)
