@@ -26,10 +26,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipeline.cli.app import CONF_DIR, EXIT_OK, guarded, instantiate_group, run_app
 from pipeline.config import ConfigError, StorageSettings
-from pipeline.io.previous import previous_success
-from pipeline.io.results import PartUnreadable
 from pipeline.job.procstats import peak_rss_mb
-from pipeline.report.build import build_report
+from pipeline.report.pool import start_fork_server
 from pipeline.report.settings import ReportSettings
 
 __all__ = ["CONF_DIR", "EXIT_UNREADABLE", "main", "run_from_config", "settings_from_config"]
@@ -51,6 +49,8 @@ def resolve_baseline(cfg: DictConfig, storage: StorageSettings) -> str | None:
         return None
     if str(value).strip() != "previous":
         return str(value)
+    from pipeline.io.previous import previous_success
+
     try:
         found = previous_success(str(cfg.results), storage)
     except ValueError as e:
@@ -70,6 +70,13 @@ def run_from_config(cfg: DictConfig) -> int:
         if OmegaConf.is_missing(cfg, "results") or OmegaConf.is_missing(cfg, "output"):
             raise ConfigError("results and output are required: nibt-report results=... output=...")
         settings, storage = settings_from_config(cfg)
+        if cfg.get("cluster") is None and settings.workers != 1:
+            start_fork_server()  # it loads the workers' modules while this process loads its own
+        # imported here, not at the top: they take most of a second, which the fork server
+        # (its own process) spends meanwhile
+        from pipeline.io.results import PartUnreadable
+        from pipeline.report.build import build_report
+
         baseline = resolve_baseline(cfg, storage)
         executor = None
         if cfg.get("cluster") is not None:

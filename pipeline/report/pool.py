@@ -136,6 +136,16 @@ def _context() -> multiprocessing.context.BaseContext:
     return ctx
 
 
+def start_fork_server() -> None:
+    """Start the fork server now, where there is one: it imports the workers' modules in a
+    process of its own, so a ``LocalPool`` started later forks its workers at once."""
+    ctx = _context()
+    if ctx.get_start_method() == "forkserver":
+        from multiprocessing import forkserver
+
+        forkserver.ensure_running()
+
+
 @dataclass
 class _Worker:
     proc: Any
