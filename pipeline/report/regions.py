@@ -96,17 +96,20 @@ def maps_of(table: pa.Table, grid: Grid,
     return maps, valid
 
 
-def positive_maps(maps: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def positive_maps(maps: np.ndarray, inplace: bool = False
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per map: its positive mass normalised to sum 1, its top cell, and whether it counts.
 
     A map counts when it has positive mass and is not constant (a constant map
-    has no top cell; ``argmax`` would put it in the top-left corner).
+    has no top cell; ``argmax`` would put it in the top-left corner). ``inplace``:
+    the normalised maps are written over ``maps`` (no copy of them is made).
     """
-    pos = np.maximum(maps, 0.0)
-    mass = pos.sum(axis=1)
     top = np.argmax(maps, axis=1) if maps.size else np.zeros(0, dtype=np.int64)
     high = maps[np.arange(maps.shape[0]), top] if maps.size else np.zeros(0)
-    usable = (mass > 0) & (high > maps.min(axis=1, initial=np.inf))
+    constant = high <= maps.min(axis=1, initial=np.inf)
+    pos = np.maximum(maps, 0.0, out=maps if inplace else None)
+    mass = pos.sum(axis=1)
+    usable = (mass > 0) & ~constant
     pos /= np.where(mass > 0, mass, 1.0)[:, None]  # a map without mass stays 0
     return pos, top, usable
 

@@ -39,15 +39,18 @@ WORD_ID = "word_id"
 def usable_maps(table: pa.Table, grid: Grid, rows: np.ndarray
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The rows (of the mask ``rows``) with a usable map on ``grid``: a mask, and each
-    table row's index into the returned normalised maps and top cells (-1: none)."""
+    table row's index into the returned normalised maps and top cells (-1: none; the maps
+    that are not usable stay in those arrays, unpointed to: dropping them would copy the
+    rest)."""
     maps, valid = maps_of(table, grid, rows)
-    norm, top, usable = positive_maps(maps)
+    norm, top, usable = positive_maps(maps, inplace=True)  # maps_of's maps are a copy
     at = np.full(table.num_rows, -1, np.int64)
-    keep = np.flatnonzero(valid)[usable]
-    at[keep] = np.arange(keep.size)
+    kept = np.flatnonzero(usable)
+    keep = np.flatnonzero(valid)[kept]
+    at[keep] = kept
     mask = np.zeros(table.num_rows, bool)
     mask[keep] = True
-    return mask, at, (norm[usable], top[usable])
+    return mask, at, (norm, top)
 
 
 def candidate_hits(table: pa.Table, grid: Grid, words: list[str],
