@@ -21,6 +21,7 @@ from pipeline.report.aggregate import Aggregator, error_kind
 from pipeline.report.regions import Grid
 from pipeline.report.settings import GroupFamily
 from pipeline.report.space import CoOccurrence, WordSpace
+from pipeline.report.stats import part_keys
 from pipeline.report.tokens import FamilyMatcher, may_hold, part_words, word_hits
 
 PIECES = ["a</w>", "old</w>", "man</w>", "wo", "man</w>", "Man</w>", "ß</w>", "SS</w>",
@@ -224,6 +225,35 @@ def test_spatial_sums_and_cooccurrence_match_naive_loops():
         assert 0 < len(ptrs) <= 2
         for part, row in ptrs:
             assert w in [x.lower() for x in caps[row + 120 * part]]
+
+
+def test_each_word_keeps_the_pairs_with_the_smallest_keys_however_the_parts_come():
+    """A word's example pointers are its ``examples`` pairs of smallest seeded key, whether
+    the parts come one at a time (most words gaining no new example in a part) or merged."""
+    tracked = ["dog", "a", "vintage", "photo", "cat"]
+    table, maps, caps = _space_rows(600, 7)
+    sizes = [5, 40, 3, 120, 1, 200, 31, 200]
+    parts = [table.slice(sum(sizes[:i]), n) for i, n in enumerate(sizes)]
+    ws = WordSpace(tracked, Grid(3, 3), seed=4, examples=3).consume(parts)
+    halves = [WordSpace(tracked, Grid(3, 3), seed=4, examples=3).consume(parts[:3]),
+              WordSpace(tracked, Grid(3, 3), seed=4, examples=3).consume(parts[3:], first=3)]
+    halves[0].merge(halves[1])
+    want = []  # (word, key, part, row) of every usable pair, the smallest 3 keys of each word
+    for p, t in enumerate(parts):
+        # a part's pairs (by row, then word) draw their keys in turn from the part's stream
+        keys = iter(part_keys(4, "examples", np.full(2 * t.num_rows * len(tracked), p)))
+        first = sum(sizes[:p])
+        for r in range(t.num_rows):
+            m, c = maps[first + r], caps[first + r]
+            if (first + r) % 13 == 0 or np.maximum(m, 0).sum() <= 0 or m.max() == m.min():
+                continue
+            want += [(wid, next(keys), p, r) for wid in sorted({tracked.index(w.lower())
+                                                                 for w in c
+                                                                 if w.lower() in tracked})]
+    want = [x for wid in range(len(tracked)) for x in sorted(y for y in want if y[0] == wid)[:3]]
+    for got in (ws, halves[0]):
+        assert list(zip(got.ex["word"].tolist(), got.ex["key"].tolist(), got.ex["part"].tolist(),
+                        got.ex["row"].tolist())) == [(w, float(k), p, r) for w, k, p, r in want]
 
 
 def test_ranges_equal_the_concatenated_aranges():
