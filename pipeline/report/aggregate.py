@@ -90,13 +90,15 @@ class Vocabulary:
 
     def ids(self, words: Iterable[str]) -> list[int]:
         """Vocabulary ids of ``words``, new words appended in order."""
-        out = []
-        for w in words:
-            i = self.index.get(w)
+        words = list(words)
+        out = list(map(self.index.get, words))  # one C loop over the known words
+        for k in [k for k, i in enumerate(out) if i is None]:  # the new ones, in order
+            w = words[k]
+            i = self.index.get(w)  # a word twice in ``words`` is new once
             if i is None:
                 i = self.index[w] = len(self.words)
                 self.words.append(w)
-            out.append(i)
+            out[k] = i
         return out
 
     def add_sums(self, words: list[str], sums: np.ndarray) -> None:
