@@ -14,8 +14,13 @@ plain report of the same results, measured in the same run. The baseline set has
 another seed and one planted change: the term "woman" carries 0.02 less
 attribution, so the comparison's first word finding should name it.
 
-    python -m benchmarks report                      # 1,000,000 rows (and 1M vs 1M)
+    python -m benchmarks report                      # the whole grid (over an hour)
     NIBT_BENCH_REPORT_ROWS=100000 python -m benchmarks report
+
+Sizes (comma-separated rows; 0 leaves a part out): ``NIBT_BENCH_REPORT_ROWS`` and
+``_PART_ROWS`` (local disk, 1 and 2 workers), ``_REMOTE_ROWS`` (through the local S3
+store 30 ms away), ``_RAY_ROWS`` (a Ray cluster on this machine, ``cluster=existing``, the
+largest part size), ``_MEMORY_ROWS`` and ``_COMPARE_ROWS``.
 """
 
 from __future__ import annotations
@@ -419,6 +424,33 @@ def remote_runs(tmp: Path, rows: int, part_grid: list[int], delay_ms: float) -> 
     return runs
 
 
+def ray_runs(tmp: Path, rows: int, part_rows: int) -> list[dict]:
+    """Reports whose passes run as Ray tasks on a Ray cluster: a head started with
+    ``ray start --head`` on 127.0.0.1 with this machine's cores, which ``nibt-report
+    cluster=existing`` joins (the driver and the cluster share the machine)."""
+    from tests.jobs.rayhead import _pids_using, ray_head
+
+    res = str(tmp / f"res-ray-{rows}-{part_rows}")
+    make_results(res, rows, None, part_rows=part_rows, tail=rows // 20, processes=2)
+    cores = available_cores()
+    try:
+        with ray_head(num_cpus=cores) as head:
+            def cluster_cpu() -> float:  # the head's processes and their children (workers)
+                pids = {p for top in _pids_using(head.temp_dir) for p in _tree(top)}
+                return sum(_cpu_s(p) or 0.0 for p in pids)
+
+            before = cluster_cpu()
+            run = one_run(res, str(tmp / f"ray-{rows}-{part_rows}"), rows, part_rows, cores,
+                          f"local disk, a Ray cluster ({cores} CPUs)",
+                          ["cluster=existing", f"cluster.address={head.gcs_address}"],
+                          {k: v for k, v in head.env.items() if k.startswith("RAY_")})
+            cpu = run["cpu_seconds"] + cluster_cpu() - before  # the report's, the cluster's
+            return [{**run, "cpu_seconds": round(cpu, 1),
+                     "rows_per_cpu_s": round(rows / max(cpu, 1e-9))}]
+    finally:
+        shutil.rmtree(res, ignore_errors=True)
+
+
 def _store_alone(fs: Any, key: str) -> float:
     """Seconds the store takes to serve every part object once, 16 GETs in flight, nothing
     done with them: the peer of a pass over the same parts."""
@@ -466,15 +498,19 @@ def run() -> dict:
     """Every figure of the report at scale (sizes from the environment, see the module)."""
     rows_grid = _ints("NIBT_BENCH_REPORT_ROWS", "1000000,10000000")
     part_grid = _ints("NIBT_BENCH_REPORT_PART_ROWS", "1024,10000")
-    remote = _ints("NIBT_BENCH_REPORT_REMOTE_ROWS", "1000000")
+    remote = _ints("NIBT_BENCH_REPORT_REMOTE_ROWS", "1000000,10000000")
+    ray = _ints("NIBT_BENCH_REPORT_RAY_ROWS", "10000000")
     memory = _ints("NIBT_BENCH_REPORT_MEMORY_ROWS", "50000000")
     compare = _ints("NIBT_BENCH_REPORT_COMPARE_ROWS", "1000000")
     tmp = Path(tempfile.mkdtemp(prefix="nibt-bench-report-"))
     try:
         out: dict = {"cores": available_cores(), "runs": []}
         local_runs(tmp, rows_grid, part_grid, out)
-        if remote:
-            out["runs"] += remote_runs(tmp, remote[0], part_grid, DELAY_MS)
+        for rows in remote:
+            out["runs"] += remote_runs(tmp, rows, part_grid, DELAY_MS)
+            _progress(out)
+        for rows in ray:
+            out["runs"] += ray_runs(tmp, rows, max(part_grid))
             _progress(out)
         if compare:
             out["compare"] = compare_run(tmp, compare[0])

@@ -40,12 +40,14 @@ def free_ports(n: int) -> list[int]:
 
 @dataclass
 class RayHead:
-    """A running head: its job-submission address, temp dir and environment."""
+    """A running head: its job-submission address, temp dir and environment, and the
+    address a driver joins it at (``ray.init(address=...)``)."""
 
     address: str
     temp_dir: str
     env: dict[str, str]
     log: Path
+    gcs_address: str
 
 
 def _pids_using(temp_dir: str) -> list[int]:
@@ -117,7 +119,7 @@ def ray_head(num_cpus: int = 2, timeout: float = 120.0) -> Iterator[RayHead]:
             if time.time() > deadline:
                 raise RuntimeError(f"Ray head not ready in {timeout}s: {log.read_text()[-3000:]}")
             time.sleep(0.5)
-        yield RayHead(address, temp_dir, env, log)
+        yield RayHead(address, temp_dir, env, log, f"127.0.0.1:{gcs}")
     finally:
         _stop(proc, temp_dir)
         import shutil
