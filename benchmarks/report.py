@@ -290,12 +290,14 @@ def run_report(results: str, output: str, timeout: float = 3600, baseline: str |
             "load_before": load, "summary": json.loads(stdout)}
 
 
-def _cpu_s(pid: int) -> float | None:
-    """User and system CPU seconds of ``pid`` so far (None once it is gone)."""
+def _cpu_s(pid: int, reaped: bool = False) -> float | None:
+    """User and system CPU seconds of ``pid`` so far (None once it is gone); ``reaped``: with
+    those of its children that have ended and that it waited for."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        ticks = sum(int(x) for x in fields[11 : 15 if reaped else 13])  # utime stime cutime cstime
+        return ticks / os.sysconf("SC_CLK_TCK")
     except (OSError, IndexError, ValueError):
         return None
 
@@ -435,9 +437,11 @@ def ray_runs(tmp: Path, rows: int, part_rows: int) -> list[dict]:
     cores = available_cores()
     try:
         with ray_head(num_cpus=cores) as head:
-            def cluster_cpu() -> float:  # the head's processes and their children (workers)
+            def cluster_cpu() -> float:
+                """The head's processes and their children (the workers, which Ray ends when
+                idle: those ended count through their parent)."""
                 pids = {p for top in _pids_using(head.temp_dir) for p in _tree(top)}
-                return sum(_cpu_s(p) or 0.0 for p in pids)
+                return sum(_cpu_s(p, reaped=True) or 0.0 for p in pids)
 
             before = cluster_cpu()
             run = one_run(res, str(tmp / f"ray-{rows}-{part_rows}"), rows, part_rows, cores,
