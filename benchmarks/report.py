@@ -32,6 +32,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -290,14 +291,12 @@ def run_report(results: str, output: str, timeout: float = 3600, baseline: str |
             "load_before": load, "summary": json.loads(stdout)}
 
 
-def _cpu_s(pid: int, reaped: bool = False) -> float | None:
-    """User and system CPU seconds of ``pid`` so far (None once it is gone); ``reaped``: with
-    those of its children that have ended and that it waited for."""
+def _cpu_s(pid: int) -> float | None:
+    """User and system CPU seconds of ``pid`` so far (None once it is gone)."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
-        ticks = sum(int(x) for x in fields[11 : 15 if reaped else 13])  # utime stime cutime cstime
-        return ticks / os.sysconf("SC_CLK_TCK")
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     except (OSError, IndexError, ValueError):
         return None
 
@@ -437,18 +436,31 @@ def ray_runs(tmp: Path, rows: int, part_rows: int) -> list[dict]:
     cores = available_cores()
     try:
         with ray_head(num_cpus=cores) as head:
-            def cluster_cpu() -> float:
-                """The head's processes and their children (the workers, which Ray ends when
-                idle: those ended count through their parent)."""
-                pids = {p for top in _pids_using(head.temp_dir) for p in _tree(top)}
-                return sum(_cpu_s(p, reaped=True) or 0.0 for p in pids)
+            tops = _pids_using(head.temp_dir)  # the head's processes; the workers are theirs
+            seen: dict[int, float] = {}  # each process's CPU seconds when last seen
 
-            before = cluster_cpu()
-            run = one_run(res, str(tmp / f"ray-{rows}-{part_rows}"), rows, part_rows, cores,
-                          f"local disk, a Ray cluster ({cores} CPUs)",
-                          ["cluster=existing", f"cluster.address={head.gcs_address}"],
-                          {k: v for k, v in head.env.items() if k.startswith("RAY_")})
-            cpu = run["cpu_seconds"] + cluster_cpu() - before  # the report's, the cluster's
+            def snapshot() -> None:
+                seen.update({p: t for p in {q for top in tops for q in _tree(top)}
+                             if (t := _cpu_s(p)) is not None})
+
+            def watch() -> None:  # Ray ends a job's workers when its driver leaves: watched
+                while not stop.wait(0.5):
+                    snapshot()
+
+            snapshot()
+            before, stop = dict(seen), threading.Event()
+            watcher = threading.Thread(target=watch, daemon=True)
+            watcher.start()
+            try:
+                run = one_run(res, str(tmp / f"ray-{rows}-{part_rows}"), rows, part_rows, cores,
+                              f"local disk, a Ray cluster ({cores} CPUs)",
+                              ["cluster=existing", f"cluster.address={head.gcs_address}"],
+                              {k: v for k, v in head.env.items() if k.startswith("RAY_")})
+            finally:
+                stop.set()
+                watcher.join()
+                snapshot()
+            cpu = run["cpu_seconds"] + sum(t - before.get(p, 0.0) for p, t in seen.items())
             return [{**run, "cpu_seconds": round(cpu, 1),
                      "rows_per_cpu_s": round(rows / max(cpu, 1e-9))}]
     finally:
