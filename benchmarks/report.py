@@ -438,10 +438,12 @@ def ray_runs(tmp: Path, rows: int, part_rows: int) -> list[dict]:
         with ray_head(num_cpus=cores) as head:
             tops = _pids_using(head.temp_dir)  # the head's processes; the workers are theirs
             seen: dict[int, float] = {}  # each process's CPU seconds when last seen
+            peak_kb = [0]  # the most the cluster's processes held together
 
             def snapshot() -> None:
-                seen.update({p: t for p in {q for top in tops for q in _tree(top)}
-                             if (t := _cpu_s(p)) is not None})
+                pids = {q for top in tops for q in _tree(top)}
+                seen.update({p: t for p in pids if (t := _cpu_s(p)) is not None})
+                peak_kb[0] = max(peak_kb[0], sum(_rss_kb(p) for p in pids))
 
             def watch() -> None:  # Ray ends a job's workers when its driver leaves: watched
                 while not stop.wait(0.5):
@@ -461,8 +463,11 @@ def ray_runs(tmp: Path, rows: int, part_rows: int) -> list[dict]:
                 watcher.join()
                 snapshot()
             cpu = run["cpu_seconds"] + sum(t - before.get(p, 0.0) for p, t in seen.items())
+            # memory: the report's processes' peak plus the cluster's (each at its own peak)
             return [{**run, "cpu_seconds": round(cpu, 1),
-                     "rows_per_cpu_s": round(rows / max(cpu, 1e-9))}]
+                     "rows_per_cpu_s": round(rows / max(cpu, 1e-9)),
+                     "peak_rss_mb": round(run["peak_rss_mb"] + peak_kb[0] / 1024, 1),
+                     "cluster_peak_rss_mb": round(peak_kb[0] / 1024, 1)}]
     finally:
         shutil.rmtree(res, ignore_errors=True)
 

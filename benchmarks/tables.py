@@ -335,8 +335,9 @@ def _runs(d: dict) -> list[str]:
     return out
 
 
-def report_check(d: dict) -> str:
-    """Runs of the report measured again on a later commit (the same benchmark, fewer sizes)."""
+def report_runs(d: dict) -> str:
+    """Runs of the report benchmark measured apart from its grid (the same benchmark, other
+    sizes: a Ray cluster, say)."""
     return "\n\n".join(_runs(d))
 
 
@@ -536,7 +537,7 @@ RENDER: dict[str, tuple[str, Callable[[dict], str]]] = {
     "decode-64": ("decode", decode_64), "decode-parity": ("decode", decode_parity),
     "decode-pools": ("decode", decode_pools), "decode-job": ("decode_job", decode_job),
     "decoders": ("decoders", decoders), "report": ("report", report),
-    "report-check": ("report_check", report_check),
+    "report-ray": ("report_ray", report_runs),
     "evaluate": ("evaluate", evaluate),
     "controlplane-planning": ("controlplane", controlplane_planning),
     "controlplane-dispatch": ("controlplane", controlplane_dispatch),
