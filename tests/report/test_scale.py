@@ -95,7 +95,7 @@ def test_the_benchmark_section_runs_small(monkeypatch):
     """One local report (its 4 parts make one task: 1 worker only) and the comparison; the
     store that is far away has its own test (test_reads.py)."""
     for name, value in (("ROWS", "20000"), ("PART_ROWS", "5000"), ("REMOTE_ROWS", "0"),
-                        ("MEMORY_ROWS", "0"), ("COMPARE_ROWS", "20000")):
+                        ("RAY_ROWS", "0"), ("MEMORY_ROWS", "0"), ("COMPARE_ROWS", "20000")):
         monkeypatch.setenv(f"NIBT_BENCH_REPORT_{name}", value)
     figures = bench.run()
     [run] = figures["runs"]
