@@ -25,7 +25,7 @@ import multiprocessing.connection as mpc
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -49,6 +49,10 @@ class Executor(Protocol):
     def close(self) -> None: ...
 
     def peak_rss_mb(self) -> dict[str, float]: ...
+
+
+#: Maps a picklable function over jobs, results in job order (``Executor.map``, or ``map``).
+MapFn = Callable[[Callable[[Any], Any], Sequence[Any]], Iterable[Any]]
 
 
 def peak_rss_mb() -> float:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import base64
 import io
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jinja2
@@ -22,6 +22,7 @@ from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from pipeline.report.aggregate import SCORE_EDGES
 from pipeline.report.formats import fmt, pct, pts
+from pipeline.report.pool import MapFn
 
 _ENV = jinja2.Environment(
     loader=jinja2.PackageLoader("pipeline.report", "templates"),
@@ -185,8 +186,6 @@ PLOTS: dict[str, Callable[..., str | None]] = {
 }
 #: A figure to draw: a ``PLOTS`` name, its arguments and keyword arguments.
 Job = tuple[str, tuple[Any, ...], dict[str, Any]]
-#: Maps a picklable function over jobs, results in job order (``pool.Executor.map``).
-MapFn = Callable[[Callable[[Any], Any], Sequence[Any]], Iterable[Any]]
 
 
 def draw(job: Job) -> str | None:
@@ -233,10 +232,9 @@ def plots(report: dict[str, Any], run: MapFn | None = None) -> dict[str, Any]:
     """Every figure of the page as a data URI (None when there is nothing to draw); ``run``
     draws them side by side (the report's workers), default one after the other."""
     jobs = figure_jobs(report)
-    out: dict[str, Any] = {"groups": [], "group_maps": [], "suspects": []}
     n_fam = len(report["groups"])
-    out["groups"], out["group_maps"] = [None] * n_fam, [None] * n_fam
-    out["suspects"] = [None] * sum(1 for (slot, _), _ in jobs if slot == "suspects")
+    out: dict[str, Any] = {"groups": [None] * n_fam, "group_maps": [None] * n_fam,
+                           "suspects": [None] * sum(slot == "suspects" for (slot, _), _ in jobs)}
     for ((slot, i), _), uri in zip(jobs, list((run or map)(draw, [job for _, job in jobs]))):
         if i is None:
             out[slot] = uri

@@ -177,11 +177,13 @@ class WordSpace:
         out.sort(key=lambda r: (-r["score"], -r["consistency"], r["word"]))
         return out
 
-    def mean_map(self, wid: int) -> np.ndarray:
-        return self.pos_sum[wid] / max(int(self.n[wid]), 1)
+    def mean_map(self, wid: int | np.ndarray) -> np.ndarray:
+        """The word's (or each word's, for an array of ids) mean normalised map."""
+        return self.pos_sum[wid] / np.maximum(self.n[wid], 1)[..., None]
 
-    def top_share(self, wid: int) -> np.ndarray:
-        return self.top[wid] / max(int(self.n[wid]), 1)
+    def top_share(self, wid: int | np.ndarray) -> np.ndarray:
+        """The share of the word's (or each word's) pairs whose top patch is in each cell."""
+        return self.top[wid] / np.maximum(self.n[wid], 1)[..., None]
 
     def example_pointers(self, wid: int, modal: int, k: int) -> list[tuple[int, int]]:
         """Up to ``k`` sampled pairs of the word, those peaking in ``modal`` first."""

@@ -8,7 +8,7 @@ reservoirs (see ``stats``).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable
 from itertools import combinations
 from typing import Any
 
@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.report.aggregate import GROUP_METRICS, METRICS, SCORE_EDGES, Aggregator
+from pipeline.report.pool import MapFn
 from pipeline.report.settings import ReportSettings
 from pipeline.report.space import WORD_ID, WordSpace
 from pipeline.report.stats import (
@@ -212,10 +213,6 @@ def _stat(m: Moments, dev: np.ndarray, confidence: float) -> dict[str, Any]:
     return {"n": m.n, "mean": finite_or_none(mean), "std": finite_or_none(m.std), "ci_low": finite_or_none(lo), "ci_high": finite_or_none(hi)}
 
 
-#: Maps a picklable function over jobs, results in job order (``pool.Executor.map``).
-MapFn = Callable[[Callable[[Any], Any], Sequence[Any]], Iterable[Any]]
-
-
 def group_deviations(agg: Aggregator, s: ReportSettings, run: MapFn | None = None
                      ) -> dict[tuple[int, int, str], np.ndarray]:
     """Bootstrap deviations of each group's mean, by (family, group, metric) index.
@@ -337,8 +334,7 @@ def regions_table(space: dict, groups: list[dict], ws: WordSpace | None,
                 for fam in groups for g in fam["groups"] if g["mean_map"] is not None]
     if ws is not None and profiles:
         wid = np.array([p[WORD_ID] for p in profiles], np.int64)
-        n = np.maximum(ws.n[wid], 1)[:, None]
-        pos, top = ws.pos_sum[wid] / n, ws.top[wid] / n
+        pos, top = ws.mean_map(wid), ws.top_share(wid)
         entries += [("word", None, p["word"], None, pos[i], top[i])
                     for i, p in enumerate(profiles)]
     each = np.repeat(np.arange(len(entries)), cells)
