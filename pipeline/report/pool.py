@@ -192,20 +192,25 @@ class LocalPool:
         window = self.workers * self.in_flight * 2  # results held before they are yielded
         nxt = 0
         while nxt < len(tasks):
-            self._send(fn, tasks, todo, nxt + window)
+            self._send(fn, tasks, todo, nxt + window, attempts)
             self._collect(done, todo, attempts)
             while nxt in done:
                 yield done.pop(nxt)
                 nxt += 1
 
-    def _send(self, fn: Callable, tasks: Sequence[Any], todo: deque, limit: int) -> None:
-        for w in self._pool:
+    def _send(self, fn: Callable, tasks: Sequence[Any], todo: deque, limit: int,
+              attempts: list[int]) -> None:
+        for i, w in enumerate(list(self._pool)):
             while len(w.tasks) < self.in_flight and todo and todo[0] < limit:
                 tid = todo.popleft()
                 if not w.tasks:
                     w.busy_since = time.monotonic()
-                w.conn.send((tid, fn, tasks[tid]))
                 w.tasks.append(tid)
+                try:
+                    w.conn.send((tid, fn, tasks[tid]))
+                except OSError:  # it died since it was last heard from: its tasks go back
+                    self._replace(i, w, todo, attempts, "died")
+                    break
 
     def _collect(self, done: dict[int, Any], todo: deque, attempts: list[int]) -> None:
         """Wait (bounded) for results, deaths and timeouts; requeue what was lost."""
