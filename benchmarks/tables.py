@@ -379,7 +379,8 @@ def _horizon(d: dict) -> str:
     runs = [r for r in d["runs"] if r["store"] == "local" and r["workers"] > 1]
     r = max(runs + [d["memory"]] * ("memory" in d), key=lambda x: (x["rows"], x["part_rows"]))
     steps = r["step_seconds"]
-    after = sum(v for k, v in steps.items() if k not in ("first_pass", "space_pass", "last_pass"))
+    after = sum(v for k, v in steps.items()
+                if k not in ("sample", "first_pass", "space_pass", "last_pass"))
     passes = HORIZON_ROWS / (HORIZON_CORES * r["rows_per_cpu_s"]) / 60
     merge_rate = r["rows"] / max(r["driver_cpu_seconds"] - after, 1e-9)
     driver = HORIZON_ROWS / merge_rate / 60

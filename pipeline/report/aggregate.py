@@ -18,7 +18,6 @@ import re
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -35,10 +34,10 @@ METRICS = ("img_conf_drop", "img_conf_incr", "txt_conf_drop", "txt_conf_incr")
 GROUP_METRICS = ("score", "term_attr", "term_share")
 #: Fixed score histogram bins over the cosine range (0.005 wide), so parts add up exactly.
 SCORE_EDGES = np.linspace(-1.0, 1.0, 401)
-COLUMNS = ["id", "source", "row", "status", "error", "score", "image_attr", "grid_h", "grid_w",
+COLUMNS = ["id", "status", "error", "score", "image_attr", "grid_h", "grid_w",
            "image_cls_share", "tokens", "text_attr", "text_eot_share", "caption_truncated",
            *METRICS]
-#: What the report shows of a pair to review (kept with the pair from the first pass on).
+#: What the report shows of a pair to review (read by the last pass, at its pointer).
 ROW_COLUMNS = ["id", "source", "row", "status", "score", "image_attr", "grid_h", "grid_w",
                "tokens", "text_attr"]
 MAX_ERROR_KINDS = 200
@@ -47,6 +46,14 @@ MAX_ERROR_KINDS = 200
 def error_kind(message: str | None) -> str:
     """An error message with its numbers masked, so similar errors count together."""
     return re.sub(r"\d+", "#", str(message or "(no message)"))[:160]
+
+
+def positions(n: int, part: int | np.ndarray, pos: np.ndarray | None
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """Each of a chunk's ``n`` rows' part and row in it (int64), from one part index (its
+    rows in order) or from ``part`` and ``pos`` given per row."""
+    parts = np.full(n, part, np.int64) if np.ndim(part) == 0 else np.asarray(part, np.int64)
+    return parts, np.arange(n, dtype=np.int64) if pos is None else np.asarray(pos, np.int64)
 
 
 def score_bins(values: np.ndarray) -> np.ndarray:
@@ -134,30 +141,20 @@ class Vocabulary:
 
 
 class TopN:
-    """The ``n`` smallest values seen, with (part, row) pointers and the rows themselves
-    (``ROW_COLUMNS``); ties by position."""
+    """The ``n`` smallest values seen, with (part, row) pointers; ties by position. (The rows
+    themselves are read by the last pass, ``passes.LastPass.pointers``.)"""
 
     def __init__(self, n: int) -> None:
         self.n = n
         self.values, self.parts, self.rows = np.empty(0), np.empty(0, np.int64), np.empty(0, np.int64)
-        self.data: dict[tuple[int, int], dict[str, Any]] = {}
 
-    def add(self, values: np.ndarray, parts: np.ndarray, rows: np.ndarray,
-            table: pa.Table | None = None, at: np.ndarray | None = None) -> None:
-        """Add values at (``parts``, ``rows``) pointers; with ``table``, keep the rows
-        themselves (row ``at[i]`` of ``table`` for value ``i``)."""
+    def add(self, values: np.ndarray, parts: np.ndarray, rows: np.ndarray) -> None:
+        """Add values at (``parts``, ``rows``) pointers."""
         ok = np.flatnonzero(np.isfinite(values))
         if ok.size > 4 * self.n > 0:  # the n smallest and their ties, before sorting
             ok = ok[values[ok] <= np.partition(values[ok], self.n - 1)[self.n - 1]]
         ok = ok[np.lexsort((rows[ok], parts[ok], values[ok]))[: self.n]]
         self._keep(values[ok], parts[ok].astype(np.int64), rows[ok].astype(np.int64))
-        if table is not None:
-            kept = set(zip(self.parts.tolist(), self.rows.tolist()))
-            take = [i for i in ok.tolist() if (int(parts[i]), int(rows[i])) in kept]
-            if take:
-                got = table.select(ROW_COLUMNS).take(pa.array(at[take])).to_pylist()
-                for i, d in zip(take, got):
-                    self.data[(int(parts[i]), int(rows[i]))] = d
 
     def _keep(self, values: np.ndarray, parts: np.ndarray, rows: np.ndarray) -> None:
         v = np.concatenate([self.values, values])
@@ -165,12 +162,9 @@ class TopN:
         r = np.concatenate([self.rows, rows])
         keep = np.lexsort((r, p, v))[: self.n]
         self.values, self.parts, self.rows = v[keep], p[keep], r[keep]
-        kept = set(zip(self.parts.tolist(), self.rows.tolist()))
-        self.data = {k: d for k, d in self.data.items() if k in kept}
 
     def merge(self, other: TopN) -> None:
         """Add another TopN (of other parts)."""
-        self.data.update(other.data)
         self._keep(other.values, other.parts, other.rows)
 
     def pointers(self) -> list[tuple[int, int, float]]:
@@ -211,6 +205,21 @@ class GroupAcc:
         self.border.merge(other.border)
         self.corner.merge(other.corner)
         self.pairs += other.pairs
+
+
+@dataclass
+class Seen:
+    """A chunk's ok rows as ``Aggregator.add`` worked them out: their distinct words and
+    their maps, so that the word maps (``space.WordSpace.add_seen``) need no second look."""
+
+    rows: np.ndarray  # the table row of each ok row
+    pairs: tuple[np.ndarray, np.ndarray, list[str]]  # (ok row, word) by row; the words
+    map_row: np.ndarray  # each ok row's index into the maps below (-1: none)
+    norm: np.ndarray  # ``regions.positive_maps``: normalised maps, top cells, usable
+    top: np.ndarray
+    usable: np.ndarray
+    tokens: pa.ChunkedArray | pa.Array  # for the rows left out of ``pairs`` for their values
+    left_out: np.ndarray | None  # (mask over the table's rows), whose words still count
 
 
 class GridConflict(Exception):
@@ -264,13 +273,14 @@ class Aggregator:
             self.add(table, part)
         return self
 
-    def add(self, table: pa.Table, part: int | np.ndarray, pos: np.ndarray | None = None) -> None:
+    def add(self, table: pa.Table, part: int | np.ndarray,
+            pos: np.ndarray | None = None) -> Seen | None:
         """Add one results part (``part``: its manifest index), or consecutive parts joined
         (``part`` and ``pos``: each row's part and row in it; review pointers and sample
-        keys come from them, so they are the same either way)."""
+        keys come from them, so they are the same either way). Returns the words and maps
+        of its ok rows (None when it has none), which ``space.WordSpace.add_seen`` maps."""
         n = table.num_rows
-        parts = np.full(n, part, np.int64) if np.ndim(part) == 0 else np.asarray(part, np.int64)
-        pos = np.arange(n, dtype=np.int64) if pos is None else np.asarray(pos, np.int64)
+        parts, pos = positions(n, part, pos)
         self.rows += n
         status = table.column("status")
         self.status.update(_counts(status))
@@ -278,7 +288,7 @@ class Aggregator:
         self._errors(table.select(["id", "error"]).filter(pa.array(~ok)))
         rows = np.flatnonzero(ok)  # the ok rows: what the statistics index (nothing is copied)
         if rows.size == 0:
-            return
+            return None
         score = _floats(table, "score")[rows]
         self.score.add(score)
         self.hist += score_hist(score)
@@ -289,14 +299,15 @@ class Aggregator:
         self.truncated += int(table.column("caption_truncated").fill_null(False).to_numpy(
             zero_copy_only=False)[rows].sum())
         keys = part_keys(self.s.seed, "reservoir", parts[rows])
-        members, min_attr = self._words(table, ok)
-        self.lowest.add(score, parts[rows], pos[rows], table, rows)
-        self.negative.add(min_attr, parts[rows], pos[rows], table, rows)
-        map_row, maps, shares = self._maps(table, ok)
+        members, min_attr, pairs, left_out = self._words(table, ok)
+        self.lowest.add(score, parts[rows], pos[rows])
+        self.negative.add(min_attr, parts[rows], pos[rows])
+        map_row, maps, shares, norm = self._maps(table, ok)
         for fi, fam in enumerate(members):
             for gi, (idx, term_attr, term_share) in enumerate(fam):
                 self._group(self.groups[fi][gi], idx, term_attr, term_share, score, keys,
                             map_row, maps, shares)
+        return Seen(rows, pairs, map_row, *norm, table.column("tokens"), left_out)
 
     def merge(self, other: Aggregator) -> None:
         """Add the aggregator of the parts that follow this one's (``GridConflict`` when
@@ -377,21 +388,27 @@ class Aggregator:
                 take = order[firsts[k] : firsts[k] + min(need, int(counts[k]))]
                 entry[1] += [str(x) for x in ids.take(pa.array(take)).to_pylist()]
 
-    def _words(self, table: pa.Table, ok: np.ndarray) -> tuple[list, np.ndarray]:
-        """Per-word sums; per family and group: (ok rows, term attribution, term share)."""
+    def _words(self, table: pa.Table, ok: np.ndarray
+               ) -> tuple[list, np.ndarray, tuple[np.ndarray, np.ndarray, list[str]],
+                          np.ndarray | None]:
+        """Per-word sums; per family and group: (ok rows, term attribution, term share); each
+        row's minimum word attribution; each ok row's distinct words (``Seen.pairs``) and the
+        rows left out for their values (``Seen.left_out``)."""
         n = int(ok.sum())
         min_attr = np.full(n, np.nan)
         pw = part_words(table.column("tokens"), table.column("text_attr"), ok)
         pw.row = (np.cumsum(ok) - 1)[pw.row]  # as indices among the ok rows
         self.skipped_tokens += pw.skipped
+        left_out = pw.left_out if pw.left_out is not None and pw.left_out.any() else None
         members = [[(np.empty(0, np.int64), np.empty(0), np.empty(0)) for _ in f.names]
                    for f in self.families]
         if pw.word.size == 0:
-            return members, min_attr
+            return members, min_attr, (pw.row, pw.word, pw.words), left_out
         total = np.bincount(pw.row, weights=np.abs(pw.attr), minlength=n)
         safe = np.where(total > 0, total, 1.0)
         share = np.where(total[pw.row] > 0, pw.attr / safe[pw.row], 0.0)
-        self.vocab.add(pw.words, pw.word, pw.attr, share, pw.pair_words())
+        prow, pword = pw.pairs()
+        self.vocab.add(pw.words, pw.word, pw.attr, share, pword)
         starts = pw.starts()
         with_words = pw.row[starts]
         min_attr[with_words] = np.minimum.reduceat(pw.attr, starts)
@@ -411,26 +428,27 @@ class Aggregator:
                                    np.where(total[r] > 0, occ_sum[sel] / safe[r], 0.0))
             if fam.rest:
                 members[fi][-1] = (with_words[per_row[with_words] == 0], np.empty(0), np.empty(0))
-        return members, min_attr
+        return members, min_attr, (prow, pword, pw.words), left_out
 
     def _maps(self, table: pa.Table, ok: np.ndarray
-              ) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, ...]]:
+              ) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, ...], tuple[np.ndarray, ...]]:
         """Dataset map sums; returns each ok row's index into the part's maps (-1: none), the
-        maps, and each map's border and corner shares and whether it has mass (for the
-        groups, computed once)."""
+        maps, each map's border and corner shares and whether it has mass (for the groups,
+        computed once), and ``regions.positive_maps`` of the maps (for the word maps)."""
         if self.grid is None:
             self.grid = first_grid(table, ok)
         map_row = np.full(int(ok.sum()), -1, dtype=np.int64)
         has_map = ok & (pc.list_value_length(table.column("image_attr")).fill_null(0)
                         .to_numpy(zero_copy_only=False) > 0)
+        none = (np.empty((0, 0)), np.empty(0, np.int64), np.empty(0, bool))
         if self.grid is None:
             self.unplaced += int(has_map.sum())
-            return map_row, np.empty((0, 0)), ()
+            return map_row, np.empty((0, 0)), (), none
         maps, valid = maps_of(table, self.grid, ok)
         self.grid_mismatch += int((has_map & ~valid).sum())
         map_row[valid[ok]] = np.arange(int(valid.sum()))
         if maps.shape[0] == 0:
-            return map_row, maps, ()
+            return map_row, maps, (), none
         cells = self.grid.cells
         if self.map_sum is None:
             self.map_sum, self.pos_sum = np.zeros(cells), np.zeros(cells)
@@ -444,7 +462,7 @@ class Aggregator:
         border, corner, has = region_shares(maps, self.grid)
         self.border.add(border[has])
         self.corner.add(corner[has])
-        return map_row, maps, (border, corner, has)
+        return map_row, maps, (border, corner, has), (norm, top, usable)
 
     def _group(self, g: GroupAcc, idx: np.ndarray, term_attr: np.ndarray,
                term_share: np.ndarray, score: np.ndarray, keys: np.ndarray,

@@ -23,6 +23,7 @@ import io
 import json
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -121,26 +122,42 @@ class Read:
     devs: dict | None = None  # summary.group_deviations
     thumbs: dict | None = None  # the pairs to review: thumbnails and enlarged views by key
     zooms: dict | None = None
+    guessed: WordSpace | None = None  # the first pass's maps of the guessed words
 
 
 def first(ex: Executor, results: str, manifest: dict[str, Any], s: ReportSettings,
-          storage: StorageSettings) -> Read:
-    """Pass one over an audit: its aggregates."""
+          storage: StorageSettings, guess: Sequence[str] = ()) -> Read:
+    """Pass one over an audit: its aggregates, and the maps of the ``guess`` words."""
     log.info("report: %d parts in %s", len(manifest["parts"]), results)
-    return Read(results, manifest, passes.first_pass(ex, results, storage, manifest["parts"], s))
+    agg, guessed = passes.first_pass(ex, results, storage, manifest["parts"], s, guess,
+                                     _examples(s))
+    return Read(results, manifest, agg, guessed=guessed)
+
+
+def _examples(s: ReportSettings) -> int:
+    """Example pairs kept a profiled word (more than are shown: those in its cell first)."""
+    return 4 * max(s.review_suspect_examples, 1)
 
 
 def spaces(ex: Executor, a: Read, words: list[str], extra: list[str], s: ReportSettings,
            storage: StorageSettings) -> None:
-    """Pass two: maps of the tracked ``words`` (profiled) and of ``extra`` words (counted for
-    a comparison only)."""
+    """The maps of the tracked ``words`` (profiled) and of ``extra`` words (counted for a
+    comparison only): from the first pass where it mapped them, else from a pass of their
+    own over the parts (pass two: only when the guess missed a word)."""
     a.profiles = []
+    guessed, a.guessed = a.guessed, None
     if a.agg.grid is None or not a.agg.space_n or not (words or extra):
         return
-    log.info("report: spatial pass over %d words of %s", len(words) + len(extra), a.results)
-    work = passes.SpacePass(a.agg.grid, s.seed, 4 * max(s.review_suspect_examples, 1),
-                            words, extra)
-    a.ws, a.wx = passes.space_pass(ex, a.results, storage, a.manifest["parts"], work)
+    held = guessed.index if guessed is not None else {}
+    missed = [w for w in words if w not in held], [w for w in extra if w not in held]
+    found: tuple[WordSpace | None, WordSpace | None] = (None, None)
+    if missed[0] or missed[1]:
+        log.info("report: spatial pass over %d words of %s that the first pass did not map",
+                 len(missed[0]) + len(missed[1]), a.results)
+        work = passes.SpacePass(a.agg.grid, s.seed, _examples(s), *missed)
+        found = passes.space_pass(ex, a.results, storage, a.manifest["parts"], work)
+    a.ws = WordSpace.gather(words, [guessed, found[0]], _examples(s))
+    a.wx = WordSpace.gather(extra, [guessed, found[1]], 1)
     if a.ws is not None:
         a.profiles = a.ws.profiles(a.agg.pos_sum / a.agg.space_n,
                                    a.agg.top_counts / a.agg.space_n, s.shortcut_min_count)
@@ -160,6 +177,8 @@ def last(ex: Executor, a: Read, s: ReportSettings, storage: StorageSettings,
         return
     pointers = {ptr for p in cands for ptr in a.ws.example_pointers(
         p[WORD_ID], p["modal_cell"], s.review_suspect_examples)} if flag_list else set()
+    if flag_list is not None:  # the rows of the pairs to review, shown with the report
+        pointers |= {(p, r) for top in (agg.lowest, agg.negative) for p, r, _ in top.pointers()}
     scan = FlagScan([p["modal_cell"] for p in cands], agg.grid,
                     low_bin(agg.hist, flag_list.k)) if flag_list is not None else None
     work = passes.LastPass(agg.grid, [p["word"] for p in cands], cooccur, scan, pointers)
@@ -218,7 +237,7 @@ def review_section(a: Read, s: ReportSettings, storage: StorageSettings
     for p in (a.suspects or [])[: s.review_suspects] if a.ws is not None else []:
         ptrs = a.ws.example_pointers(p[WORD_ID], p["modal_cell"], s.review_suspect_examples)
         by_word.append((p["word"], [(x, y, float("nan")) for x, y in ptrs]))
-    rows = {**(a.rows or {}), **agg.lowest.data, **agg.negative.data}
+    rows = a.rows or {}
     data = (a.manifest.get("settings") or {}).get("data") or {}
     images = read_images(sorted({(r["source"], r["row"]) for r in rows.values()}),
                          data.get("image_column") or "image", storage,
@@ -335,8 +354,14 @@ def _build(ex: Executor, audit: tuple[str, dict[str, Any]],
         clock[name] = round(time.monotonic() - t, 3)
         t = time.monotonic()
 
-    cur = first(ex, *audit, s, storage)
-    base = first(ex, *baseline, s, storage) if baseline[1] is not None else None
+    guess = passes.guess_words(audit[0], storage, audit[1]["parts"], s)
+    if baseline[1] is not None:  # either side's tracked words are mapped on both
+        mine = set(guess)
+        guess += [w for w in passes.guess_words(baseline[0], storage, baseline[1]["parts"], s)
+                  if w not in mine]
+    lap("sample")
+    cur = first(ex, *audit, s, storage, guess)
+    base = first(ex, *baseline, s, storage, guess) if baseline[1] is not None else None
     lap("first_pass")
     words = tracked_words(cur.agg, s)
     bwords = tracked_words(base.agg, s) if base is not None else []

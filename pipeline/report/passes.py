@@ -10,14 +10,18 @@ workers there are. Each pass's work is a small picklable object whose ``run``
 turns the task's tables into a partial result; the driver merges the partial
 results in task order (``Pass.merge``).
 
-* ``FirstPass``: the aggregates (``aggregate.Aggregator``) and the pairs to
-  review by score and by word attribution, with their rows;
-* ``SpacePass``: the maps of the tracked words (``space.WordSpace``);
+* ``FirstPass``: the aggregates (``aggregate.Aggregator``), the pointers to the
+  pairs to review by score and by word attribution, and the maps of the words
+  that ``guess_words`` expects to be tracked (``space.WordSpace``, from the
+  words and maps the aggregates were made of);
+* ``SpacePass``: the maps of the tracked words that the guess missed (it runs
+  only then);
 * ``LastPass``: the shortcut candidates' co-occurrence counts
   (``space.CoOccurrence``), the rows that may be flagged (``flags.FlagScan``)
-  and the rows of the suspects' example pairs.
+  and the rows of the pairs to review and of the suspects' example pairs.
 
-So each part is read three times at most, once per pass, in one request each.
+So each part is read twice, in one request each (three times when the guess
+missed a word), plus once for the parts of the guess's sample.
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ from pipeline.report.pool import Executor
 from pipeline.report.regions import Grid
 from pipeline.report.settings import ReportSettings
 from pipeline.report.space import CoOccurrence, WordSpace, candidate_hits
+from pipeline.report.summary import alnum_mask
+from pipeline.report.tokens import part_words
 
 #: Consecutive small parts are worked on together, this many rows at least at a time (what
 #: a part costs apart from its rows is paid once a chunk).
@@ -47,6 +53,10 @@ CHUNK_ROWS = 8192
 #: larger results are cut into about ``TASKS`` tasks a pass, at most ``MAX_TASK_ROWS`` rows
 #: each: the merge of a task's result costs the driver about the same whatever its size.
 TASK_ROWS, TASK_PARTS, TASKS, MAX_TASK_ROWS = 50_000, 4, 256, 2_000_000
+#: The words the first pass maps are guessed from about this many rows, in at most this
+#: many parts (``guess_words``).
+SAMPLE_ROWS, SAMPLE_PARTS = 200_000, 128
+SAMPLE_COLUMNS = ["status", "tokens"]
 
 
 @dataclass
@@ -134,19 +144,27 @@ def _ok(table: pa.Table) -> np.ndarray:
 
 @dataclass
 class FirstPass:
-    """The aggregates; ``grid`` fixes the patch grid (a task aggregated again under the
-    results' grid when its own first grid differed)."""
+    """The aggregates, and the maps of the ``guess`` words (``space.WordSpace``, seeded by
+    ``settings.seed``, ``examples`` example pairs a word); ``grid`` fixes the patch grid (a
+    task aggregated again under the results' grid when its own first grid differed)."""
 
     settings: ReportSettings
     grid: Grid | None = None
+    guess: list[str] = field(default_factory=list)
+    examples: int = 1
     columns: list[str] = field(default_factory=lambda: list(aggregate.COLUMNS))
 
-    def run(self, tables: Iterator[tuple[int, pa.Table]]) -> Aggregator:
+    def run(self, tables: Iterator[tuple[int, pa.Table]]) -> tuple[Aggregator, WordSpace | None]:
         agg = Aggregator(self.settings, self.settings.families(), self.grid, capped=False)
+        ws = None
         # part by part until a part sets the grid (its rows and those before it count so)
         for c in chunks(tables, alone=lambda: agg.grid is None):
-            agg.add(c.table, c.part, c.pos)
-        return agg
+            seen = agg.add(c.table, c.part, c.pos)
+            if seen is not None and self.guess and agg.grid is not None:
+                if ws is None:
+                    ws = WordSpace(self.guess, agg.grid, self.settings.seed, self.examples)
+                ws.add_seen(seen, c.part, c.pos)
+        return agg, ws
 
 
 @dataclass
@@ -233,16 +251,60 @@ class LastPass:
 
 # ------------------------------------------------------------ the driver's side
 def first_pass(ex: Executor, results: str, storage: StorageSettings,
-               entries: Sequence[dict[str, Any]], s: ReportSettings) -> Aggregator:
-    """The aggregates of every part (tasks spread over ``ex``, merged in order)."""
-    total = Aggregator(s, s.families())
-    ts = tasks(results, storage, entries, FirstPass(s))
-    for task, part in zip(ts, ex.map(run_task, ts)):
+               entries: Sequence[dict[str, Any]], s: ReportSettings,
+               guess: Sequence[str] = (), examples: int = 1) -> tuple[Aggregator, WordSpace | None]:
+    """The aggregates of every part, and the maps of the ``guess`` words (None when no part
+    had a map or nothing was guessed): tasks spread over ``ex``, merged in order."""
+    total, ws = Aggregator(s, s.families()), None
+    work = FirstPass(s, guess=list(guess), examples=examples)
+    ts = tasks(results, storage, entries, work)
+    for task, (part, pws) in zip(ts, ex.map(run_task, ts)):
         try:
             total.merge(part)
         except GridConflict:  # its maps went on its own first grid: again, on the results'
-            total.merge(run_task(replace(task, work=FirstPass(s, total.grid))))
-    return total
+            part, pws = run_task(replace(task, work=replace(work, grid=total.grid)))
+            total.merge(part)
+        if pws is not None:
+            if ws is None:
+                ws = WordSpace(work.guess, total.grid, s.seed, examples)
+            ws.merge(pws)
+    return total, ws
+
+
+def guess_words(results: str, storage: StorageSettings, entries: Sequence[dict[str, Any]],
+                s: ReportSettings) -> list[str]:
+    """The words the first pass maps: those the spatial pass would profile, guessed from
+    ``SAMPLE_ROWS`` rows of parts spread evenly over the manifest (at most ``SAMPLE_PARTS``
+    parts), ranked by their pairs there; twice as many as ``report.shortcut_max_words``.
+    When the sample is every part, only words with ``shortcut_min_count`` pairs. A word
+    it misses is mapped by a pass of its own (``build.spaces``)."""
+    picked = sample_parts(entries)
+    counts: dict[str, int] = {}
+    for table in prefetched(results, storage, [entries[i] for i in picked], SAMPLE_COLUMNS,
+                            PREFETCH, TOKEN_DICTIONARY):
+        ok = _ok(table)
+        if not ok.any():
+            continue
+        pw = part_words(table.column("tokens"), None, ok)
+        _, word = pw.pairs()
+        for w, n in zip(pw.words, np.bincount(word, minlength=len(pw.words)).tolist()):
+            counts[w] = counts.get(w, 0) + n
+    floor = max(s.shortcut_min_count, 1) if len(picked) == len(entries) else 1
+    words = [w for w, n in counts.items() if n >= floor]
+    if s.words_skip_punctuation and words:
+        words = [w for w, keep in zip(words, alnum_mask(words)) if keep]
+    return sorted(words, key=lambda w: (-counts[w], w))[: 2 * max(s.shortcut_max_words, 1)]
+
+
+def sample_parts(entries: Sequence[dict[str, Any]]) -> list[int]:
+    """Indices of parts spread evenly over ``entries`` holding ``SAMPLE_ROWS`` rows (all
+    parts when they hold fewer; at most ``SAMPLE_PARTS``), in order."""
+    sizes = np.array([int(e.get("rows") or 0) for e in entries], np.int64)
+    if sizes.sum() <= SAMPLE_ROWS:
+        return list(range(len(entries)))
+    mean = max(float(sizes.mean()), 1.0)
+    k = int(min(SAMPLE_PARTS, len(entries), max(1, np.ceil(SAMPLE_ROWS / mean))))
+    return sorted(set(np.linspace(0, len(entries) - 1, k).round().astype(int).tolist()))
 
 
 def space_pass(ex: Executor, results: str, storage: StorageSettings,

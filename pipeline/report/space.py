@@ -26,11 +26,24 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipeline.report.aggregate import Seen, positions
 from pipeline.report.regions import Grid, maps_of, positive_maps
-from pipeline.report.stats import kl_divergence, part_keys, wilson_lower
-from pipeline.report.tokens import may_hold, word_hits
+from pipeline.report.stats import kl_divergence, pair_keys, part_keys, wilson_lower, word_hashes
+from pipeline.report.tokens import (
+    lookup,
+    may_hold,
+    one_array,
+    part_words,
+    pieces_of,
+    with_pieces,
+    word_hits,
+)
 
 COLUMNS = ["status", "tokens", "image_attr", "grid_h", "grid_w"]
+EXAMPLE_FIELDS = (("word", np.int64), ("key", np.float64), ("part", np.int64),
+                  ("row", np.int64), ("top", np.int64))
+#: Example candidates wait until there are this many (or as many as are held) to be sorted in.
+PENDING = 65_536
 #: The key of a word profile (``WordSpace.profiles``) holding the word's row in its space;
 #: used while building the report, never written to report.json.
 WORD_ID = "word_id"
@@ -57,19 +70,30 @@ def candidate_hits(table: pa.Table, grid: Grid, words: list[str],
                    rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(row, i, top cell)`` for each distinct ``words[i]`` in each row (of the mask
     ``rows``) whose map is usable on ``grid``; by row, then ``i``."""
-    rows = rows & may_hold(table.column("tokens"), words)  # the others cannot hold one
+    tokens = one_array(table.column("tokens"))
+    mask = rows & with_pieces(tokens)
+    if not words or not mask.any():
+        return (np.empty(0, np.int64),) * 3
+    pieces = pieces_of(tokens, mask)  # flattened once for both steps below
+    rows = mask & may_hold(tokens, words, pieces)  # the others cannot hold one
     mask, at, (_, top) = usable_maps(table, grid, rows)
-    mi, wi = word_hits(table.column("tokens"), pa.array(words, pa.string()), mask)
+    mi, wi = word_hits(tokens, pa.array(words, pa.string()), mask, pieces)
     return mi, wi, top[at[mi]]
 
 
 class WordSpace:
-    """Per tracked word: summed normalised maps, top-patch cell counts, example pointers."""
+    """Per tracked word: summed normalised maps, top-patch cell counts, example pointers.
+
+    Filled from a table (``add``: the spatial pass finds the words and maps itself) or
+    from what ``aggregate.Aggregator.add`` already worked out of it (``add_seen``: the
+    first pass maps the words it was told to guess, with no second read).
+    """
 
     def __init__(self, words: list[str], grid: Grid, seed: int = 0, examples: int = 12) -> None:
         self.words = list(words)
         self.index = {w: i for i, w in enumerate(self.words)}
         self.texts = pa.array(self.words, pa.string())  # what ``word_hits`` looks up
+        self.hashes = word_hashes(self.words)  # what a pair's example key mixes in
         self.grid = grid
         self.seed = seed
         self.examples = max(1, examples)
@@ -77,10 +101,12 @@ class WordSpace:
         self.pos_sum = np.zeros((n, cells))
         self.top = np.zeros((n, cells), np.int64)
         self.n = np.zeros(n, np.int64)
-        # example pointers: a seeded sample per word (smallest random keys)
-        self.ex = {k: np.empty(0, t) for k, t in
-                   (("word", np.int64), ("key", np.float64), ("part", np.int64),
-                    ("row", np.int64), ("top", np.int64))}
+        # example pointers: a seeded sample per word (the pairs of smallest key, a key
+        # being ``stats.pair_keys`` of the pair alone), kept sorted by word then key;
+        # candidates wait in ``_pending`` until there are enough to sort
+        self._ex = {k: np.empty(0, t) for k, t in EXAMPLE_FIELDS}
+        self._pending: list[dict[str, np.ndarray]] = []
+        self._pending_n = 0
 
     def consume(self, tables: Iterable[pa.Table], first: int = 0) -> WordSpace:
         for part, table in enumerate(tables, first):
@@ -91,59 +117,165 @@ class WordSpace:
         """Add one part (``part``: its manifest index), or consecutive parts joined (each row's
         ``part`` and ``pos`` in it)."""
         n = table.num_rows
-        parts = np.full(n, part, np.int64) if np.ndim(part) == 0 else np.asarray(part, np.int64)
-        pos = np.arange(n, dtype=np.int64) if pos is None else np.asarray(pos, np.int64)
+        parts, pos = positions(n, part, pos)
         ok = pc.equal(table.column("status"), "ok").fill_null(False).to_numpy(zero_copy_only=False)
         if not ok.any():
             return
         mask, at, (norm, top) = usable_maps(table, self.grid, ok)
         mi, wi = word_hits(table.column("tokens"), self.texts, mask)
-        if mi.size == 0:
+        self._add_hits(mi, wi, np.arange(len(self.words)), at[mi], norm, top, parts, pos)
+
+    def add_seen(self, seen: Seen, part: int | np.ndarray, pos: np.ndarray | None = None) -> None:
+        """Add a chunk from what ``Aggregator.add`` returned for it (``seen``): the same sums
+        and examples that ``add`` would make of the chunk."""
+        if seen.norm.shape[0] == 0 or not self.words:
             return
-        ri, mi = mi, at[mi]  # each (map, word) pair's table row, and its map
-        n_words, cells = len(self.words), self.grid.cells
+        n = len(seen.tokens)
+        parts, pos = positions(n, part, pos)
+        at = np.full(n, -1, np.int64)  # each table row's usable map
+        mapped = seen.map_row >= 0
+        there = np.flatnonzero(mapped)[seen.usable[seen.map_row[mapped]]]
+        at[seen.rows[there]] = seen.map_row[there]
+        row, word, words = seen.pairs
+        row = seen.rows[row]
+        if seen.left_out is not None:  # their values did not fit: their words count here
+            lw = part_words(seen.tokens, None, seen.left_out & (at >= 0))
+            lrow, lword = lw.pairs()
+            index = {w: i for i, w in enumerate(words)}
+            words = list(words)
+            for w in lw.words:
+                if index.setdefault(w, len(words)) == len(words):
+                    words.append(w)
+            order = np.argsort(np.r_[row, lrow], kind="stable")
+            row = np.r_[row, lrow][order]
+            word = np.r_[word, np.array([index[w] for w in lw.words], np.int64)[lword]][order]
+        keep = at[row] >= 0
+        row, word = row[keep], word[keep]
+        ids = lookup(self.index, words)
+        here = ids[word] >= 0
+        self._add_hits(row[here], word[here], ids, at[row[here]], seen.norm, seen.top, parts,
+                       pos)
+
+    def _add_hits(self, ri: np.ndarray, local: np.ndarray, ids: np.ndarray, mi: np.ndarray,
+                  norm: np.ndarray, top: np.ndarray, parts: np.ndarray, pos: np.ndarray
+                  ) -> None:
+        """Add (table row ``ri``, word) pairs by row: the word as ``local``, an index into
+        ``ids`` (this space's word ids), the pair's map ``mi`` (into ``norm`` and ``top``)."""
+        if ri.size == 0:
+            return
+        cells, size = self.grid.cells, ids.size
         # each word's summed maps, one cell at a time (a scatter-add of whole maps costs more)
+        sums = np.empty((size, cells))
         by_cell = np.ascontiguousarray(norm.T)
         for c in range(cells):
-            self.pos_sum[:, c] += np.bincount(wi, weights=by_cell[c][mi], minlength=n_words)
-        self.top += np.bincount(wi * cells + top[mi], minlength=n_words * cells).reshape(
-            n_words, cells)
-        self.n += np.bincount(wi, minlength=n_words)
-        self._keep_examples(wi, part_keys(self.seed, "examples", parts[ri]), parts[ri], pos[ri],
-                            top[mi])
+            sums[:, c] = np.bincount(local, weights=by_cell[c][mi], minlength=size)
+        counts = np.bincount(local, minlength=size)
+        used = np.flatnonzero(counts)
+        self.pos_sum[ids[used]] += sums[used]
+        self.n[ids[used]] += counts[used]
+        tops = np.bincount(local * cells + top[mi], minlength=size * cells).reshape(size, cells)
+        self.top[ids[used]] += tops[used]
+        wi = ids[local]
+        keys = pair_keys(part_keys(self.seed, "examples", parts)[ri], self.hashes[wi])
+        self._keep_examples(wi, keys, parts[ri], pos[ri], top[mi])
+
+    @property
+    def ex(self) -> dict[str, np.ndarray]:
+        """The example pointers: word, key, part, row, top cell; by word, then key."""
+        self._compact()
+        return self._ex
 
     def _keep_examples(self, words: np.ndarray, keys: np.ndarray, part: int | np.ndarray,
                        rows: np.ndarray, top: np.ndarray) -> None:
         """Keep each word's ``examples`` smallest keys among those held and these."""
         bound = np.full(len(self.words), np.inf)  # a key a new pair must beat
-        held = self.ex["word"]
+        held = self._ex["word"]
         if held.size:
             count = np.bincount(held, minlength=len(self.words))
             full = np.flatnonzero(count >= self.examples)
-            bound[full] = self.ex["key"][np.r_[0, np.cumsum(count)[:-1]][full] + self.examples - 1]
+            bound[full] = self._ex["key"][np.r_[0, np.cumsum(count)[:-1]][full] + self.examples - 1]
         cand = keys < bound[words]
-        new = {"word": words[cand], "key": keys[cand], "part": np.broadcast_to(
-                   np.asarray(part, np.int64), words.shape)[cand],
-               "row": rows[cand].astype(np.int64), "top": top[cand].astype(np.int64)}
-        cat = {k: np.concatenate([self.ex[k], new[k]]) for k in self.ex}
-        # by word, then key (random doubles: no ties to keep in order); words as int16 when
-        # they fit, which numpy sorts stably by radix
-        order = np.argsort(cat["key"])
-        w = cat["word"][order]
-        order = order[np.argsort(w.astype(np.int16) if len(self.words) < 2**15 else w,
-                                 kind="stable")]
-        w = cat["word"][order]
-        first = np.searchsorted(w, w, side="left")
-        keep = order[(np.arange(w.size) - first) < self.examples]
-        self.ex = {k: v[keep] for k, v in cat.items()}
+        if not cand.any():
+            return
+        self._pending.append({
+            "word": words[cand], "key": keys[cand],
+            "part": np.broadcast_to(np.asarray(part, np.int64), words.shape)[cand],
+            "row": rows[cand].astype(np.int64), "top": top[cand].astype(np.int64)})
+        self._pending_n += int(cand.sum())
+        if self._pending_n > max(self._ex["word"].size, PENDING):
+            self._compact()
+
+    def _compact(self) -> None:
+        """Sort the waiting candidates in: each word's ``examples`` smallest keys stay."""
+        if not self._pending:
+            return
+        cat = {k: np.concatenate([self._ex[k], *(p[k] for p in self._pending)])
+               for k in self._ex}
+        self._pending, self._pending_n = [], 0
+        w = cat["word"]
+        shift = 63 - max(int(len(self.words)).bit_length(), 1)
+        if shift >= 40:  # by word, then key, in one sort of both packed into an integer
+            order = np.argsort((w << shift) | (cat["key"] * 2.0**shift).astype(np.int64))
+        else:
+            order = np.lexsort((cat["key"], w))
+        w = w[order]
+        start = np.flatnonzero(np.r_[True, w[1:] != w[:-1]])
+        rank = np.arange(w.size) - np.repeat(start, np.diff(np.r_[start, w.size]))
+        keep = order[rank < self.examples]
+        self._ex = {k: v[keep] for k, v in cat.items()}
 
     def merge(self, other: WordSpace) -> None:
         """Add the same words' maps over other parts (examples: the smallest keys of both)."""
         self.pos_sum += other.pos_sum
         self.top += other.top
         self.n += other.n
-        self._keep_examples(other.ex["word"], other.ex["key"], other.ex["part"],
-                            other.ex["row"], other.ex["top"])
+        ex = other.ex
+        self._keep_examples(ex["word"], ex["key"], ex["part"], ex["row"], ex["top"])
+
+    @classmethod
+    def gather(cls, words: list[str], spaces: Iterable[WordSpace | None],
+               examples: int) -> WordSpace | None:
+        """A space of ``words``, each taken from the first of ``spaces`` that has it (all of
+        the same grid and seed), keeping its ``examples`` smallest-key examples; None when
+        ``words`` is empty."""
+        spaces = [w for w in spaces if w is not None]
+        if not words:
+            return None
+        out = cls(words, spaces[0].grid, spaces[0].seed, examples)
+        left = np.ones(len(words), bool)
+        for sp in spaces:
+            mine = lookup(sp.index, words)
+            take = np.flatnonzero(left & (mine >= 0))
+            left[take] = False
+            src = mine[take]
+            out.pos_sum[take], out.top[take], out.n[take] = sp.pos_sum[src], sp.top[src], sp.n[src]
+            ex = sp.ex
+            new_id = np.full(len(sp.words), -1, np.int64)
+            new_id[src] = take
+            sel = new_id[ex["word"]] >= 0
+            out._keep_examples(new_id[ex["word"][sel]], ex["key"][sel], ex["part"][sel],
+                               ex["row"][sel], ex["top"][sel])
+        if left.any():
+            raise ValueError(f"no space holds {[w for w, x in zip(words, left) if x][:5]}")
+        return out
+
+    def __getstate__(self) -> dict:
+        """Pickled (a task's result) without the words no pair touched, examples sorted in."""
+        self._compact()
+        state = {k: v for k, v in self.__dict__.items()
+                 if k not in ("pos_sum", "top", "texts", "hashes")}
+        used = np.flatnonzero(self.n)
+        state["_used"] = (used, self.pos_sum[used], self.top[used])
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        used, pos_sum, top = state.pop("_used")
+        self.__dict__.update(state)
+        self.texts = pa.array(self.words, pa.string())
+        self.hashes = word_hashes(self.words)
+        self.pos_sum = np.zeros((len(self.words), self.grid.cells))
+        self.top = np.zeros((len(self.words), self.grid.cells), np.int64)
+        self.pos_sum[used], self.top[used] = pos_sum, top
 
     def profiles(self, dataset_pos_mean: np.ndarray, dataset_top_share: np.ndarray,
                  min_count: int) -> list[dict]:
@@ -207,6 +339,7 @@ class CoOccurrence:
         self.words = list(words)
         self.grid = grid
         self.counts: dict[tuple[int, frozenset[int]], np.ndarray] = {}
+        self._sets: dict[tuple[int, ...], frozenset[int]] = {}  # bit masks seen, as sets
 
     def consume(self, tables: Iterable[pa.Table]) -> CoOccurrence:
         for table in tables:
@@ -230,12 +363,22 @@ class CoOccurrence:
         np.bitwise_or.at(masks, (inv, wi // 62), np.left_shift(1, wi % 62).astype(np.int64))
         others = masks[inv].copy()
         others[np.arange(wi.size), wi // 62] &= ~np.left_shift(1, wi % 62).astype(np.int64)
-        keys, counts = np.unique(np.column_stack([wi, others, cell]), axis=0, return_counts=True)
+        cells, n = self.grid.cells, len(self.words)
+        if (n * cells) << n < 2**62:  # (candidate, others, cell) as one integer
+            code, counts = np.unique((wi * (1 << n) + others[:, 0]) * cells + cell,
+                                     return_counts=True)
+            keys = np.column_stack([code // cells >> n, code // cells & ((1 << n) - 1),
+                                    code % cells])
+        else:
+            keys, counts = np.unique(np.column_stack([wi, others, cell]), axis=0,
+                                     return_counts=True)
         for key, c in zip(keys.tolist(), counts.tolist()):
-            i, bits, cl = key[0], key[1:-1], key[-1]
-            present = frozenset(62 * li + b for li, v in enumerate(bits) for b in range(62)
-                                if v >> b & 1)
-            arr = self.counts.setdefault((i, present), np.zeros(self.grid.cells, np.int64))
+            i, bits, cl = key[0], tuple(key[1:-1]), key[-1]
+            present = self._sets.get(bits)
+            if present is None:
+                present = self._sets[bits] = frozenset(
+                    62 * li + b for li, v in enumerate(bits) for b in range(62) if v >> b & 1)
+            arr = self.counts.setdefault((i, present), np.zeros(cells, np.int64))
             arr[cl] += c
 
     def merge(self, other: CoOccurrence) -> None:

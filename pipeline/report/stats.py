@@ -12,8 +12,11 @@ sample (the spread of a mean shrinks as ``1 / sqrt(n)``).
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import math
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from statistics import NormalDist
 
@@ -35,6 +38,32 @@ def part_keys(seed: int, name: str, parts: np.ndarray) -> np.ndarray:
     for a, b in zip(starts.tolist(), np.r_[starts[1:], parts.size].tolist()):
         out[a:b] = np.random.default_rng(stable_seed(seed, name, int(parts[a]))).random(b - a)
     return out
+
+
+def word_hashes(words: Sequence[str]) -> np.ndarray:
+    """A stable 64-bit hash of each word (the same in every process, unlike ``hash``); the
+    last few lists' hashes are kept (each task of a pass hashes the same words)."""
+    return _hashes(tuple(words))
+
+
+@functools.lru_cache(maxsize=8)
+def _hashes(words: tuple[str, ...]) -> np.ndarray:
+    out = np.array([int.from_bytes(hashlib.blake2b(w.encode(), digest_size=8).digest(),
+                                   "little") for w in words], np.uint64)
+    out.flags.writeable = False
+    return out
+
+
+def pair_keys(row_keys: np.ndarray, hashes: np.ndarray) -> np.ndarray:
+    """A seeded random key in [0, 1) per (row, word) pair, from the row's key (``part_keys``
+    over every row of its part) and the word's hash (``word_hashes``), mixed by the
+    splitmix64 finaliser: a pair's key depends on the pair alone, not on which other
+    pairs or words are worked on with it."""
+    z = (np.asarray(row_keys) * 2.0**53).astype(np.uint64) ^ np.asarray(hashes, np.uint64)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    z ^= z >> np.uint64(31)
+    return (z >> np.uint64(11)).astype(np.float64) * 2.0**-53
 
 
 @dataclass

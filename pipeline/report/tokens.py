@@ -12,6 +12,7 @@ actually matches go through ``Matcher`` one by one.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import repeat
 
 import numpy as np
 import pyarrow as pa
@@ -30,11 +31,13 @@ class PartWords:
     attr: np.ndarray  # float64: summed attribution of the word's pieces (0 without values)
     words: list[str]  # the part's distinct case-folded words, in order of first use
     skipped: int = 0  # rows left out: no tokens, or values missing / of another length
+    left_out: np.ndarray | None = None  # mask of the rows left out for their values
 
-    def pair_words(self) -> np.ndarray:
-        """Each row's distinct words (indices into ``words``), row by row."""
+    def pairs(self) -> tuple[np.ndarray, np.ndarray]:
+        """Each row's distinct words: ``(row, word)`` by row, then word index."""
         n = max(len(self.words), 1)
-        return unique_ints(self.row * n + self.word) % n
+        both = unique_ints(self.row * n + self.word)
+        return both // n, both % n
 
     def starts(self) -> np.ndarray:
         """Index of each row's first word (rows in ascending order, only rows with words)."""
@@ -46,8 +49,13 @@ def _np(arr: pa.Array | pa.ChunkedArray) -> np.ndarray:
     return arr.to_numpy(zero_copy_only=False)
 
 
-def _list(col: pa.Array | pa.ChunkedArray) -> pa.Array:
+def one_array(col: pa.Array | pa.ChunkedArray) -> pa.Array:
     return col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+
+
+def lookup(index: dict[str, int], words: list[str]) -> np.ndarray:
+    """``index[w]`` of each of ``words`` (-1 for those it lacks), in one C loop."""
+    return np.fromiter(map(index.get, words, repeat(-1)), np.int64, len(words))
 
 
 def unique_ints(x: np.ndarray) -> np.ndarray:
@@ -68,6 +76,31 @@ def _pieces(tokens: pa.Array, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray,
     elif flat.null_count:
         flat = pc.dictionary_encode(pc.cast(flat, pa.string()).fill_null(""))
     return row[keep], _np(flat.indices).astype(np.int64)[keep], flat.dictionary
+
+
+@dataclass
+class Pieces:
+    """The word pieces of some rows, flattened once: each piece's row and dictionary index,
+    and of each distinct piece whether it is special, whether it ends a word, and its text
+    without the end mark (``_marks``). What ``may_hold`` and ``word_hits`` can share."""
+
+    row: np.ndarray
+    piece: np.ndarray
+    special: np.ndarray
+    end: np.ndarray
+    stripped: pa.Array
+
+    def of(self, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The row and dictionary index of the pieces of the rows in ``mask`` (rows these
+        pieces hold)."""
+        keep = mask[self.row]
+        return self.row[keep], self.piece[keep]
+
+
+def pieces_of(tokens: pa.Array, mask: np.ndarray) -> Pieces:
+    """The pieces of the rows in ``mask`` of ``tokens`` (one array: ``one_array``)."""
+    row, piece, uniq = _pieces(tokens, mask)
+    return Pieces(row, piece, *_marks(uniq))
 
 
 def _folded(words: pa.Array) -> pa.Array:
@@ -93,17 +126,19 @@ def part_words(tokens: pa.Array | pa.ChunkedArray,
     differ are skipped (counted in ``skipped``) and null values count as 0.
     ``tokens`` may hold its pieces dictionary-encoded (as Parquet stores them).
     """
-    tokens = _list(tokens)
+    tokens = one_array(tokens)
     n = len(tokens)
     valid = _np(tokens.is_valid())
     lengths = _np(pc.list_value_length(tokens).fill_null(0))
     if values is not None:
-        values = _list(values)
+        values = one_array(values)
         valid = valid & _np(values.is_valid()) & \
             (lengths == _np(pc.list_value_length(values).fill_null(-1)))
     wanted = np.ones(n, bool) if rows is None else rows
+    left_out = wanted & ~valid & _np(tokens.is_valid()) if values is not None else None
     skipped = int((wanted & ~valid).sum()) if values is not None else 0
-    empty = PartWords(np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0), [], skipped)
+    empty = PartWords(np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0), [], skipped,
+                      left_out)
     mask = valid & (lengths > 0) & wanted
     if not mask.any():
         return empty
@@ -125,26 +160,31 @@ def part_words(tokens: pa.Array | pa.ChunkedArray,
     rank[used] = np.arange(used.size)
     fenc = pc.dictionary_encode(_folded(text.take(pa.array(used))))
     word = _np(fenc.indices).astype(np.int64)[rank[key]]
-    return PartWords(row, word, attr, fenc.dictionary.to_pylist(), skipped)
+    return PartWords(row, word, attr, fenc.dictionary.to_pylist(), skipped, left_out)
 
 
-def may_hold(tokens: pa.Array | pa.ChunkedArray, words: list[str]) -> np.ndarray:
+def may_hold(tokens: pa.Array | pa.ChunkedArray, words: list[str],
+             pieces: Pieces | None = None) -> np.ndarray:
     """The rows whose caption may hold one of ``words`` (case-folded words, as ``part_words``
-    gives them): a superset of those that do, found without merging any pieces.
+    gives them): a superset of those that do, found without merging any pieces (of the
+    rows ``pieces`` holds, when given).
 
     A word's last piece, stripped of its end mark and folded, is a suffix of the
     word, and that piece either ends a word or is its caption's last piece that
     is not special. So a row can hold one of ``words`` only if it has such a
     piece; the other rows can be skipped before the pieces are merged.
     """
-    tokens = _list(tokens)
+    tokens = one_array(tokens)
     n = len(tokens)
-    mask = _with_pieces(tokens)
-    if not words or not mask.any():
+    if pieces is None:
+        mask = with_pieces(tokens)
+        if not words or not mask.any():
+            return np.zeros(n, bool)
+        pieces = pieces_of(tokens, mask)
+    if not words:
         return np.zeros(n, bool)
-    row, piece, uniq = _pieces(tokens, mask)
-    special, end, stripped = _marks(uniq)
-    stripped = _folded(stripped)
+    row, piece, special, end = pieces.row, pieces.piece, pieces.special, pieces.end
+    stripped = _folded(pieces.stripped)
     suffixes = pa.array(sorted({w[i:] for w in words for i in range(len(w) + 1)}), pa.string())
     fits = _np(pc.is_in(stripped, value_set=suffixes)) & ~special
     keep = ~special[piece]
@@ -156,7 +196,7 @@ def may_hold(tokens: pa.Array | pa.ChunkedArray, words: list[str]) -> np.ndarray
     return out
 
 
-def _with_pieces(tokens: pa.Array) -> np.ndarray:
+def with_pieces(tokens: pa.Array) -> np.ndarray:
     """The rows whose token list is there and not empty."""
     return _np(tokens.is_valid()) & (_np(pc.list_value_length(tokens).fill_null(0)) > 0)
 
@@ -170,14 +210,17 @@ def _marks(uniq: pa.Array) -> tuple[np.ndarray, np.ndarray, pa.Array]:
                                     uniq)
 
 
-def _runs(tokens: pa.Array, mask: np.ndarray, val: np.ndarray | None
+def _runs(tokens: pa.Array, mask: np.ndarray, val: np.ndarray | None,
+          pieces: Pieces | None = None
           ) -> tuple[np.ndarray, np.ndarray, pa.Array, np.ndarray] | None:
     """The words of the rows in ``mask`` as runs of pieces: each word's row, its key into
     the returned texts (unfolded), and its summed values (``val``: one per piece of those
-    rows, or None for zeros). None when there is no word."""
-    row, piece, uniq = _pieces(tokens, mask)
+    rows, or None for zeros). None when there is no word. ``pieces``: those of rows
+    including ``mask``'s, flattened already."""
+    pieces = pieces if pieces is not None else pieces_of(tokens, mask)
+    row, piece = pieces.of(mask)
+    special, end, stripped = pieces.special, pieces.end, pieces.stripped
     val = np.zeros(row.size) if val is None else val
-    special, end, stripped = _marks(uniq)
     keep = ~special[piece]
     piece, row, val = piece[keep], row[keep], val[keep]
     if piece.size == 0:
@@ -199,18 +242,20 @@ def _runs(tokens: pa.Array, mask: np.ndarray, val: np.ndarray | None
 
 
 def word_hits(tokens: pa.Array | pa.ChunkedArray, words: pa.Array,
-              rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+              rows: np.ndarray | None = None,
+              pieces: Pieces | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``(row, i)`` for each distinct ``words[i]`` (case-folded words) in each row's caption
     (of the rows in the mask ``rows``), by row then ``i``: what ``part_words`` would
-    give for those words, without ordering and folding every other word of the part."""
-    tokens = _list(tokens)
-    mask = _with_pieces(tokens)
+    give for those words, without ordering and folding every other word of the part.
+    ``pieces``: those of rows including ``rows``, flattened already."""
+    tokens = one_array(tokens)
+    mask = with_pieces(tokens)
     if rows is not None:
         mask &= rows
     none = (np.empty(0, np.int64), np.empty(0, np.int64))
     if len(words) == 0 or not mask.any():
         return none
-    runs = _runs(tokens, mask, None)
+    runs = _runs(tokens, mask, None, pieces)
     if runs is None:
         return none
     row, key, text, _ = runs
@@ -295,7 +340,7 @@ class FamilyMatcher:
         Returns ``row, group, attr`` (occurrences, by row then position) and the
         sorted rows where a multi-word term matched (matched one by one).
         """
-        single = np.array([self.single.get(w, -1) for w in pw.words] or [-1], np.int64)
+        single = lookup(self.single, pw.words)
         group = single[pw.word] if pw.word.size else np.empty(0, np.int64)
         slow_rows = self._multi_rows(pw)
         fast = (group >= 0) & ~np.isin(pw.row, slow_rows)

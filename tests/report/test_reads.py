@@ -21,10 +21,12 @@ from pipeline.report import ReportSettings, build_report, passes
 from tests.report.builders import random_rows, write_input, write_results
 
 
-def test_a_comparison_reads_each_part_object_at_most_4_times(tmp_path, s3_endpoint):
+def test_a_comparison_reads_each_part_object_at_most_4_times(tmp_path, s3_endpoint,
+                                                             monkeypatch):
     """Two audits on S3 (the local store, its requests counted): every part of the current
-    audit is read in exactly 3 GETs (one a pass), every part of the baseline in at most 3;
-    no part is ever asked for its size first."""
+    audit is read in exactly 3 GETs (the guess's sample, every part at this size; the first
+    pass; the last), every part of the baseline in at most 3; with a guess that misses every
+    word, 4 (the spatial pass too); no part is ever asked for its size first."""
     import s3fs
 
     fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_endpoint})
@@ -33,21 +35,30 @@ def test_a_comparison_reads_each_part_object_at_most_4_times(tmp_path, s3_endpoi
         bench.make_results(str(tmp_path / name), 24_000, None, seed=seed, part_rows=1_000)
         fs.put(str(tmp_path / name) + "/", f"nibt-report-reads/{name}", recursive=True)
     store = StoreControl(s3_endpoint)
-    store.reset()
-    report = build_report("s3://nibt-report-reads/cur", str(tmp_path / "out"),
-                          ReportSettings(words_min_count=5, workers=1),
-                          StorageSettings(endpoint_url=s3_endpoint),
-                          baseline="s3://nibt-report-reads/base")
-    assert report["space"]["explained"], "the co-occurrence pass ran (on both audits)"
-    gets = Counter()
-    for (op, key), n in store.requests().items():
-        m = re.match(r"nibt-report-reads/(cur|base)/parts/", key)
-        if m:
-            assert op == "GET", (op, key)
-            gets[m.group(1), key] += n
-    per_audit = {a: sorted(n for (b, _), n in gets.items() if b == a) for a in ("cur", "base")}
-    assert len(per_audit["cur"]) == len(per_audit["base"]) == 24
+
+    def reads(out: str) -> dict[str, list[int]]:
+        store.reset()
+        report = build_report("s3://nibt-report-reads/cur", str(tmp_path / out),
+                              ReportSettings(words_min_count=5, workers=1),
+                              StorageSettings(endpoint_url=s3_endpoint),
+                              baseline="s3://nibt-report-reads/base")
+        assert report["space"]["explained"], "the co-occurrence pass ran (on both audits)"
+        gets = Counter()
+        for (op, key), n in store.requests().items():
+            m = re.match(r"nibt-report-reads/(cur|base)/parts/", key)
+            if m:
+                assert op == "GET", (op, key)
+                gets[m.group(1), key] += n
+        per = {a: sorted(n for (b, _), n in gets.items() if b == a) for a in ("cur", "base")}
+        assert len(per["cur"]) == len(per["base"]) == 24
+        return per
+
+    per_audit = reads("out")
     assert set(per_audit["cur"]) == {3} and max(per_audit["base"]) <= 3
+    guess = passes.guess_words
+    monkeypatch.setattr(passes, "guess_words", lambda *a: guess(*a)[:0])
+    per_audit = reads("missed")
+    assert set(per_audit["cur"]) == {4} and max(per_audit["base"]) <= 4
 
 
 @pytest.fixture()

@@ -8,6 +8,8 @@ naive loops over the same rows.
 
 from __future__ import annotations
 
+import hashlib
+import zlib
 from collections import defaultdict
 
 import numpy as np
@@ -21,7 +23,6 @@ from pipeline.report.aggregate import Aggregator, error_kind
 from pipeline.report.regions import Grid
 from pipeline.report.settings import GroupFamily
 from pipeline.report.space import CoOccurrence, WordSpace
-from pipeline.report.stats import part_keys
 from pipeline.report.tokens import FamilyMatcher, may_hold, part_words, word_hits
 
 PIECES = ["a</w>", "old</w>", "man</w>", "wo", "man</w>", "Man</w>", "ß</w>", "SS</w>",
@@ -227,9 +228,22 @@ def test_spatial_sums_and_cooccurrence_match_naive_loops():
             assert w in [x.lower() for x in caps[row + 120 * part]]
 
 
+def _splitmix_key(row_key: float, word: str) -> float:
+    """The key of a (row, word) pair, in plain integers: the row's key as 53 bits, xor the
+    first 8 bytes (little-endian) of the word's blake2b, through the splitmix64 finaliser."""
+    mask = 2**64 - 1
+    h = int.from_bytes(hashlib.blake2b(word.encode(), digest_size=8).digest(), "little")
+    z = int(row_key * 2**53) ^ h
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+    z ^= z >> 31
+    return (z >> 11) / 2**53
+
+
 def test_each_word_keeps_the_pairs_with_the_smallest_keys_however_the_parts_come():
     """A word's example pointers are its ``examples`` pairs of smallest seeded key, whether
-    the parts come one at a time (most words gaining no new example in a part) or merged."""
+    the parts come one at a time (most words gaining no new example in a part), merged, or
+    with other words tracked beside it: a pair's key depends on its part, row and word."""
     tracked = ["dog", "a", "vintage", "photo", "cat"]
     table, maps, caps = _space_rows(600, 7)
     sizes = [5, 40, 3, 120, 1, 200, 31, 200]
@@ -238,22 +252,28 @@ def test_each_word_keeps_the_pairs_with_the_smallest_keys_however_the_parts_come
     halves = [WordSpace(tracked, Grid(3, 3), seed=4, examples=3).consume(parts[:3]),
               WordSpace(tracked, Grid(3, 3), seed=4, examples=3).consume(parts[3:], first=3)]
     halves[0].merge(halves[1])
+    fewer = WordSpace(tracked[::-2], Grid(3, 3), seed=4, examples=3).consume(parts)
     want = []  # (word, key, part, row) of every usable pair, the smallest 3 keys of each word
     for p, t in enumerate(parts):
-        # a part's pairs (by row, then word) draw their keys in turn from the part's stream
-        keys = iter(part_keys(4, "examples", np.full(2 * t.num_rows * len(tracked), p)))
+        # row r of a part has the r-th key of the part's stream; its pairs mix in the word
+        row_keys = np.random.default_rng([4, zlib.crc32(b"examples"), zlib.crc32(str(p).encode())]
+                                         ).random(t.num_rows)
         first = sum(sizes[:p])
         for r in range(t.num_rows):
             m, c = maps[first + r], caps[first + r]
             if (first + r) % 13 == 0 or np.maximum(m, 0).sum() <= 0 or m.max() == m.min():
                 continue
-            want += [(wid, next(keys), p, r) for wid in sorted({tracked.index(w.lower())
-                                                                 for w in c
-                                                                 if w.lower() in tracked})]
+            want += [(tracked.index(w), _splitmix_key(float(row_keys[r]), w), p, r)
+                     for w in {x.lower() for x in c} if w in tracked]
     want = [x for wid in range(len(tracked)) for x in sorted(y for y in want if y[0] == wid)[:3]]
     for got in (ws, halves[0]):
         assert list(zip(got.ex["word"].tolist(), got.ex["key"].tolist(), got.ex["part"].tolist(),
-                        got.ex["row"].tolist())) == [(w, float(k), p, r) for w, k, p, r in want]
+                        got.ex["row"].tolist())) == [(w, k, p, r) for w, k, p, r in want]
+    assert len(want) == 15
+    for wid, w in enumerate(tracked[::-2]):  # the same pairs, whatever else is tracked
+        assert [x[1:] for x in want if x[0] == tracked.index(w)] == [
+            (k, p, r) for i, k, p, r in zip(*(fewer.ex[f].tolist() for f in
+                                             ("word", "key", "part", "row"))) if i == wid]
 
 
 def test_ranges_equal_the_concatenated_aranges():
