@@ -322,17 +322,34 @@ def _runs(d: dict) -> list[str]:
         pairs.setdefault((r["rows"], r["part_rows"], r["store"]), {})[r["workers"]] = r
     speed = []
     for k in pairs:
-        one = [r["seconds"] for r in d["runs"] if (r["rows"], r["part_rows"], r["store"]) == k
+        one = [r for r in d["runs"] if (r["rows"], r["part_rows"], r["store"]) == k
                and r["workers"] == 1]
-        two = [r["seconds"] for r in d["runs"] if (r["rows"], r["part_rows"], r["store"]) == k
+        two = [r for r in d["runs"] if (r["rows"], r["part_rows"], r["store"]) == k
                and r["workers"] == 2]
         if one and two:
+            busy1, busy2 = _busy(one), _busy(two)
             speed.append(f"{k[0]:,} rows in {k[1]:,}-row parts ({_store(pairs[k][1])}): "
-                         f"**{mean(one) / mean(two):.2f}x**"
+                         f"**{_seconds(one) / _seconds(two):.2f}x** = {busy2:.2f} cores busy "
+                         f"against {busy1:.2f}, x {_cpu(one) / _cpu(two):.2f}"
                          + (f" (means of {len(one)} and {len(two)} runs)" if len(one) > 1 else ""))
     if speed:
-        out.append("Two workers over one: " + "; ".join(speed) + ".")
+        out.append("Two workers over one, and what it is made of: the cores that two workers kept "
+                   "busy against one worker's (CPU seconds of every process over wall seconds), "
+                   "times one worker's CPU seconds over two workers': " + "; ".join(speed) + ".")
     return out
+
+
+def _seconds(runs: list[dict]) -> float:
+    return mean(r["seconds"] for r in runs)
+
+
+def _cpu(runs: list[dict]) -> float:
+    return mean(r["cpu_seconds"] for r in runs)
+
+
+def _busy(runs: list[dict]) -> float:
+    """Cores kept busy on average: CPU seconds over wall seconds, of the runs' means."""
+    return _cpu(runs) / _seconds(runs)
 
 
 def report_runs(d: dict) -> str:
