@@ -214,9 +214,13 @@ class WordSpace:
         self._pending, self._pending_n = [], 0
         w = cat["word"]
         shift = 63 - max(int(len(self.words)).bit_length(), 1)
+        order = None
         if shift >= 40:  # by word, then key, in one sort of both packed into an integer
-            order = np.argsort((w << shift) | (cat["key"] * 2.0**shift).astype(np.int64))
-        else:
+            packed = (w << shift) | (cat["key"] * 2.0**shift).astype(np.int64)
+            order = np.argsort(packed)
+            if (np.diff(packed[order]) == 0).any():  # keys apart by less than it holds
+                order = None
+        if order is None:
             order = np.lexsort((cat["key"], w))
         w = w[order]
         start = np.flatnonzero(np.r_[True, w[1:] != w[:-1]])

@@ -276,6 +276,24 @@ def test_each_word_keeps_the_pairs_with_the_smallest_keys_however_the_parts_come
                                              ("word", "key", "part", "row"))) if i == wid]
 
 
+def test_examples_differing_past_the_packed_sort_precision_keep_the_smaller_key():
+    """With many tracked words the examples are sorted by word and key packed into one
+    integer, which holds fewer bits of the key than the key has: two keys equal there must
+    still keep the smaller one, in whichever order they come (else a spread report and a
+    one-process report could keep different examples)."""
+    words = [f"w{i}" for i in range(20_000)]  # 15 bits of word: 48 of key in the packed sort
+    small, large = 0.25, 0.25 + 2.0**-52  # apart by less than 2**-48
+    kept = []
+    for keys in ([small, large], [large, small]):
+        ws = WordSpace(words, Grid(2, 2), examples=1)
+        for k in keys:  # one at a time: held, then a candidate sorted in beside it
+            ws._keep_examples(np.array([7]), np.array([k]), 0, np.array([int(k == large)]),
+                              np.array([0]))
+            ws._compact()
+        kept.append((ws.ex["word"].tolist(), ws.ex["key"].tolist(), ws.ex["row"].tolist()))
+    assert kept == [([7], [small], [0])] * 2
+
+
 def test_ranges_equal_the_concatenated_aranges():
     from pipeline.report.tokens import ranges
 
