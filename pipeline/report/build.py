@@ -50,7 +50,7 @@ from pipeline.report.flags import FlagList, FlagScan, low_bin, low_score_pairs
 from pipeline.report.output import Staging
 from pipeline.report.pairview import zoom_images
 from pipeline.report.pool import Executor, InProcess, LocalPool, available_cores
-from pipeline.report.settings import ReportSettings
+from pipeline.report.settings import RUN_ONLY, ReportSettings
 from pipeline.report.space import WORD_ID, CoOccurrence, WordSpace
 from pipeline.report.thumbs import read_images, thumbnail
 
@@ -155,7 +155,7 @@ def spaces(ex: Executor, a: Read, words: list[str], extra: list[str], s: ReportS
         log.info("report: spatial pass over %d words of %s that the first pass did not map",
                  len(missed[0]) + len(missed[1]), a.results)
         work = passes.SpacePass(a.agg.grid, s.seed, _examples(s), *missed)
-        found = passes.space_pass(ex, a.results, storage, a.manifest["parts"], work)
+        found = passes.space_pass(ex, a.results, storage, a.manifest["parts"], work, s)
     a.ws = WordSpace.gather(words, [guessed, found[0]], _examples(s))
     a.wx = WordSpace.gather(extra, [guessed, found[1]], 1)
     if a.ws is not None:
@@ -183,7 +183,7 @@ def last(ex: Executor, a: Read, s: ReportSettings, storage: StorageSettings,
                     low_bin(agg.hist, flag_list.k)) if flag_list is not None else None
     work = passes.LastPass(agg.grid, [p["word"] for p in cands], cooccur, scan, pointers)
     log.info("report: last pass over %s", a.results)
-    done = passes.last_pass(ex, a.results, storage, a.manifest["parts"], work, flag_list)
+    done = passes.last_pass(ex, a.results, storage, a.manifest["parts"], work, s, flag_list)
     a.rows = done.rows
     a.suspects, a.explained = resolve(agg, cands, done.co, s)
 
@@ -410,8 +410,9 @@ def _build(ex: Executor, audit: tuple[str, dict[str, Any]],
 
 
 def _settings(s: ReportSettings) -> dict[str, Any]:
-    """The settings that made the report (not where it ran: same numbers either way)."""
-    return {k: v for k, v in public(s).items() if k != "workers"}
+    """The settings that made the report (not where it ran nor how it told its progress:
+    same numbers either way)."""
+    return {k: v for k, v in public(s).items() if k not in RUN_ONLY}
 
 
 def _cands(a: Read, s: ReportSettings) -> list[dict]:

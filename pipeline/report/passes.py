@@ -40,6 +40,7 @@ from pipeline.report import aggregate, flags, space
 from pipeline.report.aggregate import ROW_COLUMNS, Aggregator, GridConflict
 from pipeline.report.flags import FlagList, FlagScan
 from pipeline.report.pool import Executor
+from pipeline.report.progress import watched
 from pipeline.report.regions import Grid
 from pipeline.report.settings import ReportSettings
 from pipeline.report.space import CoOccurrence, WordSpace, candidate_hits
@@ -258,7 +259,8 @@ def first_pass(ex: Executor, results: str, storage: StorageSettings,
     total, ws = Aggregator(s, s.families()), None
     work = FirstPass(s, guess=list(guess), examples=examples)
     ts = tasks(results, storage, entries, work)
-    for task, (part, pws) in zip(ts, ex.map(run_task, ts)):
+    for task, (part, pws) in watched(f"first pass over {results}", ts, ex.map(run_task, ts),
+                                     s.log_every_s, s.progress):
         try:
             total.merge(part)
         except GridConflict:  # its maps went on its own first grid: again, on the results'
@@ -308,12 +310,13 @@ def sample_parts(entries: Sequence[dict[str, Any]]) -> list[int]:
 
 
 def space_pass(ex: Executor, results: str, storage: StorageSettings,
-               entries: Sequence[dict[str, Any]], work: SpacePass
+               entries: Sequence[dict[str, Any]], work: SpacePass, s: ReportSettings
                ) -> tuple[WordSpace | None, WordSpace | None]:
     """The tracked words' maps over every part."""
     ws, wx = work.spaces()
     ts = tasks(results, storage, entries, work)
-    for pws, pwx in ex.map(run_task, ts):
+    for _, (pws, pwx) in watched(f"spatial pass over {results}", ts, ex.map(run_task, ts),
+                                 s.log_every_s, s.progress):
         for mine, theirs in ((ws, pws), (wx, pwx)):
             if mine is not None:
                 mine.merge(theirs)
@@ -321,13 +324,14 @@ def space_pass(ex: Executor, results: str, storage: StorageSettings,
 
 
 def last_pass(ex: Executor, results: str, storage: StorageSettings,
-              entries: Sequence[dict[str, Any]], work: LastPass,
+              entries: Sequence[dict[str, Any]], work: LastPass, s: ReportSettings,
               flag_list: FlagList | None = None) -> LastResult:
     """Co-occurrence counts and example rows over every part; the rows that may be flagged
     go to ``flag_list`` as they come."""
     total = work.empty()
     ts = tasks(results, storage, entries, work)
-    for part in ex.map(run_task, ts):
+    for _, part in watched(f"last pass over {results}", ts, ex.map(run_task, ts),
+                           s.log_every_s, s.progress):
         if total.co is not None:
             total.co.merge(part.co)
         total.rows.update(part.rows)

@@ -70,6 +70,11 @@ class GroupFamily:
         return [*self.groups, *([self.rest] if self.rest else [])]
 
 
+#: Settings of where and how a report runs, not of what it computes: left out of the
+#: settings that ``report.json`` and ``flags.parquet`` record (same numbers either way).
+RUN_ONLY = frozenset({"workers", "progress", "log_every_s"})
+
+
 @dataclass
 class ReportSettings:
     """What the report computes and shows (``report/`` group). See conf/report/default.yaml."""
@@ -105,6 +110,8 @@ class ReportSettings:
     compare_words_top: int = 15
     compare_word_findings: int = 3
     workers: int | None = None  # processes for the passes; None: every core, 1: this process
+    progress: bool = True  # a bar on standard error while a pass runs (on a terminal)
+    log_every_s: float = 30.0  # seconds between a pass's progress lines in the log
     groups: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -115,6 +122,7 @@ class ReportSettings:
                      "shortcut_min_count", "shortcut_listed", "review_pairs", "review_suspects",
                      "review_suspect_examples", "compare_min_count", "compare_word_findings"):
             _require(getattr(self, name) >= 0, f"report.{name}", "must be >= 0")
+        _require(self.log_every_s > 0, "report.log_every_s", "must be > 0")
         for name in ("compare_min_effect", "compare_min_status_change",
                      "compare_min_shortcut_change", "compare_min_share_change"):
             _require(getattr(self, name) >= 0, f"report.{name}", "must be >= 0")

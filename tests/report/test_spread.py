@@ -309,7 +309,7 @@ def test_words_the_guess_missed_are_mapped_by_a_pass_of_their_own(big, monkeypat
                         lambda *a: [w for w in guess(*a) if w not in dropped])
     ran = []
     monkeypatch.setattr(passes, "space_pass",
-                        lambda *a, **k: ran.append(a[-1].words) or _SPACE_PASS(*a, **k))
+                        lambda *a, **k: ran.append(a[4].words) or _SPACE_PASS(*a, **k))
     build_report(str(big / "res"), str(big / "missed"), dataclasses.replace(SETTINGS, workers=1))
     assert [set(w) for w in ran] == [dropped]
     _same(json.loads((big / "one" / "report.json").read_text()),
