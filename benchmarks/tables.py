@@ -369,6 +369,15 @@ def report(d: dict) -> str:
                    "and nothing done with them (the floor of one pass): " + "; ".join(
                        f"{k[0]:,} rows in {k[1]:,}-row parts {v:.1f} s"
                        for k, v in alone.items()) + ".")
+    store = [r for r in d["runs"] if "store_cpu_seconds" in r]
+    if store:
+        out.append("The local S3 store (moto, a Python server) runs on the same cores as the "
+                   "report, which real object storage does not: its own CPU seconds in each "
+                   "run, and the cores the report and the store kept busy together: " + "; ".join(
+                       f"{r['rows']:,} rows in {r['part_rows']:,}-row parts, {r['workers']} "
+                       f"worker{'s' * (r['workers'] > 1)}: {r['store_cpu_seconds']:.1f} CPU-s "
+                       f"({(r['cpu_seconds'] + r['store_cpu_seconds']) / r['seconds']:.2f} "
+                       "cores busy)" for r in store) + ".")
     if "memory" in d:
         m = d["memory"]
         out.append(f"Memory: {m['rows']:,} rows in {m['part_rows']:,}-row parts with "
