@@ -11,7 +11,7 @@ after the client's retries, fewer or more rows than the manifest lists) raises
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -20,8 +20,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.config import StorageSettings
+from pipeline.io.bulk import object_getter
 from pipeline.io.manifest import read_manifest
-from pipeline.io.storage import filesystem, is_local, join
+from pipeline.io.storage import filesystem, is_local, join, to_uri
 
 #: Parts read ahead of the one being worked on.
 PREFETCH = 16
@@ -42,9 +43,11 @@ class PartUnreadable(Exception):
 
 
 def read_part(fs: fsspec.AbstractFileSystem, root: str, entry: dict[str, Any],
-              columns: Sequence[str] | None = None, dictionary: Sequence[str] = ()) -> pa.Table:
+              columns: Sequence[str] | None = None, dictionary: Sequence[str] = (),
+              get: Callable[[str], Any] | None = None) -> pa.Table:
     """One manifest entry's part as a table of ``columns``: locally a read of those columns,
-    on object storage one GET of the whole object. ``dictionary``: nested column paths read
+    on object storage one GET of the whole object (through ``get``, an object URI to its
+    bytes, when given: ``bulk.object_getter``). ``dictionary``: nested column paths read
     dictionary-encoded (``TOKEN_DICTIONARY``)."""
     path = join(root, entry["path"])
     try:
@@ -52,8 +55,11 @@ def read_part(fs: fsspec.AbstractFileSystem, root: str, entry: dict[str, Any],
             with open(path, "rb") as f:
                 data = f.read()
         else:
-            one = {"max_concurrency": 1} if hasattr(fs, "max_concurrency") else {}
-            data = fs.cat_file(path, **one)
+            if get is not None:
+                data = get(to_uri(fs, path))
+            else:
+                one = {"max_concurrency": 1} if hasattr(fs, "max_concurrency") else {}
+                data = fs.cat_file(path, **one)
             size = entry.get("bytes")
             if size is not None and len(data) != int(size):
                 raise PartUnreadable(path, f"{len(data)} bytes, the manifest lists {size}")
@@ -105,6 +111,7 @@ def prefetched(output: str, storage: StorageSettings, entries: Sequence[dict[str
     if not entries:
         return
     fs, root = filesystem(output, storage)
+    get = None if is_local(fs) else object_getter(output, storage)
     width = max(1, min(ahead, len(entries), 2 if is_local(fs) else ahead))
     with ThreadPoolExecutor(width, thread_name_prefix="nibt-read") as pool:
         queue: list[Future] = []
@@ -113,7 +120,7 @@ def prefetched(output: str, storage: StorageSettings, entries: Sequence[dict[str
             for _ in range(len(entries)):
                 while nxt < len(entries) and len(queue) < width:
                     queue.append(pool.submit(read_part, fs, root, entries[nxt], columns,
-                                             dictionary))
+                                             dictionary, get))
                     nxt += 1
                 yield queue.pop(0).result()
         finally:

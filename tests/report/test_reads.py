@@ -17,6 +17,7 @@ from benchmarks import report as bench
 from pipeline.cli.report import CONF_DIR, EXIT_UNREADABLE, run_from_config
 from pipeline.config import StorageSettings
 from pipeline.devtools.s3local import StoreControl
+from pipeline.io.results import PartUnreadable
 from pipeline.report import ReportSettings, build_report, passes
 from tests.report.builders import random_rows, write_input, write_results
 
@@ -111,3 +112,28 @@ def test_the_report_on_a_ray_cluster_is_the_report_of_one_process(small, monkeyp
         assert (small / "ray" / name).read_bytes() == (small / "one" / name).read_bytes(), name
     assert json.loads((small / "ray" / "report.json").read_text())["overview"]["rows"] == 60
     shutil.rmtree(small / "ray")
+
+
+@pytest.mark.parametrize("damage", ["gone", "truncated"])
+def test_a_part_on_s3_that_cannot_be_read_is_named_and_nothing_is_published(tmp_path,
+                                                                            s3_endpoint, damage):
+    """Parts on S3 are read through obstore: a part object that is gone or cut short ends the
+    report with the part named, as on local disk."""
+    import s3fs
+
+    fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_endpoint})
+    bucket = f"nibt-report-damage-{damage}"
+    fs.mkdir(bucket)
+    bench.make_results(str(tmp_path / "res"), 6_000, None, part_rows=1_000)
+    fs.put(str(tmp_path / "res") + "/", f"{bucket}/res", recursive=True)
+    key = f"{bucket}/res/parts/task00002.parquet"
+    if damage == "gone":
+        fs.rm(key)
+    else:
+        fs.pipe(key, fs.cat_file(key)[:200])
+    with pytest.raises(PartUnreadable, match="parts/task00002.parquet") as got:
+        build_report(f"s3://{bucket}/res", str(tmp_path / "out"),
+                     ReportSettings(words_min_count=5, workers=1),
+                     StorageSettings(endpoint_url=s3_endpoint))
+    assert ("FileNotFoundError" if damage == "gone" else "magic bytes") in str(got.value)
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
