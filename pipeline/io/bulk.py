@@ -108,9 +108,9 @@ async def _s3_ranges(items: Sequence[_Range], storage: StorageSettings,
 def object_getter(uri: str, storage: StorageSettings) -> Callable[[str], Any] | None:
     """Whole objects under ``uri`` read through obstore when it is on S3 (``get(object
     URI)`` -> the object's bytes, one GET; ``FileNotFoundError`` for one not there); None
-    elsewhere. For the report's parts: a 2.5 MB part costs its client about half the CPU
-    of s3fs's read, spent in obstore's own threads without Python's lock, which the
-    report's own work holds meanwhile. Thread-safe (the report reads in threads)."""
+    elsewhere. For the report's parts: its client costs less CPU a GET than s3fs's, spent
+    in obstore's own threads without Python's lock, which the report's own work holds
+    meanwhile (docs/performance.md). Thread-safe (the report reads in threads)."""
     if not str(uri).startswith(("s3://", "s3a://")):
         return None
     import obstore
