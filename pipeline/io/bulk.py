@@ -110,9 +110,23 @@ def object_getter(uri: str, storage: StorageSettings) -> Callable[[str], Any] | 
     URI)`` -> the object's bytes, one GET; ``FileNotFoundError`` for one not there); None
     elsewhere. For the report's parts: its client costs less CPU a GET than s3fs's, spent
     in obstore's own threads without Python's lock, which the report's own work holds
-    meanwhile (docs/performance.md). Thread-safe (the report reads in threads)."""
+    meanwhile (docs/performance.md). Thread-safe (the report reads in threads). One getter
+    per storage settings in a process: a report worker runs many tasks, and each would
+    otherwise open its own connections and resolve the credentials again."""
     if not str(uri).startswith(("s3://", "s3a://")):
         return None
+    key = repr(storage)
+    with _GETTERS_LOCK:
+        if key not in _GETTERS:
+            _GETTERS[key] = _object_getter(storage)
+        return _GETTERS[key]
+
+
+_GETTERS: dict[str, Callable[[str], Any]] = {}
+_GETTERS_LOCK = threading.Lock()
+
+
+def _object_getter(storage: StorageSettings) -> Callable[[str], Any]:
     import obstore
     from obstore.exceptions import NotFoundError
 
