@@ -55,6 +55,23 @@ def cli_env(tmp_path: Path) -> dict[str, str]:
     return env
 
 
+#: Seconds each task attempt of a paced run stalls before its read. Unpaced, a task of the
+#: tiny model takes a fraction of a second, and on a fast machine a run could end between
+#: two polls of the test (or before its signal was handled). One actor (``cluster.num_actors=1``)
+#: runs the tasks one after another, so each gap between two commits is at least this long.
+PACE_S = 1.0
+
+
+def paced_env(tmp_path: Path) -> tuple[dict[str, str], Path]:
+    """``cli_env`` with every task attempt stalled ``PACE_S`` (the test hook, inert until
+    its file says so); the file, which a test empties to run the rest at full speed."""
+    spec = tmp_path / "pace.json"
+    spec.write_text(json.dumps({"stall": {"times": 999, "seconds": PACE_S}}))
+    env = cli_env(tmp_path)
+    env[faults.ENV] = str(spec)
+    return env, spec
+
+
 TINY_CLI = ["model=demo", "model.pretrained=null", "model.image_layer=1", "model.text_layer=1",
             "data.id_column=id", "run.progress=false"]
 
@@ -202,11 +219,24 @@ def _ray_processes(temp_dir: str) -> list[int]:
     return found
 
 
+def _signals_live(args: list[str]) -> list[str]:
+    """``args`` (``python -m pipeline ...``) run with SIGINT and SIGTERM at their defaults.
+
+    A job started in the background by a non-interactive shell (``make test &``, ``nohup``)
+    inherits SIGINT ignored, and the run keeps a signal ignored that it was started with
+    (``job.stop``), as ``nohup`` asks. The test is of a run that a Ctrl-C reaches, so it
+    restores the defaults before the run starts (``exec`` keeps them)."""
+    live = ("import os, signal, sys\n"
+            "for s in (signal.SIGINT, signal.SIGTERM): signal.signal(s, signal.SIG_DFL)\n"
+            "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])")
+    return [args[0], "-c", live, *args[1:]]
+
+
 def _signal_mid_run(args, env, out: Path, sig: int, parts_before: int):
     """Start the audit, send ``sig`` once a new part is committed; (exit code, stderr,
     seconds from the signal to the exit)."""
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env=env)
+    proc = subprocess.Popen(_signals_live(args), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None:
         if len(list((out / "parts").glob("*.parquet"))) > parts_before:
@@ -225,8 +255,9 @@ def test_stop_signal(shards, tmp_path, figure):
     out = tmp_path / "out"
     ray_tmp = f"/tmp/nibt-stop-{os.getpid()}"
     args = [sys.executable, "-m", "pipeline", f"input={root}", f"output={out}", *TINY_CLI,
-            "model.steps=6", "run.rows_per_task=8", f"cluster.temp_dir={ray_tmp}"]
-    env = cli_env(tmp_path)
+            "model.steps=6", "run.rows_per_task=8", "cluster.num_actors=1",
+            f"cluster.temp_dir={ray_tmp}"]
+    env, pace = paced_env(tmp_path)
     code, err, seconds = _signal_mid_run(args, env, out, signal.SIGTERM, 0)
     # Ray's last processes end a moment after the driver: waited for, within a bound
     wait_for(lambda: not _ray_processes(ray_tmp), 15)
@@ -239,6 +270,7 @@ def test_stop_signal(shards, tmp_path, figure):
     code_int, err_int, seconds_int = _signal_mid_run(args, env, out, signal.SIGINT,
                                                      len(on_disk))
     summary_int = json.loads((out / "_summary.json").read_text())
+    pace.write_text("{}")  # the last run at full speed
     final = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)
     last = json.loads(final.stdout)
     got = ids(out)
@@ -297,9 +329,10 @@ def test_driver_killed_after_a_checkpoint(s3_endpoint, tmp_path, figure):
     args = [sys.executable, "-m", "pipeline", "input=s3://killed/in/", "output=s3://killed/out",
             "storage=s3", f"storage.endpoint_url={s3_endpoint}", *TINY_CLI, "model.steps=12",
             "run.rows_per_task=4", "run.checkpoint_every_tasks=2", "run.checkpoint_every_s=600",
-            f"cluster.temp_dir={ray_tmp}"]
+            "cluster.num_actors=1", f"cluster.temp_dir={ray_tmp}"]
+    env, pace = paced_env(tmp_path)  # at least PACE_S between a checkpoint and the next part
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env=cli_env(tmp_path))
+                            env=env)
     deadline, ledger, frontier, parts = time.monotonic() + 300, set(), [], set()
     while time.monotonic() < deadline and proc.poll() is None:
         fs.invalidate_cache()
@@ -324,8 +357,8 @@ def test_driver_killed_after_a_checkpoint(s3_endpoint, tmp_path, figure):
 
     store = StoreControl(s3_endpoint)
     store.reset()
-    rerun = subprocess.run(args, capture_output=True, text=True, env=cli_env(tmp_path),
-                           timeout=600)
+    pace.write_text("{}")  # the rerun at full speed
+    rerun = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)
     code, s = rerun.returncode, json.loads(rerun.stdout.strip().splitlines()[-1])
     reads = {k: n for (op, k), n in store.requests().items() if k.startswith("killed/out/parts/")
              and op in ("GET", "HEAD", "LIST")}
