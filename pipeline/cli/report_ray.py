@@ -19,7 +19,7 @@ from typing import Any
 
 from pipeline.config import ClusterSettings
 from pipeline.job.cluster import ray_session
-from pipeline.report.pool import TASK_RETRIES, TASK_TIMEOUT_S, WorkerLost, peak_rss_mb
+from pipeline.report.pool import TASK_RETRIES, TASK_TIMEOUT_S, Ahead, WorkerLost, peak_rss_mb
 
 
 def _call(fn: Callable[[Any], Any], task: Any) -> tuple[Any, float, str]:
@@ -41,8 +41,10 @@ class RayPool:
         self._remote = ray.remote(num_cpus=1, max_retries=retries)(_call)
         self._peaks: dict[str, float] = {}
 
-    def map(self, fn: Callable[[Any], Any], tasks: Sequence[Any]) -> Iterator[Any]:
-        """``fn(task)`` for each task on the cluster, yielded in task order."""
+    def map(self, fn: Callable[[Any], Any], tasks: Sequence[Any],
+            ahead: Ahead | None = None) -> Iterator[Any]:
+        """``fn(task)`` for each task on the cluster, yielded in task order. ``ahead`` is
+        not called: a Ray task does not know which worker runs the next one."""
         import ray
         from ray.exceptions import GetTimeoutError, RayTaskError
 

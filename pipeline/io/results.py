@@ -4,13 +4,16 @@ A part is read in one request: on object storage its whole object in one GET
 (no HEAD first), locally only the columns asked for. ``prefetched`` reads the
 next parts in threads while the caller works on the current one, so a store
 that is far away costs its latency once per window of parts, not once per
-part. A part that cannot be read (gone, truncated, not Parquet, a storage error
+part; ``read_ahead`` starts the first reads of a ``prefetched`` call that
+comes next in the process (a worker's next task), so that the window does
+not start empty at every task. A part that cannot be read (gone, truncated, not Parquet, a storage error
 after the client's retries, fewer or more rows than the manifest lists) raises
 ``PartUnreadable`` naming it.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -29,6 +32,16 @@ PREFETCH = 16
 #: The caption's word pieces read as Parquet stores them, dictionary-encoded (they repeat):
 #: no string per piece is built, and readers group pieces by their dictionary index.
 TOKEN_DICTIONARY = ("tokens.list.element", "tokens.list.item")
+
+
+#: Parts of a task that ``read_ahead`` reads before the task starts: enough to cover the
+#: store's round trip while the task works on them and its own reads start (far fewer than
+#: ``PREFETCH``: each waits in memory for the task before it to end).
+AHEAD_PARTS = 4
+#: Reads started by ``read_ahead`` and not yet taken by ``prefetched``, at most this many
+#: (the oldest dropped first): a worker's next tasks' first parts, or those of a task that
+#: never came (its worker was told to stop).
+AHEAD_HELD = 4 * AHEAD_PARTS
 
 
 class PartUnreadable(Exception):
@@ -100,10 +113,66 @@ def decode_part(data: bytes, columns: Sequence[str] | None = None,
                              for i in range(meta.num_row_groups)])
 
 
+def _width(fs: fsspec.AbstractFileSystem, ahead: int, n: int) -> int:
+    """Parts read at once: locally two (the disk answers at once), else ``ahead``."""
+    return max(1, min(ahead, n, 2 if is_local(fs) else ahead))
+
+
+class _Started:
+    """This process's reads started by ``read_ahead``, by what they read, oldest first."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.reads: dict[tuple, Future] = {}
+        self.pool: ThreadPoolExecutor | None = None
+
+    def start(self, key: tuple, read: Callable[[], pa.Table]) -> None:
+        with self.lock:
+            if key in self.reads:
+                return
+            if self.pool is None:  # made in the process that reads (never before a fork)
+                self.pool = ThreadPoolExecutor(AHEAD_HELD, thread_name_prefix="nibt-read-ahead")
+            self.reads[key] = self.pool.submit(read)
+            while len(self.reads) > AHEAD_HELD:
+                self.reads.pop(next(iter(self.reads))).cancel()
+
+    def take(self, key: tuple) -> Future | None:
+        with self.lock:
+            return self.reads.pop(key, None)
+
+
+_STARTED = _Started()
+
+
+def _key(output: str, entry: dict[str, Any], columns: Sequence[str] | None,
+         dictionary: Sequence[str]) -> tuple:
+    return output, entry["path"], tuple(columns or ()), tuple(dictionary)
+
+
+def read_ahead(output: str, storage: StorageSettings, entries: Sequence[dict[str, Any]],
+               columns: Sequence[str] | None = None, ahead: int = PREFETCH,
+               dictionary: Sequence[str] = ()) -> None:
+    """Start reading the first parts (``AHEAD_PARTS``, no more than ``prefetched`` keeps in
+    flight) that a later ``prefetched`` call over the same arguments in this process reads,
+    and return at once; that call takes them instead of reading them again. A worker that holds its next task
+    calls it while it works on the current one: the first parts of a task wait on no
+    round trip to the store. At most ``AHEAD_HELD`` reads wait to be taken (the oldest
+    are dropped: a dropped part is read again by its ``prefetched``, never lost); a read
+    that fails raises where it is taken, as it would have there."""
+    if not entries:
+        return
+    fs, root = filesystem(output, storage)
+    get = None if is_local(fs) else object_getter(output, storage)
+    for entry in entries[: min(AHEAD_PARTS, _width(fs, ahead, len(entries)))]:
+        _STARTED.start(_key(output, entry, columns, dictionary),
+                       lambda e=entry: read_part(fs, root, e, columns, dictionary, get))
+
+
 def prefetched(output: str, storage: StorageSettings, entries: Sequence[dict[str, Any]],
                columns: Sequence[str] | None = None, ahead: int = PREFETCH,
                dictionary: Sequence[str] = ()) -> Iterator[pa.Table]:
-    """``entries``' parts in order, up to ``ahead`` of them read in threads meanwhile.
+    """``entries``' parts in order, up to ``ahead`` of them read in threads meanwhile
+    (those that ``read_ahead`` started are taken from it).
 
     Locally two threads suffice (the disk answers at once); a remote store gets
     ``ahead`` requests in flight. Memory: ``ahead`` parts.
@@ -112,15 +181,17 @@ def prefetched(output: str, storage: StorageSettings, entries: Sequence[dict[str
         return
     fs, root = filesystem(output, storage)
     get = None if is_local(fs) else object_getter(output, storage)
-    width = max(1, min(ahead, len(entries), 2 if is_local(fs) else ahead))
+    width = _width(fs, ahead, len(entries))
     with ThreadPoolExecutor(width, thread_name_prefix="nibt-read") as pool:
         queue: list[Future] = []
         nxt = 0
         try:
             for _ in range(len(entries)):
                 while nxt < len(entries) and len(queue) < width:
-                    queue.append(pool.submit(read_part, fs, root, entries[nxt], columns,
-                                             dictionary, get))
+                    e = entries[nxt]
+                    queue.append(_STARTED.take(_key(output, e, columns, dictionary))
+                                 or pool.submit(read_part, fs, root, e, columns, dictionary,
+                                                get))
                     nxt += 1
                 yield queue.pop(0).result()
         finally:

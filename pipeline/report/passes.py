@@ -35,7 +35,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.config import StorageSettings
-from pipeline.io.results import PREFETCH, TOKEN_DICTIONARY, prefetched
+from pipeline.io.results import PREFETCH, TOKEN_DICTIONARY, prefetched, read_ahead
 from pipeline.report import aggregate, flags, space
 from pipeline.report.aggregate import ROW_COLUMNS, Aggregator, GridConflict
 from pipeline.report.flags import FlagList, FlagScan
@@ -102,6 +102,13 @@ def run_task(task: Task) -> Any:
     tables = prefetched(task.results, task.storage, task.entries, task.work.columns,
                         task.prefetch, TOKEN_DICTIONARY)
     return task.work.run(enumerate(tables, task.first))
+
+
+def read_task_ahead(task: Task) -> None:
+    """Start reading ``task``'s first parts (``read_ahead``), for ``run_task`` to take: the
+    executors call it in the process that will run the task, as soon as it holds it."""
+    read_ahead(task.results, task.storage, task.entries, task.work.columns, task.prefetch,
+               TOKEN_DICTIONARY)
 
 
 @dataclass
@@ -259,7 +266,7 @@ def first_pass(ex: Executor, results: str, storage: StorageSettings,
     total, ws = Aggregator(s, s.families()), None
     work = FirstPass(s, guess=list(guess), examples=examples)
     ts = tasks(results, storage, entries, work)
-    for task, (part, pws) in watched(f"first pass over {results}", ts, ex.map(run_task, ts),
+    for task, (part, pws) in watched(f"first pass over {results}", ts, ex.map(run_task, ts, read_task_ahead),
                                      s.log_every_s, s.progress):
         try:
             total.merge(part)
@@ -315,7 +322,7 @@ def space_pass(ex: Executor, results: str, storage: StorageSettings,
     """The tracked words' maps over every part."""
     ws, wx = work.spaces()
     ts = tasks(results, storage, entries, work)
-    for _, (pws, pwx) in watched(f"spatial pass over {results}", ts, ex.map(run_task, ts),
+    for _, (pws, pwx) in watched(f"spatial pass over {results}", ts, ex.map(run_task, ts, read_task_ahead),
                                  s.log_every_s, s.progress):
         for mine, theirs in ((ws, pws), (wx, pwx)):
             if mine is not None:
@@ -330,7 +337,7 @@ def last_pass(ex: Executor, results: str, storage: StorageSettings,
     go to ``flag_list`` as they come."""
     total = work.empty()
     ts = tasks(results, storage, entries, work)
-    for _, part in watched(f"last pass over {results}", ts, ex.map(run_task, ts),
+    for _, part in watched(f"last pass over {results}", ts, ex.map(run_task, ts, read_task_ahead),
                            s.log_every_s, s.progress):
         if total.co is not None:
             total.co.merge(part.co)

@@ -2,7 +2,10 @@
 
 An executor maps a picklable function over tasks and yields the results in task
 order, whatever order the workers finish in, so the merge of partial aggregates
-(and with it the report) does not depend on how many workers there are.
+(and with it the report) does not depend on how many workers there are. Given
+``ahead``, an executor calls ``ahead(task)`` in the process that will run the
+task as soon as that process holds it, while it may still be running the task
+before: the task's first reads start early (``io.results.read_ahead``).
 
 ``LocalPool`` starts its worker processes from a fork server (never a fork of a
 process holding threads and a storage client) and keeps ``in_flight`` tasks with
@@ -23,6 +26,8 @@ import contextlib
 import multiprocessing
 import multiprocessing.connection as mpc
 import os
+import queue
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -39,12 +44,17 @@ class WorkerLost(RuntimeError):
     """A task's workers died or timed out on every attempt."""
 
 
+#: Called with a task in the process that will run it, before it runs (``Executor.map``).
+Ahead = Callable[[Any], None]
+
+
 class Executor(Protocol):
     """Runs ``fn`` over tasks; results in task order."""
 
     workers: int
 
-    def map(self, fn: Callable[[Any], Any], tasks: Sequence[Any]) -> Iterator[Any]: ...
+    def map(self, fn: Callable[[Any], Any], tasks: Sequence[Any],
+            ahead: Ahead | None = None) -> Iterator[Any]: ...
 
     def close(self) -> None: ...
 
@@ -80,8 +90,11 @@ class InProcess:
 
     workers = 1
 
-    def map(self, fn: Callable[[Any], Any], tasks: Sequence[Any]) -> Iterator[Any]:
-        for task in tasks:
+    def map(self, fn: Callable[[Any], Any], tasks: Sequence[Any],
+            ahead: Ahead | None = None) -> Iterator[Any]:
+        for i, task in enumerate(tasks):
+            if ahead is not None and i + 1 < len(tasks):
+                ahead(tasks[i + 1])
             yield fn(task)
 
     def close(self) -> None:
@@ -97,16 +110,33 @@ class InProcess:
         self.close()
 
 
-def _serve(conn: mpc.Connection) -> None:
-    """A worker's loop: receive ``(id, fn, task)``, send ``(id, ok, result or error, peak)``."""
+def _receive(conn: mpc.Connection, inbox: queue.SimpleQueue) -> None:
+    """A worker's tasks as they come (a thread): each one's ``ahead`` called at once, while
+    the task before may still run; then it goes to ``inbox`` (None at the end)."""
     while True:
         try:
             msg = conn.recv()
-        except EOFError:
-            return
+        except (EOFError, OSError):
+            msg = None
+        if msg is not None and msg[3] is not None:
+            with contextlib.suppress(Exception):  # an early start only: the task raises it
+                msg[3](msg[2])
+        inbox.put(msg)
         if msg is None:
             return
-        tid, fn, task = msg
+
+
+def _serve(conn: mpc.Connection) -> None:
+    """A worker's loop: receive ``(id, fn, task, ahead)``, send ``(id, ok, result or error,
+    peak)``."""
+    inbox: queue.SimpleQueue = queue.SimpleQueue()
+    threading.Thread(target=_receive, args=(conn, inbox), daemon=True,
+                     name="nibt-receive").start()
+    while True:
+        msg = inbox.get()
+        if msg is None:
+            return
+        tid, fn, task, _ = msg
         try:
             out: tuple = (tid, True, fn(task), peak_rss_mb())
         except BaseException as e:  # noqa: BLE001 - sent to the driver, which raises it
@@ -184,22 +214,24 @@ class LocalPool:
         w.proc.join(10)
         w.conn.close()
 
-    def map(self, fn: Callable[[Any], Any], tasks: Sequence[Any]) -> Iterator[Any]:
-        """``fn(task)`` for each task in worker processes, yielded in task order."""
+    def map(self, fn: Callable[[Any], Any], tasks: Sequence[Any],
+            ahead: Ahead | None = None) -> Iterator[Any]:
+        """``fn(task)`` for each task in worker processes, yielded in task order; a worker
+        calls ``ahead(task)`` as it receives the task (``in_flight`` are sent to it)."""
         todo = deque(range(len(tasks)))
         attempts = [0] * len(tasks)
         done: dict[int, Any] = {}
         window = self.workers * self.in_flight * 2  # results held before they are yielded
         nxt = 0
         while nxt < len(tasks):
-            self._send(fn, tasks, todo, nxt + window, attempts)
+            self._send((fn, ahead), tasks, todo, nxt + window, attempts)
             self._collect(done, todo, attempts)
             while nxt in done:
                 yield done.pop(nxt)
                 nxt += 1
 
-    def _send(self, fn: Callable, tasks: Sequence[Any], todo: deque, limit: int,
-              attempts: list[int]) -> None:
+    def _send(self, fns: tuple[Callable, Ahead | None], tasks: Sequence[Any], todo: deque,
+              limit: int, attempts: list[int]) -> None:
         for i, w in enumerate(list(self._pool)):
             while len(w.tasks) < self.in_flight and todo and todo[0] < limit:
                 tid = todo.popleft()
@@ -207,7 +239,7 @@ class LocalPool:
                     w.busy_since = time.monotonic()
                 w.tasks.append(tid)
                 try:
-                    w.conn.send((tid, fn, tasks[tid]))
+                    w.conn.send((tid, fns[0], tasks[tid], fns[1]))
                 except OSError:  # it died since it was last heard from: its tasks go back
                     self._replace(i, w, todo, attempts, "died")
                     break

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from pathlib import Path
 
 import pytest
 
@@ -74,3 +75,54 @@ def test_a_stuck_task_times_out_and_a_tasks_error_is_raised_as_it_was():
     with LocalPool(2) as pool, pytest.raises(PartUnreadable, match="task0002.parquet") as e:
         list(pool.map(unreadable, list(range(5))))
     assert e.value.path == "/r/parts/task0002.parquet" and e.value.reason == "truncated"
+
+
+def _log(path: str, *fields: object) -> None:
+    with open(path, "a") as f:  # one short line per write: appends do not interleave
+        f.write(" ".join(map(str, fields)) + "\n")
+
+
+def noted_ahead(args: tuple[str, int]) -> None:
+    _log(args[0], "ahead", args[1], os.getpid(), time.monotonic())
+
+
+def noted_run(args: tuple[str, int]) -> int:
+    log, x = args
+    _log(log, "start", x, os.getpid(), time.monotonic())
+    time.sleep(0.2)
+    _log(log, "end", x, os.getpid(), time.monotonic())
+    return x
+
+
+def _overlaps(log: str, tasks: int) -> dict[str, object]:
+    """From the log: the tasks whose ``ahead`` ran in the process that ran them, before
+    they started and before the task that process ran before them had ended."""
+    seen: dict[tuple[str, int], tuple[int, float]] = {}
+    for line in Path(log).read_text().splitlines():
+        what, x, pid, t = line.split()
+        seen[what, int(x)] = int(pid), float(t)
+    early, by_pid = [], {}
+    for x in sorted(range(tasks), key=lambda x: seen["start", x][1]):
+        pid, started = seen["start", x]
+        before = by_pid.get(pid)
+        if before is not None and ("ahead", x) in seen:
+            a_pid, a_t = seen["ahead", x]
+            if a_pid == pid and a_t < seen["end", before][1] and a_t < started:
+                early.append(x)
+        by_pid[pid] = x
+    return {"early": early, "pids": len({p for p, _ in seen.values()}),
+            "aheads": sum(1 for k in seen if k[0] == "ahead")}
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_task_is_announced_to_its_worker_while_the_task_before_runs(tmp_path, workers):
+    """``ahead(task)`` runs in the process that then runs the task, before the task it runs
+    first has ended (the next task's reads overlap the current one's work): every task but
+    each worker's first; results unchanged, in task order."""
+    log = str(tmp_path / "log")
+    tasks = [(log, x) for x in range(8)]
+    with (LocalPool(workers) if workers > 1 else InProcess()) as pool:
+        assert list(pool.map(noted_run, tasks, noted_ahead)) == list(range(8))
+    got = _overlaps(log, 8)
+    assert got["pids"] == workers
+    assert len(got["early"]) == 8 - workers, got

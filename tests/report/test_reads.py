@@ -22,31 +22,35 @@ from pipeline.report import ReportSettings, build_report, passes
 from tests.report.builders import random_rows, write_input, write_results
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 def test_a_comparison_reads_each_part_object_at_most_4_times(tmp_path, s3_endpoint,
-                                                             monkeypatch):
+                                                             monkeypatch, workers):
     """Two audits on S3 (the local store, its requests counted): every part of the current
     audit is read in exactly 3 GETs (the guess's sample, every part at this size; the first
     pass; the last), every part of the baseline in at most 3; with a guess that misses every
-    word, 4 (the spatial pass too); no part is ever asked for its size first."""
+    word, 4 (the spatial pass too); no part is ever asked for its size first. Six tasks a
+    pass, in one process or two workers: a part read ahead of its task is not read again."""
+    monkeypatch.setattr(passes, "TASK_ROWS", 1)  # tasks of 4 parts
     import s3fs
 
     fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_endpoint})
-    fs.mkdir("nibt-report-reads")
+    bucket = f"nibt-report-reads-{workers}"
+    fs.mkdir(bucket)
     for name, seed in (("cur", 0), ("base", 1)):
         bench.make_results(str(tmp_path / name), 24_000, None, seed=seed, part_rows=1_000)
-        fs.put(str(tmp_path / name) + "/", f"nibt-report-reads/{name}", recursive=True)
+        fs.put(str(tmp_path / name) + "/", f"{bucket}/{name}", recursive=True)
     store = StoreControl(s3_endpoint)
 
     def reads(out: str) -> dict[str, list[int]]:
         store.reset()
-        report = build_report("s3://nibt-report-reads/cur", str(tmp_path / out),
-                              ReportSettings(words_min_count=5, workers=1),
+        report = build_report(f"s3://{bucket}/cur", str(tmp_path / out),
+                              ReportSettings(words_min_count=5, workers=workers),
                               StorageSettings(endpoint_url=s3_endpoint),
-                              baseline="s3://nibt-report-reads/base")
+                              baseline=f"s3://{bucket}/base")
         assert report["space"]["explained"], "the co-occurrence pass ran (on both audits)"
         gets = Counter()
         for (op, key), n in store.requests().items():
-            m = re.match(r"nibt-report-reads/(cur|base)/parts/", key)
+            m = re.match(rf"{bucket}/(cur|base)/parts/", key)
             if m:
                 assert op == "GET", (op, key)
                 gets[m.group(1), key] += n
@@ -60,6 +64,50 @@ def test_a_comparison_reads_each_part_object_at_most_4_times(tmp_path, s3_endpoi
     monkeypatch.setattr(passes, "guess_words", lambda *a: guess(*a)[:0])
     per_audit = reads("missed")
     assert set(per_audit["cur"]) == {4} and max(per_audit["base"]) <= 4
+
+
+def test_parts_read_ahead_are_taken_and_those_never_asked_for_dropped(tmp_path, s3_endpoint,
+                                                                      monkeypatch):
+    """``read_ahead`` then ``prefetched`` over the same parts on S3: one GET a part, the
+    tables those of pyarrow's own read of the files. Beyond ``AHEAD_HELD`` reads waiting,
+    the oldest are dropped: their parts are read again when asked for, none is lost."""
+    import pyarrow.parquet as pq
+    import s3fs
+
+    from pipeline.io import results
+    from pipeline.io.manifest import read_manifest
+    from tests.procs import wait_for
+
+    fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_endpoint})
+    fs.mkdir("nibt-read-ahead")
+    bench.make_results(str(tmp_path / "r"), 2_400, None, seed=3, part_rows=100)  # 24 parts
+    fs.put(str(tmp_path / "r") + "/", "nibt-read-ahead/r", recursive=True)
+    storage, uri = StorageSettings(endpoint_url=s3_endpoint), "s3://nibt-read-ahead/r"
+    entries = read_manifest(uri, storage, parts=True)["parts"]
+    columns = ["id", "score"]
+    store = StoreControl(s3_endpoint)
+
+    def gets() -> dict[str, int]:
+        return {k.rsplit("/", 1)[1]: n for (op, k), n in store.requests().items()
+                if op == "GET" and k.startswith("nibt-read-ahead/r/parts/")}
+
+    store.reset()
+    results.read_ahead(uri, storage, entries[:8], columns)  # its first AHEAD_PARTS parts
+    assert wait_for(lambda: len(gets()) == results.AHEAD_PARTS == 4, 30)  # before anyone asks
+    got = list(results.prefetched(uri, storage, entries[:8], columns))
+    for e, t in zip(entries[:8], got, strict=True):
+        assert t.equals(pq.read_table(tmp_path / "r" / e["path"], columns=columns))
+    assert sorted(gets().values()) == [1] * 8
+
+    monkeypatch.setattr(results, "AHEAD_HELD", 4)
+    store.reset()
+    results.read_ahead(uri, storage, entries[8:16], columns)  # a task that never comes
+    assert wait_for(lambda: len(gets()) == 4, 30), gets()
+    results.read_ahead(uri, storage, entries[16:24], columns)  # 8 waiting: 4 dropped
+    got = list(results.prefetched(uri, storage, entries[8:24], columns))
+    assert [t.num_rows for t in got] == [100] * 16
+    n = gets()
+    assert [n[e["path"].rsplit("/", 1)[1]] for e in entries[8:24]] == [2] * 4 + [1] * 12
 
 
 @pytest.fixture()

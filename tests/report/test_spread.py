@@ -277,8 +277,8 @@ class DyingPool(LocalPool):
         super().__init__(2)
         self.marker = marker
 
-    def map(self, fn, tasks):
-        return super().map(functools.partial(_die_on_task, self.marker, fn), tasks)
+    def map(self, fn, tasks, ahead=None):
+        return super().map(functools.partial(_die_on_task, self.marker, fn), tasks, ahead)
 
 
 def test_the_report_of_two_workers_one_killed_on_its_way_is_the_report_of_one(big):
