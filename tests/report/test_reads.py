@@ -185,3 +185,31 @@ def test_a_part_on_s3_that_cannot_be_read_is_named_and_nothing_is_published(tmp_
                      StorageSettings(endpoint_url=s3_endpoint))
     assert ("FileNotFoundError" if damage == "gone" else "magic bytes") in str(got.value)
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
+def _count_rows(uri: str, out) -> None:
+    from pipeline.io.results import read_results
+
+    out.put(read_results(uri, columns=["id"]).num_rows)
+
+
+def test_a_process_forked_after_reads_reads_on_its_own_threads(tmp_path):
+    """The read threads are made again in a forked child (a fork copies the pool but not its
+    threads: reads sent to it would wait for ever)."""
+    import multiprocessing
+
+    from pipeline.io.results import read_results
+
+    bench.make_results(str(tmp_path / "r"), 3_000, None, seed=5, part_rows=500)
+    uri = str(tmp_path / "r")
+    assert read_results(uri, columns=["id"]).num_rows == 3_000  # this process's threads made
+    ctx = multiprocessing.get_context("fork")
+    out = ctx.Queue()
+    child = ctx.Process(target=_count_rows, args=(uri, out))
+    child.start()
+    child.join(60)
+    alive = child.is_alive()
+    if alive:
+        child.kill()
+    assert not alive and child.exitcode == 0
+    assert out.get(timeout=5) == 3_000
