@@ -7,9 +7,9 @@ that is far away costs its latency once per window of parts, not once per
 part; on object storage ``read_ahead`` starts the first reads of a
 ``prefetched`` call that comes next in the process (a worker's next task), so
 that the window does not start empty at every task. The reads run in one set
-of threads per process. A part that cannot be read (gone, truncated, not Parquet, a storage error
-after the client's retries, fewer or more rows than the manifest lists) raises
-``PartUnreadable`` naming it.
+of threads per process. A part that cannot be read (gone, truncated, not
+Parquet, a storage error after the client's retries, fewer or more rows than
+the manifest lists) raises ``PartUnreadable`` naming it.
 """
 
 from __future__ import annotations

@@ -266,8 +266,9 @@ def first_pass(ex: Executor, results: str, storage: StorageSettings,
     total, ws = Aggregator(s, s.families()), None
     work = FirstPass(s, guess=list(guess), examples=examples)
     ts = tasks(results, storage, entries, work)
-    for task, (part, pws) in watched(f"first pass over {results}", ts, ex.map(run_task, ts, read_task_ahead),
-                                     s.log_every_s, s.progress):
+    done = ex.map(run_task, ts, read_task_ahead)
+    for task, (part, pws) in watched(f"first pass over {results}", ts, done, s.log_every_s,
+                                     s.progress):
         try:
             total.merge(part)
         except GridConflict:  # its maps went on its own first grid: again, on the results'
@@ -322,8 +323,9 @@ def space_pass(ex: Executor, results: str, storage: StorageSettings,
     """The tracked words' maps over every part."""
     ws, wx = work.spaces()
     ts = tasks(results, storage, entries, work)
-    for _, (pws, pwx) in watched(f"spatial pass over {results}", ts, ex.map(run_task, ts, read_task_ahead),
-                                 s.log_every_s, s.progress):
+    done = ex.map(run_task, ts, read_task_ahead)
+    for _, (pws, pwx) in watched(f"spatial pass over {results}", ts, done, s.log_every_s,
+                                 s.progress):
         for mine, theirs in ((ws, pws), (wx, pwx)):
             if mine is not None:
                 mine.merge(theirs)
@@ -337,8 +339,8 @@ def last_pass(ex: Executor, results: str, storage: StorageSettings,
     go to ``flag_list`` as they come."""
     total = work.empty()
     ts = tasks(results, storage, entries, work)
-    for _, part in watched(f"last pass over {results}", ts, ex.map(run_task, ts, read_task_ahead),
-                           s.log_every_s, s.progress):
+    done = ex.map(run_task, ts, read_task_ahead)
+    for _, part in watched(f"last pass over {results}", ts, done, s.log_every_s, s.progress):
         if total.co is not None:
             total.co.merge(part.co)
         total.rows.update(part.rows)

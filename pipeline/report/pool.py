@@ -9,15 +9,15 @@ before: the task's first reads start early (``io.results.read_ahead``).
 
 ``LocalPool`` starts its worker processes from a fork server (never a fork of a
 process holding threads and a storage client) and keeps ``in_flight`` tasks with
-each, so a worker
-finds its next task waiting. A worker that dies (killed, out of memory) is
-replaced and its tasks are sent again, to whichever worker is free; a task that
-runs past ``task_timeout_s`` has its worker killed and is sent again the same
-way; after ``retries`` such attempts the task fails the report. An exception a
-task raises is not retried (the same parts would raise it again): it ends the
-report. Every wait is bounded (a worker's start counts towards its first task's
-time). One ``map`` at a time, consumed to its end or followed by ``close``. ``pipeline.cli.report_ray`` has the same
-interface over a Ray cluster.
+each, so a worker finds its next task waiting. A worker that dies (killed, out
+of memory) is replaced and its tasks are sent again, to whichever worker is
+free; a task that runs past ``task_timeout_s`` has its worker killed and is sent
+again the same way; after ``retries`` such attempts the task fails the report.
+An exception a task raises is not retried (the same parts would raise it
+again): it ends the report. Every wait is bounded (a worker's start counts
+towards its first task's time). One ``map`` at a time, consumed to its end or
+followed by ``close``. ``pipeline.cli.report_ray`` has the same interface over a
+Ray cluster.
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ class InProcess:
             ahead: Ahead | None = None) -> Iterator[Any]:
         for i, task in enumerate(tasks):
             if ahead is not None and i + 1 < len(tasks):
-                ahead(tasks[i + 1])
+                _announce(ahead, tasks[i + 1])
             yield fn(task)
 
     def close(self) -> None:
@@ -110,6 +110,13 @@ class InProcess:
         self.close()
 
 
+def _announce(ahead: Ahead, task: Any) -> None:
+    """``ahead(task)``; what it raises is left to the task, which meets it when it runs
+    (an early start only)."""
+    with contextlib.suppress(Exception):
+        ahead(task)
+
+
 def _receive(conn: mpc.Connection, inbox: queue.SimpleQueue) -> None:
     """A worker's tasks as they come (a thread): each one's ``ahead`` called at once, while
     the task before may still run; then it goes to ``inbox`` (None at the end)."""
@@ -119,8 +126,7 @@ def _receive(conn: mpc.Connection, inbox: queue.SimpleQueue) -> None:
         except (EOFError, OSError):
             msg = None
         if msg is not None and msg[3] is not None:
-            with contextlib.suppress(Exception):  # an early start only: the task raises it
-                msg[3](msg[2])
+            _announce(msg[3], msg[2])
         inbox.put(msg)
         if msg is None:
             return

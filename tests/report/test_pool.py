@@ -126,3 +126,15 @@ def test_a_task_is_announced_to_its_worker_while_the_task_before_runs(tmp_path, 
     got = _overlaps(log, 8)
     assert got["pids"] == workers
     assert len(got["early"]) == 8 - workers, got
+
+
+def failing_ahead(x: int) -> None:
+    raise OSError(f"no early start for {x}")
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_an_early_start_that_fails_is_left_to_its_task(workers):
+    """``ahead`` raising ends nothing: the tasks run (and would meet the error themselves)."""
+    with (LocalPool(workers) if workers > 1 else InProcess()) as pool:
+        assert list(pool.map(slow_square, list(range(6)), failing_ahead)) == [
+            x * x for x in range(6)]
