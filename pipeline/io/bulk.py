@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -110,41 +111,37 @@ def object_getter(uri: str, storage: StorageSettings) -> Callable[[str], Any] | 
     URI)`` -> the object's bytes, one GET; ``FileNotFoundError`` for one not there); None
     elsewhere. For the report's parts: its client costs less CPU a GET than s3fs's, spent
     in obstore's own threads without Python's lock, which the report's own work holds
-    meanwhile (docs/performance.md). Thread-safe (the report reads in threads). One getter
-    per storage settings in a process: a report worker runs many tasks, and each would
-    otherwise open its own connections and resolve the credentials again."""
+    meanwhile (docs/performance.md). Thread-safe (the report reads in threads). One store
+    per bucket and storage settings in a process (``_kept_store``): a report worker runs
+    many tasks, and each would otherwise open its own connections and resolve the
+    credentials again."""
     if not str(uri).startswith(("s3://", "s3a://")):
         return None
-    key = repr(storage)
-    with _GETTERS_LOCK:
-        if key not in _GETTERS:
-            _GETTERS[key] = _object_getter(storage)
-        return _GETTERS[key]
+    return functools.partial(_get_object, storage)
 
 
-_GETTERS: dict[str, Callable[[str], Any]] = {}
-_GETTERS_LOCK = threading.Lock()
+_STORES: dict[tuple[str, str], Any] = {}
+_STORES_LOCK = threading.Lock()
 
 
-def _object_getter(storage: StorageSettings) -> Callable[[str], Any]:
+def _kept_store(bucket: str, storage: StorageSettings) -> Any:
+    """This process's store for ``bucket`` under ``storage``, made once."""
+    key = (repr(storage), bucket)
+    with _STORES_LOCK:
+        if key not in _STORES:
+            _STORES[key] = _store(bucket, storage)
+        return _STORES[key]
+
+
+def _get_object(storage: StorageSettings, object_uri: str) -> Any:
     import obstore
     from obstore.exceptions import NotFoundError
 
-    stores: dict[str, Any] = {}
-    lock = threading.Lock()
-
-    def get(object_uri: str) -> Any:
-        bucket, key = _split_s3(object_uri)
-        with lock:
-            if bucket not in stores:
-                stores[bucket] = _store(bucket, storage)
-            store = stores[bucket]
-        try:
-            return obstore.get(store, key).bytes()
-        except NotFoundError:
-            raise FileNotFoundError(object_uri) from None
-
-    return get
+    bucket, key = _split_s3(object_uri)
+    try:
+        return obstore.get(_kept_store(bucket, storage), key).bytes()
+    except NotFoundError:
+        raise FileNotFoundError(object_uri) from None
 
 
 def _read_ranges(items: Sequence[_Range], storage: StorageSettings,
