@@ -9,7 +9,8 @@ before: the task's first reads start early (``io.results.read_ahead``).
 
 ``LocalPool`` starts its worker processes from a fork server (never a fork of a
 process holding threads and a storage client) and keeps ``in_flight`` tasks with
-each, so a worker finds its next task waiting. A worker that dies (killed, out
+each, so a worker finds its next task waiting (one task to every worker first, and
+none waiting behind another at the end of a pass while a worker idles). A worker that dies (killed, out
 of memory) is replaced and its tasks are sent again, to whichever worker is
 free; a task that runs past ``task_timeout_s`` has its worker killed and is sent
 again the same way; after ``retries`` such attempts the task fails the report.
@@ -238,17 +239,23 @@ class LocalPool:
 
     def _send(self, fns: tuple[Callable, Ahead | None], tasks: Sequence[Any], todo: deque,
               limit: int, attempts: list[int]) -> None:
-        for i, w in enumerate(list(self._pool)):
-            while len(w.tasks) < self.in_flight and todo and todo[0] < limit:
-                tid = todo.popleft()
-                if not w.tasks:
-                    w.busy_since = time.monotonic()
-                w.tasks.append(tid)
-                try:
-                    w.conn.send((tid, fns[0], tasks[tid], fns[1]))
-                except OSError:  # it died since it was last heard from: its tasks go back
-                    self._replace(i, w, todo, attempts, "died")
-                    break
+        """Give each worker a task before any gets another (two tasks on two workers run
+        side by side); a worker that is busy gets its next task only while at least as
+        many wait as there are workers (at the end of a pass no task waits behind another
+        while a worker idles)."""
+        for depth in range(1, self.in_flight + 1):
+            for i, w in enumerate(list(self._pool)):
+                while (len(w.tasks) < depth and todo and todo[0] < limit
+                       and (not w.tasks or len(todo) >= self.workers)):
+                    tid = todo.popleft()
+                    if not w.tasks:
+                        w.busy_since = time.monotonic()
+                    w.tasks.append(tid)
+                    try:
+                        w.conn.send((tid, fns[0], tasks[tid], fns[1]))
+                    except OSError:  # it died since it was last heard from: its tasks go back
+                        self._replace(i, w, todo, attempts, "died")
+                        break
 
     def _collect(self, done: dict[int, Any], todo: deque, attempts: list[int]) -> None:
         """Wait (bounded) for results, deaths and timeouts; requeue what was lost."""

@@ -118,14 +118,50 @@ def _overlaps(log: str, tasks: int) -> dict[str, object]:
 def test_a_task_is_announced_to_its_worker_while_the_task_before_runs(tmp_path, workers):
     """``ahead(task)`` runs in the process that then runs the task, before the task it runs
     first has ended (the next task's reads overlap the current one's work): every task but
-    each worker's first; results unchanged, in task order."""
+    each worker's first, and with several workers the last ``workers - 1`` (sent only to a
+    worker that is free, so as not to wait behind another); results unchanged, in order."""
     log = str(tmp_path / "log")
     tasks = [(log, x) for x in range(8)]
     with (LocalPool(workers) if workers > 1 else InProcess()) as pool:
         assert list(pool.map(noted_run, tasks, noted_ahead)) == list(range(8))
     got = _overlaps(log, 8)
     assert got["pids"] == workers
-    assert len(got["early"]) == 8 - workers, got
+    assert len(got["early"]) == 8 - workers - (workers - 1), got
+
+
+def timed_run(args: tuple[str, int, float]) -> int:
+    log, x, seconds = args
+    _log(log, "start", x, os.getpid(), time.monotonic())
+    time.sleep(seconds)
+    _log(log, "end", x, os.getpid(), time.monotonic())
+    return x
+
+
+def _ran(log: str) -> dict[int, tuple[int, float, float]]:
+    """Each task's process, start and end, from the log."""
+    seen: dict[tuple[str, int], tuple[int, float]] = {}
+    for line in Path(log).read_text().splitlines():
+        what, x, pid, t = line.split()
+        seen[what, int(x)] = int(pid), float(t)
+    return {x: (pid, t, seen["end", x][1]) for (what, x), (pid, t) in seen.items()
+            if what == "start"}
+
+
+def test_every_worker_gets_a_task_before_any_gets_two_and_none_waits_at_the_end(tmp_path):
+    """Two tasks on two workers run side by side, in two processes. Of three, with the first
+    long: the other two run on the second worker, not one of them behind the long one."""
+    log = str(tmp_path / "two")
+    with LocalPool(2) as pool:
+        assert list(pool.map(timed_run, [(log, 0, 0.5), (log, 1, 0.5)])) == [0, 1]
+        ran = _ran(log)
+        assert ran[0][0] != ran[1][0], ran
+        assert ran[1][1] < ran[0][2] and ran[0][1] < ran[1][2], ran  # side by side
+        log = str(tmp_path / "three")
+        assert list(pool.map(timed_run, [(log, 0, 2.0), (log, 1, 0.1), (log, 2, 0.1)])) == [
+            0, 1, 2]
+    ran = _ran(log)
+    assert ran[1][0] == ran[2][0] != ran[0][0], ran
+    assert ran[2][2] < ran[0][2], ran  # the short ones ended while the long one ran
 
 
 def failing_ahead(x: int) -> None:
