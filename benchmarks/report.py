@@ -20,7 +20,10 @@ attribution, so the comparison's first word finding should name it.
 Sizes (comma-separated rows; 0 leaves a part out): ``NIBT_BENCH_REPORT_ROWS`` and
 ``_PART_ROWS`` (local disk, 1 and 2 workers), ``_REMOTE_ROWS`` (through the local S3
 store 30 ms away), ``_RAY_ROWS`` (a Ray cluster on this machine, ``cluster=existing``, the
-largest part size), ``_MEMORY_ROWS`` and ``_COMPARE_ROWS``.
+largest part size), ``_MEMORY_ROWS``, ``_COMPARE_ROWS`` and ``_WINDOW_ROWS`` (the first
+pass alone in the audit's 65,536-row parts through the store 30 ms away, tasks of 2 million
+rows as at full size: each worker's peak with its read window bounded in bytes and by its
+count of parts alone).
 """
 
 from __future__ import annotations
@@ -219,12 +222,14 @@ def _write_part(args: tuple) -> dict:
         result_schema(None, META).metadata)
     task = f"task{p:05d}"
     path = os.path.join(root, "parts", f"{task}.parquet")
-    with open(path, "wb") as f:  # encoded as an audit writes its parts
-        f.write(encode_part(table))
+    data = encode_part(table)  # encoded as an audit writes its parts
+    with open(path, "wb") as f:
+        f.write(data)
     counts = dict(zip(*np.unique(table.column("status").to_numpy(zero_copy_only=False),
                                  return_counts=True)))
     return asdict(PartEntry(task, f"parts/{task}.parquet", n, f"/bench/input-{p:05d}.parquet",
-                            0, n, "bench", {str(k): int(v) for k, v in counts.items()}))
+                            0, n, "bench", {str(k): int(v) for k, v in counts.items()},
+                            bytes=len(data)))
 
 
 _VOCAB: dict = {}
@@ -475,6 +480,70 @@ def ray_runs(tmp: Path, rows: int, part_rows: int) -> list[dict]:
         shutil.rmtree(res, ignore_errors=True)
 
 
+#: The audit's part size beside GPUs, and a task's rows when a report is cut into
+#: ``passes.TASKS`` tasks at 2.3 billion rows (``passes.MAX_TASK_ROWS``).
+AUDIT_PART_ROWS, FULL_TASK_ROWS = 65_536, 2_000_000
+
+
+def window_child(uri: str, endpoint: str, window: str) -> None:
+    """(In a process of its own.) The report's first pass over ``uri`` with 2 workers, its
+    tasks cut as at full size, each worker's read window bounded in bytes
+    (``window="bytes"``) or by its count of parts alone (``"parts"``); prints seconds and
+    the workers' peaks."""
+    from pipeline.report import passes
+    from pipeline.report.pool import LocalPool
+    from pipeline.report.settings import ReportSettings
+
+    storage = StorageSettings(endpoint_url=endpoint)
+    entries = read_manifest(uri, storage, parts=True)["parts"]
+    work = passes.FirstPass(ReportSettings())
+    bound = {} if window == "bytes" else {"window_bytes": None}
+    tasks = [passes.Task(uri, storage, a, list(entries[a:b]), work, **bound)
+             for a, b in cut(entries, rows=FULL_TASK_ROWS)]
+    t0 = time.perf_counter()
+    with LocalPool(2) as pool:
+        for _ in pool.map(passes.run_task, tasks, passes.read_task_ahead):
+            pass
+        peaks = pool.peak_rss_mb()
+    print(json.dumps({"seconds": round(time.perf_counter() - t0, 2), "tasks": len(tasks),
+                      "workers_peak_rss_mb": sorted(round(v, 1) for v in peaks.values())}))
+
+
+def window_runs(tmp: Path, rows: int, delay_ms: float, rounds: int = 2) -> list[dict]:
+    """The first pass at the audit's part size beside GPUs through the store ``delay_ms``
+    away, tasks as large as at full size, with the read window bounded in bytes and by its
+    count of parts alone, alternated ``rounds`` times: each worker's peak memory, seconds."""
+    import s3fs
+
+    from pipeline.devtools.s3local import LOCAL_S3_ENV, StoreControl, local_s3
+
+    res = str(tmp / "res-window")
+    make_results(res, rows, None, part_rows=AUDIT_PART_ROWS, tail=rows // 20, processes=2)
+    runs = []
+    with local_s3() as url:
+        store = StoreControl(url)
+        fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": url}, **_creds(LOCAL_S3_ENV))
+        fs.mkdir("nibt-bench")
+        fs.put(res + "/", "nibt-bench/window", recursive=True)
+        shutil.rmtree(res, ignore_errors=True)
+        for _ in range(rounds):
+            for window in ("bytes", "parts"):
+                store.set_delay(delay_ms)
+                load = os.getloadavg()[0]
+                out = subprocess.run(
+                    [sys.executable, "-c", "import sys; from benchmarks.report import "
+                     "window_child; window_child(*sys.argv[1:])", "s3://nibt-bench/window",
+                     url, window], env={**os.environ, **LOCAL_S3_ENV}, capture_output=True,
+                    text=True, timeout=1800, check=True)
+                store.set_delay(0)
+                runs.append({"rows": rows, "part_rows": AUDIT_PART_ROWS,
+                             "task_rows": FULL_TASK_ROWS, "window": window,
+                             "store": f"S3, {delay_ms:g} ms a request", "workers": 2,
+                             "load_average_before": round(load, 2),
+                             **json.loads(out.stdout.strip().splitlines()[-1])})
+    return runs
+
+
 def _store_alone(fs: Any, key: str) -> float:
     """Seconds the store takes to serve every part object once, 16 GETs in flight, nothing
     done with them: the peer of a pass over the same parts."""
@@ -526,6 +595,7 @@ def run() -> dict:
     ray = _ints("NIBT_BENCH_REPORT_RAY_ROWS", "10000000")
     memory = _ints("NIBT_BENCH_REPORT_MEMORY_ROWS", "50000000")
     compare = _ints("NIBT_BENCH_REPORT_COMPARE_ROWS", "1000000")
+    window = _ints("NIBT_BENCH_REPORT_WINDOW_ROWS", "4000000")
     tmp = Path(tempfile.mkdtemp(prefix="nibt-bench-report-"))
     try:
         out: dict = {"cores": available_cores(), "runs": []}
@@ -541,6 +611,9 @@ def run() -> dict:
             _progress(out)
         if memory:
             out["memory"] = memory_run(tmp, memory[0], 10_000)
+            _progress(out)
+        if window:
+            out["window"] = window_runs(tmp, window[0], DELAY_MS)
             _progress(out)
         return out
     finally:

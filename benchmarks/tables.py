@@ -358,6 +358,29 @@ def report_runs(d: dict) -> str:
     return "\n\n".join(_runs(d))
 
 
+def report_window(d: dict) -> str:
+    """The first pass in the audit's part size with the read window bounded in bytes and by
+    its count of parts alone: each run, then the means."""
+    runs, rows = d["window"], []
+    for r in runs:
+        rows.append([f"{r['rows']:,}", f"{r['part_rows']:,}", f"{r['task_rows']:,}",
+                     _store(r), str(r["workers"]),
+                     "64 MiB" if r["window"] == "bytes" else "16 parts",
+                     f"**{r['seconds']:.1f} s**",
+                     "**" + ", ".join(f"{m:,.0f}" for m in r["workers_peak_rss_mb"]) + " MB**",
+                     f"{r['load_average_before']:.1f}"])
+    out = table(["rows", "rows a part", "rows a task", "store", "workers", "read window",
+                 "first pass", "each worker's peak memory", "load before"], rows)
+    means = []
+    for window, name in (("bytes", "64 MiB"), ("parts", "16 parts")):
+        mine = [r for r in runs if r["window"] == window]
+        if mine:
+            peak = mean(max(r["workers_peak_rss_mb"]) for r in mine)
+            means.append(f"{name}: {_seconds(mine):.1f} s, {peak:,.0f} MB at the larger "
+                         f"worker's peak ({len(mine)} runs)")
+    return out + "\n\nMeans: " + "; ".join(means) + "."
+
+
 def report(d: dict) -> str:
     """The report at scale: each size, part size, store and number of workers; the speed-up
     of two workers; memory at the largest size; the comparison; the extrapolation."""
@@ -565,6 +588,7 @@ RENDER: dict[str, tuple[str, Callable[[dict], str]]] = {
     "decode-pools": ("decode", decode_pools), "decode-job": ("decode_job", decode_job),
     "decoders": ("decoders", decoders), "report": ("report", report),
     "report-ray": ("report_ray", report_runs),
+    "report-window": ("report_window", report_window),
     "evaluate": ("evaluate", evaluate),
     "controlplane-planning": ("controlplane", controlplane_planning),
     "controlplane-dispatch": ("controlplane", controlplane_dispatch),

@@ -31,6 +31,14 @@ from pipeline.io.storage import filesystem, is_local, join, to_uri
 
 #: Parts read ahead of the one being worked on.
 PREFETCH = 16
+#: Bytes of part objects (the manifest's ``bytes``) that a read window holds at most, whatever
+#: their number, and at least one part: the 16 parts of ``PREFETCH`` where parts are small (a
+#: 1,024-row part is about 0.3 MB, a 10,000-row part 2.5 MB), 3 of the 65,536-row parts an
+#: audit writes on GPUs (about 17 MB each). A part read waits in memory decoded, about 1.5
+#: times its object for the first pass: with 16 such parts in its window a worker of the
+#: first pass peaked at about 1.4 GB, with this bound at 0.7 GB, and ran no slower
+#: (docs/performance.md). Parts the manifest lists without a size count by number only.
+PREFETCH_BYTES = 64 * 2**20
 #: The caption's word pieces read as Parquet stores them, dictionary-encoded (they repeat):
 #: no string per piece is built, and readers group pieces by their dictionary index.
 TOKEN_DICTIONARY = ("tokens.list.element", "tokens.list.item")
@@ -41,8 +49,9 @@ TOKEN_DICTIONARY = ("tokens.list.element", "tokens.list.item")
 #: ``PREFETCH``: each waits in memory for the task before it to end).
 AHEAD_PARTS = 4
 #: Reads started by ``read_ahead`` and not yet taken by ``prefetched``, at most this many
-#: (the oldest dropped first): a worker's next tasks' first parts, or those of a task that
-#: never came (its worker was told to stop).
+#: and (beyond the newest) at most a quarter of the window's bytes (the oldest dropped first):
+#: a worker's next tasks' first parts, or those of a task that never came (its worker was told
+#: to stop).
 AHEAD_HELD = 4 * AHEAD_PARTS
 
 
@@ -120,6 +129,24 @@ def _width(fs: fsspec.AbstractFileSystem, ahead: int, n: int) -> int:
     return max(1, min(ahead, n, 2 if is_local(fs) else ahead))
 
 
+def _size(entry: dict[str, Any]) -> int:
+    """A part object's bytes as the manifest lists them (0 where it does not)."""
+    return int(entry.get("bytes") or 0)
+
+
+def _fitting(entries: Sequence[dict[str, Any]], count: int, budget: int | None) -> int:
+    """How many of ``entries``' first ``count`` fit in ``budget`` bytes (at least one)."""
+    if budget is None:
+        return min(count, len(entries))
+    n, held = 0, 0
+    for e in entries[:count]:
+        held += _size(e)
+        if n and held > budget:
+            break
+        n += 1
+    return n
+
+
 class _Reads:
     """This process's read threads, shared by every ``prefetched`` call and ``read_ahead``
     (a task starts no threads of its own: with fewer threads, fewer per-thread heaps of the
@@ -128,7 +155,7 @@ class _Reads:
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.started: dict[tuple, Future] = {}
+        self.started: dict[tuple, tuple[Future, int]] = {}  # a read, its object's bytes
         self._pool: ThreadPoolExecutor | None = None
         self._pid = 0
 
@@ -140,20 +167,24 @@ class _Reads:
                 self._pid = os.getpid()
             return self._pool.submit(fn, *args)
 
-    def start(self, key: tuple, *args: Any) -> None:
-        """Start ``read_part(*args)`` for a later ``take(key)``."""
+    def start(self, key: tuple, size: int, budget: int | None, *args: Any) -> None:
+        """Start ``read_part(*args)`` (an object of ``size`` bytes) for a later ``take(key)``;
+        drop the oldest beyond ``AHEAD_HELD`` reads or ``budget`` bytes (None: no bound)."""
         with self.lock:
             if key in self.started:
                 return
         future = self.submit(read_part, *args)
         with self.lock:
-            self.started[key] = future
-            while len(self.started) > AHEAD_HELD:
-                self.started.pop(next(iter(self.started))).cancel()
+            self.started[key] = future, size
+            while len(self.started) > 1 and (
+                    len(self.started) > AHEAD_HELD
+                    or (budget is not None and sum(n for _, n in self.started.values()) > budget)):
+                self.started.pop(next(iter(self.started)))[0].cancel()
 
     def take(self, key: tuple) -> Future | None:
         with self.lock:
-            return self.started.pop(key, None)
+            held = self.started.pop(key, None)
+        return held[0] if held else None
 
 
 _READS = _Reads()
@@ -166,14 +197,15 @@ def _key(output: str, entry: dict[str, Any], columns: Sequence[str] | None,
 
 def read_ahead(output: str, storage: StorageSettings, entries: Sequence[dict[str, Any]],
                columns: Sequence[str] | None = None, ahead: int = PREFETCH,
-               dictionary: Sequence[str] = ()) -> None:
+               dictionary: Sequence[str] = (), budget: int | None = PREFETCH_BYTES) -> None:
     """On object storage, start reading the first parts (``AHEAD_PARTS``, no more than
-    ``prefetched`` keeps in flight) that a later ``prefetched`` call over the same arguments
-    in this process reads, and return at once; that call takes them instead of reading them
-    again. A worker that holds its next task calls it while it works on the current one: a
-    task does not begin with a round trip to the store. At most ``AHEAD_HELD`` reads wait
-    to be taken (the oldest are dropped: a dropped part is read again by its
-    ``prefetched``, never lost); a read that fails raises where it is taken, as it would
+    ``prefetched`` keeps in flight, and no more than a quarter of ``budget`` bytes, at least
+    one) that a later ``prefetched`` call over the same arguments in this process reads, and
+    return at once; that call takes them instead of reading them again. A worker that holds
+    its next task calls it while it works on the current one: a task does not begin with a
+    round trip to the store. At most ``AHEAD_HELD`` reads, and a quarter of ``budget`` bytes
+    beyond the newest, wait to be taken (the oldest are dropped: a dropped part is read again
+    by its ``prefetched``, never lost); a read that fails raises where it is taken, as it would
     have there. Locally it does nothing: the disk answers at once, and a part read early
     only waits in memory (about 60 MB more a worker at 10,000-row parts, for no time
     saved)."""
@@ -183,37 +215,44 @@ def read_ahead(output: str, storage: StorageSettings, entries: Sequence[dict[str
     if is_local(fs):
         return
     get = object_getter(output, storage)
-    for entry in entries[: min(AHEAD_PARTS, _width(fs, ahead, len(entries)))]:
-        _READS.start(_key(output, entry, columns, dictionary), fs, root, entry, columns,
-                     dictionary, get)
+    held = None if budget is None else budget // 4
+    count = min(AHEAD_PARTS, _width(fs, ahead, len(entries)))
+    for entry in entries[: _fitting(entries, count, held)]:
+        _READS.start(_key(output, entry, columns, dictionary), _size(entry), held, fs, root,
+                     entry, columns, dictionary, get)
 
 
 def prefetched(output: str, storage: StorageSettings, entries: Sequence[dict[str, Any]],
                columns: Sequence[str] | None = None, ahead: int = PREFETCH,
-               dictionary: Sequence[str] = ()) -> Iterator[pa.Table]:
-    """``entries``' parts in order, up to ``ahead`` of them read in threads meanwhile
-    (those that ``read_ahead`` started are taken from it).
+               dictionary: Sequence[str] = (), budget: int | None = PREFETCH_BYTES,
+               ) -> Iterator[pa.Table]:
+    """``entries``' parts in order, up to ``ahead`` of them and ``budget`` bytes of their
+    objects (at least one part; None: no bound in bytes) read in threads meanwhile (those
+    that ``read_ahead`` started are taken from it).
 
     Locally two reads at a time suffice (the disk answers at once); a remote store gets
-    ``ahead`` requests in flight. Memory: ``ahead`` parts.
+    ``ahead`` requests in flight. Memory: the window's parts, decoded.
     """
     if not entries:
         return
     fs, root = filesystem(output, storage)
     get = None if is_local(fs) else object_getter(output, storage)
     width = _width(fs, ahead, len(entries))
-    queue: list[Future] = []
+    queue: list[tuple[Future, int]] = []
     nxt = 0
     try:
         for _ in range(len(entries)):
-            while nxt < len(entries) and len(queue) < width:
+            while nxt < len(entries) and len(queue) < width and (
+                    not queue or budget is None
+                    or sum(n for _, n in queue) + _size(entries[nxt]) <= budget):
                 e = entries[nxt]
-                queue.append(_READS.take(_key(output, e, columns, dictionary))
-                             or _READS.submit(read_part, fs, root, e, columns, dictionary, get))
+                queue.append((_READS.take(_key(output, e, columns, dictionary))
+                              or _READS.submit(read_part, fs, root, e, columns, dictionary, get),
+                              _size(e)))
                 nxt += 1
-            yield queue.pop(0).result()
+            yield queue.pop(0)[0].result()
     finally:
-        for f in queue:
+        for f, _ in queue:
             f.cancel()
 
 

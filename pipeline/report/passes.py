@@ -35,7 +35,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.config import StorageSettings
-from pipeline.io.results import PREFETCH, TOKEN_DICTIONARY, prefetched, read_ahead
+from pipeline.io.results import (
+    PREFETCH,
+    PREFETCH_BYTES,
+    TOKEN_DICTIONARY,
+    prefetched,
+    read_ahead,
+)
 from pipeline.report import aggregate, flags, space
 from pipeline.report.aggregate import ROW_COLUMNS, Aggregator, GridConflict
 from pipeline.report.flags import FlagList, FlagScan
@@ -70,6 +76,7 @@ class Task:
     entries: list[dict[str, Any]]
     work: Any
     prefetch: int = PREFETCH
+    window_bytes: int | None = PREFETCH_BYTES
 
 
 def cut(entries: Sequence[dict[str, Any]], rows: int | None = None,
@@ -100,7 +107,7 @@ def tasks(results: str, storage: StorageSettings, entries: Sequence[dict[str, An
 def run_task(task: Task) -> Any:
     """A task's partial result (what a worker runs)."""
     tables = prefetched(task.results, task.storage, task.entries, task.work.columns,
-                        task.prefetch, TOKEN_DICTIONARY)
+                        task.prefetch, TOKEN_DICTIONARY, task.window_bytes)
     return task.work.run(enumerate(tables, task.first))
 
 
@@ -108,7 +115,7 @@ def read_task_ahead(task: Task) -> None:
     """Start reading ``task``'s first parts (``read_ahead``), for ``run_task`` to take: the
     executors call it in the process that will run the task, as soon as it holds it."""
     read_ahead(task.results, task.storage, task.entries, task.work.columns, task.prefetch,
-               TOKEN_DICTIONARY)
+               TOKEN_DICTIONARY, task.window_bytes)
 
 
 @dataclass

@@ -110,6 +110,55 @@ def test_parts_read_ahead_are_taken_and_those_never_asked_for_dropped(tmp_path, 
     assert [n[e["path"].rsplit("/", 1)[1]] for e in entries[8:24]] == [2] * 4 + [1] * 12
 
 
+def test_the_read_window_holds_at_most_its_bytes_of_part_objects(tmp_path, s3_endpoint):
+    """On S3 with parts the manifest lists with their sizes: a window of 2.5 parts' bytes
+    has read 2 parts (not its 16) when the first is taken, the next as each is taken; the
+    reads ahead of a task hold a quarter of it (one part, the oldest dropped and read again).
+    Without a bound in bytes the window is 16 parts."""
+    import s3fs
+
+    from pipeline.io import results
+    from pipeline.io.manifest import read_manifest
+    from tests.procs import wait_for
+
+    fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_endpoint})
+    fs.mkdir("nibt-window")
+    bench.make_results(str(tmp_path / "r"), 2_400, None, seed=4, part_rows=100)  # 24 parts
+    fs.put(str(tmp_path / "r") + "/", "nibt-window/r", recursive=True)
+    storage, uri = StorageSettings(endpoint_url=s3_endpoint), "s3://nibt-window/r"
+    entries = read_manifest(uri, storage, parts=True)["parts"]
+    sizes = [fs.size(f"nibt-window/r/{e['path']}") for e in entries]
+    assert [e["bytes"] for e in entries] == sizes  # as an audit lists them
+    budget = int(2.5 * sum(sizes) / len(sizes))
+    assert sum(sizes[:2]) <= budget < min(a + b + c for a, b, c in zip(sizes, sizes[1:],
+                                                                         sizes[2:]))
+    store = StoreControl(s3_endpoint)
+
+    def gets() -> int:
+        return sum(n for (op, k), n in store.requests().items()
+                   if op == "GET" and k.startswith("nibt-window/r/parts/"))
+
+    def settled(n: int) -> bool:  # n GETs, and no more after a pause
+        return wait_for(lambda: gets() >= n, 30) and not wait_for(lambda: gets() > n, 0.5)
+
+    for bound, window in ((budget, 2), (None, 16)):
+        store.reset()
+        it = results.prefetched(uri, storage, entries, ["id"], budget=bound)
+        assert next(it).num_rows == 100 and settled(window), (bound, gets())
+        assert next(it).num_rows == 100 and settled(window + 1), (bound, gets())
+        assert sum(t.num_rows for t in it) == 2_200 and gets() == 24
+
+    store.reset()
+    results.read_ahead(uri, storage, entries[:8], ["id"], budget=4 * budget)  # 2.5 parts held
+    assert settled(2)
+    results.read_ahead(uri, storage, entries[8:16], ["id"], budget=4 * budget)
+    assert settled(4)  # two more started, the oldest two dropped
+    assert sum(t.num_rows for t in results.prefetched(uri, storage, entries[:16], ["id"],
+                                                      budget=4 * budget)) == 1_600
+    n = {k.rsplit("/", 1)[1]: c for (op, k), c in store.requests().items() if op == "GET"}
+    assert [n[e["path"].rsplit("/", 1)[1]] for e in entries[:16]] == [2] * 2 + [1] * 14
+
+
 @pytest.fixture()
 def small(tmp_path):
     src = str(tmp_path / "input.parquet")
@@ -183,7 +232,9 @@ def test_a_part_on_s3_that_cannot_be_read_is_named_and_nothing_is_published(tmp_
         build_report(f"s3://{bucket}/res", str(tmp_path / "out"),
                      ReportSettings(words_min_count=5, workers=1),
                      StorageSettings(endpoint_url=s3_endpoint))
-    assert ("FileNotFoundError" if damage == "gone" else "magic bytes") in str(got.value)
+    # the manifest lists each part's size, as an audit's does: a part cut short is told by it
+    assert ("FileNotFoundError" if damage == "gone" else "200 bytes, the manifest lists"
+            ) in str(got.value)
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
 
 
