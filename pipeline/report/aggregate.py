@@ -298,7 +298,7 @@ class Aggregator:
         self.eot_share.add(_floats(table, "text_eot_share")[rows])
         self.truncated += int(table.column("caption_truncated").fill_null(False).to_numpy(
             zero_copy_only=False)[rows].sum())
-        keys = part_keys(self.s.seed, "reservoir", parts[rows])
+        keys = part_keys(self.s.seed, "reservoir", parts[rows], pos[rows])
         members, min_attr, pairs, left_out = self._words(table, ok)
         self.lowest.add(score, parts[rows], pos[rows])
         self.negative.add(min_attr, parts[rows], pos[rows])

@@ -54,7 +54,9 @@ from pipeline.report.summary import alnum_mask
 from pipeline.report.tokens import part_words
 
 #: Consecutive small parts are worked on together, this many rows at least at a time (what
-#: a part costs apart from its rows is paid once a chunk).
+#: a part costs apart from its rows is paid once a chunk); a part of more than twice as many
+#: is worked on in slices of as many or a little more (an audit's 65,536-row parts in 8), so
+#: that the arrays a chunk's work makes on the way stay as small whatever the part size.
 CHUNK_ROWS = 8192
 #: A task holds at least this many rows and this many parts (the last one fewer), and
 #: larger results are cut into about ``TASKS`` tasks a pass, at most ``MAX_TASK_ROWS`` rows
@@ -127,30 +129,44 @@ class Chunk:
     pos: np.ndarray
 
 
+def _slices(table: pa.Table) -> list[tuple[pa.Table, int]]:
+    """A part as slices of ``CHUNK_ROWS`` rows or a little more (itself when it holds fewer
+    than twice as many), each with its first row's place in the part."""
+    n = table.num_rows
+    k = max(1, n // CHUNK_ROWS)
+    if k == 1:
+        return [(table, 0)]
+    starts = [n * i // k for i in range(k + 1)]
+    return [(table.slice(a, b - a), a) for a, b in zip(starts, starts[1:])]
+
+
 def chunks(tables: Iterator[tuple[int, pa.Table]], alone: Any = None) -> Iterator[Chunk]:
-    """Consecutive parts joined until they hold ``CHUNK_ROWS`` rows; while ``alone()`` is
-    true, each part by itself (checked as each part comes)."""
-    held: list[tuple[int, pa.Table]] = []
-    for part, table in tables:
-        if alone is not None and alone():
-            yield from ([_join(held)] if held else [])
-            held = []
-            yield _join([(part, table)])
-            continue
-        held.append((part, table))
-        if sum(t.num_rows for _, t in held) >= CHUNK_ROWS:
-            yield _join(held)
-            held = []
+    """Consecutive parts joined until they hold ``CHUNK_ROWS`` rows, a large part in slices
+    (``_slices``); while ``alone()`` is true, each part or slice by itself (checked as each
+    comes)."""
+    held: list[tuple[int, pa.Table, int]] = []
+    for part, whole in tables:
+        for table, start in _slices(whole):
+            if alone is not None and alone():
+                yield from ([_join(held)] if held else [])
+                held = []
+                yield _join([(part, table, start)])
+                continue
+            held.append((part, table, start))
+            if sum(t.num_rows for _, t, _ in held) >= CHUNK_ROWS:
+                yield _join(held)
+                held = []
     if held:
         yield _join(held)
 
 
-def _join(held: list[tuple[int, pa.Table]]) -> Chunk:
-    sizes = [t.num_rows for _, t in held]
+def _join(held: list[tuple[int, pa.Table, int]]) -> Chunk:
+    sizes = [t.num_rows for _, t, _ in held]
     table = held[0][1] if len(held) == 1 else pa.concat_tables(
-        [t.replace_schema_metadata(None) for _, t in held])
-    return Chunk(table, np.repeat(np.array([p for p, _ in held], np.int64), sizes),
-                 np.concatenate([np.arange(n, dtype=np.int64) for n in sizes]))
+        [t.replace_schema_metadata(None) for _, t, _ in held])
+    return Chunk(table, np.repeat(np.array([p for p, _, _ in held], np.int64), sizes),
+                 np.concatenate([np.arange(a, a + n, dtype=np.int64)
+                                 for (_, _, a), n in zip(held, sizes)]))
 
 
 def _ok(table: pa.Table) -> np.ndarray:

@@ -176,7 +176,7 @@ class WordSpace:
         tops = np.bincount(local * cells + top[mi], minlength=size * cells).reshape(size, cells)
         self.top[ids[used]] += tops[used]
         wi = ids[local]
-        keys = pair_keys(part_keys(self.seed, "examples", parts)[ri], self.hashes[wi])
+        keys = pair_keys(part_keys(self.seed, "examples", parts, pos)[ri], self.hashes[wi])
         self._keep_examples(wi, keys, parts[ri], pos[ri], top[mi])
 
     @property

@@ -28,15 +28,21 @@ def stable_seed(seed: int, *names: object) -> list[int]:
     return [int(seed), *(zlib.crc32(str(n).encode()) for n in names)]
 
 
-def part_keys(seed: int, name: str, parts: np.ndarray) -> np.ndarray:
-    """A seeded random key per element of ``parts`` (part indices, each part's elements
-    together): each part's keys come in order from its own stream (``stable_seed(seed, name,
-    part)``), so they do not depend on which parts are worked on together."""
-    parts = np.asarray(parts, np.int64)
+def part_keys(seed: int, name: str, parts: np.ndarray, pos: np.ndarray) -> np.ndarray:
+    """A seeded random key per row, given by its part (``parts``; each part's rows together,
+    in order) and its place in the part (``pos``): the row at place p gets the p-th draw of
+    its part's own stream (``stable_seed(seed, name, part)``), so a key depends neither on
+    which parts, or which slices of a part, are worked on together nor on which rows are
+    kept beside it."""
+    parts, pos = np.asarray(parts, np.int64), np.asarray(pos, np.int64)
     out = np.empty(parts.size)
     starts = np.flatnonzero(np.r_[True, parts[1:] != parts[:-1]]) if parts.size else parts
     for a, b in zip(starts.tolist(), np.r_[starts[1:], parts.size].tolist()):
-        out[a:b] = np.random.default_rng(stable_seed(seed, name, int(parts[a]))).random(b - a)
+        at = pos[a:b]
+        lo = int(at.min())
+        bits = np.random.PCG64(stable_seed(seed, name, int(parts[a])))
+        bits.advance(lo)  # one draw a place: the stream from place lo on
+        out[a:b] = np.random.Generator(bits).random(int(at.max()) - lo + 1)[at - lo]
     return out
 
 

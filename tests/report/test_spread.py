@@ -126,10 +126,13 @@ def _same_aggregates(one: Aggregator, other: Aggregator) -> None:
             assert (ra.keys == rb.keys).all() and (ra.values == rb.values).all()
 
 
-def test_parts_worked_on_together_give_what_they_give_one_by_one(tables, monkeypatch):
+@pytest.mark.parametrize("chunk_rows", [1000, 100])
+def test_parts_worked_on_together_give_what_they_give_one_by_one(tables, monkeypatch,
+                                                                 chunk_rows):
     """Consecutive parts joined into chunks (``passes.chunks``: what a worker does with small
-    parts) aggregate and map as they do one part at a time."""
-    monkeypatch.setattr(passes, "CHUNK_ROWS", 1000)  # chunks of 4 parts of 300 rows
+    parts), or large parts cut into slices, aggregate and map as they do one whole part at a
+    time."""
+    monkeypatch.setattr(passes, "CHUNK_ROWS", chunk_rows)  # 4 parts of 300 rows; 3 slices
     s = _settings()
     one = Aggregator(s, s.families()).consume(tables)
     joined, none = passes.FirstPass(s).run(enumerate(tables))
@@ -146,8 +149,13 @@ def test_parts_worked_on_together_give_what_they_give_one_by_one(tables, monkeyp
         assert (ws.top == got.top).all() and (ws.n == got.n).all()
         assert np.allclose(ws.pos_sum, got.pos_sum, rtol=1e-12, atol=1e-15)
         assert all((ws.ex[k] == got.ex[k]).all() for k in ws.ex)
-    assert [c.part.tolist()[::300] for c in passes.chunks(enumerate(tables))] == \
-        [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11]]
+    got = [(c.part.tolist()[::100], c.pos.tolist()[::100])
+           for c in passes.chunks(enumerate(tables))]
+    if chunk_rows == 1000:
+        assert [p[::3] for p, _ in got] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11]]
+        assert all(pos == [0, 100, 200] * 4 for _, pos in got)
+    else:
+        assert got == [([p], [a]) for p in range(12) for a in (0, 100, 200)]
 
 
 def test_a_run_that_starts_on_another_grid_is_aggregated_again(tables):
@@ -256,6 +264,24 @@ def test_one_task_or_many_differ_only_in_rounding(big, monkeypatch):
     _same(a, b)
     assert pq.read_table(big / "one" / "flags.parquet").equals(
         pq.read_table(big / "whole" / "flags.parquet"))
+
+
+def test_large_parts_worked_on_in_slices_give_the_same_report(big, monkeypatch):
+    """Parts of 1,000 rows each worked on in 3 slices (as an audit's 65,536-row parts are in
+    8) against the same parts joined 8 at a time: the same report but for rounding, the same
+    samples, examples and curation list (a row's sample key comes from its place in its
+    part, not from its place in what was worked on together)."""
+    monkeypatch.setattr(passes, "CHUNK_ROWS", 300)
+    got = [(c.part[0], c.pos[0], c.pos.size) for c in passes.chunks(enumerate(
+        bench.make_part(1_000, p, *bench._vocab(50, 1), seed=1) for p in range(2)))]
+    assert got == [(0, 0, 333), (0, 333, 333), (0, 666, 334), (1, 0, 333), (1, 333, 333),
+                   (1, 666, 334)]
+    build_report(str(big / "res"), str(big / "sliced"), dataclasses.replace(SETTINGS, workers=1))
+    a = json.loads((big / "one" / "report.json").read_text())
+    b = json.loads((big / "sliced" / "report.json").read_text())
+    _same(a, b)
+    assert pq.read_table(big / "one" / "flags.parquet").equals(
+        pq.read_table(big / "sliced" / "flags.parquet"))
 
 
 def _die_on_task(marker: str, fn, task):
