@@ -20,7 +20,8 @@ attribution, so the comparison's first word finding should name it.
 Sizes (comma-separated rows; 0 leaves a part out): ``NIBT_BENCH_REPORT_ROWS`` and
 ``_PART_ROWS`` (local disk, 1 and 2 workers), ``_REMOTE_ROWS`` (through the local S3
 store 30 ms away), ``_RAY_ROWS`` (a Ray cluster on this machine, ``cluster=existing``, the
-largest part size), ``_MEMORY_ROWS``, ``_COMPARE_ROWS`` and ``_WINDOW_ROWS`` (the first
+largest part size), ``_MEMORY_ROWS`` (in parts of ``_MEMORY_PART_ROWS``, 10,000 unless
+set), ``_COMPARE_ROWS`` and ``_WINDOW_ROWS`` (the first
 pass alone in the audit's 65,536-row parts through the store 30 ms away, tasks of 2 million
 rows as at full size: each worker's peak with its read window bounded in bytes and by its
 count of parts alone).
@@ -610,7 +611,8 @@ def run() -> dict:
             out["compare"] = compare_run(tmp, compare[0])
             _progress(out)
         if memory:
-            out["memory"] = memory_run(tmp, memory[0], 10_000)
+            out["memory"] = memory_run(
+                tmp, memory[0], int(os.environ.get("NIBT_BENCH_REPORT_MEMORY_PART_ROWS", 10_000)))
             _progress(out)
         if window:
             out["window"] = window_runs(tmp, window[0], DELAY_MS)

@@ -381,6 +381,17 @@ def report_window(d: dict) -> str:
     return out + "\n\nMeans: " + "; ".join(means) + "."
 
 
+def report_memory(d: dict) -> str:
+    """The report's peak memory at its largest size (``d["memory"]``)."""
+    m = d["memory"]
+    return (f"Memory: {m['rows']:,} rows in {m['part_rows']:,}-row parts with "
+            f"{m['distinct_words']:,} distinct words, {m['workers']} workers: "
+            f"**{m['peak_rss_mb']:,.0f} MB** at the peak for all processes together "
+            f"(the report's own process {m['driver_peak_rss_mb']:,.0f} MB, its workers "
+            f"{m['workers_peak_rss_mb']:,.0f} MB at most together), in "
+            f"{m['seconds']:.0f} s ({m['rows_per_s_per_worker']:,} rows/s per worker).")
+
+
 def report(d: dict) -> str:
     """The report at scale: each size, part size, store and number of workers; the speed-up
     of two workers; memory at the largest size; the comparison; the extrapolation."""
@@ -402,13 +413,7 @@ def report(d: dict) -> str:
                        f"({(r['cpu_seconds'] + r['store_cpu_seconds']) / r['seconds']:.2f} "
                        "cores busy)" for r in store) + ".")
     if "memory" in d:
-        m = d["memory"]
-        out.append(f"Memory: {m['rows']:,} rows in {m['part_rows']:,}-row parts with "
-                   f"{m['distinct_words']:,} distinct words, {m['workers']} workers: "
-                   f"**{m['peak_rss_mb']:,.0f} MB** at the peak for all processes together "
-                   f"(the report's own process {m['driver_peak_rss_mb']:,.0f} MB, its workers "
-                   f"{m['workers_peak_rss_mb']:,.0f} MB at most together), in "
-                   f"{m['seconds']:.0f} s ({m['rows_per_s_per_worker']:,} rows/s per worker).")
+        out.append(report_memory(d))
     if "compare" in d:
         c = d["compare"]
         out.append(f"The comparison (`baseline=`) of {c['rows'][0]:,} rows with "
@@ -589,6 +594,7 @@ RENDER: dict[str, tuple[str, Callable[[dict], str]]] = {
     "decoders": ("decoders", decoders), "report": ("report", report),
     "report-ray": ("report_ray", report_runs),
     "report-window": ("report_window", report_window),
+    "report-memory-audit-parts": ("report_memory_audit_parts", report_memory),
     "evaluate": ("evaluate", evaluate),
     "controlplane-planning": ("controlplane", controlplane_planning),
     "controlplane-dispatch": ("controlplane", controlplane_dispatch),
