@@ -36,7 +36,7 @@ PREFETCH = 16
 #: 1,024-row part is about 0.3 MB, a 10,000-row part 2.5 MB), 3 of the 65,536-row parts an
 #: audit writes on GPUs (about 17 MB each). A part read waits in memory decoded, about 1.5
 #: times its object for the first pass: with 16 such parts in its window a worker of the
-#: first pass peaked at about 1.4 GB, with this bound at 0.7 GB, and ran no slower
+#: first pass peaked at about 1.2 GB, with this bound at 0.46 GB, and ran no slower
 #: (docs/performance.md). Parts the manifest lists without a size count by number only.
 PREFETCH_BYTES = 64 * 2**20
 #: The caption's word pieces read as Parquet stores them, dictionary-encoded (they repeat):
