@@ -66,24 +66,32 @@ def test_a_comparison_reads_each_part_object_at_most_4_times(tmp_path, s3_endpoi
     assert set(per_audit["cur"]) == {4} and max(per_audit["base"]) <= 4
 
 
+def _parts_on_s3(tmp_path, endpoint: str, bucket: str, seed: int):
+    """24 synthetic parts of 100 rows in ``bucket/r`` on the local S3 store: its filesystem,
+    storage settings, URI and manifest entries."""
+    import s3fs
+
+    from pipeline.io.manifest import read_manifest
+
+    fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": endpoint})
+    fs.mkdir(bucket)
+    bench.make_results(str(tmp_path / "r"), 2_400, None, seed=seed, part_rows=100)
+    fs.put(str(tmp_path / "r") + "/", f"{bucket}/r", recursive=True)
+    storage, uri = StorageSettings(endpoint_url=endpoint), f"s3://{bucket}/r"
+    return fs, storage, uri, read_manifest(uri, storage, parts=True)["parts"]
+
+
 def test_parts_read_ahead_are_taken_and_those_never_asked_for_dropped(tmp_path, s3_endpoint,
                                                                       monkeypatch):
     """``read_ahead`` then ``prefetched`` over the same parts on S3: one GET a part, the
     tables those of pyarrow's own read of the files. Beyond ``AHEAD_HELD`` reads waiting,
     the oldest are dropped: their parts are read again when asked for, none is lost."""
     import pyarrow.parquet as pq
-    import s3fs
 
     from pipeline.io import results
-    from pipeline.io.manifest import read_manifest
     from tests.procs import wait_for
 
-    fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_endpoint})
-    fs.mkdir("nibt-read-ahead")
-    bench.make_results(str(tmp_path / "r"), 2_400, None, seed=3, part_rows=100)  # 24 parts
-    fs.put(str(tmp_path / "r") + "/", "nibt-read-ahead/r", recursive=True)
-    storage, uri = StorageSettings(endpoint_url=s3_endpoint), "s3://nibt-read-ahead/r"
-    entries = read_manifest(uri, storage, parts=True)["parts"]
+    fs, storage, uri, entries = _parts_on_s3(tmp_path, s3_endpoint, "nibt-read-ahead", 3)
     columns = ["id", "score"]
     store = StoreControl(s3_endpoint)
 
@@ -115,18 +123,11 @@ def test_the_read_window_holds_at_most_its_bytes_of_part_objects(tmp_path, s3_en
     has read 2 parts (not its 16) when the first is taken, the next as each is taken; the
     reads ahead of a task hold a quarter of it (one part, the oldest dropped and read again).
     Without a bound in bytes the window is 16 parts."""
-    import s3fs
 
     from pipeline.io import results
-    from pipeline.io.manifest import read_manifest
     from tests.procs import wait_for
 
-    fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_endpoint})
-    fs.mkdir("nibt-window")
-    bench.make_results(str(tmp_path / "r"), 2_400, None, seed=4, part_rows=100)  # 24 parts
-    fs.put(str(tmp_path / "r") + "/", "nibt-window/r", recursive=True)
-    storage, uri = StorageSettings(endpoint_url=s3_endpoint), "s3://nibt-window/r"
-    entries = read_manifest(uri, storage, parts=True)["parts"]
+    fs, storage, uri, entries = _parts_on_s3(tmp_path, s3_endpoint, "nibt-window", 4)
     sizes = [fs.size(f"nibt-window/r/{e['path']}") for e in entries]
     assert [e["bytes"] for e in entries] == sizes  # as an audit lists them
     budget = int(2.5 * sum(sizes) / len(sizes))

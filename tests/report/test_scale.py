@@ -91,12 +91,19 @@ def test_the_vocabulary_grows_with_the_rows_when_asked(tmp_path):
     assert 300 < len(words) <= 0.05 * 8000  # about 5% of 8,000 captions, nearly all distinct
 
 
-def test_the_benchmark_section_runs_small(monkeypatch):
-    """One local report (its 4 parts make one task: 1 worker only) and the comparison; the
-    store that is far away has its own test (test_reads.py)."""
+def test_the_benchmark_section_runs_small(monkeypatch, tmp_path):
+    """One local report (its 4 parts make one task: 1 worker only), the comparison, and one
+    round of the read window's runs (3 parts of the audit's size through the local S3
+    store); the store that is far away has its own test (test_reads.py)."""
     for name, value in (("ROWS", "20000"), ("PART_ROWS", "5000"), ("REMOTE_ROWS", "0"),
-                        ("RAY_ROWS", "0"), ("MEMORY_ROWS", "0"), ("COMPARE_ROWS", "20000")):
+                        ("RAY_ROWS", "0"), ("MEMORY_ROWS", "0"), ("COMPARE_ROWS", "20000"),
+                        ("WINDOW_ROWS", "0")):
         monkeypatch.setenv(f"NIBT_BENCH_REPORT_{name}", value)
+    window = bench.window_runs(tmp_path, 140_000, 0, rounds=1)
+    assert [(w["window"], w["rows"], w["part_rows"], w["tasks"]) for w in window] == [
+        ("bytes", 140_000, 65_536, 1), ("parts", 140_000, 65_536, 1)]
+    assert all(w["seconds"] > 0 and w["workers_peak_rss_mb"] and
+               all(0 < m < 2048 for m in w["workers_peak_rss_mb"]) for w in window)
     figures = bench.run()
     [run] = figures["runs"]
     assert (run["rows"], run["part_rows"], run["parts"], run["workers"]) == (20000, 5000, 4, 1)

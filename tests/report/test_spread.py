@@ -257,13 +257,18 @@ def test_one_task_or_many_differ_only_in_rounding(big, monkeypatch):
     """The merge of 13 tasks' aggregates against one task reading every part in turn: the
     same report to 1e-12 (moments and sums merge in another order), the same lists."""
     monkeypatch.setattr(passes, "TASK_ROWS", 10**9)
-    build_report(str(big / "res"), str(big / "whole"), dataclasses.replace(SETTINGS, workers=1))
-    a = json.loads((big / "one" / "report.json").read_text())
-    b = json.loads((big / "whole" / "report.json").read_text())
+    _same_as_one(big, "whole")
 
+
+def _same_as_one(big, name: str) -> None:
+    """The report of one process, made again into ``big / name``: the same but for rounding,
+    the same curation list."""
+    build_report(str(big / "res"), str(big / name), dataclasses.replace(SETTINGS, workers=1))
+    a = json.loads((big / "one" / "report.json").read_text())
+    b = json.loads((big / name / "report.json").read_text())
     _same(a, b)
     assert pq.read_table(big / "one" / "flags.parquet").equals(
-        pq.read_table(big / "whole" / "flags.parquet"))
+        pq.read_table(big / name / "flags.parquet"))
 
 
 def test_large_parts_worked_on_in_slices_give_the_same_report(big, monkeypatch):
@@ -276,12 +281,7 @@ def test_large_parts_worked_on_in_slices_give_the_same_report(big, monkeypatch):
         bench.make_part(1_000, p, *bench._vocab(50, 1), seed=1) for p in range(2)))]
     assert got == [(0, 0, 333), (0, 333, 333), (0, 666, 334), (1, 0, 333), (1, 333, 333),
                    (1, 666, 334)]
-    build_report(str(big / "res"), str(big / "sliced"), dataclasses.replace(SETTINGS, workers=1))
-    a = json.loads((big / "one" / "report.json").read_text())
-    b = json.loads((big / "sliced" / "report.json").read_text())
-    _same(a, b)
-    assert pq.read_table(big / "one" / "flags.parquet").equals(
-        pq.read_table(big / "sliced" / "flags.parquet"))
+    _same_as_one(big, "sliced")
 
 
 def _die_on_task(marker: str, fn, task):
