@@ -24,7 +24,9 @@ largest part size), ``_MEMORY_ROWS`` (in parts of ``_MEMORY_PART_ROWS``, 10,000 
 set), ``_COMPARE_ROWS`` and ``_WINDOW_ROWS`` (the first
 pass alone in the audit's 65,536-row parts through the store 30 ms away, tasks of 2 million
 rows as at full size: each worker's peak with its read window bounded in bytes and by its
-count of parts alone).
+count of parts alone), ``_TASKS_ROWS`` (the report's own process's CPU a task, its merge,
+in the audit's part size on local disk with tasks of 2 million rows as at full size, beside
+tasks as the report cuts that many rows).
 """
 
 from __future__ import annotations
@@ -268,12 +270,18 @@ def make_results(root: str, rows: int = 1_000_000, parts: int | None = 100,
 
 
 def run_report(results: str, output: str, timeout: float = 3600, baseline: str | None = None,
-               args: Sequence[str] = (), env: dict[str, str] | None = None) -> dict:
+               args: Sequence[str] = (), env: dict[str, str] | None = None,
+               task_rows: int | None = None) -> dict:
     """``nibt-report`` in a subprocess: wall seconds, the peak of the resident memory of it
     and its workers together (polled every 0.2 s), its summary (which has its own peak and
-    its workers' and the seconds of each step)."""
+    its workers', the seconds of each step and its own CPU in each). ``task_rows``: its
+    passes cut into tasks of that many rows (``tasks_child``), else as the report cuts them."""
     env = {**os.environ, **(env or {}), "NIBT_LOG_DIR": os.path.join(output, "logs")}
-    cmd = [sys.executable, "-m", "pipeline.cli.report", f"results={results}", f"output={output}",
+    entry = ["-m", "pipeline.cli.report"]
+    if task_rows:
+        env["NIBT_BENCH_TASK_ROWS"] = str(task_rows)
+        entry = ["-c", "from benchmarks.report import tasks_child; tasks_child()"]
+    cmd = [sys.executable, *entry, f"results={results}", f"output={output}",
            *([f"baseline={baseline}"] if baseline else []), *args]
     t0, load = time.perf_counter(), os.getloadavg()[0]
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
@@ -510,6 +518,48 @@ def window_child(uri: str, endpoint: str, window: str) -> None:
                       "workers_peak_rss_mb": sorted(round(v, 1) for v in peaks.values())}))
 
 
+def tasks_child() -> None:
+    """(In a process of its own.) ``nibt-report`` (arguments from the command line) with its
+    passes cut into tasks of ``NIBT_BENCH_TASK_ROWS`` rows, whatever the results' size."""
+    from pipeline.cli.report import main
+    from pipeline.report import passes
+
+    passes.TASK_ROWS = passes.MAX_TASK_ROWS = int(os.environ["NIBT_BENCH_TASK_ROWS"])
+    sys.argv = ["nibt-report", *sys.argv[1:]]
+    main()
+
+
+def tasks_runs(tmp: Path, rows: int, task_rows: int = FULL_TASK_ROWS, rounds: int = 2,
+               part_rows: int = AUDIT_PART_ROWS) -> list[dict]:
+    """Reports of ``rows`` rows in the audit's 65,536-row parts on local disk, 2 workers, with
+    tasks of ``task_rows`` rows (as at full size) and as the report cuts them at this size,
+    alternated ``rounds`` times: the report's own process's CPU in the passes (its merge of
+    the workers' results), in all and a task of the two passes (the spatial pass runs
+    none where the guess missed no word, as here)."""
+    res = str(tmp / "res-tasks")
+    make_results(res, rows, None, part_rows=part_rows, tail=rows // 20, processes=2)
+    runs = []
+    try:
+        for i in range(rounds):
+            for size in (task_rows, None):
+                r = run_report(res, str(tmp / f"out-tasks-{i}-{size}"), args=["report.workers=2"],
+                               task_rows=size)
+                summary, passes = r["summary"], ("first_pass", "space_pass", "last_pass")
+                cpu = sum(summary["cpu_seconds"][k] for k in passes)
+                runs.append({
+                    "rows": rows, "part_rows": part_rows, "workers": summary["workers"],
+                    "task_rows": size, "tasks_a_pass": summary["tasks_a_pass"],
+                    "seconds": round(r["seconds"], 1),
+                    "passes_seconds": round(sum(summary["seconds"][k] for k in passes), 1),
+                    "cpu_seconds": round(r["cpu_seconds"], 1),
+                    "driver_passes_cpu_seconds": round(cpu, 2),
+                    "driver_cpu_ms_a_task": round(1000 * cpu / (2 * summary["tasks_a_pass"]), 1),
+                    "load_average_before": round(r["load_before"], 2)})
+    finally:
+        shutil.rmtree(res, ignore_errors=True)
+    return runs
+
+
 def window_runs(tmp: Path, rows: int, delay_ms: float, rounds: int = 2) -> list[dict]:
     """The first pass at the audit's part size beside GPUs through the store ``delay_ms``
     away, tasks as large as at full size, with the read window bounded in bytes and by its
@@ -597,6 +647,7 @@ def run() -> dict:
     memory = _ints("NIBT_BENCH_REPORT_MEMORY_ROWS", "50000000")
     compare = _ints("NIBT_BENCH_REPORT_COMPARE_ROWS", "1000000")
     window = _ints("NIBT_BENCH_REPORT_WINDOW_ROWS", "4000000")
+    task_sizes = _ints("NIBT_BENCH_REPORT_TASKS_ROWS", "10000000")
     tmp = Path(tempfile.mkdtemp(prefix="nibt-bench-report-"))
     try:
         out: dict = {"cores": available_cores(), "runs": []}
@@ -616,6 +667,9 @@ def run() -> dict:
             _progress(out)
         if window:
             out["window"] = window_runs(tmp, window[0], DELAY_MS)
+            _progress(out)
+        if task_sizes:
+            out["tasks"] = tasks_runs(tmp, task_sizes[0])
             _progress(out)
         return out
     finally:

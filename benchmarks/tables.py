@@ -392,6 +392,40 @@ def report_memory(d: dict) -> str:
             f"{m['seconds']:.0f} s ({m['rows_per_s_per_worker']:,} rows/s per worker).")
 
 
+def report_tasks(d: dict) -> str:
+    """The report's own process's CPU in the passes (its merge of the workers' results) with
+    tasks as large as at full size and as the report cuts the benchmark's rows: each run,
+    the means a task, and what the full-size tasks' cost comes to at 2.3 billion rows."""
+    runs, rows = d["tasks"], []
+    for r in runs:
+        rows.append([f"{r['rows']:,}", f"{r['part_rows']:,}",
+                     f"{r['task_rows']:,}" if r["task_rows"] else "as the report cuts them",
+                     str(r["tasks_a_pass"]), str(r["workers"]), f"{r['seconds']:.1f} s",
+                     f"{r['passes_seconds']:.1f} s", f"{r['driver_passes_cpu_seconds']:.1f} s",
+                     f"**{r['driver_cpu_ms_a_task']:,.0f} ms**",
+                     f"{r['load_average_before']:.1f}"])
+    out = table(["rows", "rows a part", "rows a task", "tasks a pass", "workers", "wall time",
+                 "the two passes", "the report's own CPU in them", "a task",
+                 "load before"], rows)
+    means, full = [], [r for r in runs if r["task_rows"]]
+    for name, mine in (("tasks of the full size", full),
+                       ("as the report cuts them", [r for r in runs if not r["task_rows"]])):
+        if mine:
+            means.append(f"{name}: {mean(r['driver_cpu_ms_a_task'] for r in mine):,.0f} ms a "
+                         f"task, {mean(r['driver_passes_cpu_seconds'] for r in mine):.1f} s "
+                         f"in all ({len(mine)} runs)")
+    out += "\n\nMeans: " + "; ".join(means) + "."
+    if full:
+        size = full[0]["task_rows"]
+        tasks = 2 * -(-HORIZON_ROWS // size)
+        ms = mean(r["driver_cpu_ms_a_task"] for r in full)
+        out += (f"\n\nAt {HORIZON_ROWS / 1e9:.1f} billion rows in tasks of {size:,} rows: "
+                f"{tasks:,} tasks in the two passes, at {ms:,.0f} ms each: **"
+                f"{tasks * ms / 60_000:.1f} minutes** of the report's own process's CPU, "
+                f"spread over the passes (extrapolated, not measured).")
+    return out
+
+
 def report(d: dict) -> str:
     """The report at scale: each size, part size, store and number of workers; the speed-up
     of two workers; memory at the largest size; the comparison; the extrapolation."""
@@ -594,6 +628,7 @@ RENDER: dict[str, tuple[str, Callable[[dict], str]]] = {
     "decoders": ("decoders", decoders), "report": ("report", report),
     "report-ray": ("report_ray", report_runs),
     "report-window": ("report_window", report_window),
+    "report-tasks": ("report_tasks", report_tasks),
     "report-memory-audit-parts": ("report_memory_audit_parts", report_memory),
     "evaluate": ("evaluate", evaluate),
     "controlplane-planning": ("controlplane", controlplane_planning),

@@ -111,6 +111,8 @@ def run_from_config(cfg: DictConfig) -> int:
             "workers": stats.get("workers", 1),
             "workers_peak_rss_mb": stats.get("workers_peak_rss_mb", 0.0),
             "seconds": stats.get("seconds", {}),
+            "cpu_seconds": stats.get("cpu_seconds", {}),
+            "tasks_a_pass": stats.get("tasks_a_pass"),
         }, indent=2, ensure_ascii=False))
         return EXIT_OK
 

@@ -313,8 +313,9 @@ def build_report(results: str, output: str, settings: ReportSettings | None = No
     With ``baseline`` (an earlier audit, or the same data under other settings),
     the report also compares the two (``comparison``). ``executor`` runs the
     passes' tasks (default: ``default_executor``); ``stats`` receives how many
-    workers ran them, their summed peak memory and the seconds each step took (none
-    of which goes into the report: it is the same either way). Raises ``ConfigError`` for bad
+    workers ran them, their summed peak memory, the seconds each step took, this
+    process's CPU seconds in each and the tasks a pass (none of which goes into the
+    report: it is the same either way). Raises ``ConfigError`` for bad
     settings or a missing manifest, ``io.results.PartUnreadable`` for a part that
     cannot be read; either way nothing is published.
     """
@@ -345,14 +346,19 @@ def build_report(results: str, output: str, settings: ReportSettings | None = No
 def _build(ex: Executor, audit: tuple[str, dict[str, Any]],
            baseline: tuple[str | None, dict[str, Any] | None], s: ReportSettings,
            storage: StorageSettings, staging: Staging, stats: dict[str, Any]) -> dict[str, Any]:
-    """The passes, then every file written to ``staging``; step times into ``stats``."""
-    clock = stats.setdefault("seconds", {})
-    t = time.monotonic()
+    """The passes, then every file written to ``staging``; into ``stats`` each step's wall
+    seconds and this process's CPU seconds (with workers, the passes' CPU here is the
+    merge: at scale it sets how many workers one report process can keep up with), and
+    the tasks a pass of the audit is cut into."""
+    clock, cpu = stats.setdefault("seconds", {}), stats.setdefault("cpu_seconds", {})
+    stats["tasks_a_pass"] = len(passes.cut(audit[1]["parts"]))
+    t, c = time.monotonic(), time.process_time()
 
     def lap(name: str) -> None:
-        nonlocal t
+        nonlocal t, c
         clock[name] = round(time.monotonic() - t, 3)
-        t = time.monotonic()
+        cpu[name] = round(time.process_time() - c, 3)
+        t, c = time.monotonic(), time.process_time()
 
     guess = passes.guess_words(audit[0], storage, audit[1]["parts"], s)
     if baseline[1] is not None:  # either side's tracked words are mapped on both

@@ -92,13 +92,20 @@ def test_the_vocabulary_grows_with_the_rows_when_asked(tmp_path):
 
 
 def test_the_benchmark_section_runs_small(monkeypatch, tmp_path):
-    """One local report (its 4 parts make one task: 1 worker only), the comparison, and one
-    round of the read window's runs (3 parts of the audit's size through the local S3
-    store); the store that is far away has its own test (test_reads.py)."""
+    """One local report (its 4 parts make one task: 1 worker only), the comparison, one round
+    of the runs with tasks as large as at full size (here 10,000 rows: 4 tasks, 2 workers;
+    as the report cuts 40,000 rows, one task), and one round of the read window's runs (3
+    parts of the audit's size through the local S3 store); the store that is far away has
+    its own test (test_reads.py)."""
     for name, value in (("ROWS", "20000"), ("PART_ROWS", "5000"), ("REMOTE_ROWS", "0"),
                         ("RAY_ROWS", "0"), ("MEMORY_ROWS", "0"), ("COMPARE_ROWS", "20000"),
-                        ("WINDOW_ROWS", "0")):
+                        ("WINDOW_ROWS", "0"), ("TASKS_ROWS", "0")):
         monkeypatch.setenv(f"NIBT_BENCH_REPORT_{name}", value)
+    tasks = bench.tasks_runs(tmp_path, 40_000, task_rows=10_000, rounds=1, part_rows=2_000)
+    assert [(t["task_rows"], t["tasks_a_pass"], t["workers"]) for t in tasks] == [
+        (10_000, 4, 2), (None, 1, 1)]
+    assert all(t["driver_passes_cpu_seconds"] > 0 and t["seconds"] > t["passes_seconds"] > 0
+               for t in tasks)
     window = bench.window_runs(tmp_path, 140_000, 0, rounds=1)
     assert [(w["window"], w["rows"], w["part_rows"], w["tasks"]) for w in window] == [
         ("bytes", 140_000, 65_536, 1), ("parts", 140_000, 65_536, 1)]

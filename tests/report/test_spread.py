@@ -207,9 +207,23 @@ def big(tmp_path_factory):
     mp.setattr(passes, "TASK_ROWS", 8_000)
     mp.setattr(passes, "TASK_PARTS", 4)
     assert len(passes.cut(read_manifest(str(d / "res"))["parts"])) == 13
-    build_report(str(d / "res"), str(d / "one"), dataclasses.replace(SETTINGS, workers=1))
+    ex, stats = _Counted(), {}
+    build_report(str(d / "res"), str(d / "one"), dataclasses.replace(SETTINGS, workers=1),
+                 executor=ex, stats=stats)
+    (d / "one.stats.json").write_text(json.dumps({**stats, "maps": ex.maps}))
     yield d
     mp.undo()
+
+
+class _Counted(InProcess):
+    """In this process, counting the tasks of each map (the passes', then the sections')."""
+
+    def __init__(self) -> None:
+        self.maps: list[int] = []
+
+    def map(self, fn, tasks, ahead=None):
+        self.maps.append(len(tasks))
+        return super().map(fn, tasks, ahead)
 
 
 SETTINGS = ReportSettings(groups=FAMILIES, words_min_count=5)
@@ -234,6 +248,17 @@ def test_the_curation_list_holds_the_lowest_scores_of_every_row(big):
         {r["id"] for r in rows if r["status"] != "ok"}
     order = {r["id"]: i for i, r in enumerate(rows)}
     assert [order[f["id"]] for f in flags] == sorted(order[f["id"]] for f in flags)
+
+
+def test_the_report_tells_each_steps_cpu_and_the_tasks_of_a_pass(big):
+    """``stats``: this process's CPU seconds for every step it timed, and the tasks of a
+    pass, as many as the executor was given for the first pass."""
+    stats = json.loads((big / "one.stats.json").read_text())
+    assert stats["cpu_seconds"].keys() == stats["seconds"].keys() >= {
+        "sample", "first_pass", "last_pass", "render", "write"}
+    assert all(v >= 0 for v in stats["cpu_seconds"].values())
+    assert stats["cpu_seconds"]["first_pass"] > 0  # the tasks ran here
+    assert stats["tasks_a_pass"] == stats["maps"][0] == 13
 
 
 def _same(x, y, where="") -> None:
