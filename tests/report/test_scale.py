@@ -116,7 +116,24 @@ def test_the_benchmark_section_runs_small(monkeypatch, tmp_path):
     assert (run["rows"], run["part_rows"], run["parts"], run["workers"]) == (20000, 5000, 4, 1)
     assert run["planted_shortcut_found"] and run["distinct_words"] > 500 and run["flagged"] > 0
     assert 0 < run["peak_rss_mb"] < 2048 and run["seconds"] > 0
-    assert set(run["step_seconds"]) == {"sample", "first_pass", "space_pass", "last_pass",
-                                        "sections", "render", "write"}
+    assert set(run["step_seconds"]) == set(run["driver_step_cpu_seconds"]) == {
+        "sample", "first_pass", "space_pass", "last_pass", "sections", "render", "write"}
     c = figures["compare"]
     assert c["planted_word_change_found"] and c["rows"] == [20000, 20000] and c["seconds"] > 0
+
+
+def test_the_horizon_takes_the_merge_from_the_report_process_cpu_in_the_passes():
+    """The extrapolation's merge rate: rows over the report's own CPU in the passes where the
+    run measured it by step, else its CPU in all less the steps after the passes (wall)."""
+    from benchmarks import tables
+
+    run = {"rows": 1_000_000, "part_rows": 10_000, "workers": 2, "store": "local",
+           "rows_per_cpu_s": 100_000, "driver_cpu_seconds": 9.0,
+           "step_seconds": {"sample": 0.1, "first_pass": 3.0, "space_pass": 0.0,
+                            "last_pass": 1.0, "sections": 1.0, "render": 1.0, "write": 1.0},
+           "driver_step_cpu_seconds": {"sample": 0.5, "first_pass": 1.5, "space_pass": 0.0,
+                                       "last_pass": 0.5, "sections": 1.0, "render": 0.2,
+                                       "write": 1.0}}
+    assert "at 500,000 rows per CPU-second" in tables._horizon({"runs": [run]})
+    del run["driver_step_cpu_seconds"]
+    assert "at 166,667 rows per CPU-second" in tables._horizon({"runs": [run]})
