@@ -48,6 +48,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from benchmarks.tables import PASSES
 from pipeline.config import StorageSettings
 from pipeline.io.manifest import PartEntry, read_manifest, write_manifest
 from pipeline.io.parts import encode_part
@@ -545,13 +546,13 @@ def tasks_runs(tmp: Path, rows: int, task_rows: int = FULL_TASK_ROWS, rounds: in
             for size in (task_rows, None):
                 r = run_report(res, str(tmp / f"out-tasks-{i}-{size}"), args=["report.workers=2"],
                                task_rows=size)
-                summary, passes = r["summary"], ("first_pass", "space_pass", "last_pass")
-                cpu = sum(summary["cpu_seconds"][k] for k in passes)
+                summary = r["summary"]
+                cpu = sum(summary["cpu_seconds"][k] for k in PASSES)
                 runs.append({
                     "rows": rows, "part_rows": part_rows, "workers": summary["workers"],
                     "task_rows": size, "tasks_a_pass": summary["tasks_a_pass"],
                     "seconds": round(r["seconds"], 1),
-                    "passes_seconds": round(sum(summary["seconds"][k] for k in passes), 1),
+                    "passes_seconds": round(sum(summary["seconds"][k] for k in PASSES), 1),
                     "cpu_seconds": round(r["cpu_seconds"], 1),
                     "driver_passes_cpu_seconds": round(cpu, 2),
                     "driver_cpu_ms_a_task": round(1000 * cpu / (2 * summary["tasks_a_pass"]), 1),

@@ -297,6 +297,8 @@ def decoders(run: dict) -> str:
 
 #: The audit the report must keep up with, and the cluster it has for it (docs/performance.md).
 HORIZON_ROWS, HORIZON_CORES = 2_300_000_000, 64
+#: The report's steps that are passes over the parts (``nibt-report``'s summary names them).
+PASSES = ("first_pass", "space_pass", "last_pass")
 
 
 def _store(r: dict) -> str:
@@ -471,11 +473,10 @@ def _horizon(d: dict) -> str:
             key=lambda x: (x["rows"], x["part_rows"]))
     steps = r["step_seconds"]
     after = sum(v for k, v in steps.items()
-                if k not in ("sample", "first_pass", "space_pass", "last_pass"))
+                if k != "sample" and k not in PASSES)
     passes = HORIZON_ROWS / (HORIZON_CORES * r["rows_per_cpu_s"]) / 60
     cpu = r.get("driver_step_cpu_seconds")  # measured by step since 66a651d
-    merging = (sum(cpu.get(k, 0.0) for k in ("first_pass", "space_pass", "last_pass"))
-               if cpu else r["driver_cpu_seconds"] - after)
+    merging = sum(cpu.get(k, 0.0) for k in PASSES) if cpu else r["driver_cpu_seconds"] - after
     merge_rate = r["rows"] / max(merging, 1e-9)
     driver = HORIZON_ROWS / merge_rate / 60
     end = after * HORIZON_ROWS / r["rows"] / 60
