@@ -27,6 +27,7 @@ from pipeline.report.regions import Grid, first_grid, maps_of, positive_maps, re
 from pipeline.report.settings import GroupFamily, ReportSettings
 from pipeline.report.stats import Moments, Reservoir, part_keys
 from pipeline.report.tokens import FamilyMatcher, Matcher, part_words
+from pipeline.report.vocabulary import MergedVocabulary, Vocabulary
 
 __all__ = ["Aggregator", "Matcher", "error_kind"]
 
@@ -71,73 +72,6 @@ def score_hist(values: np.ndarray) -> np.ndarray:
     """Counts of finite values per bin of ``SCORE_EDGES``."""
     b = score_bins(values)
     return np.bincount(b[b >= 0], minlength=SCORE_EDGES.size - 1).astype(np.int64)
-
-
-class Vocabulary:
-    """Running per-word sums; memory grows with distinct words, not with rows.
-
-    The sums of squares give each word's variance of attribution and share, so a
-    comparison of two audits can put an interval on a word's change. Adding a
-    part's (or another vocabulary's) sums costs time in proportion to its own
-    words, not to the vocabulary's size: the arrays grow by doubling.
-    """
-
-    FIELDS = ("count", "attr_sum", "negative", "share_sum", "pairs", "attr_sq", "share_sq")
-
-    def __init__(self) -> None:
-        self.index: dict[str, int] = {}
-        self.words: list[str] = []
-        self._sums = np.zeros((len(self.FIELDS), 0))
-
-    @property
-    def sums(self) -> dict[str, np.ndarray]:
-        """Each field's sums, one per word (views)."""
-        n = len(self.words)
-        return {f: self._sums[i, :n] for i, f in enumerate(self.FIELDS)}
-
-    def ids(self, words: Iterable[str]) -> list[int]:
-        """Vocabulary ids of ``words``, new words appended in order."""
-        words = list(words)
-        out = list(map(self.index.get, words))  # one C loop over the known words
-        for k in [k for k, i in enumerate(out) if i is None]:  # the new ones, in order
-            w = words[k]
-            i = self.index.get(w)  # a word twice in ``words`` is new once
-            if i is None:
-                i = self.index[w] = len(self.words)
-                self.words.append(w)
-            out[k] = i
-        return out
-
-    def add_sums(self, words: list[str], sums: np.ndarray) -> None:
-        """Add ``sums`` (``FIELDS`` x distinct ``words``) to those words' sums."""
-        ids = np.asarray(self.ids(words), np.int64)
-        n = len(self.words)
-        if n > self._sums.shape[1]:
-            grown = np.zeros((len(self.FIELDS), max(n, 2 * self._sums.shape[1], 64)))
-            grown[:, : self._sums.shape[1]] = self._sums
-            self._sums = grown
-        self._sums[:, ids] += sums
-
-    def add(self, words: list[str], word: np.ndarray, attrs: np.ndarray, shares: np.ndarray,
-            pair_words: np.ndarray) -> None:
-        """Add word uses (index into ``words``, attribution, share) and each pair's distinct
-        words (indices into ``words``)."""
-        n = len(words)
-        a = np.asarray(attrs, dtype=np.float64)
-        sh = np.asarray(shares, dtype=np.float64)
-        i = np.asarray(word, dtype=np.int64)
-        self.add_sums(words, np.stack([
-            np.bincount(i, minlength=n), np.bincount(i, weights=a, minlength=n),
-            np.bincount(i, weights=(a < 0).astype(np.float64), minlength=n),
-            np.bincount(i, weights=sh, minlength=n),
-            np.bincount(np.asarray(pair_words, dtype=np.int64), minlength=n),
-            np.bincount(i, weights=a * a, minlength=n),
-            np.bincount(i, weights=sh * sh, minlength=n)]).astype(np.float64))
-
-    def merge(self, other: Vocabulary) -> None:
-        """Add a vocabulary of later parts (its new words follow in its order)."""
-        if other.words:
-            self.add_sums(other.words, other._sums[:, : len(other.words)])
 
 
 class TopN:
@@ -232,7 +166,9 @@ class Aggregator:
     ``grid`` fixes the patch grid (else the first part with a map sets it);
     ``capped=False`` keeps every error kind, not only the first ``MAX_ERROR_KINDS``
     (an aggregator of some of the parts, whose merge applies the cap as one
-    aggregator of all of them would).
+    aggregator of all of them would), and counts its words in a task's dictionary
+    (``vocabulary.Vocabulary``); the report's own aggregator holds the merged words
+    compactly (``vocabulary.MergedVocabulary``): they grow with the whole audit.
     """
 
     def __init__(self, settings: ReportSettings, families: list[GroupFamily],
@@ -251,7 +187,7 @@ class Aggregator:
         self.cls_share, self.eot_share = Moments(), Moments()
         self.truncated = 0
         self.skipped_tokens = 0
-        self.vocab = Vocabulary()
+        self.vocab: Vocabulary | MergedVocabulary = MergedVocabulary() if capped else Vocabulary()
         self.groups = [[GroupAcc(settings.bootstrap_reservoir) for _ in f.names] for f in families]
         self.overlap = [0 for _ in families]
         self.grid: Grid | None = grid

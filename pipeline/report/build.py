@@ -98,12 +98,12 @@ def default_executor(s: ReportSettings, *manifests: dict[str, Any] | None) -> Ex
 
 def tracked_words(agg: Aggregator, s: ReportSettings) -> list[str]:
     """Words frequent enough for the spatial pass, most frequent first (capped)."""
-    pairs, words = agg.vocab.sums["pairs"], agg.vocab.words
+    v = agg.vocab
+    pairs = v.sums["pairs"]
     cand = np.flatnonzero(pairs >= max(s.shortcut_min_count, 1))
     if s.words_skip_punctuation and cand.size:
-        cand = cand[summary.alnum_mask([words[i] for i in cand])]
-    return [words[i] for i in summary.top_by(cand, -pairs, words.__getitem__,
-                                              s.shortcut_max_words)]
+        cand = cand[summary.alnum_mask(v.texts().take(pa.array(cand)))]
+    return [v.word(i) for i in summary.top_by(cand, -pairs, v.word, s.shortcut_max_words)]
 
 
 @dataclass

@@ -29,6 +29,7 @@ from pipeline.report.stats import (
     z_value,
 )
 from pipeline.report.summary import GROUP_METRIC_LABELS, alnum_mask, finite_or_none, top_by
+from pipeline.report.vocabulary import as_string
 
 
 @dataclass
@@ -194,8 +195,7 @@ def _word_union(cur: Aggregator, base: Aggregator,
     """Every word of either vocabulary in code-point order (without punctuation-only words
     when ``skip_punctuation``), and its index in each (-1: absent). By column: the
     vocabularies grow with the rows."""
-    cw = pa.array(cur.vocab.words, pa.string())
-    bw = pa.array(base.vocab.words, pa.string())
+    cw, bw = cur.vocab.texts(), base.vocab.texts()
     words = pc.unique(pa.concat_arrays([cw, bw]))
     words = words.take(pc.sort_indices(words))  # UTF-8 byte order is code-point order
     if skip_punctuation and len(words):
@@ -205,7 +205,7 @@ def _word_union(cur: Aggregator, base: Aggregator,
         return pc.index_in(words, value_set=vocab).fill_null(-1).to_numpy(
             zero_copy_only=False).astype(np.int64)
 
-    return words, index(cw), index(bw)
+    return as_string(words), index(cw), index(bw)
 
 
 def _namer(words: pa.Array) -> Callable[[int], str]:

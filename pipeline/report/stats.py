@@ -65,11 +65,17 @@ def pair_keys(row_keys: np.ndarray, hashes: np.ndarray) -> np.ndarray:
     over every row of its part) and the word's hash (``word_hashes``), mixed by the
     splitmix64 finaliser: a pair's key depends on the pair alone, not on which other
     pairs or words are worked on with it."""
-    z = (np.asarray(row_keys) * 2.0**53).astype(np.uint64) ^ np.asarray(hashes, np.uint64)
+    z = splitmix64((np.asarray(row_keys) * 2.0**53).astype(np.uint64)
+                   ^ np.asarray(hashes, np.uint64))
+    return (z >> np.uint64(11)).astype(np.float64) * 2.0**-53
+
+
+def splitmix64(z: np.ndarray) -> np.ndarray:
+    """The splitmix64 finaliser of each 64-bit value (a bijection that spreads every input
+    bit over the output; uint64 arithmetic wraps)."""
     z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
     z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    z ^= z >> np.uint64(31)
-    return (z >> np.uint64(11)).astype(np.float64) * 2.0**-53
+    return z ^ (z >> np.uint64(31))
 
 
 @dataclass

@@ -28,6 +28,7 @@ from pipeline.report.stats import (
     interval,
     stable_seed,
 )
+from pipeline.report.vocabulary import as_string
 
 #: The paper's NIB rows (CLIP ViT-B/32, OpenAI weights, L = 9, n = 10; docs/engine.md).
 PAPER = {
@@ -173,12 +174,12 @@ def word_table(agg: Aggregator, profiles: list[dict]) -> pa.Table:
                  "share_negative": sums["negative"] / count,
                  "mean_share": sums["share_sum"] / count}
     cols: dict[str, pa.Array] = {
-        "word": pa.array(v.words, pa.string()), "count": pa.array(count.astype(np.int64)),
+        "word": as_string(v.texts()), "count": pa.array(count.astype(np.int64)),
         "pairs": pa.array(sums["pairs"].astype(np.int64)),
         **{k: pa.array(x, mask=~np.isfinite(x)) for k, x in means.items()}}
-    at = np.array([v.index[p["word"]] for p in profiles], np.int64)
+    at = v.find([p["word"] for p in profiles])
     for key, name, typ in PROFILE_COLUMNS:
-        vals = np.full(len(v.words), np.nan)
+        vals = np.full(len(v), np.nan)
         vals[at] = [np.nan if finite_or_none(p[key]) is None else p[key] for p in profiles]
         ok = np.isfinite(vals)
         cols[name] = pa.array(np.where(ok, vals, 0).astype(typ.to_pandas_dtype()), typ, mask=~ok)
@@ -192,17 +193,17 @@ def words_section(agg: Aggregator, s: ReportSettings) -> dict[str, Any]:
     mean = sums["attr_sum"] / np.maximum(count, 1)
     ok = count >= s.words_min_count
     if s.words_skip_punctuation:
-        ok &= alnum_mask(v.words)
+        ok &= alnum_mask(v.texts())
 
     def row(i: int) -> dict[str, Any]:
-        return {"word": v.words[i], "count": int(count[i]), "mean_attr": float(mean[i]),
+        return {"word": v.word(i), "count": int(count[i]), "mean_attr": float(mean[i]),
                 "share_negative": float(sums["negative"][i] / count[i]),
                 "mean_share": float(sums["share_sum"][i] / count[i])}
 
     # a word lowering the alignment on average is never listed as raising it, and vice versa
-    helps = top_by(np.flatnonzero(ok & (mean > 0)), -mean, v.words.__getitem__, s.words_top)
-    hurts = top_by(np.flatnonzero(ok & (mean < 0)), mean, v.words.__getitem__, s.words_top)
-    return {"distinct": len(v.words), "occurrences": int(count.sum()),
+    helps = top_by(np.flatnonzero(ok & (mean > 0)), -mean, v.word, s.words_top)
+    hurts = top_by(np.flatnonzero(ok & (mean < 0)), mean, v.word, s.words_top)
+    return {"distinct": len(v), "occurrences": int(count.sum()),
             "min_count": s.words_min_count, "eligible": int(ok.sum()),
             "helps": [row(i) for i in helps], "hurts": [row(i) for i in hurts]}
 

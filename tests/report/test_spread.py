@@ -93,7 +93,7 @@ def test_partial_aggregates_merge_into_the_aggregate_of_one_stream(tables, monke
     for a, b in RUNS:
         merged.merge(Aggregator(s, s.families(), capped=False).consume(tables[a:b], a))
     assert one.grid == merged.grid == Grid(7, 7) and one.grid_mismatch > 0
-    assert len(one.errors) == 30 and one.errors_other > 0 and len(one.vocab.words) > 500
+    assert len(one.errors) == 30 and one.errors_other > 0 and len(one.vocab) > 500
     _same_aggregates(one, merged)
     assert any(g.reservoirs["score"].values.size == 40 for g in sum(one.groups, []))
 
@@ -110,7 +110,7 @@ def _same_aggregates(one: Aggregator, other: Aggregator) -> None:
         _same_moments(one.metrics[m], other.metrics[m])
     assert np.allclose(one.map_sum, other.map_sum, rtol=1e-12, atol=0)
     assert np.allclose(one.pos_sum, other.pos_sum, rtol=1e-12, atol=0)
-    assert one.vocab.words == other.vocab.words
+    assert one.vocab.texts().to_pylist() == other.vocab.texts().to_pylist()
     for f in ("count", "pairs", "negative"):
         assert (one.vocab.sums[f] == other.vocab.sums[f]).all(), f
     for f in ("attr_sum", "share_sum", "attr_sq", "share_sq"):
@@ -138,7 +138,7 @@ def test_parts_worked_on_together_give_what_they_give_one_by_one(tables, monkeyp
     joined, none = passes.FirstPass(s).run(enumerate(tables))
     assert joined.grid == one.grid and none is None
     _same_aggregates(one, joined)
-    words = [w for w, n in zip(one.vocab.words, one.vocab.sums["pairs"]) if n >= 5][:200]
+    words = [w for w, n in zip(one.vocab.texts().to_pylist(), one.vocab.sums["pairs"]) if n >= 5][:200]
     ws = WordSpace(words, one.grid, seed=s.seed, examples=4).consume(tables)
     jws, _ = passes.SpacePass(one.grid, s.seed, 4, words, []).run(enumerate(tables))
     # the first pass maps guessed words from what it read (one unknown word among them)
@@ -179,7 +179,7 @@ def test_a_run_that_starts_on_another_grid_is_aggregated_again(tables):
 def test_word_maps_and_co_occurrences_merge_exactly(tables):
     s = _settings()
     one = Aggregator(s, s.families()).consume(tables)
-    words = [w for w, n in zip(one.vocab.words, one.vocab.sums["pairs"]) if n >= 5][:300]
+    words = [w for w, n in zip(one.vocab.texts().to_pylist(), one.vocab.sums["pairs"]) if n >= 5][:300]
     grid = one.grid
     ws = WordSpace(words, grid, seed=2, examples=4).consume(tables)
     co = CoOccurrence(["a", "photo", "of", "vintage", "woman"], grid).consume(tables)
