@@ -26,7 +26,9 @@ pass alone in the audit's 65,536-row parts through the store 30 ms away, tasks o
 rows as at full size: each worker's peak with its read window bounded in bytes and by its
 count of parts alone), ``_TASKS_ROWS`` (the report's own process's CPU a task, its merge,
 in the audit's part size on local disk with tasks of 2 million rows as at full size, beside
-tasks as the report cuts that many rows).
+tasks as the report cuts that many rows), ``_VOCABULARY_ROWS`` (the report's own process's
+merge of the words alone, in tasks of 2 million rows: its merged vocabulary beside a
+dictionary of Python strings).
 """
 
 from __future__ import annotations
@@ -562,6 +564,75 @@ def tasks_runs(tmp: Path, rows: int, task_rows: int = FULL_TASK_ROWS, rounds: in
     return runs
 
 
+def _status_kb(key: str) -> int:
+    """A ``/proc/self/status`` figure in kB (``VmRSS``, ``VmHWM``)."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(key + ":"))
+
+
+def vocabulary_child(kind: str, rows: int, task_rows: int) -> None:
+    """(In a process of its own.) The report's own process's merge of the words of ``rows``
+    rows in tasks of ``task_rows`` rows, alone: each task's vocabulary as a worker sends it
+    (pickled: the 3,000 common words and up to ``TAIL_SHARE`` of its rows' words from the
+    long tail of ``rows / 20`` rare words, ``make_part``'s), unpickled and merged in task
+    order into the report's ``MergedVocabulary`` or, for ``kind="dictionary"``, into a
+    task's ``Vocabulary`` (a dictionary of Python strings, what the report merged into
+    before). Prints its CPU a task and the resident memory it added a distinct word."""
+    import ctypes
+    import gc
+    import pickle
+
+    from pipeline.report.vocabulary import MergedVocabulary, Vocabulary
+
+    rng = np.random.default_rng(0)
+    common = vocabulary(3000, 0)
+    blobs = []
+    for _ in range(max(rows // task_rows, 1)):
+        rare = rng.integers(0, rows // 20, int(task_rows * TAIL_SHARE))
+        words = list(dict.fromkeys(common + [f"t{r}x" for r in rare.tolist()]))
+        task = Vocabulary()
+        task.add_sums(words, rng.random((len(task.FIELDS), len(words))))
+        blobs.append(pickle.dumps(task))
+    del words, task
+    trim = ctypes.CDLL("libc.so.6").malloc_trim  # freed memory back to the system first
+    gc.collect()
+    pa.default_memory_pool().release_unused()
+    trim(0)
+    before = _status_kb("VmRSS")
+    total: Any = MergedVocabulary() if kind == "merged" else Vocabulary()
+    cpu = time.process_time()
+    for blob in blobs:
+        total.merge(pickle.loads(blob))
+    cpu = time.process_time() - cpu
+    gc.collect()
+    pa.default_memory_pool().release_unused()
+    trim(0)
+    added = (_status_kb("VmRSS") - before) * 1024
+    held = (sum(getattr(total, a).nbytes for a in ("_data", "_off", "_hash", "_slots", "_sums"))
+            if kind == "merged" else None)  # its arrays, their room to grow included
+    print(json.dumps({"vocabulary": kind, "rows": rows, "task_rows": task_rows,
+                      "tasks": len(blobs), "distinct_words": len(total),
+                      "cpu_ms_a_task": round(1000 * cpu / len(blobs), 1),
+                      "resident_bytes_a_word": round(added / len(total)),
+                      "arrays_bytes_a_word": held and round(held / len(total)),
+                      "peak_rss_mb": round(_status_kb("VmHWM") / 1024)}))
+
+
+def vocabulary_runs(rows: int, task_rows: int = FULL_TASK_ROWS, rounds: int = 2) -> list[dict]:
+    """``vocabulary_child`` for the merged vocabulary and the dictionary, each in a process of
+    its own, alternated ``rounds`` times."""
+    runs = []
+    for _ in range(rounds):
+        for kind in ("merged", "dictionary"):
+            code = (f"from benchmarks.report import vocabulary_child; "
+                    f"vocabulary_child({kind!r}, {rows}, {task_rows})")
+            load = os.getloadavg()[0]
+            out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                 check=True, timeout=3600).stdout
+            runs.append({**json.loads(out.splitlines()[-1]), "load_average_before": round(load, 2)})
+    return runs
+
+
 def window_runs(tmp: Path, rows: int, delay_ms: float, rounds: int = 2) -> list[dict]:
     """The first pass at the audit's part size beside GPUs through the store ``delay_ms``
     away, tasks as large as at full size, with the read window bounded in bytes and by its
@@ -650,6 +721,7 @@ def run() -> dict:
     compare = _ints("NIBT_BENCH_REPORT_COMPARE_ROWS", "1000000")
     window = _ints("NIBT_BENCH_REPORT_WINDOW_ROWS", "4000000")
     task_sizes = _ints("NIBT_BENCH_REPORT_TASKS_ROWS", "10000000")
+    vocab = _ints("NIBT_BENCH_REPORT_VOCABULARY_ROWS", "200000000")
     tmp = Path(tempfile.mkdtemp(prefix="nibt-bench-report-"))
     try:
         out: dict = {"cores": available_cores(), "runs": []}
@@ -672,6 +744,9 @@ def run() -> dict:
             _progress(out)
         if task_sizes:
             out["tasks"] = tasks_runs(tmp, task_sizes[0])
+            _progress(out)
+        if vocab:
+            out["vocabulary"] = vocabulary_runs(vocab[0])
             _progress(out)
         return out
     finally:

@@ -428,6 +428,39 @@ def report_tasks(d: dict) -> str:
     return out
 
 
+def report_vocabulary(d: dict) -> str:
+    """The report's own process's merge of the words alone, its merged vocabulary beside a
+    dictionary of Python strings: each run, the means, and both at 2.3 billion rows."""
+    runs, rows = d["vocabulary"], []
+    names = {"merged": "merged (bytes, hashes, arrays)", "dictionary": "a dictionary of strings"}
+    for r in runs:
+        held = r.get("arrays_bytes_a_word")
+        rows.append([f"{r['rows']:,}", f"{r['task_rows']:,}", f"{r['tasks']:,}",
+                     names[r["vocabulary"]], f"{r['distinct_words']:,}",
+                     f"**{r['cpu_ms_a_task']:,.0f} ms**",
+                     f"**{r['resident_bytes_a_word']:,} B**", f"{held:,} B" if held else "",
+                     f"{r['peak_rss_mb']:,} MB", f"{r['load_average_before']:.1f}"])
+    out = table(["rows", "rows a task", "tasks", "merged into", "distinct words",
+                 "CPU a task", "resident memory a word", "its arrays a word",
+                 "peak memory", "load before"], rows)
+    means = []
+    for kind in ("merged", "dictionary"):
+        mine = [r for r in runs if r["vocabulary"] == kind]
+        if mine:
+            r0 = mine[0]
+            words = r0["distinct_words"] * HORIZON_ROWS / r0["rows"]
+            tasks = -(-HORIZON_ROWS // r0["task_rows"])
+            ms = mean(r["cpu_ms_a_task"] for r in mine)
+            b = mean(r["resident_bytes_a_word"] for r in mine)
+            means.append(f"{names[kind]}: {ms:,.0f} ms a task, {b:,.0f} bytes a word "
+                         f"({len(mine)} runs); at {HORIZON_ROWS / 1e9:.1f} billion rows "
+                         f"({words / 1e6:,.0f} million words, {tasks:,} tasks) **"
+                         f"{words * b / 1e9:,.0f} GB** and {tasks * ms / 60_000:.1f} minutes "
+                         f"of CPU")
+    return out + "\n\nMeans, and scaled with the rows (extrapolated, not measured): " + \
+        "; ".join(means) + "."
+
+
 def report(d: dict) -> str:
     """The report at scale: each size, part size, store and number of workers; the speed-up
     of two workers; memory at the largest size; the comparison; the extrapolation."""
@@ -636,6 +669,7 @@ RENDER: dict[str, tuple[str, Callable[[dict], str]]] = {
     "report-ray": ("report_ray", report_runs),
     "report-window": ("report_window", report_window),
     "report-tasks": ("report_tasks", report_tasks),
+    "report-vocabulary": ("report_vocabulary", report_vocabulary),
     "report-memory-audit-parts": ("report_memory_audit_parts", report_memory),
     "evaluate": ("evaluate", evaluate),
     "controlplane-planning": ("controlplane", controlplane_planning),

@@ -95,11 +95,11 @@ def test_the_benchmark_section_runs_small(monkeypatch, tmp_path):
     """One local report (its 4 parts make one task: 1 worker only), the comparison, one round
     of the runs with tasks as large as at full size (here 10,000 rows: 4 tasks, 2 workers;
     as the report cuts 40,000 rows, one task), and one round of the read window's runs (3
-    parts of the audit's size through the local S3 store); the store that is far away has
-    its own test (test_reads.py)."""
+    parts of the audit's size through the local S3 store), and one round of the merge of the
+    words alone (4 tasks); the store that is far away has its own test (test_reads.py)."""
     for name, value in (("ROWS", "20000"), ("PART_ROWS", "5000"), ("REMOTE_ROWS", "0"),
                         ("RAY_ROWS", "0"), ("MEMORY_ROWS", "0"), ("COMPARE_ROWS", "20000"),
-                        ("WINDOW_ROWS", "0"), ("TASKS_ROWS", "0")):
+                        ("WINDOW_ROWS", "0"), ("TASKS_ROWS", "0"), ("VOCABULARY_ROWS", "0")):
         monkeypatch.setenv(f"NIBT_BENCH_REPORT_{name}", value)
     tasks = bench.tasks_runs(tmp_path, 40_000, task_rows=10_000, rounds=1, part_rows=2_000)
     assert [(t["task_rows"], t["tasks_a_pass"], t["workers"]) for t in tasks] == [
@@ -111,6 +111,11 @@ def test_the_benchmark_section_runs_small(monkeypatch, tmp_path):
         ("bytes", 140_000, 65_536, 1), ("parts", 140_000, 65_536, 1)]
     assert all(w["seconds"] > 0 and w["workers_peak_rss_mb"] and
                all(0 < m < 2048 for m in w["workers_peak_rss_mb"]) for w in window)
+    vocab = bench.vocabulary_runs(4_000_000, task_rows=1_000_000, rounds=1)
+    assert [(v["vocabulary"], v["tasks"]) for v in vocab] == [("merged", 4), ("dictionary", 4)]
+    assert vocab[0]["distinct_words"] == vocab[1]["distinct_words"] > 100_000
+    assert all(v["cpu_ms_a_task"] > 0 and v["resident_bytes_a_word"] > 0 for v in vocab)
+    assert vocab[0]["arrays_bytes_a_word"] > 0 and vocab[1]["arrays_bytes_a_word"] is None
     figures = bench.run()
     [run] = figures["runs"]
     assert (run["rows"], run["part_rows"], run["parts"], run["workers"]) == (20000, 5000, 4, 1)
