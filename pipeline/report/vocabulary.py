@@ -3,10 +3,10 @@
 A task's ``Vocabulary`` is a dictionary from word to id: a part's words are looked up in one
 C loop, and a task holds at most the words of its own rows. The report's own process merges
 every task's vocabulary into one, which grows with the distinct words of the whole audit (at
-2.3 billion rows, some hundred million words); a dictionary of Python strings costs about
-200 bytes a word there. ``MergedVocabulary`` holds the same words and sums without a Python
+2.3 billion rows, tens of millions of words); a dictionary of Python strings costs about
+210 bytes a word there. ``MergedVocabulary`` holds the same words and sums without a Python
 object per word: the words' UTF-8 bytes in one buffer, two 64-bit hashes a word, an
-open-addressing table of ids, and the sums in one array, about half the memory, and a task's
+open-addressing table of ids, and the sums in one array: about 120 bytes a word, and a task's
 words are merged by array operations.
 
 Both give each word an id in order of first use and add sums in the order they come, so the
@@ -194,8 +194,8 @@ class Vocabulary:
 
 
 class MergedVocabulary:
-    """The report's merged per-word sums, without a Python object per word (about 100 bytes
-    a word against a dictionary's 200): ids by first use, as ``Vocabulary`` gives them.
+    """The report's merged per-word sums, without a Python object per word (about 120 bytes
+    a word against a dictionary's 210): ids by first use, as ``Vocabulary`` gives them.
 
     Held: the words' UTF-8 bytes end to end with their offsets, each word's two hashes
     (``string_hashes``), an open-addressing table from the first hash to the id (linear
@@ -257,7 +257,7 @@ class MergedVocabulary:
         self._reserve(len(arr))
         ids, new = self._probe(hashes, add=True)
         if new.size:
-            self._append(arr.take(pa.array(new)), hashes[:, new])
+            self._append(arr.take(pa.array(new)))
         self._sums = _grown(self._sums, self._n)
         self._sums[:, ids] += sums
 
@@ -314,8 +314,9 @@ class MergedVocabulary:
             self._place(ids[new], hashes[0, new])
         return ids, new
 
-    def _append(self, words: pa.Array, hashes: np.ndarray) -> None:
-        """The new words' bytes and offsets, after the held ones (their hashes are in)."""
+    def _append(self, words: pa.Array) -> None:
+        """The new words' bytes and offsets, after the held ones (``_probe`` put their hashes
+        and slots in)."""
         off, data = utf8_of(words)
         self._data = _grown(self._data, self._used + data.size)
         self._data[self._used: self._used + data.size] = data
