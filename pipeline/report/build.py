@@ -23,7 +23,7 @@ import io
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -270,8 +270,8 @@ def _parquet(table: pa.Table) -> bytes:
     return buf.getvalue()
 
 
-def _tables(report: dict[str, Any], a: Read) -> dict[str, pa.Table]:
-    words = summary.word_table(a.agg, a.profiles or [])
+def _tables(report: dict[str, Any], a: Read) -> dict[str, pa.Table | Iterator[pa.Table]]:
+    words = summary.word_tables(a.agg, a.profiles or [])
     grows, erows = [], []
     for fam in report["groups"]:
         for g in fam["groups"]:
@@ -467,11 +467,21 @@ def _compared(report: dict[str, Any], cur: Read, base: Read, s: ReportSettings,
                                          if k not in ("report_version", "results")}}, table
 
 
-def _write(staging: Staging, report: dict[str, Any], html: str, tables: dict[str, pa.Table],
-           flag_list: FlagList, meta: dict[str, str]) -> None:
-    """Every file of the report into ``staging``, report.json and report.html last."""
+def _write(staging: Staging, report: dict[str, Any], html: str,
+           tables: dict[str, pa.Table | Iterator[pa.Table]], flag_list: FlagList,
+           meta: dict[str, str]) -> None:
+    """Every file of the report into ``staging``, report.json and report.html last; a table
+    given in slices (``summary.word_tables``) streamed a slice at a time."""
     for name, table in tables.items():
-        staging.put(f"aggregates/{name}.parquet", _parquet(table))
+        if isinstance(table, pa.Table):
+            staging.put(f"aggregates/{name}.parquet", _parquet(table))
+            continue
+        first = next(table)
+        with staging.open(f"aggregates/{name}.parquet") as f, \
+                pq.ParquetWriter(f, first.schema) as out:
+            out.write_table(first)
+            for more in table:
+                out.write_table(more)
     with staging.open("flags.parquet") as f:
         flag_list.write(f, meta)
     body = json.dumps(report, indent=2, ensure_ascii=False, allow_nan=False) + "\n"

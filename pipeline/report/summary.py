@@ -8,7 +8,7 @@ reservoirs (see ``stats``).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from itertools import combinations
 from typing import Any
 
@@ -28,7 +28,6 @@ from pipeline.report.stats import (
     interval,
     stable_seed,
 )
-from pipeline.report.vocabulary import as_string
 
 #: The paper's NIB rows (CLIP ViT-B/32, OpenAI weights, L = 9, n = 10; docs/engine.md).
 PAPER = {
@@ -164,26 +163,42 @@ PROFILE_COLUMNS = (("pairs", "space_pairs", pa.int64()), ("modal_cell", "modal_c
                    ("concentration", "concentration", pa.float64()), ("kl", "kl", pa.float64()))
 
 
-def word_table(agg: Aggregator, profiles: list[dict]) -> pa.Table:
+#: Words a slice of ``aggregates/words.parquet`` (one row group each).
+WORD_ROWS = 1 << 20
+
+
+def word_tables(agg: Aggregator, profiles: list[dict], rows: int | None = None
+                ) -> Iterator[pa.Table]:
     """Every word with its sums turned into means, plus its spatial profile when it has one
-    (``aggregates/words.parquet``; built by column: the vocabulary grows with the rows)."""
+    (``aggregates/words.parquet``), ``rows`` words a table, in id order, at least one table.
+    Built by column a slice at a time: the vocabulary grows with the rows, and a table of all
+    of it at once would hold as much again."""
+    rows = rows or WORD_ROWS
     v, sums = agg.vocab, agg.vocab.sums
-    count = sums["count"]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        means = {"mean_attr": sums["attr_sum"] / count,
-                 "share_negative": sums["negative"] / count,
-                 "mean_share": sums["share_sum"] / count}
-    cols: dict[str, pa.Array] = {
-        "word": as_string(v.texts()), "count": pa.array(count.astype(np.int64)),
-        "pairs": pa.array(sums["pairs"].astype(np.int64)),
-        **{k: pa.array(x, mask=~np.isfinite(x)) for k, x in means.items()}}
+    texts = v.texts()
     at = v.find([p["word"] for p in profiles])
-    for key, name, typ in PROFILE_COLUMNS:
-        vals = np.full(len(v), np.nan)
-        vals[at] = [np.nan if finite_or_none(p[key]) is None else p[key] for p in profiles]
-        ok = np.isfinite(vals)
-        cols[name] = pa.array(np.where(ok, vals, 0).astype(typ.to_pandas_dtype()), typ, mask=~ok)
-    return pa.table(cols)
+    given = {key: np.array([np.nan if finite_or_none(p[key]) is None else p[key]
+                            for p in profiles], np.float64) for key, _, _ in PROFILE_COLUMNS}
+    for a in range(0, max(len(v), 1), rows):
+        b = min(a + rows, len(v))
+        count = sums["count"][a:b]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            means = {"mean_attr": sums["attr_sum"][a:b] / count,
+                     "share_negative": sums["negative"][a:b] / count,
+                     "mean_share": sums["share_sum"][a:b] / count}
+        cols: dict[str, pa.Array] = {
+            "word": texts.slice(a, b - a).cast(pa.string()),
+            "count": pa.array(count.astype(np.int64)),
+            "pairs": pa.array(sums["pairs"][a:b].astype(np.int64)),
+            **{k: pa.array(x, mask=~np.isfinite(x)) for k, x in means.items()}}
+        inside = (at >= a) & (at < b)
+        for key, name, typ in PROFILE_COLUMNS:
+            vals = np.full(b - a, np.nan)
+            vals[at[inside] - a] = given[key][inside]
+            ok = np.isfinite(vals)
+            cols[name] = pa.array(np.where(ok, vals, 0).astype(typ.to_pandas_dtype()), typ,
+                                  mask=~ok)
+        yield pa.table(cols)
 
 
 def words_section(agg: Aggregator, s: ReportSettings) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.report import ReportSettings, build_report
+from pipeline.report import ReportSettings, build_report, summary
 from pipeline.report.aggregate import Aggregator
 from tests.report.builders import random_rows, row_dict, write_input, write_results
 
@@ -61,6 +61,22 @@ def test_word_aggregates_match_a_naive_loop(built):
     hurts = [w["word"] for w in report["words"]["hurts"]]
     assert hurts == sorted((w for w in acc if mean[w] < 0), key=lambda w: (mean[w], w))[:15]
     assert report["words"]["distinct"] == len(acc)
+
+
+def test_words_parquet_written_in_slices_is_the_same_table(built, tmp_path, monkeypatch):
+    """``words.parquet`` is written a slice of ``WORD_ROWS`` words at a time (one row group
+    each): in slices of 3 words it is the table the naive loop above checks, profiles on
+    the same words."""
+    rows, _, out = built
+    monkeypatch.setattr(summary, "WORD_ROWS", 3)
+    build_report(str(out.parent / "res"), str(tmp_path / "out"), ReportSettings(
+        words_min_count=1, groups=FAMILIES, groups_min_pairs=1, seed=3))
+    whole = pq.read_table(out / "aggregates" / "words.parquet")
+    path = tmp_path / "out" / "aggregates" / "words.parquet"
+    assert pq.ParquetFile(path).metadata.num_row_groups == -(-whole.num_rows // 3) > 2
+    sliced = pq.read_table(path)
+    assert sliced.schema == whole.schema and sliced.to_pylist() == whole.to_pylist()
+    assert whole.column("space_pairs").null_count < whole.num_rows  # some words have profiles
 
 
 def _oracle_groups(rows):
