@@ -49,14 +49,15 @@ def word_sums(n: int, word: np.ndarray, attrs: np.ndarray, shares: np.ndarray,
         np.bincount(i, weights=sh * sh, minlength=n)]).astype(np.float64)
 
 
-def _grown(arr: np.ndarray, need: int, fill: int | float = 0) -> np.ndarray:
-    """``arr`` (its last axis) with room for at least ``need``, grown by ``_GROWTH``."""
+def _grown(arr: np.ndarray, need: int) -> np.ndarray:
+    """``arr`` (its last axis) with room for at least ``need``, grown by ``_GROWTH``, the
+    room zeros."""
     have = arr.shape[-1]
     if need <= have:
         return arr
     out = np.empty((*arr.shape[:-1], max(need, int(have * _GROWTH), 64)), arr.dtype)
     out[..., :have] = arr
-    out[..., have:] = fill
+    out[..., have:] = 0
     return out
 
 
