@@ -4,7 +4,7 @@ mix, words, shortcut suspects and caption groups, each change with its interval
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -122,26 +122,22 @@ def _word_stats(agg: Aggregator, index: np.ndarray) -> dict[str, np.ndarray]:
     return out
 
 
-def word_section(cur: Aggregator, base: Aggregator, s: ReportSettings,
-                 basis: str = "attr") -> tuple[dict[str, Any], pa.Table]:
-    """Words whose mean attribution (``basis="attr"``) or mean share (``"share"``) moved:
-    a discovery at false discovery rate ``compare_fdr`` across the words compared
-    (Benjamini-Hochberg on Welch's z) and |d| at least ``compare_min_effect``, ranked
-    by |d|; words new and gone. Both measures are reported for every word.
+#: Words a slice of the comparison's word table (``aggregates/comparison_words.parquet``).
+WORD_ROWS = 1 << 20
 
-    Attribution is the basis when the two audits attribute alike: a share is relative
-    to its caption, so one word rising lowers every other word's share. When the
-    settings that scale attributions differ (model, weights, layers, steps,
-    schedule, precision), raw values do not compare and the share is the basis.
-    """
-    z = z_value(s.confidence)
-    keep, ic, ib = _word_union(cur, base, s.words_skip_punctuation)
+_MEASURES = (("mean_", ""), ("baseline_mean_", ""), ("", "_diff"), ("", "_ci_low"),
+             ("", "_ci_high"), ("", "_d"))
+
+
+def _word_columns(cur: Aggregator, base: Aggregator, ic: np.ndarray, ib: np.ndarray,
+                  z: float, m: int, basis: str) -> dict[str, np.ndarray]:
+    """The comparison's columns for the union's words whose indices are ``ic`` / ``ib``
+    (``_word_union``), all but ``word`` and ``moved``; ``both`` (compared) and ``abs_d``
+    (|d| of the basis) beside them."""
     a, b = _word_stats(cur, ic), _word_stats(base, ib)
-    m = max(s.compare_min_count, 2)
     both = (a["n"] >= m) & (b["n"] >= m)
-    cols: dict[str, Any] = {"word": keep, "count": a["n"].astype(np.int64),
-                            "baseline_count": b["n"].astype(np.int64)}
-    moved, rank = np.zeros(len(keep), bool), np.zeros(len(keep))
+    cols: dict[str, np.ndarray] = {"count": a["n"].astype(np.int64),
+                                   "baseline_count": b["n"].astype(np.int64), "both": both}
     with np.errstate(invalid="ignore", divide="ignore"):
         for key in ("attr", "share"):
             diff = a[f"{key}_mean"] - b[f"{key}_mean"]
@@ -149,13 +145,8 @@ def word_section(cur: Aggregator, base: Aggregator, s: ReportSettings,
             d = pooled_d(diff, a[f"{key}_var"], a["n"], b[f"{key}_var"], b["n"])
             lo, hi = diff - z * se, diff + z * se
             if key == basis:
-                # thousands of words are tested at once: the false discovery rate is
-                # controlled across them (Benjamini-Hochberg) before the effect size counts
-                p = normal_p(np.where(both & (se > 0), diff / se, np.nan))
-                moved = both & benjamini_hochberg(p, s.compare_fdr) & \
-                    (np.abs(d) >= s.compare_min_effect)
-                rank = np.where(moved, np.abs(d), 0.0)
-                cols["p_value"] = p
+                cols["p_value"] = normal_p(np.where(both & (se > 0), diff / se, np.nan))
+                cols["abs_d"] = np.abs(d)
             nan = ~both
             cols[f"mean_{key}"] = np.where(a["n"] > 0, a[f"{key}_mean"], np.nan)
             cols[f"baseline_mean_{key}"] = np.where(b["n"] > 0, b[f"{key}_mean"], np.nan)
@@ -163,31 +154,83 @@ def word_section(cur: Aggregator, base: Aggregator, s: ReportSettings,
             cols[f"{key}_ci_low"] = np.where(nan, np.nan, lo)
             cols[f"{key}_ci_high"] = np.where(nan, np.nan, hi)
             cols[f"{key}_d"] = np.where(nan, np.nan, d)
-    cols["moved"] = moved
-    cols.setdefault("p_value", np.full(len(keep), np.nan))
-    table = pa.table({k: v if isinstance(v, pa.Array) else pa.array(v) for k, v in cols.items()})
+    cols.setdefault("p_value", np.full(ic.size, np.nan))
+    cols.setdefault("abs_d", np.zeros(ic.size))
+    return cols
+
+
+def _table_columns(basis: str) -> list[str]:
+    """The word table's columns after ``word``, in order: the p-value before the basis's
+    measures, ``moved`` last."""
+    out = ["count", "baseline_count"]
+    for key in ("attr", "share"):
+        out += ["p_value"] * (key == basis) + [f"{p}{key}{q}" for p, q in _MEASURES]
+    return out + ["moved"] + ["p_value"] * (basis not in ("attr", "share"))
+
+
+def word_section(cur: Aggregator, base: Aggregator, s: ReportSettings,
+                 basis: str = "attr") -> tuple[dict[str, Any], Iterator[pa.Table]]:
+    """Words whose mean attribution (``basis="attr"``) or mean share (``"share"``) moved:
+    a discovery at false discovery rate ``compare_fdr`` across the words compared
+    (Benjamini-Hochberg on Welch's z) and |d| at least ``compare_min_effect``, ranked
+    by |d|; words new and gone. Both measures are reported for every word, in the table
+    (yielded ``WORD_ROWS`` words at a time, in code-point order).
+
+    Attribution is the basis when the two audits attribute alike: a share is relative
+    to its caption, so one word rising lowers every other word's share. When the
+    settings that scale attributions differ (model, weights, layers, steps,
+    schedule, precision), raw values do not compare and the share is the basis.
+
+    The union of two vocabularies grows with the rows: its statistics are worked out a
+    slice at a time, keeping of every word only its counts, its p-value and its |d|.
+    """
+    z = z_value(s.confidence)
+    keep, ic, ib = _word_union(cur, base, s.words_skip_punctuation)
+    m = max(s.compare_min_count, 2)
+    n = len(keep)
+    step = WORD_ROWS
+    kept = {k: np.empty(n, t) for k, t in (("count", np.int64), ("baseline_count", np.int64),
+                                          ("both", bool), ("p_value", np.float64),
+                                          ("abs_d", np.float64))}
+    for lo in range(0, n, step):
+        cols = _word_columns(cur, base, ic[lo: lo + step], ib[lo: lo + step], z, m, basis)
+        for k, arr in kept.items():
+            arr[lo: lo + step] = cols[k]
+    count, base_count, both = kept["count"], kept["baseline_count"], kept["both"]
+    # thousands of words are tested at once: the false discovery rate is controlled across
+    # them (Benjamini-Hochberg) before the effect size counts
+    moved = both & benjamini_hochberg(kept["p_value"], s.compare_fdr) & \
+        (kept["abs_d"] >= s.compare_min_effect)
+    rank = np.where(moved, kept["abs_d"], 0.0)
+    del kept
     name = _namer(keep)
     order = top_by(np.flatnonzero(moved), -rank, name, s.compare_words_top)
 
     def entry(i: int) -> dict[str, Any]:
-        return {"word": name(i), "count": int(a["n"][i]), "baseline_count": int(b["n"][i]),
-                "p_value": finite_or_none(cols["p_value"][i]),
-                **{f"{p}{key}{q}": finite_or_none(cols[f"{p}{key}{q}"][i])
-                   for key in ("attr", "share")
-                   for p, q in (("mean_", ""), ("baseline_mean_", ""), ("", "_diff"),
-                                ("", "_ci_low"), ("", "_ci_high"), ("", "_d"))}}
+        c = _word_columns(cur, base, ic[i: i + 1], ib[i: i + 1], z, m, basis)
+        return {"word": name(i), "count": int(count[i]), "baseline_count": int(base_count[i]),
+                "p_value": finite_or_none(c["p_value"][0]),
+                **{f"{p}{key}{q}": finite_or_none(c[f"{p}{key}{q}"][0])
+                   for key in ("attr", "share") for p, q in _MEASURES}}
 
-    is_new = np.flatnonzero((a["n"] >= m) & (b["n"] == 0))
-    is_gone = np.flatnonzero((b["n"] >= m) & (a["n"] == 0))
-    new = top_by(is_new, -a["n"], name, s.compare_words_top)
-    gone = top_by(is_gone, -b["n"], name, s.compare_words_top)
+    def tables() -> Iterator[pa.Table]:
+        for lo in range(0, max(n, 1), step):
+            cols = _word_columns(cur, base, ic[lo: lo + step], ib[lo: lo + step], z, m, basis)
+            cols["moved"] = moved[lo: lo + step]
+            yield pa.table({"word": keep.slice(lo, step),
+                            **{k: pa.array(cols[k]) for k in _table_columns(basis)}})
+
+    is_new = np.flatnonzero((count >= m) & (base_count == 0))
+    is_gone = np.flatnonzero((base_count >= m) & (count == 0))
+    new = top_by(is_new, -count, name, s.compare_words_top)
+    gone = top_by(is_gone, -base_count, name, s.compare_words_top)
     return {"min_count": m, "basis": basis, "compared": int(both.sum()),
             "moved_count": int(moved.sum()),
             "moved": [entry(i) for i in order],
-            "new": [{"word": name(i), "count": int(a["n"][i])} for i in new],
+            "new": [{"word": name(i), "count": int(count[i])} for i in new],
             "new_count": int(is_new.size),
-            "gone": [{"word": name(i), "baseline_count": int(b["n"][i])} for i in gone],
-            "gone_count": int(is_gone.size)}, table
+            "gone": [{"word": name(i), "baseline_count": int(base_count[i])} for i in gone],
+            "gone_count": int(is_gone.size)}, tables()
 
 
 def _word_union(cur: Aggregator, base: Aggregator,

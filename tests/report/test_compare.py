@@ -17,7 +17,7 @@ import pytest
 
 from pipeline.config import ConfigError
 from pipeline.io.previous import previous_success
-from pipeline.report import ReportSettings, build_report
+from pipeline.report import ReportSettings, build_report, compare_sections
 from pipeline.report.stats import hist_distances, proportion_diff
 from tests.report.builders import Row, write_input, write_results
 
@@ -112,6 +112,26 @@ def test_a_planted_word_shift_is_found_with_the_naive_interval(audits):
     rows = {r["word"]: r for r in table.to_pylist()}
     assert rows["dog"]["moved"] and not rows["circle"]["moved"]
     assert rows["dog"]["attr_diff"] == pytest.approx(d, rel=1e-6)
+
+
+def test_the_word_table_worked_out_in_slices_is_the_same(audits, tmp_path, monkeypatch):
+    """The union of the two vocabularies is worked out and written ``WORD_ROWS`` words at a
+    time: in slices of 2 words the section and the table are those the naive checks above
+    hold for, planted words moved included."""
+    d, _, _, report = audits
+    monkeypatch.setattr(compare_sections, "WORD_ROWS", 2)
+    sliced = build_report(str(d / "cur"), str(tmp_path / "out"), settings(),
+                          baseline=str(d / "base"))
+    assert sliced["comparison"]["words"] == report["comparison"]["words"]
+    assert {"dog", "woman"} <= {w["word"] for w in sliced["comparison"]["words"]["moved"]}
+    whole = pq.read_table(d / "out" / "aggregates" / "comparison_words.parquet")
+    path = tmp_path / "out" / "aggregates" / "comparison_words.parquet"
+    assert pq.ParquetFile(path).metadata.num_row_groups == -(-whole.num_rows // 2) > 2
+    table = pq.read_table(path)
+    assert table.schema == whole.schema
+    for name in whole.column_names:  # NaN where NaN
+        np.testing.assert_array_equal(table[name].to_numpy(zero_copy_only=False),
+                                      whole[name].to_numpy(zero_copy_only=False), name)
 
 
 def test_a_new_shortcut_is_found_with_both_shares(audits):
