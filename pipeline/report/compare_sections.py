@@ -237,18 +237,20 @@ def _word_union(cur: Aggregator, base: Aggregator,
                 skip_punctuation: bool) -> tuple[pa.Array, np.ndarray, np.ndarray]:
     """Every word of either vocabulary in code-point order (without punctuation-only words
     when ``skip_punctuation``), and its index in each (-1: absent). By column: the
-    vocabularies grow with the rows."""
-    cw, bw = cur.vocab.texts(), base.vocab.texts()
-    words = pc.unique(pa.concat_arrays([cw, bw]))
-    words = words.take(pc.sort_indices(words))  # UTF-8 byte order is code-point order
+    vocabularies grow with the rows. Each side's words are looked up in the other's table
+    of ids (``ids_of``), so only the union's order takes a sort."""
+    cv, bv = cur.vocab, base.vocab
+    in_base, in_cur = bv.ids_of(cv), cv.ids_of(bv)
+    only = np.flatnonzero(in_cur < 0)  # the baseline's words the current audit lacks
+    words = pa.concat_arrays([cv.texts(), bv.texts().take(pa.array(only))])
+    ic = np.r_[np.arange(len(cv)), np.full(only.size, -1)]
+    ib = np.r_[in_base, only]
+    order = pc.sort_indices(words).to_numpy()  # UTF-8 byte order is code-point order
+    words, ic, ib = words.take(pa.array(order)), ic[order], ib[order]
     if skip_punctuation and len(words):
-        words = words.filter(pa.array(alnum_mask(words)))
-
-    def index(vocab: pa.Array) -> np.ndarray:
-        return pc.index_in(words, value_set=vocab).fill_null(-1).to_numpy(
-            zero_copy_only=False).astype(np.int64)
-
-    return as_string(words), index(cw), index(bw)
+        ok = alnum_mask(words)
+        words, ic, ib = words.filter(pa.array(ok)), ic[ok], ib[ok]
+    return as_string(words), ic, ib
 
 
 def _namer(words: pa.Array) -> Callable[[int], str]:

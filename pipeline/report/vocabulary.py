@@ -193,6 +193,10 @@ class Vocabulary:
         """The id of each of ``words`` (-1: not in the vocabulary)."""
         return np.array([self.index.get(w, -1) for w in words], np.int64)
 
+    def ids_of(self, other: Vocabulary | MergedVocabulary) -> np.ndarray:
+        """The id here of each of ``other``'s words, in its order (-1: absent)."""
+        return self.find(other.texts().to_pylist())
+
 
 class MergedVocabulary:
     """The report's merged per-word sums, without a Python object per word (about 120 bytes
@@ -238,6 +242,13 @@ class MergedVocabulary:
         arr = words if isinstance(words, pa.Array) else pa.array(list(words), pa.large_string())
         ids, _ = self._probe(string_hashes(arr), add=False)
         return ids
+
+    def ids_of(self, other: Vocabulary | MergedVocabulary) -> np.ndarray:
+        """The id here of each of ``other``'s words, in its order (-1: absent); a merged
+        vocabulary's by the hashes it holds, no word hashed again."""
+        hashes = (other._hash[:, : len(other)] if isinstance(other, MergedVocabulary)
+                  else string_hashes(other.texts()))
+        return self._probe(hashes, add=False)[0]
 
     def add(self, words: list[str], word: np.ndarray, attrs: np.ndarray, shares: np.ndarray,
             pair_words: np.ndarray) -> None:

@@ -156,3 +156,20 @@ def test_a_task_vocabulary_travels_as_one_array_and_works_on_after():
     assert back.words == v.words and back.index == v.index
     for name in FIELDS:
         assert back.sums[name].tolist() == v.sums[name].tolist(), name
+
+
+def test_ids_of_another_vocabulary_by_its_words():
+    """Each of another vocabulary's words' id here (-1: absent), merged or not, either way."""
+    a, b = _batches(9, 2)
+    rng = np.random.default_rng(9)
+    here, there = MergedVocabulary(), MergedVocabulary()
+    here.add_sums(a, rng.random((len(FIELDS), len(a))))
+    there.add_sums(b, rng.random((len(FIELDS), len(b))))
+    plain = Vocabulary()
+    plain.add_sums(b, rng.random((len(FIELDS), len(b))))
+    expected = [a.index(w) if w in a else -1 for w in b]
+    assert 0 < sum(i >= 0 for i in expected) < len(b)
+    assert here.ids_of(there).tolist() == expected == here.ids_of(plain).tolist()
+    plain_here = Vocabulary()
+    plain_here.add_sums(a, rng.random((len(FIELDS), len(a))))
+    assert plain_here.ids_of(there).tolist() == expected
