@@ -12,6 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipeline.report import summary
 from pipeline.report.aggregate import SCORE_EDGES, Aggregator
 from pipeline.report.regions import Grid
 from pipeline.report.settings import ReportSettings
@@ -29,7 +30,6 @@ from pipeline.report.stats import (
     z_value,
 )
 from pipeline.report.summary import GROUP_METRIC_LABELS, alnum_mask, finite_or_none, top_by
-from pipeline.report.vocabulary import as_string
 
 
 @dataclass
@@ -122,9 +122,6 @@ def _word_stats(agg: Aggregator, index: np.ndarray) -> dict[str, np.ndarray]:
     return out
 
 
-#: Words a slice of the comparison's word table (``aggregates/comparison_words.parquet``).
-WORD_ROWS = 1 << 20
-
 _MEASURES = (("mean_", ""), ("baseline_mean_", ""), ("", "_diff"), ("", "_ci_low"),
              ("", "_ci_high"), ("", "_d"))
 
@@ -174,7 +171,8 @@ def word_section(cur: Aggregator, base: Aggregator, s: ReportSettings,
     a discovery at false discovery rate ``compare_fdr`` across the words compared
     (Benjamini-Hochberg on Welch's z) and |d| at least ``compare_min_effect``, ranked
     by |d|; words new and gone. Both measures are reported for every word, in the table
-    (yielded ``WORD_ROWS`` words at a time, in code-point order).
+    (yielded ``summary.WORD_ROWS`` words at a time, as ``words.parquet``, in code-point
+    order).
 
     Attribution is the basis when the two audits attribute alike: a share is relative
     to its caption, so one word rising lowers every other word's share. When the
@@ -188,7 +186,7 @@ def word_section(cur: Aggregator, base: Aggregator, s: ReportSettings,
     keep, ic, ib = _word_union(cur, base, s.words_skip_punctuation)
     m = max(s.compare_min_count, 2)
     n = len(keep)
-    step = WORD_ROWS
+    step = summary.WORD_ROWS
     kept = {k: np.empty(n, t) for k, t in (("count", np.int64), ("baseline_count", np.int64),
                                           ("both", bool), ("p_value", np.float64),
                                           ("abs_d", np.float64))}
@@ -217,7 +215,7 @@ def word_section(cur: Aggregator, base: Aggregator, s: ReportSettings,
         for lo in range(0, max(n, 1), step):
             cols = _word_columns(cur, base, ic[lo: lo + step], ib[lo: lo + step], z, m, basis)
             cols["moved"] = moved[lo: lo + step]
-            yield pa.table({"word": keep.slice(lo, step),
+            yield pa.table({"word": keep.slice(lo, step).cast(pa.string()),
                             **{k: pa.array(cols[k]) for k in _table_columns(basis)}})
 
     is_new = np.flatnonzero((count >= m) & (base_count == 0))
@@ -235,8 +233,9 @@ def word_section(cur: Aggregator, base: Aggregator, s: ReportSettings,
 
 def _word_union(cur: Aggregator, base: Aggregator,
                 skip_punctuation: bool) -> tuple[pa.Array, np.ndarray, np.ndarray]:
-    """Every word of either vocabulary in code-point order (without punctuation-only words
-    when ``skip_punctuation``), and its index in each (-1: absent). By column: the
+    """Every word of either vocabulary in code-point order (large strings; without
+    punctuation-only words when ``skip_punctuation``), and its index in each (-1: absent).
+    By column: the
     vocabularies grow with the rows. Each side's words are looked up in the other's table
     of ids (``ids_of``), so only the union's order takes a sort."""
     cv, bv = cur.vocab, base.vocab
@@ -250,7 +249,7 @@ def _word_union(cur: Aggregator, base: Aggregator,
     if skip_punctuation and len(words):
         ok = alnum_mask(words)
         words, ic, ib = words.filter(pa.array(ok)), ic[ok], ib[ok]
-    return as_string(words), ic, ib
+    return words, ic, ib
 
 
 def _namer(words: pa.Array) -> Callable[[int], str]:

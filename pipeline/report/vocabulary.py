@@ -337,11 +337,3 @@ class MergedVocabulary:
         self._used += data.size
         self._n += off.size - 1
 
-
-def as_string(words: pa.Array) -> pa.Array:
-    """``words`` as ``pa.string()`` (the type the report's tables give words) when their
-    bytes fit its 32-bit offsets (2 GiB), else as they are (large strings)."""
-    if words.type == pa.string():
-        return words
-    off, _ = utf8_of(words)
-    return words.cast(pa.string()) if off[-1] < 2**31 else words

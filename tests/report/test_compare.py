@@ -12,12 +12,13 @@ import shutil
 from statistics import NormalDist
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from pipeline.config import ConfigError
 from pipeline.io.previous import previous_success
-from pipeline.report import ReportSettings, build_report, compare_sections
+from pipeline.report import ReportSettings, build_report, summary
 from pipeline.report.stats import hist_distances, proportion_diff
 from tests.report.builders import Row, write_input, write_results
 
@@ -115,11 +116,11 @@ def test_a_planted_word_shift_is_found_with_the_naive_interval(audits):
 
 
 def test_the_word_table_worked_out_in_slices_is_the_same(audits, tmp_path, monkeypatch):
-    """The union of the two vocabularies is worked out and written ``WORD_ROWS`` words at a
-    time: in slices of 2 words the section and the table are those the naive checks above
-    hold for, planted words moved included."""
+    """The union of the two vocabularies is worked out and written ``summary.WORD_ROWS``
+    words at a time: in slices of 2 words the section and the table are those the naive
+    checks above hold for, planted words moved included."""
     d, _, _, report = audits
-    monkeypatch.setattr(compare_sections, "WORD_ROWS", 2)
+    monkeypatch.setattr(summary, "WORD_ROWS", 2)
     sliced = build_report(str(d / "cur"), str(tmp_path / "out"), settings(),
                           baseline=str(d / "base"))
     assert sliced["comparison"]["words"] == report["comparison"]["words"]
@@ -128,7 +129,7 @@ def test_the_word_table_worked_out_in_slices_is_the_same(audits, tmp_path, monke
     path = tmp_path / "out" / "aggregates" / "comparison_words.parquet"
     assert pq.ParquetFile(path).metadata.num_row_groups == -(-whole.num_rows // 2) > 2
     table = pq.read_table(path)
-    assert table.schema == whole.schema
+    assert table.schema == whole.schema and table.schema.field("word").type == pa.string()
     for name in whole.column_names:  # NaN where NaN
         np.testing.assert_array_equal(table[name].to_numpy(zero_copy_only=False),
                                       whole[name].to_numpy(zero_copy_only=False), name)

@@ -13,7 +13,6 @@ from pipeline.report.vocabulary import (
     FIELDS,
     MergedVocabulary,
     Vocabulary,
-    as_string,
     string_hashes,
 )
 
@@ -125,11 +124,6 @@ def test_string_hashes_are_stable_and_tell_words_apart():
     assert (string_hashes(pa.array(words, pa.large_string())) == h).all()
     assert all((string_hashes(pa.array([w]))[:, 0] == h[:, i]).all()
                for i, w in enumerate(words[-8:], len(words) - 8))
-
-
-def test_as_string_keeps_the_tables_word_type():
-    assert as_string(pa.array(["a", "b"], pa.large_string())).type == pa.string()
-    assert as_string(pa.array(["a"])).to_pylist() == ["a"]
 
 
 def test_a_task_vocabulary_travels_as_one_array_and_works_on_after():
