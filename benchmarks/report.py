@@ -564,12 +564,6 @@ def tasks_runs(tmp: Path, rows: int, task_rows: int = FULL_TASK_ROWS, rounds: in
     return runs
 
 
-def _status_kb(key: str) -> int:
-    """A ``/proc/self/status`` figure in kB (``VmRSS``, ``VmHWM``)."""
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith(key + ":"))
-
-
 def vocabulary_child(kind: str, rows: int, task_rows: int) -> None:
     """(In a process of its own.) The report's own process's merge of the words of ``rows``
     rows in tasks of ``task_rows`` rows, alone: each task's vocabulary as a worker sends it
@@ -582,6 +576,7 @@ def vocabulary_child(kind: str, rows: int, task_rows: int) -> None:
     import gc
     import pickle
 
+    from pipeline.job.procstats import peak_rss_mb, status_kb
     from pipeline.report.vocabulary import MergedVocabulary, Vocabulary
 
     rng = np.random.default_rng(0)
@@ -598,7 +593,7 @@ def vocabulary_child(kind: str, rows: int, task_rows: int) -> None:
     gc.collect()
     pa.default_memory_pool().release_unused()
     trim(0)
-    before = _status_kb("VmRSS")
+    before = status_kb("VmRSS")
     total: Any = MergedVocabulary() if kind == "merged" else Vocabulary()
     cpu = time.process_time()
     for blob in blobs:
@@ -607,7 +602,7 @@ def vocabulary_child(kind: str, rows: int, task_rows: int) -> None:
     gc.collect()
     pa.default_memory_pool().release_unused()
     trim(0)
-    added = (_status_kb("VmRSS") - before) * 1024
+    added = (status_kb("VmRSS") - before) * 1024
     held = (sum(getattr(total, a).nbytes for a in ("_data", "_off", "_hash", "_slots", "_sums"))
             if kind == "merged" else None)  # its arrays, their room to grow included
     print(json.dumps({"vocabulary": kind, "rows": rows, "task_rows": task_rows,
@@ -615,7 +610,7 @@ def vocabulary_child(kind: str, rows: int, task_rows: int) -> None:
                       "cpu_ms_a_task": round(1000 * cpu / len(blobs), 1),
                       "resident_bytes_a_word": round(added / len(total)),
                       "arrays_bytes_a_word": held and round(held / len(total)),
-                      "peak_rss_mb": round(_status_kb("VmHWM") / 1024)}))
+                      "peak_rss_mb": round(peak_rss_mb())}))
 
 
 def vocabulary_runs(rows: int, task_rows: int = FULL_TASK_ROWS, rounds: int = 2) -> list[dict]:

@@ -11,13 +11,15 @@ def peak_rss_mb() -> float:
     Reads VmHWM, which belongs to the process image; ``ru_maxrss`` would report
     the parent's peak for a child started by fork + exec.
     """
-    kb = _status_kb("VmHWM")
+    kb = status_kb("VmHWM")
     if kb is not None:
         return round(kb / 1024, 1)
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
-def _status_kb(field: str) -> int | None:
+def status_kb(field: str) -> int | None:
+    """A figure of ``/proc/self/status`` in kB (``VmRSS``, ``VmHWM``); None where there is
+    none (not Linux)."""
     try:
         with open("/proc/self/status") as f:
             for line in f:
