@@ -21,7 +21,8 @@ Sizes (comma-separated rows; 0 leaves a part out): ``NIBT_BENCH_REPORT_ROWS`` an
 ``_PART_ROWS`` (local disk, 1 and 2 workers), ``_REMOTE_ROWS`` (through the local S3
 store 30 ms away), ``_RAY_ROWS`` (a Ray cluster on this machine, ``cluster=existing``, the
 largest part size), ``_MEMORY_ROWS`` (in parts of ``_MEMORY_PART_ROWS``, 10,000 unless
-set), ``_COMPARE_ROWS`` and ``_WINDOW_ROWS`` (the first
+set), ``_COMPARE_ROWS`` (in parts of ``_COMPARE_PART_ROWS``, 10,000 unless set; both
+audits with the long tail of rare words) and ``_WINDOW_ROWS`` (the first
 pass alone in the audit's 65,536-row parts through the store 30 ms away, tasks of 2 million
 rows as at full size: each worker's peak with its read window bounded in bytes and by its
 count of parts alone), ``_TASKS_ROWS`` (the report's own process's CPU a task, its merge,
@@ -49,6 +50,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from benchmarks.tables import PASSES
 from pipeline.config import StorageSettings
@@ -689,21 +691,36 @@ def memory_run(tmp: Path, rows: int, part_rows: int) -> dict:
         shutil.rmtree(res, ignore_errors=True)
 
 
-def compare_run(tmp: Path, rows: int) -> dict:
-    """The comparison of ``rows`` rows with ``rows`` (one planted change), 2 workers, and
-    the plain report of the same results as its peer."""
+def compare_run(tmp: Path, rows: int, part_rows: int = 10_000) -> dict:
+    """The comparison of ``rows`` rows with ``rows`` (one planted change; both with the long
+    tail of rare words, as every other run, so the union of their words grows with the
+    rows), 2 workers, and the plain report of the same results as its peer."""
     res, base = str(tmp / "cmp-res"), str(tmp / "cmp-base")
-    make_results(res, rows, None, part_rows=10_000, processes=2)
-    make_results(base, rows, None, part_rows=10_000, seed=1, bias={"woman": 0.0}, processes=2)
-    plain = one_run(res, str(tmp / "cmp-plain"), rows, 10_000, 2)
-    r = run_report(res, str(tmp / "cmp-out"), baseline=base, args=["report.workers=2"])
-    comparison = json.loads((tmp / "cmp-out" / "report.json").read_text())["comparison"]
+    make_results(res, rows, None, part_rows=part_rows, tail=rows // 20, processes=2)
+    make_results(base, rows, None, part_rows=part_rows, seed=1, bias={"woman": 0.0},
+                 tail=rows // 20, processes=2)
+    try:
+        plain = one_run(res, str(tmp / "cmp-plain"), rows, part_rows, 2)
+        r = run_report(res, str(tmp / "cmp-out"), baseline=base, args=["report.workers=2"])
+    finally:
+        shutil.rmtree(res, ignore_errors=True)
+        shutil.rmtree(base, ignore_errors=True)
+    report = json.loads((tmp / "cmp-out" / "report.json").read_text())
+    comparison, summary = report["comparison"], r["summary"]
+    union = pq.ParquetFile(tmp / "cmp-out" / "aggregates" / "comparison_words.parquet")
     words = [f for f in comparison["findings"] if f["kind"] == "word"]
-    return {"rows": [rows, rows], "seconds": round(r["seconds"], 1),
-            "peak_rss_mb": round(r["tree_peak_rss_mb"], 1), "report_seconds": plain["seconds"],
+    return {"rows": [rows, rows], "part_rows": part_rows, "workers": summary["workers"],
+            "seconds": round(r["seconds"], 1), "peak_rss_mb": round(r["tree_peak_rss_mb"], 1),
+            "driver_peak_rss_mb": summary["peak_rss_mb"],
+            "workers_peak_rss_mb": summary["workers_peak_rss_mb"],
+            "driver_cpu_seconds": round(r["driver_cpu_seconds"], 1),
+            "step_seconds": summary["seconds"], "driver_step_cpu_seconds": summary["cpu_seconds"],
+            "distinct_words": plain["distinct_words"], "union_words": union.metadata.num_rows,
+            "report_seconds": plain["seconds"], "report_peak_rss_mb": plain["peak_rss_mb"],
             "vs_report": round(r["seconds"] / plain["seconds"], 2),
             "findings": len(comparison["findings"]),
-            "planted_word_change_found": bool(words) and "\u201cwoman\u201d" in words[0]["text"]}
+            "planted_word_change_found": bool(words) and "\u201cwoman\u201d" in words[0]["text"],
+            "load_average_before": round(r["load_before"], 2)}
 
 
 def run() -> dict:
@@ -728,7 +745,8 @@ def run() -> dict:
             out["runs"] += ray_runs(tmp, rows, max(part_grid))
             _progress(out)
         if compare:
-            out["compare"] = compare_run(tmp, compare[0])
+            out["compare"] = compare_run(
+                tmp, compare[0], int(os.environ.get("NIBT_BENCH_REPORT_COMPARE_PART_ROWS", 10_000)))
             _progress(out)
         if memory:
             out["memory"] = memory_run(
