@@ -49,7 +49,13 @@ from pipeline.report.findings import findings
 from pipeline.report.flags import FlagList, FlagScan, low_bin, low_score_pairs
 from pipeline.report.output import Staging
 from pipeline.report.pairview import zoom_images
-from pipeline.report.pool import Executor, InProcess, LocalPool, available_cores
+from pipeline.report.pool import (
+    Executor,
+    InProcess,
+    LocalPool,
+    available_cores,
+    release_memory,
+)
 from pipeline.report.settings import RUN_ONLY, ReportSettings
 from pipeline.report.space import WORD_ID, CoOccurrence, WordSpace
 from pipeline.report.thumbs import read_images, thumbnail
@@ -356,6 +362,7 @@ def _build(ex: Executor, audit: tuple[str, dict[str, Any]],
 
     def lap(name: str) -> None:
         nonlocal t, c
+        release_memory()  # the step's freed memory back: the next step's peak is its own
         clock[name] = round(time.monotonic() - t, 3)
         cpu[name] = round(time.process_time() - c, 3)
         t, c = time.monotonic(), time.process_time()
@@ -480,8 +487,11 @@ def _write(staging: Staging, report: dict[str, Any], html: str,
         with staging.open(f"aggregates/{name}.parquet") as f, \
                 pq.ParquetWriter(f, first.schema) as out:
             out.write_table(first)
+            del first
             for more in table:
                 out.write_table(more)
+                del more  # not held while the next slice is made
+        release_memory()  # a table's slices freed before the next one's
     with staging.open("flags.parquet") as f:
         flag_list.write(f, meta)
     body = json.dumps(report, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
