@@ -245,11 +245,9 @@ def _word_union(cur: Aggregator, base: Aggregator,
     ic = np.r_[np.arange(len(cv)), np.full(only.size, -1)]
     ib = np.r_[in_base, only]
     order = pc.sort_indices(words).to_numpy()  # UTF-8 byte order is code-point order
-    words, ic, ib = words.take(pa.array(order)), ic[order], ib[order]
-    if skip_punctuation and len(words):
-        ok = alnum_mask(words)
-        words, ic, ib = words.filter(pa.array(ok)), ic[ok], ib[ok]
-    return words, ic, ib
+    if skip_punctuation and len(words):  # dropped from the order: one copy of the words
+        order = order[alnum_mask(words)[order]]
+    return words.take(pa.array(order)), ic[order], ib[order]
 
 
 def _namer(words: pa.Array) -> Callable[[int], str]:

@@ -167,3 +167,29 @@ def test_ids_of_another_vocabulary_by_its_words():
     plain_here = Vocabulary()
     plain_here.add_sums(a, rng.random((len(FIELDS), len(a))))
     assert plain_here.ids_of(there).tolist() == expected
+
+
+@pytest.mark.parametrize("skip", [True, False])
+def test_the_comparisons_union_of_two_vocabularies(skip):
+    """The comparison's words: every word of either audit once, in code-point order, each
+    with its id on both sides (-1: absent); punctuation-only words left out when asked."""
+    from pipeline.report.aggregate import Aggregator
+    from pipeline.report.compare_sections import _word_union
+    from pipeline.report.settings import ReportSettings
+    from pipeline.report.summary import has_alnum
+
+    a, b = _batches(11, 2)
+    a += [w for w in ("-", "\u2026", "\u65e5-") if w not in a]  # "…", "日-"
+    b += [w for w in ("--", "-", "") if w not in b]
+    rng = np.random.default_rng(11)
+    cur, base = Aggregator(ReportSettings(), []), Aggregator(ReportSettings(), [])
+    cur.vocab.add_sums(a, rng.random((len(FIELDS), len(a))))
+    base.vocab.add_sums(b, rng.random((len(FIELDS), len(b))))
+    expected = sorted({*a, *b}, key=lambda w: w.encode())  # UTF-8 order: code points
+    if skip:
+        expected = [w for w in expected if has_alnum(w)]
+    assert any(not has_alnum(w) for w in {*a, *b}) and any(not w.isascii() for w in expected)
+    words, ic, ib = _word_union(cur, base, skip)
+    assert words.to_pylist() == expected
+    assert ic.tolist() == [a.index(w) if w in a else -1 for w in expected]
+    assert ib.tolist() == [b.index(w) if w in b else -1 for w in expected]
