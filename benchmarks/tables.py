@@ -394,6 +394,23 @@ def report_memory(d: dict) -> str:
             f"{m['seconds']:.0f} s ({m['rows_per_s_per_worker']:,} rows/s per worker).")
 
 
+def report_compare(d: dict) -> str:
+    """The comparison at a size of its own (``d["compare"]``): its time beside the plain
+    report of the same rows, its memory by process, the union of both audits' words."""
+    c = d["compare"]
+    return (f"The comparison (`baseline=`) of {c['rows'][0]:,} rows with {c['rows'][1]:,}, in "
+            f"{c['part_rows']:,}-row parts, both with the long tail of rare words, "
+            f"{c['workers']} workers: **{c['seconds']:,.0f} s** ({c['vs_report']:.2f}x the "
+            f"plain report of the same rows, {c['report_seconds']:,.0f} s); **"
+            f"{c['peak_rss_mb']:,.0f} MB** at the peak for all processes together (the "
+            f"report's own process {c['driver_peak_rss_mb']:,.0f} MB, its workers "
+            f"{c['workers_peak_rss_mb']:,.0f} MB at most together; the plain report "
+            f"{c['report_peak_rss_mb']:,.0f} MB); {c['union_words']:,} words in the union of "
+            f"both audits' words (the current audit's: {c['distinct_words']:,}); "
+            f"{c['findings']} findings, the planted word change first: "
+            f"{'yes' if c['planted_word_change_found'] else 'no'}.")
+
+
 def report_tasks(d: dict) -> str:
     """The report's own process's CPU in the passes (its merge of the workers' results) with
     tasks as large as at full size and as the report cuts the benchmark's rows: each run,
@@ -671,6 +688,7 @@ RENDER: dict[str, tuple[str, Callable[[dict], str]]] = {
     "report-tasks": ("report_tasks", report_tasks),
     "report-vocabulary": ("report_vocabulary", report_vocabulary),
     "report-memory-audit-parts": ("report_memory_audit_parts", report_memory),
+    "report-compare": ("report_compare", report_compare),
     "evaluate": ("evaluate", evaluate),
     "controlplane-planning": ("controlplane", controlplane_planning),
     "controlplane-dispatch": ("controlplane", controlplane_dispatch),

@@ -125,6 +125,9 @@ def test_the_benchmark_section_runs_small(monkeypatch, tmp_path):
         "sample", "first_pass", "space_pass", "last_pass", "sections", "render", "write"}
     c = figures["compare"]
     assert c["planted_word_change_found"] and c["rows"] == [20000, 20000] and c["seconds"] > 0
+    # both audits carry the long tail, and the baseline's own pseudo-words join the union
+    assert c["union_words"] > c["distinct_words"] > 1000 and c["part_rows"] == 10_000
+    assert 0 < c["driver_peak_rss_mb"] <= c["peak_rss_mb"] < 2048
 
 
 def test_the_horizon_takes_the_merge_from_the_report_process_cpu_in_the_passes():
