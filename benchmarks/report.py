@@ -574,11 +574,11 @@ def vocabulary_child(kind: str, rows: int, task_rows: int) -> None:
     order into the report's ``MergedVocabulary`` or, for ``kind="dictionary"``, into a
     task's ``Vocabulary`` (a dictionary of Python strings, what the report merged into
     before). Prints its CPU a task and the resident memory it added a distinct word."""
-    import ctypes
     import gc
     import pickle
 
     from pipeline.job.procstats import peak_rss_mb, status_kb
+    from pipeline.report.pool import release_memory
     from pipeline.report.vocabulary import MergedVocabulary, Vocabulary
 
     rng = np.random.default_rng(0)
@@ -591,10 +591,8 @@ def vocabulary_child(kind: str, rows: int, task_rows: int) -> None:
         task.add_sums(words, rng.random((len(task.FIELDS), len(words))))
         blobs.append(pickle.dumps(task))
     del words, task
-    trim = ctypes.CDLL("libc.so.6").malloc_trim  # freed memory back to the system first
     gc.collect()
-    pa.default_memory_pool().release_unused()
-    trim(0)
+    release_memory()  # freed memory back to the system first
     before = status_kb("VmRSS")
     total: Any = MergedVocabulary() if kind == "merged" else Vocabulary()
     cpu = time.process_time()
@@ -602,8 +600,7 @@ def vocabulary_child(kind: str, rows: int, task_rows: int) -> None:
         total.merge(pickle.loads(blob))
     cpu = time.process_time() - cpu
     gc.collect()
-    pa.default_memory_pool().release_unused()
-    trim(0)
+    release_memory()
     added = (status_kb("VmRSS") - before) * 1024
     held = (sum(getattr(total, a).nbytes for a in ("_data", "_off", "_hash", "_slots", "_sums"))
             if kind == "merged" else None)  # its arrays, their room to grow included
