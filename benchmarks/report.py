@@ -58,6 +58,7 @@ from pipeline.io.manifest import PartEntry, read_manifest, write_manifest
 from pipeline.io.parts import encode_part
 from pipeline.io.schema import RESULT_FIELDS, result_schema
 from pipeline.io.storage import filesystem
+from pipeline.job.procstats import status_kb
 from pipeline.report.passes import cut
 from pipeline.report.pool import available_cores
 
@@ -294,7 +295,7 @@ def run_report(results: str, output: str, timeout: float = 3600, baseline: str |
         peak_kb, cpu = 0, {}
         while proc.poll() is None:
             tree = _tree(proc.pid)
-            peak_kb = max(peak_kb, sum(_rss_kb(p) for p in tree))
+            peak_kb = max(peak_kb, sum(status_kb("VmRSS", p) or 0 for p in tree))
             cpu.update({p: t for p in tree if (t := _cpu_s(p)) is not None})
             if time.perf_counter() - t0 > timeout:
                 proc.kill()
@@ -333,17 +334,6 @@ def _tree(pid: int) -> list[int]:
         except OSError:
             pass
     return out
-
-
-def _rss_kb(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
 
 
 def _ints(name: str, default: str) -> list[int]:
@@ -466,7 +456,7 @@ def ray_runs(tmp: Path, rows: int, part_rows: int) -> list[dict]:
             def snapshot() -> None:
                 pids = {q for top in tops for q in _tree(top)}
                 seen.update({p: t for p in pids if (t := _cpu_s(p)) is not None})
-                peak_kb[0] = max(peak_kb[0], sum(_rss_kb(p) for p in pids))
+                peak_kb[0] = max(peak_kb[0], sum(status_kb("VmRSS", p) or 0 for p in pids))
 
             def watch() -> None:  # Ray ends a job's workers when its driver leaves: watched
                 while not stop.wait(0.5):
@@ -577,7 +567,7 @@ def vocabulary_child(kind: str, rows: int, task_rows: int) -> None:
     import gc
     import pickle
 
-    from pipeline.job.procstats import peak_rss_mb, status_kb
+    from pipeline.job.procstats import peak_rss_mb
     from pipeline.report.pool import release_memory
     from pipeline.report.vocabulary import MergedVocabulary, Vocabulary
 

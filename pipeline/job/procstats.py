@@ -17,11 +17,11 @@ def peak_rss_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
-def status_kb(field: str) -> int | None:
-    """A figure of ``/proc/self/status`` in kB (``VmRSS``, ``VmHWM``); None where there is
-    none (not Linux)."""
+def status_kb(field: str, pid: int | str = "self") -> int | None:
+    """A figure of ``/proc/<pid>/status`` in kB (``VmRSS``, ``VmHWM``); None where there is
+    none (not Linux, or the process is gone)."""
     try:
-        with open("/proc/self/status") as f:
+        with open(f"/proc/{pid}/status") as f:
             for line in f:
                 if line.startswith(field + ":"):
                     return int(line.split()[1])

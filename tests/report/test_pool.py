@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.io.results import PartUnreadable
+from pipeline.job.procstats import status_kb
 from pipeline.report.pool import InProcess, LocalPool, WorkerLost
 
 
@@ -190,11 +191,6 @@ def churn(n: int) -> float:
     return total
 
 
-def _status_kb(pid: int, field: str) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
-
-
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs /proc")
 def test_an_idle_worker_gives_back_what_its_task_freed():
     """Arrow's pool and glibc's heap keep what a task freed; a worker with no task waiting
@@ -205,7 +201,7 @@ def test_an_idle_worker_gives_back_what_its_task_freed():
         [w] = pool._pool
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:  # the release runs after the result is sent
-            rss, peak = _status_kb(w.proc.pid, "VmRSS"), _status_kb(w.proc.pid, "VmHWM")
+            rss, peak = status_kb("VmRSS", w.proc.pid), status_kb("VmHWM", w.proc.pid)
             if rss < peak / 2:
                 break
             time.sleep(0.05)
