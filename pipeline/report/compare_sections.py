@@ -235,9 +235,8 @@ def _word_union(cur: Aggregator, base: Aggregator,
                 skip_punctuation: bool) -> tuple[pa.Array, np.ndarray, np.ndarray]:
     """Every word of either vocabulary in code-point order (large strings; without
     punctuation-only words when ``skip_punctuation``), and its index in each (-1: absent).
-    By column: the
-    vocabularies grow with the rows. Each side's words are looked up in the other's table
-    of ids (``ids_of``), so only the union's order takes a sort."""
+    By column: the vocabularies grow with the rows. Each side's words are looked up in the
+    other's table of ids (``ids_of``), so only the union's order takes a sort."""
     cv, bv = cur.vocab, base.vocab
     in_base, in_cur = bv.ids_of(cv), cv.ids_of(bv)
     only = np.flatnonzero(in_cur < 0)  # the baseline's words the current audit lacks
